@@ -1,0 +1,26 @@
+"""The exceptions dicomrelay raises. Defined once, here; the native module raises them too."""
+
+from __future__ import annotations
+
+
+class DicomrelayError(Exception):
+    """Base of every error dicomrelay raises on purpose."""
+
+
+class DicomParseError(DicomrelayError, ValueError):
+    """Bytes that are not a DICOM dataset dicomrelay will read.
+
+    ``offset`` is the byte where reading failed; ``tag`` the element being read
+    (as an int such as ``0x7FE00010``), or None when no element was.
+    """
+
+    offset: int
+    tag: int | None
+
+    def __init__(self, message: str, offset: int = 0, tag: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.tag = tag
+
+    def __reduce__(self) -> tuple[type[DicomParseError], tuple[str, int, int | None]]:
+        return (type(self), (str(self), self.offset, self.tag))

@@ -1,0 +1,17 @@
+//! dicomrelay's hot path, in pure Rust: a zero-copy DICOM Part 10 scanner and
+//! the digests and chunk plans the transfer engine sends.
+//!
+//! Every function takes bytes and returns small results or a [`ScanError`]; none
+//! panics on input, allocates by a declared length, or recurses without a bound.
+
+pub mod charset;
+pub mod dataset;
+pub mod digest;
+pub mod element;
+pub mod error;
+pub mod scan;
+pub mod syntax;
+
+pub use digest::{digest, DigestAlgorithm, Digests, DEFAULT_CHUNK_SIZE};
+pub use error::{ErrorKind, ScanError};
+pub use scan::{scan, InstanceInfo, ScanOptions, DEFAULT_MAX_INFLATED};

@@ -1,0 +1,74 @@
+//! Intake of Python inputs: byte buffers without copying, and files by mmap.
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// A read-only view of a Python object's bytes, held for as long as the view lives.
+pub enum ByteView<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Buffer(PyBuffer<u8>),
+}
+
+impl<'py> ByteView<'py> {
+    pub fn new(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(bytes) = obj.cast::<PyBytes>() {
+            return Ok(ByteView::Bytes(bytes.clone()));
+        }
+        let buffer = PyBuffer::<u8>::get(obj).map_err(|_| {
+            PyTypeError::new_err(format!(
+                "expected bytes, bytearray, memoryview or mmap, not {}",
+                obj.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string())
+            ))
+        })?;
+        if !buffer.is_c_contiguous() {
+            return Err(PyTypeError::new_err("buffer is not contiguous"));
+        }
+        Ok(ByteView::Buffer(buffer))
+    }
+
+    /// The bytes, as a slice that may be read with the GIL released.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ByteView::Bytes(b) => b.as_bytes(),
+            ByteView::Buffer(buffer) => {
+                let len = buffer.len_bytes();
+                if len == 0 {
+                    return &[];
+                }
+                // SAFETY: the buffer is C-contiguous with `len` bytes of u8 (checked
+                // at intake) and `PyBuffer` keeps the exporter alive and its memory
+                // pinned until it is released. A writer in another thread could change
+                // the bytes while we read them: the scan then sees some mix of old and
+                // new bytes, which it treats like any other untrusted input.
+                unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, len) }
+            }
+        }
+    }
+}
+
+/// A file mapped read-only into memory. An empty file maps to no bytes.
+pub struct MappedFile(Option<Mmap>);
+
+impl MappedFile {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            return Ok(MappedFile(None));
+        }
+        // SAFETY: the map is read-only and private to this call. Another process
+        // truncating the file while it is scanned would fault the reader (SIGBUS);
+        // dicomrelay only scans files it owns or has been handed whole.
+        let map = unsafe { Mmap::map(&file)? };
+        Ok(MappedFile(Some(map)))
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}

@@ -1,0 +1,151 @@
+//! `dicomrelay._native`: the PyO3 glue over `dicomrelay-core`. Inputs are taken
+//! without copying, the GIL is released while bytes are read, and core errors
+//! become the exceptions defined in `dicomrelay.errors`.
+
+mod buf;
+mod error;
+mod info;
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use dicomrelay_core::{DigestAlgorithm, ScanOptions, DEFAULT_CHUNK_SIZE};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString};
+
+use buf::{ByteView, MappedFile};
+use error::{parse_error, Failure};
+use info::InstanceInfo;
+
+/// Options as Python passes them, validated once.
+fn options(digest: Option<&str>, chunk_size: Option<usize>) -> PyResult<ScanOptions> {
+    let digest = match digest {
+        None => None,
+        Some(name) => Some(DigestAlgorithm::from_name(name).ok_or_else(|| {
+            PyValueError::new_err(format!("digest must be 'sha256' or 'blake3', not {name:?}"))
+        })?),
+    };
+    if chunk_size == Some(0) {
+        return Err(PyValueError::new_err("chunk_size must be positive"));
+    }
+    Ok(ScanOptions {
+        // A chunk plan without a named algorithm uses the default, SHA-256.
+        digest: digest.or(chunk_size.map(|_| DigestAlgorithm::Sha256)),
+        chunk_size,
+        ..ScanOptions::default()
+    })
+}
+
+fn scan_path(path: &std::path::Path, options: &ScanOptions) -> Result<dicomrelay_core::InstanceInfo, Failure> {
+    let file = MappedFile::open(path)?;
+    Ok(dicomrelay_core::scan(file.as_slice(), options)?)
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, *, digest=None, chunk_size=None))]
+fn scan(py: Python<'_>, data: &Bound<'_, PyAny>, digest: Option<&str>, chunk_size: Option<usize>) -> PyResult<InstanceInfo> {
+    let options = options(digest, chunk_size)?;
+    let view = ByteView::new(data)?;
+    let bytes = view.as_slice();
+    let result = py.detach(|| dicomrelay_core::scan(bytes, &options));
+    result.map(InstanceInfo).map_err(parse_error)
+}
+
+#[pyfunction]
+#[pyo3(signature = (path, *, digest=None, chunk_size=None))]
+fn scan_file(py: Python<'_>, path: PathBuf, digest: Option<&str>, chunk_size: Option<usize>) -> PyResult<InstanceInfo> {
+    let options = options(digest, chunk_size)?;
+    let result = py.detach(|| scan_path(&path, &options));
+    result.map(InstanceInfo).map_err(PyErr::from)
+}
+
+/// One input of a batch: bytes held from Python, or a path to map.
+enum Source<'py> {
+    Bytes(ByteView<'py>),
+    Path(PathBuf),
+}
+
+#[pyfunction]
+#[pyo3(signature = (sources, *, digest=None, chunk_size=None, threads=None))]
+fn scan_many<'py>(
+    py: Python<'py>,
+    sources: &Bound<'py, PyAny>,
+    digest: Option<&str>,
+    chunk_size: Option<usize>,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyList>> {
+    let options = options(digest, chunk_size)?;
+    let mut inputs = Vec::new();
+    for item in sources.try_iter()? {
+        let item = item?;
+        let is_path = item.is_instance_of::<PyString>() || item.hasattr("__fspath__")?;
+        inputs.push(if is_path {
+            Source::Path(item.extract()?)
+        } else {
+            Source::Bytes(ByteView::new(&item)?)
+        });
+    }
+    let jobs: Vec<Job<'_>> = inputs
+        .iter()
+        .map(|s| match s {
+            Source::Bytes(v) => Job::Bytes(v.as_slice()),
+            Source::Path(p) => Job::Path(p.as_path()),
+        })
+        .collect();
+    let workers = threads
+        .or_else(|| std::thread::available_parallelism().ok().map(NonZeroUsize::get))
+        .unwrap_or(1)
+        .clamp(1, 64);
+    let results = py.detach(|| run_batch(&jobs, &options, workers));
+    let out = PyList::empty(py);
+    for result in results {
+        match result {
+            Ok(info) => out.append(Bound::new(py, InstanceInfo(info))?)?,
+            Err(failure) => out.append(PyErr::from(failure).into_value(py))?,
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum Job<'a> {
+    Bytes(&'a [u8]),
+    Path(&'a std::path::Path),
+}
+
+type Outcome = Result<dicomrelay_core::InstanceInfo, Failure>;
+
+/// Scan every job on `workers` threads, results in input order.
+fn run_batch(jobs: &[Job<'_>], options: &ScanOptions, workers: usize) -> Vec<Outcome> {
+    let run = |job: &Job<'_>| match *job {
+        Job::Bytes(b) => dicomrelay_core::scan(b, options).map_err(Failure::from),
+        Job::Path(p) => scan_path(p, options),
+    };
+    let workers = workers.min(jobs.len()).max(1);
+    if workers == 1 {
+        return jobs.iter().map(run).collect();
+    }
+    let per_worker = jobs.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .chunks(per_worker)
+            .map(|part| s.spawn(move || part.iter().map(run).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<InstanceInfo>()?;
+    m.add_function(wrap_pyfunction!(scan, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_file, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_many, m)?)?;
+    m.add("DEFAULT_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
