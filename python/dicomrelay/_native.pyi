@@ -1,12 +1,21 @@
 import mmap
 import os
 from collections.abc import Iterable
-from typing import Final, Literal, final
+from typing import Final, Literal, TypeAlias, final
 
 from dicomrelay.errors import DicomParseError
 
-Buffer = bytes | bytearray | memoryview | mmap.mmap
-DigestName = Literal["sha256", "blake3"]
+_Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
+_DigestName: TypeAlias = Literal["sha256", "blake3"]
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "InstanceInfo",
+    "__version__",
+    "scan",
+    "scan_file",
+    "scan_many",
+]
 
 DEFAULT_CHUNK_SIZE: Final[int]
 __version__: Final[str]
@@ -65,22 +74,22 @@ class InstanceInfo:
     @property
     def chunk_digests(self) -> tuple[str, ...]: ...
     def as_dict(self) -> dict[str, object]: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 def scan(
-    data: Buffer, *, digest: DigestName | None = None, chunk_size: int | None = None
+    data: _Buffer, *, digest: _DigestName | None = None, chunk_size: int | None = None
 ) -> InstanceInfo: ...
 def scan_file(
     path: str | os.PathLike[str],
     *,
-    digest: DigestName | None = None,
+    digest: _DigestName | None = None,
     chunk_size: int | None = None,
 ) -> InstanceInfo: ...
 def scan_many(
-    sources: Iterable[Buffer | str | os.PathLike[str]],
+    sources: Iterable[_Buffer | str | os.PathLike[str]],
     *,
-    digest: DigestName | None = None,
+    digest: _DigestName | None = None,
     chunk_size: int | None = None,
     threads: int | None = None,
 ) -> list[InstanceInfo | DicomParseError | OSError]: ...

@@ -48,7 +48,9 @@ impl Charset {
                 b"ISO_IR 166" | b"ISO 2022 IR 166" => Charset::Other(WINDOWS_874),
                 b"ISO_IR 13" | b"ISO 2022 IR 13" => Charset::Other(SHIFT_JIS),
                 b"GB18030" => Charset::Other(GB18030),
-                b"GBK" | b"ISO 2022 GBK" | b"ISO 2022 58" | b"ISO 2022 IR 58" => Charset::Other(GBK),
+                b"GBK" | b"ISO 2022 GBK" | b"ISO 2022 58" | b"ISO 2022 IR 58" => {
+                    Charset::Other(GBK)
+                }
                 b"ISO 2022 IR 87" | b"ISO 2022 IR 159" => {
                     extended_japanese = true;
                     continue;
@@ -97,7 +99,11 @@ fn decode_iso2022(bytes: &[u8], encoding: &'static TextEncoding, keep_escapes: b
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == 0x1B {
-            i += if bytes.get(i + 1) == Some(&b'$') { 4 } else { 3 };
+            i += if bytes.get(i + 1) == Some(&b'$') {
+                4
+            } else {
+                3
+            };
             continue;
         }
         plain.push(bytes[i]);

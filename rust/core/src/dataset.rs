@@ -185,7 +185,10 @@ fn read_fragments(buf: &[u8], pixel: &Header, enc: Encoding) -> Result<Element> 
         match item.tag {
             SEQUENCE_DELIMITER => {
                 if fragments == 0 {
-                    return Err(bad_item(&item, "encapsulated pixel data without a basic offset table"));
+                    return Err(bad_item(
+                        &item,
+                        "encapsulated pixel data without a basic offset table",
+                    ));
                 }
                 return Ok(Element {
                     header: *pixel,
@@ -205,7 +208,12 @@ fn read_fragments(buf: &[u8], pixel: &Header, enc: Encoding) -> Result<Element> 
                 pos = value_end(&item, buf.len())?;
                 fragments += 1;
             }
-            _ => return Err(bad_item(&item, "expected a fragment or a sequence delimiter")),
+            _ => {
+                return Err(bad_item(
+                    &item,
+                    "expected a fragment or a sequence delimiter",
+                ))
+            }
         }
     }
 }

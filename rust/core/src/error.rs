@@ -51,7 +51,12 @@ pub struct ScanError {
 impl ScanError {
     #[cold]
     #[inline(never)]
-    pub fn new(kind: ErrorKind, offset: usize, tag: Option<u32>, detail: impl Into<String>) -> Self {
+    pub fn new(
+        kind: ErrorKind,
+        offset: usize,
+        tag: Option<u32>,
+        detail: impl Into<String>,
+    ) -> Self {
         ScanError {
             kind,
             offset: offset as u64,

@@ -127,8 +127,11 @@ fn read_meta(data: &[u8], start: usize) -> Result<Meta> {
         end: start,
     };
     while pos + 8 <= data.len() && u16::from_le_bytes([data[pos], data[pos + 1]]) == 0x0002 {
-        let header = read_header(data, pos, data.len(), Encoding::EXPLICIT_LE)
-            .map_err(|e| ScanError { kind: ErrorKind::BadMeta, ..e })?;
+        let header =
+            read_header(data, pos, data.len(), Encoding::EXPLICIT_LE).map_err(|e| ScanError {
+                kind: ErrorKind::BadMeta,
+                ..e
+            })?;
         if header.is_undefined() {
             return Err(ScanError::new(
                 ErrorKind::BadMeta,

@@ -23,7 +23,9 @@ impl<'py> ByteView<'py> {
         let buffer = PyBuffer::<u8>::get(obj).map_err(|_| {
             PyTypeError::new_err(format!(
                 "expected bytes, bytearray, memoryview or mmap, not {}",
-                obj.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string())
+                obj.get_type()
+                    .name()
+                    .map_or_else(|_| "?".to_owned(), |n| n.to_string())
             ))
         })?;
         if !buffer.is_c_contiguous() {

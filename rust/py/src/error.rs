@@ -2,6 +2,9 @@
 //! classes are defined in Python (`dicomrelay.errors`) and imported here.
 
 use dicomrelay_core::ScanError;
+use std::path::PathBuf;
+
+use pyo3::exceptions::PyOSError;
 use pyo3::PyErr;
 
 pyo3::import_exception!(dicomrelay.errors, DicomParseError);
@@ -14,7 +17,7 @@ pub fn parse_error(e: ScanError) -> PyErr {
 /// Why one input of a batch failed.
 pub enum Failure {
     Parse(ScanError),
-    Io(std::io::Error),
+    Io(std::io::Error, PathBuf),
 }
 
 impl From<Failure> for PyErr {
@@ -22,7 +25,12 @@ impl From<Failure> for PyErr {
     fn from(f: Failure) -> PyErr {
         match f {
             Failure::Parse(e) => parse_error(e),
-            Failure::Io(e) => e.into(),
+            // OSError(errno, strerror, filename) becomes the matching subclass
+            // (FileNotFoundError, PermissionError, ...) and names the file.
+            Failure::Io(e, path) => match e.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, e.to_string(), path)),
+                None => PyErr::from(e),
+            },
         }
     }
 }
@@ -33,8 +41,3 @@ impl From<ScanError> for Failure {
     }
 }
 
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Self {
-        Failure::Io(e)
-    }
-}

@@ -31,8 +31,8 @@ macro_rules! instance_info_methods {
             }
 
             #[classattr]
-            fn __match_args__() -> Vec<&'static str> {
-                vec![$(stringify!($name),)* "chunk_digests"]
+            fn __match_args__(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+                PyTuple::new(py, [$(stringify!($name),)* "chunk_digests"])
             }
 
             $($methods)*

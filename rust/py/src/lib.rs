@@ -37,14 +37,22 @@ fn options(digest: Option<&str>, chunk_size: Option<usize>) -> PyResult<ScanOpti
     })
 }
 
-fn scan_path(path: &std::path::Path, options: &ScanOptions) -> Result<dicomrelay_core::InstanceInfo, Failure> {
-    let file = MappedFile::open(path)?;
+fn scan_path(
+    path: &std::path::Path,
+    options: &ScanOptions,
+) -> Result<dicomrelay_core::InstanceInfo, Failure> {
+    let file = MappedFile::open(path).map_err(|e| Failure::Io(e, path.to_owned()))?;
     Ok(dicomrelay_core::scan(file.as_slice(), options)?)
 }
 
 #[pyfunction]
 #[pyo3(signature = (data, *, digest=None, chunk_size=None))]
-fn scan(py: Python<'_>, data: &Bound<'_, PyAny>, digest: Option<&str>, chunk_size: Option<usize>) -> PyResult<InstanceInfo> {
+fn scan(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    digest: Option<&str>,
+    chunk_size: Option<usize>,
+) -> PyResult<InstanceInfo> {
     let options = options(digest, chunk_size)?;
     let view = ByteView::new(data)?;
     let bytes = view.as_slice();
@@ -54,7 +62,12 @@ fn scan(py: Python<'_>, data: &Bound<'_, PyAny>, digest: Option<&str>, chunk_siz
 
 #[pyfunction]
 #[pyo3(signature = (path, *, digest=None, chunk_size=None))]
-fn scan_file(py: Python<'_>, path: PathBuf, digest: Option<&str>, chunk_size: Option<usize>) -> PyResult<InstanceInfo> {
+fn scan_file(
+    py: Python<'_>,
+    path: PathBuf,
+    digest: Option<&str>,
+    chunk_size: Option<usize>,
+) -> PyResult<InstanceInfo> {
     let options = options(digest, chunk_size)?;
     let result = py.detach(|| scan_path(&path, &options));
     result.map(InstanceInfo).map_err(PyErr::from)
@@ -94,7 +107,11 @@ fn scan_many<'py>(
         })
         .collect();
     let workers = threads
-        .or_else(|| std::thread::available_parallelism().ok().map(NonZeroUsize::get))
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(NonZeroUsize::get)
+        })
         .unwrap_or(1)
         .clamp(1, 64);
     let results = py.detach(|| run_batch(&jobs, &options, workers));

@@ -1,0 +1,40 @@
+# dicomrelay: every task a target; `make help` lists them.
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help deps install run test lint rust-test bench fuzz
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## Debian packages the tests use (DCMTK), when missing
+	@command -v storescp >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null; }
+
+install: ## build the Rust extension (release) and install dicomrelay with its test tools
+	$(PYTHON) -m pip install -q -e '.[test,lint]'
+
+run: install ## the main job on its embedded default
+	dicomrelay scan "$$($(PYTHON) -c 'import os, pydicom.data as d; print(os.path.dirname(d.get_testdata_file("CT_small.dcm")))')"
+
+lint: ## rustfmt, clippy, ruff, mypy strict, stubtest of the native module
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(PYTHON) -m ruff check python tests benches
+	$(PYTHON) -m ruff format --check python tests benches
+	$(PYTHON) -m mypy
+	$(PYTHON) -m mypy.stubtest dicomrelay._native
+
+rust-test: ## cargo tests of the pure-Rust core
+	cargo test -p dicomrelay-core
+
+test: deps install lint rust-test ## everything CI checks: lints, cargo test, pytest
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: install ## pytest-benchmark suites in short mode; JSON to build-artifacts/
+	mkdir -p build-artifacts
+	$(PYTHON) -m pytest benches --benchmark-min-rounds=3 --benchmark-max-time=0.2 \
+		--benchmark-json=build-artifacts/benchmarks.json
+
+fuzz: ## build the cargo-fuzz target and run it for FUZZ_SECONDS (default 60)
+	bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60}
