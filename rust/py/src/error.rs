@@ -40,4 +40,3 @@ impl From<ScanError> for Failure {
         Failure::Parse(e)
     }
 }
-
