@@ -10,7 +10,10 @@ _DigestName: TypeAlias = Literal["sha256", "blake3"]
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "Channel",
+    "Hasher",
     "InstanceInfo",
+    "TlsConfig",
     "__version__",
     "scan",
     "scan_file",
@@ -93,3 +96,45 @@ def scan_many(
     chunk_size: int | None = None,
     threads: int | None = None,
 ) -> list[InstanceInfo | DicomParseError | OSError]: ...
+
+@final
+class TlsConfig:
+    @staticmethod
+    def client(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> TlsConfig: ...
+    @staticmethod
+    def server(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> TlsConfig: ...
+    @property
+    def is_server(self) -> bool: ...
+
+_Frame: TypeAlias = tuple[int, int, int, int, bytes, bool | None]
+
+@final
+class Channel:
+    def __new__(cls, tls: TlsConfig | None = None, server_name: str | None = None) -> Channel: ...
+    def receive(self, data: bytes) -> list[_Frame]: ...
+    def send(
+        self,
+        kind: int,
+        payload: _Buffer,
+        *,
+        stream: int = 0,
+        offset: int = 0,
+        flags: int = 0,
+        digest: bytes | None = None,
+    ) -> None: ...
+    def take_outgoing(self) -> bytes: ...
+    def close(self) -> None: ...
+    @property
+    def handshaking(self) -> bool: ...
+    @property
+    def outgoing_len(self) -> int: ...
+    @property
+    def peer_certificate(self) -> bytes | None: ...
+
+@final
+class Hasher:
+    def __new__(cls, algorithm: _DigestName = "sha256") -> Hasher: ...
+    def update(self, data: _Buffer) -> None: ...
+    def hexdigest(self) -> str: ...
+    @property
+    def name(self) -> str: ...

@@ -24,3 +24,15 @@ class DicomParseError(DicomrelayError, ValueError):
 
     def __reduce__(self) -> tuple[type[DicomParseError], tuple[str, int, int | None]]:
         return (type(self), (str(self), self.offset, self.tag))
+
+
+class ConfigurationError(DicomrelayError, ValueError):
+    """A node's configuration cannot work: a bad certificate, key, peer or path."""
+
+
+class ProtocolError(DicomrelayError):
+    """A peer sent bytes that are not frames of the dicomrelay wire protocol."""
+
+
+class TlsError(DicomrelayError, ConnectionError):
+    """The TLS layer failed: an untrusted or misnamed certificate, or a broken record."""

@@ -82,6 +82,17 @@ pub fn digest(data: &[u8], algorithm: DigestAlgorithm, chunk_size: Option<usize>
             chunks: Vec::new(),
         };
     };
+    if data.len() <= chunk_size {
+        // One chunk: its digest is the whole object's; hash once.
+        whole.update(data);
+        let whole = to_hex(&whole.finish());
+        let chunks = if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![whole.clone()]
+        };
+        return Digests { whole, chunks };
+    }
     let mut chunks = Vec::with_capacity(data.len().div_ceil(chunk_size));
     for chunk in data.chunks(chunk_size) {
         let mut part = algorithm.hasher();
@@ -95,6 +106,13 @@ pub fn digest(data: &[u8], algorithm: DigestAlgorithm, chunk_size: Option<usize>
         whole: to_hex(&whole.finish()),
         chunks,
     }
+}
+
+/// The raw 32-byte digest of `data`.
+pub fn digest_raw(data: &[u8], algorithm: DigestAlgorithm) -> [u8; 32] {
+    let mut h = algorithm.hasher();
+    h.update(data);
+    h.finish()
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {

@@ -4,6 +4,7 @@
 //! Every function takes bytes and returns small results or a [`ScanError`]; none
 //! panics on input, allocates by a declared length, or recurses without a bound.
 
+pub mod channel;
 pub mod charset;
 pub mod dataset;
 pub mod digest;
@@ -11,6 +12,7 @@ pub mod element;
 pub mod error;
 pub mod scan;
 pub mod syntax;
+pub mod wire;
 
 pub use digest::{digest, DigestAlgorithm, Digests, DEFAULT_CHUNK_SIZE};
 pub use error::{ErrorKind, ScanError};

@@ -1,6 +1,7 @@
 //! The one place where core errors become Python exceptions. The exception
 //! classes are defined in Python (`dicomrelay.errors`) and imported here.
 
+use dicomrelay_core::channel::ChannelError;
 use dicomrelay_core::ScanError;
 use std::path::PathBuf;
 
@@ -8,6 +9,18 @@ use pyo3::exceptions::PyOSError;
 use pyo3::PyErr;
 
 pyo3::import_exception!(dicomrelay.errors, DicomParseError);
+pyo3::import_exception!(dicomrelay.errors, ProtocolError);
+pyo3::import_exception!(dicomrelay.errors, TlsError);
+pyo3::import_exception!(dicomrelay.errors, ConfigurationError);
+
+#[cold]
+pub fn channel_error(e: ChannelError) -> PyErr {
+    match e {
+        ChannelError::Tls(_) => TlsError::new_err(e.to_string()),
+        ChannelError::Wire(_) => ProtocolError::new_err(e.to_string()),
+        ChannelError::Config(_) => ConfigurationError::new_err(e.to_string()),
+    }
+}
 
 #[cold]
 pub fn parse_error(e: ScanError) -> PyErr {

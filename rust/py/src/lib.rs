@@ -3,6 +3,7 @@
 //! become the exceptions defined in `dicomrelay.errors`.
 
 mod buf;
+mod channel;
 mod error;
 mod info;
 
@@ -159,6 +160,9 @@ fn run_batch(jobs: &[Job<'_>], options: &ScanOptions, workers: usize) -> Vec<Out
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InstanceInfo>()?;
+    m.add_class::<channel::Channel>()?;
+    m.add_class::<channel::TlsConfig>()?;
+    m.add_class::<channel::Hasher>()?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;

@@ -1,0 +1,205 @@
+//! `Channel`, `TlsConfig` and `Hasher`: the wire hot path for the async layer,
+//! which only moves bytes between sockets and these objects.
+
+use dicomrelay_core::channel::{Channel as CoreChannel, TlsConfig as CoreTlsConfig};
+use dicomrelay_core::digest::Hasher as CoreHasher;
+use dicomrelay_core::wire::DIGEST_LEN;
+use dicomrelay_core::DigestAlgorithm;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::IntoPyObjectExt;
+
+use crate::buf::ByteView;
+use crate::error::channel_error;
+
+/// Inputs shorter than this are hashed without releasing the GIL: the release
+/// costs more than the work.
+const DETACH_THRESHOLD: usize = 64 * 1024;
+
+#[pyclass(frozen, module = "dicomrelay._native", name = "TlsConfig")]
+pub struct TlsConfig(CoreTlsConfig);
+
+#[pymethods]
+impl TlsConfig {
+    /// The connecting side's identity, trusting servers issued by `ca_pem`.
+    #[staticmethod]
+    fn client(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> PyResult<TlsConfig> {
+        CoreTlsConfig::client(ca_pem, cert_pem, key_pem)
+            .map(TlsConfig)
+            .map_err(channel_error)
+    }
+
+    /// The accepting side's identity, requiring clients issued by `ca_pem`.
+    #[staticmethod]
+    fn server(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> PyResult<TlsConfig> {
+        CoreTlsConfig::server(ca_pem, cert_pem, key_pem)
+            .map(TlsConfig)
+            .map_err(channel_error)
+    }
+
+    #[getter]
+    fn is_server(&self) -> bool {
+        matches!(self.0, CoreTlsConfig::Server(_))
+    }
+}
+
+#[pyclass(module = "dicomrelay._native", name = "Channel")]
+pub struct Channel(CoreChannel);
+
+#[pymethods]
+impl Channel {
+    #[new]
+    #[pyo3(signature = (tls=None, server_name=None))]
+    fn new(tls: Option<&TlsConfig>, server_name: Option<&str>) -> PyResult<Channel> {
+        match tls {
+            None => Ok(Channel(CoreChannel::plaintext())),
+            Some(config) => CoreChannel::tls(&config.0, server_name)
+                .map(Channel)
+                .map_err(channel_error),
+        }
+    }
+
+    /// Feed bytes read from the socket; returns the whole frames now available as
+    /// `(kind, flags, stream, offset, payload, digest_ok)` tuples.
+    fn receive<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        let channel = &mut self.0;
+        let frames = py
+            .detach(|| {
+                channel.receive(data)?;
+                channel.decode()
+            })
+            .map_err(channel_error)?;
+        let out = PyList::empty(py);
+        for f in &frames {
+            let payload = PyBytes::new(py, &channel.bytes()[f.payload.clone()]);
+            let tuple = PyTuple::new(
+                py,
+                [
+                    f.header.kind.into_bound_py_any(py)?,
+                    f.header.flags.into_bound_py_any(py)?,
+                    f.header.stream.into_bound_py_any(py)?,
+                    f.header.offset.into_bound_py_any(py)?,
+                    payload.into_any(),
+                    f.digest_ok.into_bound_py_any(py)?,
+                ],
+            )?;
+            out.append(tuple)?;
+        }
+        channel.release();
+        Ok(out)
+    }
+
+    /// Queue one frame. `digest` (32 bytes) precedes the payload of a chunk.
+    #[pyo3(signature = (kind, payload, *, stream=0, offset=0, flags=0, digest=None))]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments of one frame
+    fn send(
+        &mut self,
+        py: Python<'_>,
+        kind: u8,
+        payload: &Bound<'_, PyAny>,
+        stream: u32,
+        offset: u64,
+        flags: u8,
+        digest: Option<&[u8]>,
+    ) -> PyResult<()> {
+        let digest: Option<&[u8; DIGEST_LEN]> = match digest {
+            None => None,
+            Some(d) => Some(
+                d.try_into()
+                    .map_err(|_| PyValueError::new_err("a chunk digest is 32 bytes"))?,
+            ),
+        };
+        let view = ByteView::new(payload)?;
+        let bytes = view.as_slice();
+        let channel = &mut self.0;
+        let mut send = || channel.send(kind, flags, stream, offset, digest, bytes);
+        let result = if bytes.len() >= DETACH_THRESHOLD {
+            py.detach(send)
+        } else {
+            send()
+        };
+        result.map_err(channel_error)
+    }
+
+    /// Bytes to write to the socket; empties the queue.
+    fn take_outgoing<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.take_outgoing())
+    }
+
+    /// Send TLS close_notify (queued in the outgoing bytes).
+    fn close(&mut self) -> PyResult<()> {
+        self.0.close().map_err(channel_error)
+    }
+
+    #[getter]
+    fn handshaking(&self) -> bool {
+        self.0.is_handshaking()
+    }
+
+    #[getter]
+    fn outgoing_len(&self) -> usize {
+        self.0.outgoing_len()
+    }
+
+    /// The peer's certificate (DER) once the TLS handshake is done.
+    #[getter]
+    fn peer_certificate<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.0.peer_certificate().map(|c| PyBytes::new(py, c))
+    }
+}
+
+pub fn algorithm(name: &str) -> PyResult<DigestAlgorithm> {
+    DigestAlgorithm::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!("digest must be 'sha256' or 'blake3', not {name:?}"))
+    })
+}
+
+/// An incremental digest, for objects that arrive in pieces.
+#[pyclass(module = "dicomrelay._native", name = "Hasher")]
+pub struct Hasher {
+    inner: Option<CoreHasher>,
+    algorithm: DigestAlgorithm,
+}
+
+#[pymethods]
+impl Hasher {
+    #[new]
+    #[pyo3(signature = (algorithm="sha256"))]
+    fn new(algorithm: &str) -> PyResult<Hasher> {
+        let algorithm = self::algorithm(algorithm)?;
+        Ok(Hasher {
+            inner: Some(algorithm.hasher()),
+            algorithm,
+        })
+    }
+
+    fn update(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let hasher = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| PyValueError::new_err("hasher already finished"))?;
+        let view = ByteView::new(data)?;
+        let bytes = view.as_slice();
+        if bytes.len() >= DETACH_THRESHOLD {
+            py.detach(|| hasher.update(bytes));
+        } else {
+            hasher.update(bytes);
+        }
+        Ok(())
+    }
+
+    /// The digest as lower-case hex; the hasher cannot be updated after.
+    fn hexdigest(&mut self) -> PyResult<String> {
+        let hasher = self
+            .inner
+            .take()
+            .ok_or_else(|| PyValueError::new_err("hasher already finished"))?;
+        Ok(dicomrelay_core::digest::to_hex(&hasher.finish()))
+    }
+
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.algorithm.name()
+    }
+}
