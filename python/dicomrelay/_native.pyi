@@ -69,6 +69,8 @@ class InstanceInfo:
     @property
     def dataset_offset(self) -> int: ...
     @property
+    def size(self) -> int: ...
+    @property
     def has_meta(self) -> bool: ...
     @property
     def deflated(self) -> bool: ...
@@ -106,7 +108,7 @@ class TlsConfig:
     @property
     def is_server(self) -> bool: ...
 
-_Frame: TypeAlias = tuple[int, int, int, int, bytes, bool | None]
+_Frame: TypeAlias = tuple[int, int, int, int, bytes, bool | None, bytes | None]
 
 @final
 class Channel:

@@ -64,6 +64,8 @@ pub struct InstanceInfo {
     pub fragments: Option<u32>,
     /// Where the dataset after the meta group starts.
     pub dataset_offset: u64,
+    /// Bytes in the whole input.
+    pub size: u64,
     pub has_meta: bool,
     pub deflated: bool,
     pub digest: Option<String>,
@@ -99,6 +101,7 @@ pub fn scan(data: &[u8], options: &ScanOptions) -> Result<InstanceInfo> {
         scan_dataset(data, dataset_start, enc)?
     };
     info.has_meta = meta.present;
+    info.size = data.len() as u64;
     info.dataset_offset = dataset_start as u64;
     info.transfer_syntax_uid = Some(match meta.transfer_syntax {
         Some(uid) => uid,
@@ -245,6 +248,7 @@ fn scan_dataset(buf: &[u8], start: usize, enc: Encoding) -> Result<InstanceInfo>
             .filter(|p| p.header.is_undefined())
             .map(|p| p.fragments.saturating_sub(1)),
         dataset_offset: start as u64,
+        size: 0,
         has_meta: false,
         deflated: false,
         digest: None,

@@ -61,7 +61,8 @@ impl Channel {
     }
 
     /// Feed bytes read from the socket; returns the whole frames now available as
-    /// `(kind, flags, stream, offset, payload, digest_ok)` tuples.
+    /// `(kind, flags, stream, offset, payload, digest_ok, digest)` tuples, where
+    /// `digest` is the 32-byte digest a chunk claimed (checked: see `digest_ok`).
     fn receive<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
         let channel = &mut self.0;
         let frames = py
@@ -73,6 +74,9 @@ impl Channel {
         let out = PyList::empty(py);
         for f in &frames {
             let payload = PyBytes::new(py, &channel.bytes()[f.payload.clone()]);
+            let claimed = f
+                .digest_ok
+                .map(|_| PyBytes::new(py, &channel.bytes()[f.payload.start - DIGEST_LEN..f.payload.start]));
             let tuple = PyTuple::new(
                 py,
                 [
@@ -82,6 +86,7 @@ impl Channel {
                     f.header.offset.into_bound_py_any(py)?,
                     payload.into_any(),
                     f.digest_ok.into_bound_py_any(py)?,
+                    claimed.into_bound_py_any(py)?,
                 ],
             )?;
             out.append(tuple)?;

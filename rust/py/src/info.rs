@@ -62,6 +62,7 @@ instance_info_methods!({
     encapsulated: bool,
     fragments: Option<u32>,
     dataset_offset: u64,
+    size: u64,
     has_meta: bool,
     deflated: bool,
     digest: Option<String>,

@@ -1,0 +1,116 @@
+"""Node configuration: frozen, keyword-only, read once (from code or TOML)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from dicomrelay.errors import ConfigurationError
+from dicomrelay.pki import Identity, check_org_code
+
+DigestName = Literal["sha256", "blake3"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Peer:
+    """Another organisation's node: its code, where it listens, and (optionally)
+    the CA that must have issued its certificate."""
+
+    code: str
+    host: str
+    port: int
+    ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", check_org_code(self.code))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    transfers_per_peer: int = 4  # concurrent transfers (connections) to one destination
+    max_attempts: int = 8  # then the transfer is a dead letter
+    backoff_base: float = 0.5  # seconds before the first retry (full jitter)
+    backoff_cap: float = 300.0
+    connect_timeout: float = 10.0
+    stall_timeout: float = 30.0  # no progress for this long fails the attempt
+    window_bytes: int = 64 << 20  # unacknowledged bytes in flight per connection
+    offer_batch: int = 256  # instances per OFFER
+    write_buffer_bytes: int = 64 << 20  # receiver: bytes being made durable per connection
+    chunk_size: int = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    org: str
+    data_dir: Path
+    identity: Identity | None = None  # required unless insecure_plaintext
+    listen_host: str = "127.0.0.1"
+    listen_port: int | None = None  # None: do not listen; 0: any free port
+    peers: tuple[Peer, ...] = ()
+    digest: DigestName = "sha256"
+    insecure_plaintext: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "org", check_org_code(self.org))
+        if self.identity is None and not self.insecure_plaintext:
+            raise ConfigurationError("a node needs a TLS identity (or insecure_plaintext=True)")
+        if self.digest not in ("sha256", "blake3"):
+            raise ConfigurationError(f"digest must be sha256 or blake3, not {self.digest!r}")
+        codes = [p.code for p in self.peers]
+        if len(set(codes)) != len(codes):
+            raise ConfigurationError("each peer organisation may be listed once")
+
+    def peer(self, code: str) -> Peer:
+        for p in self.peers:
+            if p.code == code.upper():
+                return p
+        raise ConfigurationError(f"unknown organisation {code!r}")
+
+    @classmethod
+    def from_toml(cls, path: Path) -> NodeConfig:
+        """Read a node's TOML file; relative paths are relative to the file."""
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigurationError(f"cannot read {path}: {e}") from e
+        base = path.parent
+
+        def rel(p: str) -> Path:
+            return (base / p).resolve()
+
+        try:
+            node: dict[str, Any] = raw["node"]
+            tls = raw.get("tls")
+            identity = (
+                Identity(
+                    code=node["org"], cert=rel(tls["cert"]), key=rel(tls["key"]), ca=rel(tls["ca"])
+                )
+                if tls
+                else None
+            )
+            peers = tuple(
+                Peer(
+                    code=p["org"],
+                    host=p["host"],
+                    port=int(p["port"]),
+                    ca=rel(p["ca"]) if "ca" in p else None,
+                )
+                for p in raw.get("peers", [])
+            )
+            limits = Limits(**raw.get("limits", {}))
+            return cls(
+                org=node["org"],
+                data_dir=rel(node.get("data_dir", "data")),
+                identity=identity,
+                listen_host=node.get("listen_host", "127.0.0.1"),
+                listen_port=node.get("listen_port"),
+                peers=peers,
+                digest=cast(DigestName, node.get("digest", "sha256")),
+                insecure_plaintext=bool(node.get("insecure_plaintext", False)),
+                limits=limits,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigurationError(f"{path}: {e!r}") from e

@@ -1,0 +1,121 @@
+"""The ledger interface and the records it keeps."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class TransferState(enum.StrEnum):
+    QUEUED = "queued"  # waiting for a slot or for its next attempt
+    ACTIVE = "active"  # being sent
+    DONE = "done"  # committed; receipt held
+    DEAD = "dead"  # out of attempts, or refused for good: a dead letter
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutgoingInstance:
+    index: int
+    path: str
+    sop_instance_uid: str
+    size: int
+    digest: str
+    chunk_digests: tuple[str, ...]
+    acked: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutgoingTransfer:
+    id: str
+    destination: str
+    study_instance_uid: str
+    priority: str
+    digest: str
+    chunk_size: int
+    state: TransferState
+    attempts: int
+    next_attempt: float
+    created: float
+    total: int
+    acked: int = 0
+    last_error: str | None = None
+    receipt: bytes | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IncomingInstance:
+    index: int
+    sop_instance_uid: str
+    size: int
+    digest: str
+    stored: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IncomingTransfer:
+    sender: str
+    transfer_id: str
+    study_instance_uid: str
+    total: int
+    digest: str
+    receipt: bytes | None
+
+
+class Ledger(Protocol):
+    """What the engine asks of durable state. Every call is one transaction."""
+
+    async def close(self) -> None: ...
+
+    # Sending side.
+    async def add_outgoing(
+        self, transfer: OutgoingTransfer, instances: Sequence[OutgoingInstance]
+    ) -> None: ...
+    async def outgoing(self, transfer_id: str) -> OutgoingTransfer | None: ...
+    async def unfinished_outgoing(self) -> list[OutgoingTransfer]: ...
+    async def all_outgoing(self, limit: int = 1000) -> list[OutgoingTransfer]: ...
+    async def pending_instances(self, transfer_id: str) -> list[OutgoingInstance]: ...
+    async def mark_acked(self, transfer_id: str, indexes: Sequence[int], at: float) -> None: ...
+    async def set_outgoing_state(
+        self,
+        transfer_id: str,
+        state: TransferState,
+        *,
+        attempts: int | None = None,
+        next_attempt: float | None = None,
+        error: str | None = None,
+        receipt: bytes | None = None,
+    ) -> None: ...
+
+    # Receiving side.
+    async def note_incoming(
+        self, sender: str, transfer_id: str, study_instance_uid: str, total: int, digest: str
+    ) -> bytes | None:
+        """Record an offered transfer; returns its receipt if already committed."""
+        ...
+
+    async def incoming(self, sender: str, transfer_id: str) -> IncomingTransfer | None: ...
+    async def record_received(
+        self, sender: str, transfer_id: str, instances: Sequence[IncomingInstance]
+    ) -> None: ...
+    async def received(self, sender: str, transfer_id: str) -> dict[int, IncomingInstance]: ...
+    async def commit_incoming(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_instance_uid: str,
+        receipt: bytes,
+        committed: float,
+    ) -> bytes:
+        """Make the study visible and keep its receipt, atomically. Returns the
+        receipt stored, which is the earlier one if the transfer was committed before."""
+        ...
+
+    async def study(self, study_instance_uid: str) -> list[tuple[str, str, int]]:
+        """Committed instances of a study: (SOP Instance UID, digest, size)."""
+        ...
+
+    # Both sides.
+    async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None: ...
+    async def counts(self) -> dict[str, int]: ...

@@ -1,0 +1,425 @@
+"""The embedded ledger: SQLite in WAL mode, synchronous=FULL, one connection
+driven from worker threads one call at a time."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from dicomrelay.ledger.base import (
+    IncomingInstance,
+    IncomingTransfer,
+    OutgoingInstance,
+    OutgoingTransfer,
+    TransferState,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outgoing (
+    id TEXT PRIMARY KEY,
+    destination TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    total INTEGER NOT NULL,
+    last_error TEXT,
+    receipt BLOB
+);
+CREATE INDEX IF NOT EXISTS outgoing_state ON outgoing (state);
+CREATE TABLE IF NOT EXISTS outgoing_instances (
+    transfer_id TEXT NOT NULL REFERENCES outgoing (id),
+    idx INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    chunk_digests TEXT NOT NULL,
+    acked REAL,
+    PRIMARY KEY (transfer_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS incoming (
+    sender TEXT NOT NULL,
+    transfer_id TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    committed REAL,
+    receipt BLOB,
+    PRIMARY KEY (sender, transfer_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS incoming_instances (
+    sender TEXT NOT NULL,
+    transfer_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    sop_uid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    stored REAL NOT NULL,
+    PRIMARY KEY (sender, transfer_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS store (
+    study_uid TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    transfer_id TEXT NOT NULL,
+    committed REAL NOT NULL,
+    PRIMARY KEY (study_uid, sop_uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    org TEXT NOT NULL,
+    action TEXT NOT NULL,
+    transfer_id TEXT,
+    detail TEXT NOT NULL
+);
+"""
+
+_OUTGOING_COLUMNS = (
+    "id, destination, study_uid, priority, digest, chunk_size, state, attempts,"
+    " next_attempt, created, total, last_error, receipt,"
+    " (SELECT count(*) FROM outgoing_instances i"
+    " WHERE i.transfer_id = o.id AND i.acked IS NOT NULL)"
+)
+
+
+def _outgoing(row: tuple[Any, ...]) -> OutgoingTransfer:
+    (
+        id_,
+        dest,
+        study,
+        prio,
+        digest,
+        chunk,
+        state,
+        attempts,
+        nxt,
+        created,
+        total,
+        err,
+        rec,
+        acked,
+    ) = row
+    return OutgoingTransfer(
+        id=id_,
+        destination=dest,
+        study_instance_uid=study,
+        priority=prio,
+        digest=digest,
+        chunk_size=chunk,
+        state=TransferState(state),
+        attempts=attempts,
+        next_attempt=nxt,
+        created=created,
+        total=total,
+        acked=acked,
+        last_error=err,
+        receipt=None if rec is None else bytes(rec),
+    )
+
+
+class SqliteLedger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(SCHEMA)
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` as one transaction on the ledger's connection, off the event loop."""
+
+        def transaction() -> T:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
+
+    # Sending side.
+    async def add_outgoing(
+        self, transfer: OutgoingTransfer, instances: Sequence[OutgoingInstance]
+    ) -> None:
+        now = time.time()
+
+        def add(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO outgoing (id, destination, study_uid, priority, digest, chunk_size,"
+                " state, attempts, next_attempt, created, updated, total)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    transfer.id,
+                    transfer.destination,
+                    transfer.study_instance_uid,
+                    transfer.priority,
+                    transfer.digest,
+                    transfer.chunk_size,
+                    transfer.state.value,
+                    transfer.attempts,
+                    transfer.next_attempt,
+                    transfer.created,
+                    now,
+                    transfer.total,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO outgoing_instances (transfer_id, idx, path, sop_uid, size, digest,"
+                " chunk_digests) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        transfer.id,
+                        i.index,
+                        i.path,
+                        i.sop_instance_uid,
+                        i.size,
+                        i.digest,
+                        ",".join(i.chunk_digests),
+                    )
+                    for i in instances
+                ],
+            )
+
+        await self._run(add)
+
+    async def outgoing(self, transfer_id: str) -> OutgoingTransfer | None:
+        def get(db: sqlite3.Connection) -> OutgoingTransfer | None:
+            row = db.execute(
+                f"SELECT {_OUTGOING_COLUMNS} FROM outgoing o WHERE id = ?", (transfer_id,)
+            ).fetchone()
+            return None if row is None else _outgoing(row)
+
+        return await self._run(get)
+
+    async def unfinished_outgoing(self) -> list[OutgoingTransfer]:
+        def get(db: sqlite3.Connection) -> list[OutgoingTransfer]:
+            rows = db.execute(
+                f"SELECT {_OUTGOING_COLUMNS} FROM outgoing o WHERE state IN (?, ?)"
+                " ORDER BY created",
+                (TransferState.QUEUED.value, TransferState.ACTIVE.value),
+            ).fetchall()
+            return [_outgoing(r) for r in rows]
+
+        return await self._run(get)
+
+    async def all_outgoing(self, limit: int = 1000) -> list[OutgoingTransfer]:
+        def get(db: sqlite3.Connection) -> list[OutgoingTransfer]:
+            rows = db.execute(
+                f"SELECT {_OUTGOING_COLUMNS} FROM outgoing o ORDER BY created DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_outgoing(r) for r in rows]
+
+        return await self._run(get)
+
+    async def pending_instances(self, transfer_id: str) -> list[OutgoingInstance]:
+        def get(db: sqlite3.Connection) -> list[OutgoingInstance]:
+            rows = db.execute(
+                "SELECT idx, path, sop_uid, size, digest, chunk_digests FROM outgoing_instances"
+                " WHERE transfer_id = ? AND acked IS NULL ORDER BY idx",
+                (transfer_id,),
+            ).fetchall()
+            return [
+                OutgoingInstance(
+                    index=idx,
+                    path=path,
+                    sop_instance_uid=uid,
+                    size=size,
+                    digest=digest,
+                    chunk_digests=tuple(chunks.split(",")) if chunks else (),
+                )
+                for idx, path, uid, size, digest, chunks in rows
+            ]
+
+        return await self._run(get)
+
+    async def mark_acked(self, transfer_id: str, indexes: Sequence[int], at: float) -> None:
+        def mark(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE outgoing_instances SET acked = ? WHERE transfer_id = ? AND idx = ?",
+                [(at, transfer_id, i) for i in indexes],
+            )
+
+        await self._run(mark)
+
+    async def set_outgoing_state(
+        self,
+        transfer_id: str,
+        state: TransferState,
+        *,
+        attempts: int | None = None,
+        next_attempt: float | None = None,
+        error: str | None = None,
+        receipt: bytes | None = None,
+    ) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE outgoing SET state = ?, updated = ?,"
+                " attempts = coalesce(?, attempts), next_attempt = coalesce(?, next_attempt),"
+                " last_error = coalesce(?, last_error), receipt = coalesce(?, receipt)"
+                " WHERE id = ?",
+                (state.value, time.time(), attempts, next_attempt, error, receipt, transfer_id),
+            )
+
+        await self._run(update)
+
+    # Receiving side.
+    async def note_incoming(
+        self, sender: str, transfer_id: str, study_instance_uid: str, total: int, digest: str
+    ) -> bytes | None:
+        def note(db: sqlite3.Connection) -> bytes | None:
+            db.execute(
+                "INSERT OR IGNORE INTO incoming (sender, transfer_id, study_uid, total, digest,"
+                " first_seen) VALUES (?, ?, ?, ?, ?, ?)",
+                (sender, transfer_id, study_instance_uid, total, digest, time.time()),
+            )
+            row = db.execute(
+                "SELECT receipt FROM incoming WHERE sender = ? AND transfer_id = ?",
+                (sender, transfer_id),
+            ).fetchone()
+            return None if row[0] is None else bytes(row[0])
+
+        return await self._run(note)
+
+    async def incoming(self, sender: str, transfer_id: str) -> IncomingTransfer | None:
+        def get(db: sqlite3.Connection) -> IncomingTransfer | None:
+            row = db.execute(
+                "SELECT study_uid, total, digest, receipt FROM incoming"
+                " WHERE sender = ? AND transfer_id = ?",
+                (sender, transfer_id),
+            ).fetchone()
+            if row is None:
+                return None
+            study, total, digest, receipt = row
+            return IncomingTransfer(
+                sender=sender,
+                transfer_id=transfer_id,
+                study_instance_uid=study,
+                total=total,
+                digest=digest,
+                receipt=None if receipt is None else bytes(receipt),
+            )
+
+        return await self._run(get)
+
+    async def record_received(
+        self, sender: str, transfer_id: str, instances: Sequence[IncomingInstance]
+    ) -> None:
+        def record(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR IGNORE INTO incoming_instances (sender, transfer_id, idx, sop_uid,"
+                " size, digest, stored) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (sender, transfer_id, i.index, i.sop_instance_uid, i.size, i.digest, i.stored)
+                    for i in instances
+                ],
+            )
+
+        await self._run(record)
+
+    async def received(self, sender: str, transfer_id: str) -> dict[int, IncomingInstance]:
+        def get(db: sqlite3.Connection) -> dict[int, IncomingInstance]:
+            rows = db.execute(
+                "SELECT idx, sop_uid, size, digest, stored FROM incoming_instances"
+                " WHERE sender = ? AND transfer_id = ?",
+                (sender, transfer_id),
+            ).fetchall()
+            return {
+                idx: IncomingInstance(
+                    index=idx, sop_instance_uid=uid, size=size, digest=digest, stored=stored
+                )
+                for idx, uid, size, digest, stored in rows
+            }
+
+        return await self._run(get)
+
+    async def commit_incoming(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_instance_uid: str,
+        receipt: bytes,
+        committed: float,
+    ) -> bytes:
+        def commit(db: sqlite3.Connection) -> bytes:
+            row = db.execute(
+                "SELECT receipt FROM incoming WHERE sender = ? AND transfer_id = ?",
+                (sender, transfer_id),
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                return bytes(row[0])
+            db.execute(
+                "INSERT OR IGNORE INTO store (study_uid, sop_uid, digest, size, sender,"
+                " transfer_id, committed) SELECT ?, sop_uid, digest, size, sender, transfer_id, ?"
+                " FROM incoming_instances WHERE sender = ? AND transfer_id = ?",
+                (study_instance_uid, committed, sender, transfer_id),
+            )
+            db.execute(
+                "UPDATE incoming SET committed = ?, receipt = ?"
+                " WHERE sender = ? AND transfer_id = ?",
+                (committed, receipt, sender, transfer_id),
+            )
+            return receipt
+
+        return await self._run(commit)
+
+    async def study(self, study_instance_uid: str) -> list[tuple[str, str, int]]:
+        def get(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
+            return db.execute(
+                "SELECT sop_uid, digest, size FROM store WHERE study_uid = ? ORDER BY sop_uid",
+                (study_instance_uid,),
+            ).fetchall()
+
+        return await self._run(get)
+
+    # Both sides.
+    async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None:
+        def add(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO audit (at, org, action, transfer_id, detail) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), org, action, transfer_id, detail),
+            )
+
+        await self._run(add)
+
+    async def counts(self) -> dict[str, int]:
+        def get(db: sqlite3.Connection) -> dict[str, int]:
+            out = {s.value: 0 for s in TransferState}
+            for state, n in db.execute("SELECT state, count(*) FROM outgoing GROUP BY state"):
+                out[state] = n
+            out["received_committed"] = db.execute(
+                "SELECT count(*) FROM incoming WHERE committed IS NOT NULL"
+            ).fetchone()[0]
+            out["stored_instances"] = db.execute("SELECT count(*) FROM store").fetchone()[0]
+            return out
+
+        return await self._run(get)

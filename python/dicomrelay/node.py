@@ -1,0 +1,360 @@
+"""``Node``: one organisation's engine. An async context manager that owns the
+ledger, the blob store, the listener, the group committer and the scheduler,
+all inside one task group."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.to_thread
+from anyio.abc import SocketAttribute, TaskGroup
+
+from dicomrelay import pki
+from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
+from dicomrelay.config import NodeConfig, Peer
+from dicomrelay.connection import Connection
+from dicomrelay.errors import ConfigurationError, DicomrelayError, TlsError
+from dicomrelay.ledger import (
+    Ledger,
+    OutgoingInstance,
+    OutgoingTransfer,
+    SqliteLedger,
+    TransferState,
+)
+from dicomrelay.protocol import PRIORITIES
+from dicomrelay.receipt import Receipt
+from dicomrelay.receiver import Committer, Receiver
+from dicomrelay.scheduler import Candidate, after_failure, plan
+from dicomrelay.sender import Attempt, AttemptFailed, greet
+from dicomrelay.store import BlobStore
+from dicomrelay.transfer import Event, EventKind, Transfer
+
+Source = str | os.PathLike[str] | Iterable[str | os.PathLike[str] | bytes]
+
+
+class Node:
+    def __init__(self, config: NodeConfig, *, ledger: Ledger | None = None) -> None:
+        self.config = config
+        self._ledger = ledger
+        self._tg: TaskGroup | None = None
+        self._queued: dict[str, Candidate] = {}
+        self._active: dict[str, int] = defaultdict(int)
+        self._transfers: dict[str, Transfer] = {}
+        self._wake = anyio.Event()
+        self._acks: dict[str, list[int]] = defaultdict(list)
+        self._acks_ready = anyio.Event()
+        self._random = random.Random()
+        self.port: int | None = None
+
+    # Life cycle.
+    async def __aenter__(self) -> Self:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger: Ledger = self._ledger or SqliteLedger(cfg.data_dir / "ledger.sqlite")
+        self.store = BlobStore(cfg.data_dir / "store")
+        self.outbox = cfg.data_dir / "outbox"
+        self.outbox.mkdir(exist_ok=True)
+        self._client_tls, server_tls, key_pem = self._tls()
+        self._committer = Committer(self.ledger, self.store)
+        receiver = Receiver(cfg, self.ledger, self.store, self._committer, server_tls, key_pem)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            self._tg.start_soon(self._committer.run)
+            if cfg.listen_port is not None:
+                listener = await anyio.create_tcp_listener(
+                    local_host=cfg.listen_host, local_port=cfg.listen_port, reuse_port=False
+                )
+                self.port = listener.extra(SocketAttribute.local_port)
+                self._tg.start_soon(listener.serve, receiver.handle)
+            await self._resume()
+            self._tg.start_soon(self._schedule)
+            self._tg.start_soon(self._record_acks)
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Stop: whatever was in flight resumes from the ledger next time."""
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._flush_acks()
+            await self.ledger.close()
+
+    def _tls(self) -> tuple[TlsConfig | None, TlsConfig | None, bytes | None]:
+        cfg = self.config
+        if cfg.identity is None:
+            return None, None, None
+        ca, cert, key = cfg.identity.read()
+        bundle = [ca]
+        for peer in cfg.peers:
+            if peer.ca is not None:
+                bundle.append(peer.ca.read_bytes())
+        trusted = b"\n".join(dict.fromkeys(bundle))
+        if cfg.insecure_plaintext:
+            return None, None, key
+        return TlsConfig.client(trusted, cert, key), TlsConfig.server(trusted, cert, key), key
+
+    async def _resume(self) -> None:
+        """Queue every transfer the ledger holds unfinished (after a restart or a kill)."""
+        for t in await self.ledger.unfinished_outgoing():
+            self._transfers.setdefault(t.id, Transfer(t.id))
+            self._queued[t.id] = Candidate(
+                id=t.id,
+                destination=t.destination,
+                priority=t.priority,
+                created=t.created,
+                next_attempt=t.next_attempt,
+            )
+
+    # Sending.
+    async def send(self, source: Source, *, to: str, priority: str = "routine") -> Transfer:
+        """Queue a study for ``to``; the returned Transfer yields its receipt."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
+        peer = self.config.peer(to)
+        transfer_id = uuid.uuid4().hex
+        paths = await anyio.to_thread.run_sync(self._materialise, source, transfer_id)
+        if not paths:
+            raise ValueError("nothing to send: the source holds no files")
+        limits = self.config.limits
+        results = await anyio.to_thread.run_sync(
+            lambda: scan_many(paths, digest=self.config.digest, chunk_size=limits.chunk_size)
+        )
+        infos: list[InstanceInfo] = []
+        for path, result in zip(paths, results, strict=True):
+            if not isinstance(result, InstanceInfo):
+                raise type(result)(f"{path}: {result}")
+            infos.append(result)
+        studies = {i.study_instance_uid for i in infos}
+        if len(studies) != 1 or None in studies:
+            raise ValueError(f"a transfer carries one study; the source holds {len(studies)}")
+        study = infos[0].study_instance_uid
+        assert study is not None
+        now = time.time()
+        transfer = OutgoingTransfer(
+            id=transfer_id,
+            destination=peer.code,
+            study_instance_uid=study,
+            priority=priority,
+            digest=self.config.digest,
+            chunk_size=limits.chunk_size,
+            state=TransferState.QUEUED,
+            attempts=0,
+            next_attempt=now,
+            created=now,
+            total=len(infos),
+        )
+        instances = [
+            OutgoingInstance(
+                index=n,
+                path=os.fspath(path),
+                sop_instance_uid=info.sop_instance_uid or "",
+                size=info.size,
+                digest=info.digest or "",
+                chunk_digests=info.chunk_digests,
+            )
+            for n, (path, info) in enumerate(zip(paths, infos, strict=True))
+        ]
+        await self.ledger.add_outgoing(transfer, instances)
+        handle = self._transfers[transfer_id] = Transfer(transfer_id)
+        handle.publish(Event(kind=EventKind.QUEUED, transfer_id=transfer_id))
+        self._queued[transfer_id] = Candidate(
+            id=transfer_id, destination=peer.code, priority=priority, created=now, next_attempt=now
+        )
+        self._wake.set()
+        return handle
+
+    def transfer(self, transfer_id: str) -> Transfer:
+        """The handle of a transfer this node sent or resumed."""
+        return self._transfers[transfer_id]
+
+    def _materialise(self, source: Source, transfer_id: str) -> list[str]:
+        """Paths to send. In-memory instances are written (and fsynced) to the
+        outbox first, so a restart can resume them."""
+        if isinstance(source, str | os.PathLike):
+            root = Path(source)
+            if root.is_dir():
+                return sorted(os.fspath(p) for p in root.rglob("*") if p.is_file())
+            return [os.fspath(root)]
+        paths: list[str] = []
+        box = self.outbox / transfer_id
+        for n, item in enumerate(source):
+            if isinstance(item, bytes | bytearray | memoryview):
+                box.mkdir(exist_ok=True)
+                path = box / f"{n:06d}.dcm"
+                with open(path, "wb") as f:
+                    f.write(item)
+                    f.flush()
+                    os.fsync(f.fileno())
+                paths.append(os.fspath(path))
+            else:
+                paths.append(os.fspath(item))
+        return paths
+
+    # Scheduling.
+    async def _schedule(self) -> None:
+        assert self._tg is not None
+        while True:
+            now = time.time()
+            decision = plan(
+                self._queued.values(), self._active, self.config.limits.transfers_per_peer, now
+            )
+            for transfer_id in decision.start:
+                c = self._queued.pop(transfer_id)
+                self._active[c.destination] += 1
+                self._tg.start_soon(self._attempt, c)
+            self._wake = anyio.Event()
+            delay = math.inf if decision.wake_at is None else max(0.0, decision.wake_at - now)
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+
+    async def _attempt(self, candidate: Candidate) -> None:
+        transfer_id = candidate.id
+        handle = self._transfers.setdefault(transfer_id, Transfer(transfer_id))
+        try:
+            transfer = await self.ledger.outgoing(transfer_id)
+            if transfer is None or transfer.state in (TransferState.DONE, TransferState.DEAD):
+                return
+            await self.ledger.set_outgoing_state(transfer_id, TransferState.ACTIVE)
+            handle.publish(Event(kind=EventKind.STARTED, transfer_id=transfer_id))
+            try:
+                receipt = await self._deliver(transfer, self.config.peer(transfer.destination))
+            except (AttemptFailed, DicomrelayError, OSError, TimeoutError) as e:
+                await self._failed(transfer, handle, e)
+                return
+            await self.ledger.set_outgoing_state(
+                transfer_id, TransferState.DONE, receipt=receipt.to_json()
+            )
+            await self.ledger.audit(
+                self.config.org,
+                "sent",
+                transfer_id,
+                f"{transfer.total} instances of {transfer.study_instance_uid}"
+                f" to {transfer.destination}",
+            )
+            handle.publish(Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
+            handle.finish(receipt)
+        finally:
+            self._active[candidate.destination] -= 1
+            self._wake.set()
+
+    async def _deliver(self, transfer: OutgoingTransfer, peer: Peer) -> Receipt:
+        limits = self.config.limits
+        instances = await self.ledger.pending_instances(transfer.id)
+        with anyio.fail_after(limits.connect_timeout):
+            stream = await anyio.connect_tcp(peer.host, peer.port)
+            try:
+                conn = await Connection.open(stream, self._client_tls, pki.server_name(peer.code))
+            except BaseException:
+                await stream.aclose()
+                raise
+        try:
+            if self._client_tls is not None:
+                self._check_server(conn, peer)
+            with anyio.fail_after(limits.connect_timeout):
+                await greet(conn, self.config.org, peer.code, transfer.digest)
+            handle = self._transfers[transfer.id]
+
+            def acked(indexes: list[int]) -> None:
+                self._acks[transfer.id].extend(indexes)
+                self._acks_ready.set()
+                for i in indexes:
+                    handle.publish(Event(kind=EventKind.VERIFIED, transfer_id=transfer.id, index=i))
+
+            def sent(index: int) -> None:
+                handle.publish(
+                    Event(kind=EventKind.INSTANCE_SENT, transfer_id=transfer.id, index=index)
+                )
+
+            attempt = Attempt(conn, transfer, instances, limits, on_acked=acked, on_sent=sent)
+            return await attempt.run()
+        finally:
+            await conn.aclose()
+
+    def _check_server(self, conn: Connection, peer: Peer) -> None:
+        # rustls already checked the name; a peer pinned to its own CA must also match it.
+        if conn.peer_org != peer.code:
+            raise TlsError(f"server certificate names {conn.peer_org}, not {peer.code}")
+        pki.require_issuer(conn.peer_certificate, peer.ca, peer.code)
+
+    async def _failed(
+        self, transfer: OutgoingTransfer, handle: Transfer, error: BaseException
+    ) -> None:
+        limits = self.config.limits
+        retriable = getattr(error, "retriable", not isinstance(error, ConfigurationError))
+        outcome = after_failure(
+            attempts=transfer.attempts,
+            retriable=retriable,
+            max_attempts=limits.max_attempts,
+            now=time.time(),
+            base=limits.backoff_base,
+            cap=limits.backoff_cap,
+            unit=self._random.random(),
+        )
+        message = f"{type(error).__name__}: {error}"
+        await self.ledger.set_outgoing_state(
+            transfer.id,
+            outcome.state,
+            attempts=outcome.attempts,
+            next_attempt=outcome.next_attempt,
+            error=message,
+        )
+        if outcome.state is TransferState.DEAD:
+            await self.ledger.audit(self.config.org, "dead-letter", transfer.id, message)
+            handle.publish(Event(kind=EventKind.FAILED, transfer_id=transfer.id, detail=message))
+            handle.finish(None, message)
+            return
+        handle.publish(Event(kind=EventKind.RETRYING, transfer_id=transfer.id, detail=message))
+        self._queued[transfer.id] = Candidate(
+            id=transfer.id,
+            destination=transfer.destination,
+            priority=transfer.priority,
+            created=transfer.created,
+            next_attempt=outcome.next_attempt,
+        )
+
+    async def _record_acks(self) -> None:
+        """Coalesce acknowledgements into one ledger transaction per batch."""
+        while True:
+            await self._acks_ready.wait()
+            self._acks_ready = anyio.Event()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        pending, self._acks = self._acks, defaultdict(list)
+        now = time.time()
+        for transfer_id, indexes in pending.items():
+            with anyio.CancelScope(shield=True):
+                await self.ledger.mark_acked(transfer_id, indexes, now)
+
+    # Reading.
+    async def status(self) -> dict[str, int]:
+        counts = await self.ledger.counts()
+        counts["in_flight"] = sum(self._active.values())
+        return counts
+
+    async def study(self, study_instance_uid: str) -> list[tuple[str, Path]]:
+        """A committed study in this node's store: (SOP Instance UID, blob path)."""
+        rows = await self.ledger.study(study_instance_uid)
+        return [(uid, self.store.path_of(digest)) for uid, digest, _size in rows]

@@ -1,0 +1,172 @@
+"""Organisation identities: certificates that prove an organisation code.
+
+An organisation's certificate names it in a DNS subject alternative name of
+the form ``<code>.org.dicomrelay`` (lower case), so TLS name checking binds a
+connection to the organisation a node meant to reach, and a server reads the
+connecting organisation's code from the client certificate it verified.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from dicomrelay.errors import ConfigurationError, TlsError
+
+ORG_DOMAIN = "org.dicomrelay"
+_ORG_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+
+
+def check_org_code(code: str) -> str:
+    if not _ORG_CODE.match(code):
+        raise ConfigurationError(f"organisation code {code!r} must be letters, digits or '-'")
+    return code.upper()
+
+
+def server_name(code: str) -> str:
+    """The TLS name an organisation's certificate carries."""
+    return f"{check_org_code(code).lower()}.{ORG_DOMAIN}"
+
+
+def org_code_of(cert_der: bytes) -> str | None:
+    """The organisation a certificate proves, or None if it names none."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    suffix = "." + ORG_DOMAIN
+    for name in names.get_values_for_type(x509.DNSName):
+        if name.endswith(suffix) and _ORG_CODE.match(name[: -len(suffix)]):
+            return name[: -len(suffix)].upper()
+    return None
+
+
+def issued_by(cert_der: bytes, ca_pem: bytes) -> bool:
+    """Whether any CA in ``ca_pem`` signed the certificate directly."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    for ca in x509.load_pem_x509_certificates(ca_pem):
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def require_issuer(cert_der: bytes | None, ca: Path | None, code: str) -> None:
+    """Raise TlsError unless ``cert_der`` comes from ``ca`` (when a CA is pinned)."""
+    if ca is None:
+        return
+    if cert_der is None or not issued_by(cert_der, ca.read_bytes()):
+        raise TlsError(f"{code}'s certificate is not from its configured CA")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Identity:
+    """Paths of one organisation's PEM files."""
+
+    code: str
+    cert: Path
+    key: Path
+    ca: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(CA, certificate, key) PEM bytes."""
+        try:
+            return self.ca.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read identity of {self.code}: {e}") from e
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_ca(directory: Path, name: str = "dicomrelay test CA", days: int = 30) -> Path:
+    """Write ``ca.pem`` and ``ca.key`` to ``directory``; returns the CA certificate path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "ca.key").write_bytes(_pem_key(key))
+    path = directory / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def issue_org(ca_dir: Path, code: str, directory: Path, days: int = 30) -> Identity:
+    """Issue an organisation certificate from the CA in ``ca_dir``."""
+    code = check_org_code(code)
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ConfigurationError("the CA key must be an EC key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, code),
+                    x509.NameAttribute(NameOID.COMMON_NAME, server_name(code)),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(server_name(code))]), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path = directory / f"{code.lower()}.pem"
+    key_path = directory / f"{code.lower()}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_pem_key(key))
+    key_path.chmod(0o600)
+    return Identity(code=code, cert=cert_path, key=key_path, ca=ca_dir / "ca.pem")

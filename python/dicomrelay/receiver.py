@@ -1,0 +1,436 @@
+"""The receiving side of the wire protocol: one task per connection, one shared
+group committer.
+
+An instance is acknowledged only after its blob is fsynced and renamed, its
+directory fsynced, and its row committed to the ledger; the committer batches
+those last two steps across every connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import anyio
+import anyio.to_thread
+from anyio.abc import ByteStream, TaskGroup
+
+from dicomrelay import pki
+from dicomrelay._native import Hasher, TlsConfig
+from dicomrelay.config import DigestName, NodeConfig
+from dicomrelay.connection import Connection, Frame
+from dicomrelay.errors import DicomrelayError, ProtocolError, TlsError
+from dicomrelay.ledger import IncomingInstance, Ledger
+from dicomrelay.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Commit,
+    Failure,
+    Have,
+    Hello,
+    InboundInstance,
+    Kind,
+    Nack,
+    Offer,
+    Verdict,
+    Welcome,
+)
+from dicomrelay.receipt import Receipt, ReceivedInstance
+from dicomrelay.store import BlobStore, StorageError
+
+log = logging.getLogger("dicomrelay.receiver")
+
+
+class Refused(DicomrelayError):
+    """A peer this node will not talk to."""
+
+
+@dataclass(slots=True)
+class Stored:
+    """An instance whose blob is durable, waiting for its ledger row and directory sync."""
+
+    sender: str
+    transfer_id: str
+    instance: IncomingInstance
+    directory: Path
+    acknowledge: Callable[[int, float, BaseException | None], None]
+    slot: int
+
+
+class Committer:
+    """Group commit: directory fsyncs and ledger rows for every instance stored
+    since the last batch, then the acknowledgements."""
+
+    def __init__(self, ledger: Ledger, store: BlobStore) -> None:
+        self.ledger = ledger
+        self.store = store
+        self._send, self._receive = anyio.create_memory_object_stream[Stored](100_000)
+
+    def submit(self, item: Stored) -> None:
+        self._send.send_nowait(item)
+
+    async def run(self) -> None:
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[Stored]) -> None:
+        error: BaseException | None = None
+        try:
+            await anyio.to_thread.run_sync(self.store.sync, [s.directory for s in batch])
+            groups: dict[tuple[str, str], list[IncomingInstance]] = defaultdict(list)
+            for s in batch:
+                groups[(s.sender, s.transfer_id)].append(s.instance)
+            for (sender, transfer_id), instances in groups.items():
+                await self.ledger.record_received(sender, transfer_id, instances)
+        except (OSError, DicomrelayError) as e:
+            log.error("group commit failed: %s", e)
+            error = e
+        for s in batch:
+            s.acknowledge(s.slot, s.instance.stored, error)
+
+    def close(self) -> None:
+        self._send.close()
+
+
+class Receiver:
+    """Accepts connections from known peers and stores what they send."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        ledger: Ledger,
+        store: BlobStore,
+        committer: Committer,
+        tls: TlsConfig | None,
+        key_pem: bytes | None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.store = store
+        self.committer = committer
+        self.tls = tls
+        self.key_pem = key_pem
+        self._write_limit = anyio.CapacityLimiter(8)
+
+    async def handle(self, stream: ByteStream) -> None:
+        """Serve one connection until it closes; never raises."""
+        conn: Connection | None = None
+        try:
+            with anyio.fail_after(self.config.limits.connect_timeout):
+                conn = await Connection.open(stream, self.tls)
+            await _Session(self, conn).run()
+        except Refused as e:
+            log.warning("refused connection: %s", e)
+        except (ConnectionResetError, DicomrelayError, OSError, TimeoutError) as e:
+            log.info("connection ended: %s", e)
+        finally:
+            if conn is not None:
+                await conn.aclose()
+            else:
+                await stream.aclose()
+
+    def check_peer(self, conn: Connection, claimed: str) -> str:
+        """The organisation on the other end, or Refused."""
+        if self.tls is None:
+            org = claimed.upper()
+        else:
+            if conn.peer_org is None or conn.peer_certificate is None:
+                raise Refused("certificate names no organisation")
+            org = conn.peer_org
+        try:
+            peer = self.config.peer(org)
+        except DicomrelayError:
+            raise Refused(f"unknown organisation {org}") from None
+        if self.tls is not None:
+            try:
+                pki.require_issuer(conn.peer_certificate, peer.ca, org)
+            except TlsError as e:
+                raise Refused(str(e)) from e
+        return org
+
+
+class _Session:
+    """One connection's protocol state on the receiving side."""
+
+    def __init__(self, receiver: Receiver, conn: Connection) -> None:
+        self.r = receiver
+        self.conn = conn
+        self.sender = ""
+        self.slots: dict[int, InboundInstance] = {}
+        self.hashers: dict[int, Hasher] = {}  # whole-instance digests of multi-chunk slots
+        self.algorithms: dict[int, DigestName] = {}
+        self.acks: list[tuple[int, float]] = []
+        self.failures: list[tuple[int, BaseException]] = []
+        self.acks_ready = anyio.Event()
+        self.buffered = 0  # bytes handed to writers, not yet durable
+        self.buffer_free = anyio.Event()
+        self._tasks: TaskGroup | None = None
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tasks = tg
+            tg.start_soon(self._send_acks)
+            try:
+                await self._serve()
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _serve(self) -> None:
+        hello_seen = False
+        async for frames in self.conn.frames():
+            for frame in frames:
+                if not hello_seen:
+                    await self._hello(frame)
+                    hello_seen = True
+                elif frame.kind is Kind.CHUNK:
+                    await self._chunk(frame)
+                elif frame.kind is Kind.OFFER:
+                    await self._offer(Offer.parse(frame.payload))
+                elif frame.kind is Kind.COMMIT:
+                    await self._commit(Commit.parse(frame.payload))
+                else:
+                    raise ProtocolError(f"unexpected {frame.kind.name} from a sender")
+
+    async def _hello(self, frame: Frame) -> None:
+        if frame.kind is not Kind.HELLO:
+            raise ProtocolError(f"expected HELLO, got {frame.kind.name}")
+        hello = Hello.parse(frame.payload)
+        try:
+            self.sender = self.r.check_peer(self.conn, hello.org)
+        except Refused as e:
+            await self.r.ledger.audit(hello.org, "refused", None, str(e))
+            await self._fail("refused", str(e), retriable=False)
+            raise
+        if hello.protocol != PROTOCOL_VERSION:
+            await self._fail("version", f"this node speaks protocol {PROTOCOL_VERSION}", False)
+            raise ProtocolError(f"peer speaks protocol {hello.protocol}")
+        welcome = Welcome(protocol=PROTOCOL_VERSION, org=self.r.config.org)
+        await self.conn.send(Kind.WELCOME, welcome.payload())
+
+    async def _fail(
+        self, code: str, message: str, retriable: bool, transfer: str | None = None
+    ) -> None:
+        failure = Failure(code=code, message=message, retriable=retriable, transfer_id=transfer)
+        await self.conn.send(Kind.ERROR, failure.payload())
+
+    async def _offer(self, offer: Offer) -> None:
+        receipt = await self.r.ledger.note_incoming(
+            self.sender, offer.transfer_id, offer.study_instance_uid, offer.total, offer.digest
+        )
+        if receipt is not None:
+            have = Have(transfer_id=offer.transfer_id, offsets={}, receipt=receipt)
+            await self.conn.send(Kind.HAVE, have.payload())
+            return
+        held = await self.r.ledger.received(self.sender, offer.transfer_id)
+        offsets: dict[int, int] = {}
+        already: list[IncomingInstance] = []
+        now = time.time()
+        for item in offer.instances:
+            if item.slot in self.slots:
+                raise ProtocolError(f"slot {item.slot} offered twice")
+            got = held.get(item.index)
+            if got is not None and got.digest == item.digest:
+                offsets[item.slot] = item.size
+                continue
+            # Content this node already stores from any transfer need not travel again.
+            if await anyio.to_thread.run_sync(self.r.store.size_of, item.digest) == item.size:
+                offsets[item.slot] = item.size
+                already.append(
+                    IncomingInstance(
+                        index=item.index,
+                        sop_instance_uid=item.sop_instance_uid,
+                        size=item.size,
+                        digest=item.digest,
+                        stored=now,
+                    )
+                )
+                continue
+            self.slots[item.slot] = InboundInstance(transfer_id=offer.transfer_id, offered=item)
+            if item.size > offer.chunk_size:
+                algorithm = cast(DigestName, offer.digest)  # Offer.parse checked the name
+                self.algorithms[item.slot] = algorithm
+                self.hashers[item.slot] = Hasher(algorithm)
+        if already:
+            await self.r.ledger.record_received(self.sender, offer.transfer_id, already)
+        have = Have(transfer_id=offer.transfer_id, offsets=offsets)
+        await self.conn.send(Kind.HAVE, have.payload())
+
+    async def _chunk(self, frame: Frame) -> None:
+        inbound = self.slots.get(frame.stream)
+        if inbound is None:
+            raise ProtocolError(f"chunk for slot {frame.stream}, which was not offered")
+        verdict = inbound.judge(frame.offset, len(frame.payload), frame.digest_ok)
+        if verdict is Verdict.OVERRUN:
+            raise ProtocolError(f"slot {frame.stream}: more bytes than offered")
+        if verdict in (Verdict.BAD_DIGEST, Verdict.OUT_OF_ORDER):
+            # Chunks sent after the refused one are already on the way: one NACK is enough.
+            if not (verdict is Verdict.OUT_OF_ORDER and inbound.refused):
+                inbound.refused = True
+                nack = Nack(slot=frame.stream, offset=inbound.received, reason=verdict.value)
+                await self.conn.send(Kind.NACK, nack.payload())
+            return
+        inbound.refused = False
+        offered = inbound.offered
+        hasher = self.hashers.get(frame.stream)
+        if hasher is None:
+            # The whole instance in one chunk: the chunk's verified digest is the instance's.
+            if frame.digest is None or frame.digest.hex() != offered.digest:
+                await self._refuse_instance(frame.stream, inbound, "instance digest mismatch")
+                return
+            await self._reserve(len(frame.payload))
+            del self.slots[frame.stream]
+            self._store_whole(frame.stream, inbound, frame.payload)
+            return
+        hasher.update(frame.payload)
+        key = self._partial_key(inbound)
+        await anyio.to_thread.run_sync(
+            lambda: self.r.store.append_partial(key, frame.offset, frame.payload, sync=False),
+            limiter=self.r._write_limit,
+        )
+        if verdict is Verdict.COMPLETE:
+            del self.slots[frame.stream]
+            del self.hashers[frame.stream]
+            self.algorithms.pop(frame.stream, None)
+            if hasher.hexdigest() != offered.digest:
+                await anyio.to_thread.run_sync(self.r.store.discard_partial, key)
+                await self._refuse_instance(frame.stream, inbound, "instance digest mismatch")
+                return
+            directory = await anyio.to_thread.run_sync(
+                self.r.store.publish_partial, key, offered.digest
+            )
+            self._stored(frame.stream, inbound, directory)
+
+    def _partial_key(self, inbound: InboundInstance) -> str:
+        return f"{self.sender}-{inbound.transfer_id}-{inbound.offered.index}"
+
+    async def _refuse_instance(self, slot: int, inbound: InboundInstance, reason: str) -> None:
+        """Ask for the whole instance again; the slot stays open from byte 0."""
+        inbound.received = 0
+        inbound.refused = True
+        self.slots[slot] = inbound
+        if slot in self.algorithms:
+            self.hashers[slot] = Hasher(self.algorithms[slot])
+        nack = Nack(slot=slot, offset=0, reason=reason)
+        await self.conn.send(Kind.NACK, nack.payload())
+
+    async def _reserve(self, size: int) -> None:
+        """Backpressure: stop reading while too many bytes wait to become durable."""
+        while self.buffered and self.buffered + size > self.r.config.limits.write_buffer_bytes:
+            self.buffer_free = anyio.Event()
+            await self.buffer_free.wait()
+        self.buffered += size
+
+    def _store_whole(self, slot: int, inbound: InboundInstance, data: bytes) -> None:
+        async def write() -> None:
+            try:
+                directory = await anyio.to_thread.run_sync(
+                    self.r.store.write, inbound.offered.digest, data, limiter=self.r._write_limit
+                )
+            except StorageError as e:
+                self._acknowledge(slot, 0.0, e)
+            else:
+                self._stored(slot, inbound, directory)
+            finally:
+                self.buffered -= len(data)
+                self.buffer_free.set()
+
+        assert self._tasks is not None
+        self._tasks.start_soon(write)
+
+    def _stored(self, slot: int, inbound: InboundInstance, directory: Path) -> None:
+        o = inbound.offered
+        instance = IncomingInstance(
+            index=o.index,
+            sop_instance_uid=o.sop_instance_uid,
+            size=o.size,
+            digest=o.digest,
+            stored=time.time(),
+        )
+        self.r.committer.submit(
+            Stored(
+                sender=self.sender,
+                transfer_id=inbound.transfer_id,
+                instance=instance,
+                directory=directory,
+                acknowledge=self._acknowledge,
+                slot=slot,
+            )
+        )
+
+    def _acknowledge(self, slot: int, stored_at: float, error: BaseException | None) -> None:
+        if error is None:
+            self.acks.append((slot, stored_at))
+        else:
+            self.failures.append((slot, error))
+        self.acks_ready.set()
+
+    async def _send_acks(self) -> None:
+        while True:
+            await self.acks_ready.wait()
+            self.acks_ready = anyio.Event()
+            acks, self.acks = self.acks, []
+            failures, self.failures = self.failures, []
+            if acks:
+                await self.conn.send(Kind.ACK, Ack(stored=tuple(acks)).payload())
+            for _slot, error in failures:
+                await self._fail("storage", str(error), retriable=True)
+
+    async def _commit(self, commit: Commit) -> None:
+        ledger = self.r.ledger
+        incoming = await ledger.incoming(self.sender, commit.transfer_id)
+        if incoming is None:
+            raise ProtocolError(f"commit of transfer {commit.transfer_id}, which was not offered")
+        if incoming.receipt is not None:
+            await self.conn.send(Kind.RECEIPT, incoming.receipt)
+            return
+        received = await ledger.received(self.sender, commit.transfer_id)
+        total = incoming.total
+        study = incoming.study_instance_uid
+        digest = incoming.digest
+        if len(received) < total:
+            await self._fail(
+                "incomplete",
+                f"{len(received)} of {total} instances held",
+                retriable=True,
+                transfer=commit.transfer_id,
+            )
+            return
+        now = time.time()
+        receipt = Receipt(
+            transfer_id=commit.transfer_id,
+            sender=self.sender,
+            receiver=self.r.config.org,
+            study_instance_uid=study,
+            digest_algorithm=digest,
+            committed_at=now,
+            instances=tuple(
+                ReceivedInstance(
+                    sop_instance_uid=i.sop_instance_uid,
+                    digest=i.digest,
+                    size=i.size,
+                    stored_at=i.stored,
+                )
+                for i in sorted(received.values(), key=lambda i: i.index)
+            ),
+        )
+        if self.r.key_pem is not None:
+            receipt = receipt.signed(self.r.key_pem)
+        stored = await ledger.commit_incoming(
+            self.sender, commit.transfer_id, study, receipt.to_json(), now
+        )
+        await ledger.audit(
+            self.sender, "received", commit.transfer_id, f"{total} instances of {study}"
+        )
+        await self.conn.send(Kind.RECEIPT, stored)

@@ -1,0 +1,159 @@
+"""The blob store: instance files on disk, content-addressed by digest.
+
+Every write goes to ``incoming/`` first, is fsynced, then renamed to
+``blobs/<first two hex digits>/<digest>``; the caller fsyncs the touched
+directories (batched) before anything is acknowledged. A blob at its final name
+is therefore whole and verified. Which blobs make up a committed study is the
+ledger's business, not the file system's: that is what makes a study commit
+atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from dicomrelay.errors import DicomrelayError
+
+
+class StorageError(DicomrelayError, OSError):
+    """Bytes could not be made durable (a full disk, an I/O error). Retriable:
+    nothing was acknowledged, and the sender will offer the instance again."""
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.incoming = root / "incoming"
+        self.quarantine = root / "quarantine"
+        for d in (self.blobs, self.incoming, self.quarantine):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a hex digest: {digest!r:.80}")
+        return self.blobs / digest[:2] / digest
+
+    def size_of(self, digest: str) -> int | None:
+        """The blob's size if it is stored, else None."""
+        try:
+            return self.path_of(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def write(self, digest: str, data: bytes | memoryview) -> Path:
+        """Store a verified blob whole; returns the directory to fsync before acking.
+
+        Blocking: run in a worker thread.
+        """
+        final = self.path_of(digest)
+        if final.exists():
+            return final.parent
+        temp = self.incoming / f"{digest}.{uuid.uuid4().hex}.tmp"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return self._publish(temp, final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise _storage_error(e, digest) from e
+
+    def _publish(self, temp: Path, final: Path) -> Path:
+        try:
+            os.rename(temp, final)
+        except FileNotFoundError:
+            final.parent.mkdir(exist_ok=True)
+            fsync_dir(self.blobs)
+            os.rename(temp, final)
+        return final.parent
+
+    def partial_path(self, key: str) -> Path:
+        return self.incoming / f"{key}.part"
+
+    def append_partial(self, key: str, offset: int, data: bytes, *, sync: bool) -> None:
+        """Write a chunk of a large instance at ``offset``; fsync when ``sync``."""
+        path = self.partial_path(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                if offset == 0:
+                    os.ftruncate(fd, 0)
+                view = memoryview(data)
+                pos = offset
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view, pos = view[n:], pos + n
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _storage_error(e, key) from e
+
+    def truncate_partial(self, key: str, length: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.partial_path(key), length)
+
+    def publish_partial(self, key: str, digest: str) -> Path:
+        """Move a complete, verified partial file to its blob name."""
+        temp = self.partial_path(key)
+        final = self.path_of(digest)
+        try:
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if final.exists():
+                temp.unlink()
+                return final.parent
+            return self._publish(temp, final)
+        except OSError as e:
+            raise _storage_error(e, digest) from e
+
+    def discard_partial(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.partial_path(key).unlink()
+
+    def sync(self, directories: Iterable[Path]) -> None:
+        """Make renames durable: fsync each touched directory once."""
+        try:
+            for d in set(directories):
+                fsync_dir(d)
+        except OSError as e:
+            raise _storage_error(e, "directory") from e
+
+    def quarantine_bytes(self, name: str, data: bytes, reason: str) -> Path:
+        """Keep refused bytes, with the reason beside them, for an operator to inspect."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "unnamed"
+        path = self.quarantine / f"{safe}.{uuid.uuid4().hex[:8]}"
+        path.write_bytes(data)
+        path.with_suffix(path.suffix + ".reason").write_text(reason + "\n")
+        return path
+
+
+def _storage_error(e: OSError, what: str) -> StorageError:
+    reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else os.strerror(e.errno or 0)
+    err = StorageError(f"cannot store {what}: {reason}")
+    err.errno = e.errno
+    return err

@@ -1,0 +1,140 @@
+"""Synthetic studies for load tests and demos: valid Part 10 files (explicit VR
+little endian), written without pydicom so the CLI needs nothing extra."""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+# A UID root for generated instances: 2.25 is the UUID-derived arc (PS3.5 B.2).
+UID_ROOT = "2.25."
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    modality: str
+    sop_class_uid: str
+    rows: int
+    columns: int
+    bits: int = 16
+
+    @property
+    def pixel_bytes(self) -> int:
+        return self.rows * self.columns * self.bits // 8
+
+
+PROFILES = {
+    "ct": Profile(modality="CT", sop_class_uid=CT_IMAGE_STORAGE, rows=512, columns=512),
+    "mr": Profile(modality="MR", sop_class_uid=MR_IMAGE_STORAGE, rows=256, columns=256),
+    "cr": Profile(modality="CR", sop_class_uid=CR_IMAGE_STORAGE, rows=2048, columns=2048),
+}
+
+
+def new_uid() -> str:
+    return UID_ROOT + str(uuid.uuid4().int)
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    group, elem = tag >> 16, tag & 0xFFFF
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _text(tag: int, vr: bytes, text: str) -> bytes:
+    return _element(tag, vr, text.encode("ascii"))
+
+
+def _us(tag: int, value: int) -> bytes:
+    return _element(tag, b"US", struct.pack("<H", value))
+
+
+def instance(
+    profile: Profile,
+    *,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    number: int,
+    patient_id: str,
+    pixels: bytes,
+) -> bytes:
+    """One Part 10 file of ``profile`` with ``pixels`` as its pixel data."""
+    meta_body = b"".join(
+        [
+            _element(0x00020001, b"OB", b"\x00\x01"),
+            _text(0x00020002, b"UI", profile.sop_class_uid),
+            _text(0x00020003, b"UI", sop_uid),
+            _text(0x00020010, b"UI", EXPLICIT_VR_LE),
+            _text(0x00020012, b"UI", "2.25.1"),
+            _text(0x00020013, b"SH", "DICOMRELAY"),
+        ]
+    )
+    meta = _element(0x00020000, b"UL", struct.pack("<I", len(meta_body))) + meta_body
+    dataset = b"".join(
+        [
+            _text(0x00080016, b"UI", profile.sop_class_uid),
+            _text(0x00080018, b"UI", sop_uid),
+            _text(0x00080020, b"DA", "20261127"),
+            _text(0x00080050, b"SH", "ACC" + patient_id[-6:]),
+            _text(0x00080060, b"CS", profile.modality),
+            _text(0x00100010, b"PN", "Synthetic^Patient"),
+            _text(0x00100020, b"LO", patient_id),
+            _text(0x00100021, b"LO", "DICOMRELAY"),
+            _text(0x0020000D, b"UI", study_uid),
+            _text(0x0020000E, b"UI", series_uid),
+            _text(0x00200013, b"IS", str(number)),
+            _us(0x00280002, 1),
+            _text(0x00280004, b"CS", "MONOCHROME2"),
+            _us(0x00280010, profile.rows),
+            _us(0x00280011, profile.columns),
+            _us(0x00280100, profile.bits),
+            _us(0x00280101, profile.bits),
+            _us(0x00280102, profile.bits - 1),
+            _us(0x00280103, 0),
+            _element(0x7FE00010, b"OW", pixels),
+        ]
+    )
+    return b"\0" * 128 + b"DICM" + meta + dataset
+
+
+def write_study(
+    directory: Path, profile: Profile, count: int, *, seed: int = 0, fsync: bool = False
+) -> Path:
+    """Write a study of ``count`` instances into ``directory``; returns it.
+
+    Pixel data differ per instance (so no two blobs are the same) but cost
+    almost nothing to make: a shared random block with the instance number
+    stamped into it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = new_uid(), new_uid()
+    patient_id = f"SYN{seed:08d}"
+    block = bytearray(os.urandom(profile.pixel_bytes))
+    for n in range(count):
+        block[0:8] = struct.pack("<Q", n)
+        data = instance(
+            profile,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=new_uid(),
+            number=n + 1,
+            patient_id=patient_id,
+            pixels=bytes(block),
+        )
+        path = directory / f"{n:06d}.dcm"
+        with open(path, "wb") as f:
+            f.write(data)
+            if fsync:
+                os.fsync(f.fileno())
+    return directory

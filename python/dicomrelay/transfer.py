@@ -1,0 +1,86 @@
+"""A caller's handle on one outgoing transfer: its events and its receipt."""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from dicomrelay.errors import DicomrelayError
+from dicomrelay.receipt import Receipt
+
+
+class TransferFailed(DicomrelayError):
+    """The transfer is a dead letter: out of attempts, or refused for good."""
+
+
+class EventKind(enum.StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    INSTANCE_SENT = "instance_sent"
+    VERIFIED = "verified"  # the receiver holds the instance durably
+    COMMITTED = "committed"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    kind: EventKind
+    transfer_id: str
+    at: float = field(default_factory=time.time)
+    index: int | None = None  # the instance, for instance events
+    detail: str = ""
+
+
+class Transfer:
+    """Returned by ``Node.send``. ``await wait()`` gives the signed receipt."""
+
+    def __init__(self, transfer_id: str) -> None:
+        self.id = transfer_id
+        self._done = anyio.Event()
+        self._receipt: Receipt | None = None
+        self._error: str | None = None
+        self._subscribers: list[MemoryObjectSendStream[Event]] = []
+
+    def __repr__(self) -> str:
+        return f"Transfer({self.id!r})"
+
+    async def wait(self) -> Receipt:
+        await self._done.wait()
+        if self._receipt is None:
+            raise TransferFailed(f"transfer {self.id} failed: {self._error}")
+        return self._receipt
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event from now until the transfer is committed or failed."""
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        if self.done:
+            send.close()
+        else:
+            self._subscribers.append(send)
+        async with receive:
+            async for event in receive:
+                yield event
+
+    def publish(self, event: Event) -> None:
+        for s in self._subscribers:
+            s.send_nowait(event)
+        if event.kind in (EventKind.COMMITTED, EventKind.FAILED):
+            for s in self._subscribers:
+                s.close()
+            self._subscribers.clear()
+
+    def finish(self, receipt: Receipt | None, error: str | None = None) -> None:
+        self._receipt = receipt
+        self._error = error
+        self._done.set()
