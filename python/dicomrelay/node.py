@@ -10,7 +10,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -43,8 +43,16 @@ Source = str | os.PathLike[str] | Iterable[str | os.PathLike[str] | bytes]
 
 
 class Node:
-    def __init__(self, config: NodeConfig, *, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        ledger: Ledger | None = None,
+        observer: Callable[[Event], None] | None = None,
+    ) -> None:
+        """``observer``, if given, sees every event of every transfer (for metrics)."""
         self.config = config
+        self._observer = observer
         self._ledger = ledger
         self._tg: TaskGroup | None = None
         self._queued: dict[str, Candidate] = {}
@@ -178,12 +186,17 @@ class Node:
         ]
         await self.ledger.add_outgoing(transfer, instances)
         handle = self._transfers[transfer_id] = Transfer(transfer_id)
-        handle.publish(Event(kind=EventKind.QUEUED, transfer_id=transfer_id))
+        self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer_id))
         self._queued[transfer_id] = Candidate(
             id=transfer_id, destination=peer.code, priority=priority, created=now, next_attempt=now
         )
         self._wake.set()
         return handle
+
+    def _publish(self, handle: Transfer, event: Event) -> None:
+        handle.publish(event)
+        if self._observer is not None:
+            self._observer(event)
 
     def transfer(self, transfer_id: str) -> Transfer:
         """The handle of a transfer this node sent or resumed."""
@@ -237,7 +250,7 @@ class Node:
             if transfer is None or transfer.state in (TransferState.DONE, TransferState.DEAD):
                 return
             await self.ledger.set_outgoing_state(transfer_id, TransferState.ACTIVE)
-            handle.publish(Event(kind=EventKind.STARTED, transfer_id=transfer_id))
+            self._publish(handle, Event(kind=EventKind.STARTED, transfer_id=transfer_id))
             try:
                 receipt = await self._deliver(transfer, self.config.peer(transfer.destination))
             except (AttemptFailed, DicomrelayError, OSError, TimeoutError) as e:
@@ -253,7 +266,7 @@ class Node:
                 f"{transfer.total} instances of {transfer.study_instance_uid}"
                 f" to {transfer.destination}",
             )
-            handle.publish(Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
+            self._publish(handle, Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
             handle.finish(receipt)
         finally:
             self._active[candidate.destination] -= 1
@@ -276,15 +289,24 @@ class Node:
                 await greet(conn, self.config.org, peer.code, transfer.digest)
             handle = self._transfers[transfer.id]
 
-            def acked(indexes: list[int]) -> None:
-                self._acks[transfer.id].extend(indexes)
+            def acked(indexes: list[tuple[int, float]]) -> None:
+                self._acks[transfer.id].extend(i for i, _ in indexes)
                 self._acks_ready.set()
-                for i in indexes:
-                    handle.publish(Event(kind=EventKind.VERIFIED, transfer_id=transfer.id, index=i))
+                for i, latency in indexes:
+                    self._publish(
+                        handle,
+                        Event(
+                            kind=EventKind.VERIFIED,
+                            transfer_id=transfer.id,
+                            index=i,
+                            latency=latency,
+                        ),
+                    )
 
             def sent(index: int) -> None:
-                handle.publish(
-                    Event(kind=EventKind.INSTANCE_SENT, transfer_id=transfer.id, index=index)
+                self._publish(
+                    handle,
+                    Event(kind=EventKind.INSTANCE_SENT, transfer_id=transfer.id, index=index),
                 )
 
             attempt = Attempt(conn, transfer, instances, limits, on_acked=acked, on_sent=sent)
@@ -322,10 +344,14 @@ class Node:
         )
         if outcome.state is TransferState.DEAD:
             await self.ledger.audit(self.config.org, "dead-letter", transfer.id, message)
-            handle.publish(Event(kind=EventKind.FAILED, transfer_id=transfer.id, detail=message))
+            self._publish(
+                handle, Event(kind=EventKind.FAILED, transfer_id=transfer.id, detail=message)
+            )
             handle.finish(None, message)
             return
-        handle.publish(Event(kind=EventKind.RETRYING, transfer_id=transfer.id, detail=message))
+        self._publish(
+            handle, Event(kind=EventKind.RETRYING, transfer_id=transfer.id, detail=message)
+        )
         self._queued[transfer.id] = Candidate(
             id=transfer.id,
             destination=transfer.destination,

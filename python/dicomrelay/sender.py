@@ -47,6 +47,7 @@ class _Slot:
     instance: OutgoingInstance
     start: int = 0  # the byte to send from (after HAVE or NACK)
     resends: int = 0
+    first_sent: float = 0.0  # monotonic time its first chunk went out
 
 
 @dataclass(slots=True)
@@ -98,7 +99,7 @@ class Attempt:
         instances: list[OutgoingInstance],
         limits: Limits,
         *,
-        on_acked: Callable[[list[int]], None],
+        on_acked: Callable[[list[tuple[int, float]]], None],
         on_sent: Callable[[int], None],
     ) -> None:
         self.conn = conn
@@ -225,6 +226,8 @@ class Attempt:
         inst = slot.instance
         chunk = self.transfer.chunk_size
         fd = os.open(inst.path, os.O_RDONLY)
+        if not slot.first_sent:
+            slot.first_sent = time.monotonic()
         try:
             offset = slot.start - slot.start % chunk
             while offset < inst.size:
@@ -248,12 +251,14 @@ class Attempt:
         self.on_sent(inst.index)
 
     def _acked(self, slots: list[int]) -> None:
-        indexes = []
+        """Instances the receiver holds durably; with each, seconds from first byte sent."""
+        now = time.monotonic()
+        indexes: list[tuple[int, float]] = []
         for s in slots:
             slot = self.p.slots.pop(s, None)
             if slot is None:
                 continue
-            indexes.append(slot.instance.index)
+            indexes.append((slot.instance.index, now - slot.first_sent if slot.first_sent else 0.0))
             self.p.in_flight = max(0, self.p.in_flight - (slot.instance.size - slot.start))
         self.p.unacked -= len(indexes)
         self.p.window_open.set()

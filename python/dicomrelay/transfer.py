@@ -36,6 +36,7 @@ class Event:
     at: float = field(default_factory=time.time)
     index: int | None = None  # the instance, for instance events
     detail: str = ""
+    latency: float | None = None  # VERIFIED: seconds from its first byte sent to durable
 
 
 class Transfer:

@@ -1,0 +1,209 @@
+"""The load test's orchestration: make the organisations and the studies, run
+both sides, and summarise what the sender measured and what each side cost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from dicomrelay import pki, synth
+from dicomrelay._native import InstanceInfo, scan_many
+from dicomrelay.config import DigestName
+from dicomrelay.loadtest import worker
+
+DEFAULT_COUNTS = {"ct": 20_000, "mr": 20_000, "cr": 1_500, "mixed": 12_000}
+MIXED_CYCLE = ("ct", "ct", "mr", "cr")
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadtestOptions:
+    profile: str = "ct"
+    count: int | None = None  # None: about twenty seconds' worth for the profile
+    study_size: int = 500
+    source: Path | None = None  # real files instead of synthetic ones
+    digest: DigestName = "sha256"
+    plaintext: bool = False
+    in_process: bool = False
+    workdir: Path | None = None
+    keep: bool = False
+
+
+def prepare(options: LoadtestOptions, work: Path) -> int:
+    """The PKI and the source studies (one folder per study); returns the image count."""
+    pki.make_ca(work / "pki" / "ca")
+    for org in (worker.SENDER, worker.RECEIVER):
+        pki.issue_org(work / "pki" / "ca", org, work / "pki")
+    source = work / "source"
+    if options.source is not None:
+        return _link_real_studies(options.source, source)
+    count = options.count or DEFAULT_COUNTS[options.profile]
+    n = 0
+    study = 0
+    while n < count:
+        name = (
+            MIXED_CYCLE[study % len(MIXED_CYCLE)] if options.profile == "mixed" else options.profile
+        )
+        size = min(options.study_size, count - n)
+        synth.write_study(source / f"study-{study:05d}", synth.PROFILES[name], size, seed=study)
+        n += size
+        study += 1
+    return count
+
+
+def _link_real_studies(directory: Path, source: Path) -> int:
+    """Group real files by study (symlinks, one folder per study)."""
+    paths = sorted(os.fspath(p) for p in directory.rglob("*") if p.is_file())
+    groups: dict[str, list[str]] = defaultdict(list)
+    for path, info in zip(paths, scan_many(paths), strict=True):
+        if isinstance(info, InstanceInfo) and info.study_instance_uid:
+            groups[info.study_instance_uid].append(path)
+    for n, files in enumerate(groups.values()):
+        folder = source / f"study-{n:05d}"
+        folder.mkdir(parents=True)
+        for i, path in enumerate(files):
+            (folder / f"{i:06d}.dcm").symlink_to(os.path.abspath(path))
+    return sum(len(f) for f in groups.values())
+
+
+def _spawn(role: str, work: Path, port: int, options: LoadtestOptions) -> subprocess.Popen[bytes]:
+    args = [role, os.fspath(work), str(port), options.digest, "1" if options.plaintext else "0"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "dicomrelay.loadtest.worker", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+
+
+def _messages(proc: subprocess.Popen[bytes]) -> Any:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        yield orjson.loads(line)
+
+
+def _run_processes(
+    options: LoadtestOptions, work: Path, progress: Progress | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    receiver = _spawn("receiver", work, 0, options)
+    try:
+        messages = _messages(receiver)
+        port = next(messages)["ready"]
+        sender = _spawn("sender", work, port, options)
+        result: dict[str, Any] = {}
+        for message in _messages(sender):
+            if "progress" in message and progress is not None:
+                progress(message["progress"])
+            elif "result" in message:
+                result = message["result"]
+        sender.wait()
+        assert receiver.stdin is not None
+        receiver.stdin.close()
+        receiver_result: dict[str, Any] = {}
+        for message in messages:
+            if "result" in message:
+                receiver_result = message["result"]
+        receiver.wait(timeout=60)
+        if not result:
+            raise RuntimeError(f"the sending process failed (exit {sender.returncode})")
+        return result, receiver_result
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+
+
+def _run_in_process(
+    options: LoadtestOptions, work: Path, progress: Progress | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    def emit(message: dict[str, object]) -> None:
+        if "progress" in message and progress is not None:
+            progress(message["progress"])  # type: ignore[arg-type]
+
+    async def go() -> dict[str, object]:
+        from dicomrelay.node import Node
+
+        rcfg = worker.node_config(
+            "receiver", work, port=0, digest=options.digest, plaintext=options.plaintext
+        )
+        async with Node(rcfg) as receiver:
+            assert receiver.port is not None
+            scfg = worker.node_config(
+                "sender",
+                work,
+                port=receiver.port,
+                digest=options.digest,
+                plaintext=options.plaintext,
+            )
+            studies = sorted(p for p in (work / "source").iterdir() if p.is_dir())
+            sizes = {f: f.stat().st_size for s in studies for f in s.iterdir()}
+            return await worker.run_sender(scfg, studies, emit, sizes)
+
+    result = anyio.run(go, backend_options={"use_uvloop": worker._has_uvloop()})
+    return dict(result), {}
+
+
+def run_loadtest(options: LoadtestOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Run a load test; returns its summary (see ``summarise``)."""
+    parent = options.workdir or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="dicomrelay-loadtest-", dir=parent))
+    try:
+        t0 = time.perf_counter()
+        expected = prepare(options, work)
+        prepared = time.perf_counter() - t0
+        run = _run_in_process if options.in_process else _run_processes
+        sender, receiver = run(options, work, progress)
+        summary = summarise(sender, receiver, options)
+        summary["expected_images"] = expected
+        summary["prepare_seconds"] = round(prepared, 2)
+        return summary
+    finally:
+        if not options.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+
+
+def summarise(
+    sender: dict[str, Any], receiver: dict[str, Any], options: LoadtestOptions
+) -> dict[str, Any]:
+    seconds = max(sender["seconds"], 1e-9)
+    latencies = sorted(sender.get("latencies", []))
+    return {
+        "profile": "from-dir" if options.source else options.profile,
+        "digest": options.digest,
+        "tls": not options.plaintext,
+        "processes": "one" if options.in_process else "two",
+        "images": sender["images"],
+        "failed": sender["failed"],
+        "retries": sender["retries"],
+        "seconds": round(seconds, 3),
+        "images_per_second": round(sender["images"] / seconds, 1),
+        "megabytes_per_second": round(sender["bytes"] / seconds / 1e6, 1),
+        "p50_latency_ms": round(_percentile(latencies, 0.50) * 1000, 1),
+        "p95_latency_ms": round(_percentile(latencies, 0.95) * 1000, 1),
+        "p99_latency_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+        "sender_cpu_seconds": round(sender["cpu_seconds"], 2),
+        "sender_peak_rss_mb": round(sender["peak_rss_mb"], 1),
+        "receiver_cpu_seconds": round(receiver.get("cpu_seconds", 0.0), 2),
+        "receiver_peak_rss_mb": round(receiver.get("peak_rss_mb", 0.0), 1),
+    }

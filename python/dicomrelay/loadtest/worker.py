@@ -1,0 +1,170 @@
+"""One side of a load test, as its own process (or task, with --in-process).
+
+A worker speaks JSON lines on stdout: ``{"ready": port}`` once listening,
+``{"progress": ...}`` while sending, and ``{"result": ...}`` at the end.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import orjson
+
+from dicomrelay.config import DigestName, NodeConfig, Peer
+from dicomrelay.node import Node
+from dicomrelay.pki import Identity
+from dicomrelay.transfer import Event, EventKind, TransferFailed
+
+RECEIVER, SENDER = "RX2", "RX1"
+
+
+def usage() -> dict[str, float]:
+    """CPU seconds and peak RSS (MB) of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_seconds": r.ru_utime + r.ru_stime, "peak_rss_mb": r.ru_maxrss / 1024}
+
+
+def node_config(
+    role: str, work: Path, *, port: int, digest: DigestName, plaintext: bool
+) -> NodeConfig:
+    org = RECEIVER if role == "receiver" else SENDER
+    other = SENDER if role == "receiver" else RECEIVER
+    certs = work / "pki"
+    identity = Identity(
+        code=org,
+        cert=certs / f"{org.lower()}.pem",
+        key=certs / f"{org.lower()}.key",
+        ca=certs / "ca" / "ca.pem",
+    )
+    return NodeConfig(
+        org=org,
+        data_dir=work / role,
+        identity=identity,
+        listen_port=0 if role == "receiver" else None,
+        peers=(Peer(code=other, host="127.0.0.1", port=port),),
+        digest=digest,
+        insecure_plaintext=plaintext,
+    )
+
+
+@dataclass
+class Tally:
+    """What the sender saw, for the progress line and the final table."""
+
+    acked: int = 0
+    bytes_acked: int = 0
+    retries: int = 0
+    failed: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def observe(self, event: Event) -> None:
+        if event.kind is EventKind.VERIFIED:
+            self.acked += 1
+            if event.latency is not None:
+                self.latencies.append(event.latency)
+        elif event.kind is EventKind.RETRYING:
+            self.retries += 1
+
+
+async def run_receiver(config: NodeConfig, emit: Callable[[dict[str, object]], None]) -> None:
+    """Serve until stdin closes (the parent's signal to stop)."""
+    async with Node(config) as node:
+        emit({"ready": node.port})
+        await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+    emit({"result": usage()})
+
+
+async def run_sender(
+    config: NodeConfig,
+    studies: list[Path],
+    emit: Callable[[dict[str, object]], None],
+    sizes: dict[Path, int],
+) -> dict[str, object]:
+    tally = Tally()
+    async with Node(config, observer=tally.observe) as node:
+        started = time.perf_counter()
+        failed_instances = 0
+
+        async def progress() -> None:
+            while True:
+                await anyio.sleep(0.5)
+                emit(
+                    {
+                        "progress": {
+                            "acked": tally.acked,
+                            "seconds": time.perf_counter() - started,
+                            "retries": tally.retries,
+                            "in_flight": sum(node._active.values()),
+                        }
+                    }
+                )
+
+        async def one(study: Path) -> None:
+            nonlocal failed_instances
+            transfer = await node.send(study, to=RECEIVER, priority="routine")
+            try:
+                await transfer.wait()
+            except TransferFailed:
+                failed_instances += sum(1 for _ in study.iterdir())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(progress)
+            async with anyio.create_task_group() as sends:
+                for study in studies:
+                    sends.start_soon(one, study)
+            tg.cancel_scope.cancel()
+        seconds = time.perf_counter() - started
+    total_bytes = sum(sizes.values())
+    return {
+        "seconds": seconds,
+        "images": tally.acked,
+        "failed": failed_instances,
+        "retries": tally.retries,
+        "bytes": total_bytes,
+        "latencies": tally.latencies,
+        **usage(),
+    }
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of a worker process: ``role work port digest plaintext``."""
+    role, work, port, digest, plaintext = argv
+    config = node_config(
+        role,
+        Path(work),
+        port=int(port),
+        digest="blake3" if digest == "blake3" else "sha256",
+        plaintext=plaintext == "1",
+    )
+
+    def emit(message: dict[str, object]) -> None:
+        sys.stdout.write(orjson.dumps(message).decode() + "\n")
+        sys.stdout.flush()
+
+    async def go() -> None:
+        if role == "receiver":
+            await run_receiver(config, emit)
+        else:
+            studies = sorted(p for p in (Path(work) / "source").iterdir() if p.is_dir())
+            sizes = {f: f.stat().st_size for s in studies for f in s.iterdir()}
+            emit({"result": await run_sender(config, studies, emit, sizes)})
+
+    anyio.run(go, backend_options={"use_uvloop": _has_uvloop()})
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
