@@ -1,0 +1,122 @@
+"""``dicomrelay serve``, ``send`` and ``status``: a node for real use, from a TOML file.
+
+``serve`` runs the node (listener, scheduler, resumption of unfinished work);
+``send`` queues a study in the node's ledger and waits for its receipt (running
+the node for the duration); ``status`` reads the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from dicomrelay.config import NodeConfig
+from dicomrelay.ledger import SqliteLedger
+from dicomrelay.node import Node
+from dicomrelay.transfer import TransferFailed
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run a node from its configuration file")
+    serve.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
+    serve.set_defaults(run=run_serve)
+
+    send = sub.add_parser("send", help="send a study to another organisation")
+    send.add_argument("path", type=Path, help="a study folder or a file")
+    send.add_argument("--to", required=True, metavar="ORG")
+    send.add_argument("--priority", choices=("urgent", "routine", "bulk"), default="routine")
+    send.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
+    send.set_defaults(run=run_send)
+
+    status = sub.add_parser("status", help="transfers in flight, done and dead")
+    status.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=run_status)
+
+
+def _uvloop() -> dict[str, bool]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = NodeConfig.from_toml(args.config)
+
+    async def serve() -> None:
+        async with Node(config) as node:
+            where = f"port {node.port}" if node.port is not None else "no listener"
+            logging.getLogger("dicomrelay").info("node %s serving (%s)", config.org, where)
+            await anyio.sleep_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(serve, backend_options=_uvloop())
+    return 0
+
+
+def run_send(args: argparse.Namespace) -> int:
+    config = NodeConfig.from_toml(args.config)
+
+    async def send() -> int:
+        async with Node(config) as node:
+            transfer = await node.send(args.path, to=args.to, priority=args.priority)
+            sys.stderr.write(f"transfer {transfer.id} queued\n")
+            try:
+                receipt = await transfer.wait()
+            except TransferFailed as e:
+                sys.stderr.write(f"{e}\n")
+                return 1
+            sys.stdout.write(receipt.to_json().decode() + "\n")
+            return 0
+
+    result: int = anyio.run(send, backend_options=_uvloop())
+    return result
+
+
+def run_status(args: argparse.Namespace) -> int:
+    config = NodeConfig.from_toml(args.config)
+
+    async def status() -> tuple[dict[str, int], list[dict[str, object]]]:
+        ledger = SqliteLedger(config.data_dir / "ledger.sqlite")
+        try:
+            counts = await ledger.counts()
+            transfers = await ledger.all_outgoing(limit=50)
+        finally:
+            await ledger.close()
+        rows: list[dict[str, object]] = [
+            {
+                "id": t.id,
+                "to": t.destination,
+                "state": t.state.value,
+                "priority": t.priority,
+                "acked": t.acked,
+                "total": t.total,
+                "attempts": t.attempts,
+                "error": t.last_error,
+            }
+            for t in transfers
+        ]
+        return counts, rows
+
+    counts, rows = anyio.run(status)
+    if args.json:
+        sys.stdout.write(orjson.dumps({"counts": counts, "transfers": rows}).decode() + "\n")
+        return 0
+    sys.stdout.write("  ".join(f"{k}: {v}" for k, v in counts.items()) + "\n")
+    for r in rows:
+        error = f"  {r['error']}" if r["error"] and r["state"] != "done" else ""
+        sys.stdout.write(
+            f"{r['id']}  {r['to']:<8} {r['state']:<7} {r['priority']:<8}"
+            f" {r['acked']}/{r['total']}  attempts {r['attempts']}{error}\n"
+        )
+    return 0
