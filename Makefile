@@ -23,7 +23,7 @@ lint: ## rustfmt, clippy, ruff, mypy strict, stubtest of the native module
 	$(PYTHON) -m ruff check python tests benches
 	$(PYTHON) -m ruff format --check python tests benches
 	$(PYTHON) -m mypy
-	$(PYTHON) -m mypy.stubtest dicomrelay._native
+	$(PYTHON) -m mypy.stubtest dicomrelay._native --allowlist stubtest-allowlist.txt
 
 rust-test: ## cargo tests of the pure-Rust core
 	cargo test -p dicomrelay-core

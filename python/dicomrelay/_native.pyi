@@ -13,6 +13,7 @@ __all__ = [
     "Channel",
     "Hasher",
     "InstanceInfo",
+    "Payload",
     "TlsConfig",
     "__version__",
     "scan",
@@ -108,7 +109,15 @@ class TlsConfig:
     @property
     def is_server(self) -> bool: ...
 
-_Frame: TypeAlias = tuple[int, int, int, int, bytes, bool | None, bytes | None]
+@final
+class Payload:
+    """Bytes made in Rust, handed over without a copy: a read-only buffer."""
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+
+_Frame: TypeAlias = tuple[int, int, int, int, Payload, bool | None, bytes | None]
 
 @final
 class Channel:
@@ -124,7 +133,7 @@ class Channel:
         flags: int = 0,
         digest: bytes | None = None,
     ) -> None: ...
-    def take_outgoing(self) -> bytes: ...
+    def take_outgoing(self) -> Payload: ...
     def close(self) -> None: ...
     @property
     def handshaking(self) -> bool: ...

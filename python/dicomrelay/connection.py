@@ -9,12 +9,13 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
 from dicomrelay import pki
-from dicomrelay._native import Channel, TlsConfig
+from dicomrelay._native import Channel, Payload, TlsConfig
 from dicomrelay.errors import ProtocolError, TlsError
 from dicomrelay.protocol import Kind
 
@@ -27,7 +28,8 @@ class Frame:
     flags: int
     stream: int
     offset: int
-    payload: bytes
+    payload: bytes  # a control frame's JSON; empty for a chunk
+    data: Payload | None  # a chunk's data, left in the Rust buffer it was decrypted into
     digest_ok: bool | None
     digest: bytes | None  # the digest a chunk claimed; trust it only when digest_ok
 
@@ -86,7 +88,10 @@ class Connection:
                 k = Kind(kind)
             except ValueError:
                 raise ProtocolError(f"unknown frame kind {kind}") from None
-            out.append(Frame(k, flags, stream, offset, payload, ok, digest))
+            if k is Kind.CHUNK:
+                out.append(Frame(k, flags, stream, offset, b"", payload, ok, digest))
+            else:
+                out.append(Frame(k, flags, stream, offset, bytes(payload), None, ok, digest))
         return out
 
     async def frames(self) -> AsyncIterator[list[Frame]]:
@@ -120,18 +125,19 @@ class Connection:
                 kind, payload, stream=stream, offset=offset, flags=flags, digest=digest
             )
             data = self.channel.take_outgoing()
-            if data:
+            if len(data):
                 await self._write(data)
 
     async def flush(self) -> None:
         async with self._send_lock:
             data = self.channel.take_outgoing()
-            if data:
+            if len(data):
                 await self._write(data)
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: Payload) -> None:
         try:
-            await self.stream.send(data)
+            # Transports take any buffer; anyio's annotation says bytes.
+            await self.stream.send(cast(bytes, memoryview(data)))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
             raise ConnectionResetError(f"connection lost: {e}") from e
 

@@ -269,9 +269,11 @@ class _Session:
 
     async def _chunk(self, frame: Frame) -> None:
         inbound = self.slots.get(frame.stream)
+        assert frame.data is not None
+        data = memoryview(frame.data)
         if inbound is None:
             raise ProtocolError(f"chunk for slot {frame.stream}, which was not offered")
-        verdict = inbound.judge(frame.offset, len(frame.payload), frame.digest_ok)
+        verdict = inbound.judge(frame.offset, len(data), frame.digest_ok)
         if verdict is Verdict.OVERRUN:
             raise ProtocolError(f"slot {frame.stream}: more bytes than offered")
         if verdict in (Verdict.BAD_DIGEST, Verdict.OUT_OF_ORDER):
@@ -289,14 +291,14 @@ class _Session:
             if frame.digest is None or frame.digest.hex() != offered.digest:
                 await self._refuse_instance(frame.stream, inbound, "instance digest mismatch")
                 return
-            await self._reserve(len(frame.payload))
+            await self._reserve(len(data))
             del self.slots[frame.stream]
-            self._store_whole(frame.stream, inbound, frame.payload)
+            self._store_whole(frame.stream, inbound, data)
             return
-        hasher.update(frame.payload)
+        hasher.update(data)
         key = self._partial_key(inbound)
         await anyio.to_thread.run_sync(
-            lambda: self.r.store.append_partial(key, frame.offset, frame.payload, sync=False),
+            lambda: self.r.store.append_partial(key, frame.offset, data, sync=False),
             limiter=self.r._write_limit,
         )
         if verdict is Verdict.COMPLETE:
@@ -332,7 +334,7 @@ class _Session:
             await self.buffer_free.wait()
         self.buffered += size
 
-    def _store_whole(self, slot: int, inbound: InboundInstance, data: bytes) -> None:
+    def _store_whole(self, slot: int, inbound: InboundInstance, data: memoryview) -> None:
         async def write() -> None:
             try:
                 directory = await anyio.to_thread.run_sync(

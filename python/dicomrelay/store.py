@@ -90,7 +90,9 @@ class BlobStore:
     def partial_path(self, key: str) -> Path:
         return self.incoming / f"{key}.part"
 
-    def append_partial(self, key: str, offset: int, data: bytes, *, sync: bool) -> None:
+    def append_partial(
+        self, key: str, offset: int, data: bytes | memoryview, *, sync: bool
+    ) -> None:
         """Write a chunk of a large instance at ``offset``; fsync when ``sync``."""
         path = self.partial_path(key)
         try:

@@ -2,7 +2,7 @@
 //! socket go in, verified frames come out; frames go in, bytes for the socket
 //! come out. Without TLS (an explicit insecure choice) the codec runs alone.
 
-use std::io::{ErrorKind as IoErrorKind, Read, Write};
+use std::io::{ErrorKind as IoErrorKind, Write};
 use std::sync::Arc;
 
 use rustls::crypto::ring::default_provider;
@@ -13,7 +13,7 @@ use rustls::{
     ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
 };
 
-use crate::wire::{encode_frame, Decoded, FrameDecoder, WireError, DIGEST_LEN};
+use crate::wire::{encode_frame, frame_header, Frame, FrameDecoder, WireError, DIGEST_LEN};
 
 /// Why a channel failed: the TLS layer, or the frames inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,8 +183,7 @@ impl Channel {
     /// Take bytes received from the socket; decrypt what is complete.
     pub fn receive(&mut self, mut data: &[u8]) -> Result<(), ChannelError> {
         let Some(conn) = self.tls.as_mut() else {
-            self.decoder.buffer().extend_from_slice(data);
-            return Ok(());
+            return Ok(self.decoder.push(data)?);
         };
         while !data.is_empty() {
             conn.read_tls(&mut data)
@@ -198,9 +197,8 @@ impl Channel {
             }
             self.outgoing = out;
             processed.map_err(|e| ChannelError::Tls(e.to_string()))?;
-            match conn.reader().read_to_end(self.decoder.buffer()) {
-                Ok(_) => {}
-                Err(e) if e.kind() == IoErrorKind::WouldBlock => {}
+            match self.decoder.read_from(&mut conn.reader()) {
+                Ok(decoded) => decoded?,
                 Err(e) if e.kind() == IoErrorKind::UnexpectedEof => {
                     return Err(ChannelError::Tls("peer closed without close_notify".into()))
                 }
@@ -213,18 +211,9 @@ impl Channel {
         Ok(())
     }
 
-    /// Whole frames received so far, chunk digests checked. Their payload ranges
-    /// index `bytes()` until `release()`.
-    pub fn decode(&mut self) -> Result<Vec<Decoded>, ChannelError> {
-        Ok(self.decoder.decode()?)
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        self.decoder.bytes()
-    }
-
-    pub fn release(&mut self) {
-        self.decoder.release();
+    /// Whole frames received so far, chunk digests checked.
+    pub fn take_frames(&mut self) -> Vec<Frame> {
+        self.decoder.take_frames()
     }
 
     /// Queue one frame to send.
@@ -237,26 +226,25 @@ impl Channel {
         digest: Option<&[u8; DIGEST_LEN]>,
         payload: &[u8],
     ) -> Result<(), ChannelError> {
-        if self.tls.is_none() {
-            return Ok(encode_frame(
-                &mut self.outgoing,
-                kind,
-                flags,
-                stream,
-                offset,
-                digest,
-                payload,
-            )?);
+        let ready =
+            self.tls.as_ref().is_some_and(|c| !c.is_handshaking()) && self.staging.is_empty();
+        if !ready {
+            // Plaintext, or TLS still handshaking: encode into a buffer.
+            let target = if self.tls.is_none() {
+                &mut self.outgoing
+            } else {
+                &mut self.staging
+            };
+            encode_frame(target, kind, flags, stream, offset, digest, payload)?;
+            return self.flush_tls();
         }
-        encode_frame(
-            &mut self.staging,
-            kind,
-            flags,
-            stream,
-            offset,
-            digest,
-            payload,
-        )?;
+        // Straight into TLS records: the header, digest and payload are encrypted
+        // from where they lie, without assembling the frame first.
+        let header =
+            frame_header(kind, flags, stream, offset, digest.is_some(), payload.len())?.encode();
+        let conn = self.tls.as_mut().expect("checked above");
+        let mut parts: [&[u8]; 3] = [&header, digest.map_or(&[][..], |d| &d[..]), payload];
+        write_all_vectored(&mut conn.writer(), &mut parts)?;
         self.flush_tls()
     }
 
@@ -294,4 +282,28 @@ impl Channel {
     pub fn outgoing_len(&self) -> usize {
         self.outgoing.len() + self.staging.len()
     }
+}
+
+fn write_all_vectored(w: &mut impl Write, parts: &mut [&[u8]]) -> Result<(), ChannelError> {
+    let mut parts: &mut [&[u8]] = parts;
+    while !parts.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> =
+            parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+        let mut n = w
+            .write_vectored(&slices)
+            .map_err(|e| ChannelError::Tls(e.to_string()))?;
+        if n == 0 {
+            return Err(ChannelError::Tls("TLS writer refused plaintext".into()));
+        }
+        while let Some(first) = parts.first_mut() {
+            if n >= first.len() {
+                n -= first.len();
+                parts = &mut std::mem::take(&mut parts)[1..];
+            } else {
+                *first = &first[n..];
+                break;
+            }
+        }
+    }
+    Ok(())
 }

@@ -125,86 +125,229 @@ impl FrameHeader {
     }
 }
 
-/// A frame found in the decoder's buffer: its header and where its payload lies.
+/// A whole frame, its payload owned (for a CHUNK with a digest: the data
+/// after the digest, which is kept apart and checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
+pub struct Frame {
     pub header: FrameHeader,
-    /// The payload (for a CHUNK with a digest: the data after the digest).
-    pub payload: std::ops::Range<usize>,
-    /// For a CHUNK with a digest: whether the data matches it.
+    pub payload: Vec<u8>,
+    /// The digest a CHUNK claimed for its data.
+    pub digest: Option<[u8; DIGEST_LEN]>,
+    /// Whether the data matches the claimed digest.
     pub digest_ok: Option<bool>,
 }
 
-/// Reassembles frames from a byte stream of any fragmentation.
-#[derive(Debug, Default)]
+/// Where the next received bytes belong.
+#[derive(Debug)]
+enum Filling {
+    Header {
+        buf: [u8; HEADER_LEN],
+        filled: usize,
+    },
+    Digest {
+        header: FrameHeader,
+        buf: [u8; DIGEST_LEN],
+        filled: usize,
+    },
+    Payload {
+        header: FrameHeader,
+        digest: Option<[u8; DIGEST_LEN]>,
+        buf: Vec<u8>,
+        filled: usize,
+    },
+}
+
+/// Reassembles frames from a byte stream of any fragmentation. Each byte is
+/// copied once, straight into the frame it belongs to; a payload is allocated
+/// only once its header has been checked (so never beyond `MAX_PAYLOAD`).
+#[derive(Debug)]
 pub struct FrameDecoder {
-    buf: Vec<u8>,
-    /// Bytes before this are frames already handed out.
-    consumed: usize,
+    filling: Filling,
+    ready: Vec<Frame>,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder {
+            filling: Filling::Header {
+                buf: [0; HEADER_LEN],
+                filled: 0,
+            },
+            ready: Vec::new(),
+        }
+    }
 }
 
 impl FrameDecoder {
-    /// The buffer to append received bytes to.
-    pub fn buffer(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
+    /// Take bytes from a slice.
+    pub fn push(&mut self, mut data: &[u8]) -> Result<(), WireError> {
+        while !data.is_empty() {
+            let target = self.target();
+            let n = target.len().min(data.len());
+            target[..n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            self.advance(n)?;
+        }
+        Ok(())
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf
-    }
-
-    /// Bytes received but not yet part of a whole frame.
-    pub fn pending(&self) -> usize {
-        self.buf.len() - self.consumed
-    }
-
-    /// Every whole frame now buffered, chunk digests checked.
-    pub fn decode(&mut self) -> Result<Vec<Decoded>, WireError> {
-        let mut frames = Vec::new();
+    /// Take whatever bytes `reader` has now (until it would block or ends).
+    pub fn read_from(
+        &mut self,
+        reader: &mut impl std::io::Read,
+    ) -> std::io::Result<Result<(), WireError>> {
         loop {
-            let rest = &self.buf[self.consumed..];
-            let Some(head) = rest.first_chunk::<HEADER_LEN>() else {
-                break;
+            let n = match reader.read(self.target()) {
+                Ok(0) => return Ok(Ok(())),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Ok(())),
+                Err(e) => return Err(e),
             };
-            let header = FrameHeader::decode(head)?;
-            let end = HEADER_LEN + header.length as usize;
-            if rest.len() < end {
-                break;
+            if let Err(e) = self.advance(n) {
+                return Ok(Err(e));
             }
-            let mut start = self.consumed + HEADER_LEN;
-            let stop = self.consumed + end;
-            let mut digest_ok = None;
-            if header.kind == CHUNK {
-                if let Some(algorithm) = chunk_algorithm(header.flags)? {
-                    let claimed = &self.buf[start..start + DIGEST_LEN];
-                    start += DIGEST_LEN;
-                    let actual = crate::digest::digest_raw(&self.buf[start..stop], algorithm);
-                    digest_ok = Some(actual.as_slice() == claimed);
+        }
+    }
+
+    /// Frames completed so far, in order.
+    pub fn take_frames(&mut self) -> Vec<Frame> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Bytes received towards the frame not yet whole.
+    pub fn pending(&self) -> usize {
+        match &self.filling {
+            Filling::Header { filled, .. } => *filled,
+            Filling::Digest { filled, .. } => HEADER_LEN + filled,
+            Filling::Payload { filled, .. } => HEADER_LEN + filled,
+        }
+    }
+
+    fn target(&mut self) -> &mut [u8] {
+        match &mut self.filling {
+            Filling::Header { buf, filled } => &mut buf[*filled..],
+            Filling::Digest { buf, filled, .. } => &mut buf[*filled..],
+            Filling::Payload { buf, filled, .. } => &mut buf[*filled..],
+        }
+    }
+
+    fn advance(&mut self, n: usize) -> Result<(), WireError> {
+        match &mut self.filling {
+            Filling::Header { buf, filled } => {
+                *filled += n;
+                if *filled == HEADER_LEN {
+                    let header = FrameHeader::decode(buf)?;
+                    let algorithm = if header.kind == CHUNK {
+                        chunk_algorithm(header.flags)?
+                    } else {
+                        None
+                    };
+                    self.filling = if algorithm.is_some() {
+                        Filling::Digest {
+                            header,
+                            buf: [0; DIGEST_LEN],
+                            filled: 0,
+                        }
+                    } else {
+                        Self::payload(header, None, header.length as usize)
+                    };
+                    self.finish_if_empty();
                 }
             }
-            frames.push(Decoded {
+            Filling::Digest {
                 header,
-                payload: start..stop,
-                digest_ok,
-            });
-            self.consumed = stop;
+                buf,
+                filled,
+            } => {
+                *filled += n;
+                if *filled == DIGEST_LEN {
+                    let (header, digest) = (*header, *buf);
+                    self.filling =
+                        Self::payload(header, Some(digest), header.length as usize - DIGEST_LEN);
+                    self.finish_if_empty();
+                }
+            }
+            Filling::Payload { buf, filled, .. } => {
+                *filled += n;
+                if *filled == buf.len() {
+                    self.finish();
+                }
+            }
         }
-        Ok(frames)
+        Ok(())
     }
 
-    /// Forget the frames handed out by the last `decode`; their ranges become invalid.
-    pub fn release(&mut self) {
-        if self.consumed == self.buf.len() {
-            self.buf.clear();
-        } else if self.consumed > 0 {
-            self.buf.drain(..self.consumed);
-        }
-        self.consumed = 0;
-        // A burst of large frames should not pin its memory for the connection's life.
-        if self.buf.capacity() > 4 * MAX_PAYLOAD as usize && self.buf.len() < MAX_PAYLOAD as usize {
-            self.buf.shrink_to(MAX_PAYLOAD as usize);
+    fn payload(header: FrameHeader, digest: Option<[u8; DIGEST_LEN]>, len: usize) -> Filling {
+        Filling::Payload {
+            header,
+            digest,
+            buf: vec![0; len],
+            filled: 0,
         }
     }
+
+    fn finish_if_empty(&mut self) {
+        if let Filling::Payload { buf, .. } = &self.filling {
+            if buf.is_empty() {
+                self.finish();
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        let done = std::mem::replace(
+            &mut self.filling,
+            Filling::Header {
+                buf: [0; HEADER_LEN],
+                filled: 0,
+            },
+        );
+        if let Filling::Payload {
+            header,
+            digest,
+            buf,
+            ..
+        } = done
+        {
+            let digest_ok = digest.map(|claimed| {
+                // Checked by decode(): a CHUNK with a digest names a known algorithm.
+                let algorithm = chunk_algorithm(header.flags)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(DigestAlgorithm::Sha256);
+                crate::digest::digest_raw(&buf, algorithm) == claimed
+            });
+            self.ready.push(Frame {
+                header,
+                payload: buf,
+                digest,
+                digest_ok,
+            });
+        }
+    }
+}
+
+/// The header of a frame carrying `payload_len` bytes (and a digest, if `digested`).
+pub fn frame_header(
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    offset: u64,
+    digested: bool,
+    payload_len: usize,
+) -> Result<FrameHeader, WireError> {
+    let length = payload_len + if digested { DIGEST_LEN } else { 0 };
+    let length = u32::try_from(length)
+        .ok()
+        .filter(|&l| l <= MAX_PAYLOAD)
+        .ok_or_else(|| wire_error(format!("payload of {length} bytes is too large")))?;
+    Ok(FrameHeader {
+        kind,
+        flags,
+        stream,
+        length,
+        offset,
+    })
 }
 
 /// Append a whole frame (header, the chunk digest when given, payload) to `out`.
@@ -217,19 +360,8 @@ pub fn encode_frame(
     digest: Option<&[u8; DIGEST_LEN]>,
     payload: &[u8],
 ) -> Result<(), WireError> {
-    let length = payload.len() + digest.map_or(0, |_| DIGEST_LEN);
-    let length = u32::try_from(length)
-        .ok()
-        .filter(|&l| l <= MAX_PAYLOAD)
-        .ok_or_else(|| wire_error(format!("payload of {length} bytes is too large")))?;
-    let header = FrameHeader {
-        kind,
-        flags,
-        stream,
-        length,
-        offset,
-    };
-    out.reserve(HEADER_LEN + length as usize);
+    let header = frame_header(kind, flags, stream, offset, digest.is_some(), payload.len())?;
+    out.reserve(HEADER_LEN + header.length as usize);
     out.extend_from_slice(&header.encode());
     if let Some(d) = digest {
         out.extend_from_slice(d);
@@ -253,16 +385,12 @@ mod tests {
             let mut dec = FrameDecoder::default();
             let mut got = Vec::new();
             for piece in stream.chunks(step) {
-                dec.buffer().extend_from_slice(piece);
-                for f in dec.decode().unwrap() {
-                    got.push((
-                        f.header,
-                        dec.bytes()[f.payload.clone()].to_vec(),
-                        f.digest_ok,
-                    ));
+                dec.push(piece).unwrap();
+                for f in dec.take_frames() {
+                    got.push((f.header, f.payload, f.digest_ok));
                 }
-                dec.release();
             }
+            assert_eq!(dec.pending(), 0);
             assert_eq!(got.len(), 2);
             assert_eq!(got[0].1, b"{\"hello\":1}");
             assert_eq!(got[1].0.stream, 7);
@@ -281,8 +409,8 @@ mod tests {
         let last = stream.len() - 1;
         stream[last] ^= 1;
         let mut dec = FrameDecoder::default();
-        dec.buffer().extend_from_slice(&stream);
-        assert_eq!(dec.decode().unwrap()[0].digest_ok, Some(false));
+        dec.push(&stream).unwrap();
+        assert_eq!(dec.take_frames()[0].digest_ok, Some(false));
     }
 
     #[test]

@@ -74,3 +74,55 @@ impl MappedFile {
         self.0.as_deref().unwrap_or(&[])
     }
 }
+
+/// Bytes produced in Rust and handed to Python without a copy: a read-only
+/// buffer (`memoryview(payload)`, `os.write(fd, payload)`, `bytes(payload)`).
+#[pyclass(frozen, module = "dicomrelay._native", name = "Payload")]
+pub struct Payload(pub Vec<u8>);
+
+#[pymethods]
+impl Payload {
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill, per the buffer protocol.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        if flags & pyo3::ffi::PyBUF_WRITABLE == pyo3::ffi::PyBUF_WRITABLE {
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "a Payload is read-only",
+            ));
+        }
+        let data = &slf.get().0;
+        // SAFETY: `view` comes from CPython. The Vec is never mutated or moved while
+        // the object lives (the class is frozen), and PyBuffer_FillInfo takes a new
+        // reference to the exporter, keeping it alive as long as the view.
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                data.as_ptr() as *mut std::os::raw::c_void,
+                data.len() as pyo3::ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// Called by CPython when a view is released; nothing to free.
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.0.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Payload({} bytes)", self.0.len())
+    }
+}

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use pyo3::IntoPyObjectExt;
 
-use crate::buf::ByteView;
+use crate::buf::{ByteView, Payload};
 use crate::error::channel_error;
 
 /// Inputs shorter than this are hashed without releasing the GIL: the release
@@ -61,22 +61,20 @@ impl Channel {
     }
 
     /// Feed bytes read from the socket; returns the whole frames now available as
-    /// `(kind, flags, stream, offset, payload, digest_ok, digest)` tuples, where
-    /// `digest` is the 32-byte digest a chunk claimed (checked: see `digest_ok`).
+    /// `(kind, flags, stream, offset, payload, digest_ok, digest)` tuples. `payload`
+    /// is a `Payload` (a read-only buffer); `digest` the 32 bytes a chunk claimed
+    /// for it, checked: see `digest_ok`.
     fn receive<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
         let channel = &mut self.0;
         let frames = py
             .detach(|| {
                 channel.receive(data)?;
-                channel.decode()
+                Ok(channel.take_frames())
             })
             .map_err(channel_error)?;
         let out = PyList::empty(py);
-        for f in &frames {
-            let payload = PyBytes::new(py, &channel.bytes()[f.payload.clone()]);
-            let claimed = f
-                .digest_ok
-                .map(|_| PyBytes::new(py, &channel.bytes()[f.payload.start - DIGEST_LEN..f.payload.start]));
+        for f in frames {
+            let claimed = f.digest.map(|d| PyBytes::new(py, &d));
             let tuple = PyTuple::new(
                 py,
                 [
@@ -84,14 +82,13 @@ impl Channel {
                     f.header.flags.into_bound_py_any(py)?,
                     f.header.stream.into_bound_py_any(py)?,
                     f.header.offset.into_bound_py_any(py)?,
-                    payload.into_any(),
+                    Bound::new(py, Payload(f.payload))?.into_any(),
                     f.digest_ok.into_bound_py_any(py)?,
                     claimed.into_bound_py_any(py)?,
                 ],
             )?;
             out.append(tuple)?;
         }
-        channel.release();
         Ok(out)
     }
 
@@ -127,9 +124,9 @@ impl Channel {
         result.map_err(channel_error)
     }
 
-    /// Bytes to write to the socket; empties the queue.
-    fn take_outgoing<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.0.take_outgoing())
+    /// Bytes to write to the socket (a `Payload`); empties the queue.
+    fn take_outgoing(&mut self) -> Payload {
+        Payload(self.0.take_outgoing())
     }
 
     /// Send TLS close_notify (queued in the outgoing bytes).
