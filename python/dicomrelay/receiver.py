@@ -45,6 +45,9 @@ from dicomrelay.store import BlobStore, StorageError
 
 log = logging.getLogger("dicomrelay.receiver")
 
+# Large instances are made durable (and their offset recorded) every this many bytes.
+CHECKPOINT_BYTES = 64 << 20
+
 
 class Refused(DicomrelayError):
     """A peer this node will not talk to."""
@@ -257,11 +260,14 @@ class _Session:
                     )
                 )
                 continue
-            self.slots[item.slot] = InboundInstance(transfer_id=offer.transfer_id, offered=item)
+            inbound = InboundInstance(transfer_id=offer.transfer_id, offered=item)
+            self.slots[item.slot] = inbound
             if item.size > offer.chunk_size:
                 algorithm = cast(DigestName, offer.digest)  # Offer.parse checked the name
                 self.algorithms[item.slot] = algorithm
-                self.hashers[item.slot] = Hasher(algorithm)
+                self.hashers[item.slot] = await self._resume_partial(item.slot, inbound, algorithm)
+                if inbound.received:
+                    offsets[item.slot] = inbound.received
         if already:
             await self.r.ledger.record_received(self.sender, offer.transfer_id, already)
         have = Have(transfer_id=offer.transfer_id, offsets=offsets)
@@ -297,18 +303,27 @@ class _Session:
             return
         hasher.update(data)
         key = self._partial_key(inbound)
+        # A checkpoint makes the bytes so far durable, so a later attempt resumes there.
+        checkpoint = verdict is Verdict.APPEND and inbound.received % CHECKPOINT_BYTES < len(data)
         await anyio.to_thread.run_sync(
-            lambda: self.r.store.append_partial(key, frame.offset, data, sync=False),
+            lambda: self.r.store.append_partial(key, frame.offset, data, sync=checkpoint),
             limiter=self.r._write_limit,
         )
+        if checkpoint:
+            await self.r.ledger.record_partial(
+                self.sender, inbound.transfer_id, offered.index, inbound.received
+            )
         if verdict is Verdict.COMPLETE:
             del self.slots[frame.stream]
             del self.hashers[frame.stream]
-            self.algorithms.pop(frame.stream, None)
             if hasher.hexdigest() != offered.digest:
                 await anyio.to_thread.run_sync(self.r.store.discard_partial, key)
+                await self.r.ledger.record_partial(
+                    self.sender, inbound.transfer_id, offered.index, 0
+                )
                 await self._refuse_instance(frame.stream, inbound, "instance digest mismatch")
                 return
+            self.algorithms.pop(frame.stream, None)
             directory = await anyio.to_thread.run_sync(
                 self.r.store.publish_partial, key, offered.digest
             )
@@ -316,6 +331,26 @@ class _Session:
 
     def _partial_key(self, inbound: InboundInstance) -> str:
         return f"{self.sender}-{inbound.transfer_id}-{inbound.offered.index}"
+
+    async def _resume_partial(
+        self, slot: int, inbound: InboundInstance, algorithm: DigestName
+    ) -> Hasher:
+        """A large instance's durable prefix from an earlier attempt, if any: cut the
+        partial file back to its last checkpoint and hash that prefix again."""
+        offset = await self.r.ledger.partial(
+            self.sender, inbound.transfer_id, inbound.offered.index
+        )
+        key = self._partial_key(inbound)
+        if not offset:
+            return Hasher(algorithm)
+        try:
+            hasher = await anyio.to_thread.run_sync(
+                self.r.store.hash_partial, key, offset, Hasher(algorithm)
+            )
+        except (OSError, ValueError):
+            return Hasher(algorithm)
+        inbound.received = offset
+        return hasher
 
     async def _refuse_instance(self, slot: int, inbound: InboundInstance, reason: str) -> None:
         """Ask for the whole instance again; the slot stays open from byte 0."""

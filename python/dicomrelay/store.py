@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from dicomrelay._native import Hasher
 from dicomrelay.errors import DicomrelayError
 
 
@@ -112,9 +113,22 @@ class BlobStore:
         except OSError as e:
             raise _storage_error(e, key) from e
 
-    def truncate_partial(self, key: str, length: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(self.partial_path(key), length)
+    def hash_partial(self, key: str, length: int, hasher: Hasher) -> Hasher:
+        """Cut a partial file back to ``length`` bytes and feed them to ``hasher``.
+
+        Raises ValueError if the file is shorter than ``length``.
+        """
+        path = self.partial_path(key)
+        with open(path, "r+b") as f:
+            if os.fstat(f.fileno()).st_size < length:
+                raise ValueError(f"{path} is shorter than its checkpoint")
+            f.truncate(length)
+            left = length
+            while left:
+                piece = f.read(min(left, 1 << 20))
+                hasher.update(piece)
+                left -= len(piece)
+        return hasher
 
     def publish_partial(self, key: str, digest: str) -> Path:
         """Move a complete, verified partial file to its blob name."""

@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS incoming_instances (
     stored REAL NOT NULL,
     PRIMARY KEY (sender, transfer_id, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS incoming_partials (
+    sender TEXT NOT NULL,
+    transfer_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    durable INTEGER NOT NULL,
+    PRIMARY KEY (sender, transfer_id, idx)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS store (
     study_uid TEXT NOT NULL,
     sop_uid TEXT NOT NULL,
@@ -359,6 +366,27 @@ class SqliteLedger:
                 )
                 for idx, uid, size, digest, stored in rows
             }
+
+        return await self._run(get)
+
+    async def record_partial(self, sender: str, transfer_id: str, index: int, offset: int) -> None:
+        def record(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO incoming_partials (sender, transfer_id, idx, durable)"
+                " VALUES (?, ?, ?, ?)",
+                (sender, transfer_id, index, offset),
+            )
+
+        await self._run(record)
+
+    async def partial(self, sender: str, transfer_id: str, index: int) -> int:
+        def get(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "SELECT durable FROM incoming_partials WHERE sender = ? AND transfer_id = ?"
+                " AND idx = ?",
+                (sender, transfer_id, index),
+            ).fetchone()
+            return 0 if row is None else int(row[0])
 
         return await self._run(get)
 

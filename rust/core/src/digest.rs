@@ -74,9 +74,25 @@ pub struct Digests {
 /// Digest `data` whole, and chunk by chunk when `chunk_size` is given.
 /// An empty object has one digest and no chunks.
 pub fn digest(data: &[u8], algorithm: DigestAlgorithm, chunk_size: Option<usize>) -> Digests {
+    digest_with(data, algorithm, chunk_size, |_| {})
+}
+
+/// As [`digest`], calling `consumed(end)` as the bytes before `end` are done
+/// with (every chunk, or every 8 MiB without chunks), so a caller can release
+/// the pages of a mapped file as it goes.
+pub fn digest_with(
+    data: &[u8],
+    algorithm: DigestAlgorithm,
+    chunk_size: Option<usize>,
+    mut consumed: impl FnMut(usize),
+) -> Digests {
+    const PIECE: usize = 8 << 20;
     let mut whole = algorithm.hasher();
     let Some(chunk_size) = chunk_size.filter(|&c| c > 0) else {
-        whole.update(data);
+        for (n, piece) in data.chunks(PIECE).enumerate() {
+            whole.update(piece);
+            consumed(n * PIECE + piece.len());
+        }
         return Digests {
             whole: to_hex(&whole.finish()),
             chunks: Vec::new(),
@@ -85,6 +101,7 @@ pub fn digest(data: &[u8], algorithm: DigestAlgorithm, chunk_size: Option<usize>
     if data.len() <= chunk_size {
         // One chunk: its digest is the whole object's; hash once.
         whole.update(data);
+        consumed(data.len());
         let whole = to_hex(&whole.finish());
         let chunks = if data.is_empty() {
             Vec::new()
@@ -94,13 +111,14 @@ pub fn digest(data: &[u8], algorithm: DigestAlgorithm, chunk_size: Option<usize>
         return Digests { whole, chunks };
     }
     let mut chunks = Vec::with_capacity(data.len().div_ceil(chunk_size));
-    for chunk in data.chunks(chunk_size) {
+    for (n, chunk) in data.chunks(chunk_size).enumerate() {
         let mut part = algorithm.hasher();
         for stripe in chunk.chunks(STRIPE) {
             whole.update(stripe);
             part.update(stripe);
         }
         chunks.push(to_hex(&part.finish()));
+        consumed(n * chunk_size + chunk.len());
     }
     Digests {
         whole: to_hex(&whole.finish()),

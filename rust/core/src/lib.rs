@@ -14,6 +14,6 @@ pub mod scan;
 pub mod syntax;
 pub mod wire;
 
-pub use digest::{digest, DigestAlgorithm, Digests, DEFAULT_CHUNK_SIZE};
+pub use digest::{digest, digest_with, DigestAlgorithm, Digests, DEFAULT_CHUNK_SIZE};
 pub use error::{ErrorKind, ScanError};
 pub use scan::{scan, InstanceInfo, ScanOptions, DEFAULT_MAX_INFLATED};

@@ -220,8 +220,9 @@ fn scan_dataset(buf: &[u8], start: usize, enc: Encoding) -> Result<InstanceInfo>
     })?;
 
     let charset = found.charset.map_or(Charset::Latin1, Charset::from_value);
-    let ascii = |v: Option<&[u8]>| text(v, Charset::Latin1);
-    let local = |v: Option<&[u8]>| text(v, charset);
+    let ascii = |v: Option<&[u8]>| text(v, Charset::Latin1, Values::Whole);
+    let local = |v: Option<&[u8]>| text(v, charset, Values::EachTrimmed);
+    let name = |v: Option<&[u8]>| text(v, charset, Values::PersonNames);
     let us = |v: Option<&[u8]>| v.filter(|v| v.len() >= 2).map(|v| enc.u16_at(v, 0));
     let pixel = found.pixel;
     Ok(InstanceInfo {
@@ -231,7 +232,7 @@ fn scan_dataset(buf: &[u8], start: usize, enc: Encoding) -> Result<InstanceInfo>
         series_instance_uid: ascii(found.series_instance_uid),
         patient_id: local(found.patient_id),
         issuer_of_patient_id: local(found.issuer_of_patient_id),
-        patient_name: local(found.patient_name),
+        patient_name: name(found.patient_name),
         accession_number: local(found.accession_number),
         modality: ascii(found.modality),
         study_date: ascii(found.study_date),
@@ -256,9 +257,31 @@ fn scan_dataset(buf: &[u8], start: usize, enc: Encoding) -> Result<InstanceInfo>
     })
 }
 
-fn text(value: Option<&[u8]>, charset: Charset) -> Option<String> {
+/// How a string value's padding is read, per VR, as pydicom reads it.
+#[derive(Clone, Copy)]
+enum Values {
+    /// UI, CS, DA: padding stripped from the end of the whole value.
+    Whole,
+    /// LO, SH: padding stripped from each of several values.
+    EachTrimmed,
+    /// PN: as `Whole`, and empty trailing component groups (`=`) dropped from each name.
+    PersonNames,
+}
+
+fn text(value: Option<&[u8]>, charset: Charset, values: Values) -> Option<String> {
     let v = trim_text(value?);
-    (!v.is_empty()).then(|| charset.decode(v))
+    if v.is_empty() {
+        return None;
+    }
+    let decoded = charset.decode(v);
+    let join = |f: &dyn Fn(&str) -> &str| decoded.split('\\').map(f).collect::<Vec<_>>().join("\\");
+    let out = match values {
+        Values::Whole => decoded,
+        Values::EachTrimmed if decoded.contains('\\') => join(&|s| s.trim_end_matches([' ', '\0'])),
+        Values::EachTrimmed => decoded,
+        Values::PersonNames => join(&|s| s.trim_end_matches('=')),
+    };
+    (!out.is_empty()).then_some(out)
 }
 
 /// An IS value: a decimal integer, padded with spaces; `None` when it is not one.

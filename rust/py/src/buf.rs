@@ -7,7 +7,7 @@ use memmap2::Mmap;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyMemoryView};
 
 /// A read-only view of a Python object's bytes, held for as long as the view lives.
 pub enum ByteView<'py> {
@@ -20,14 +20,24 @@ impl<'py> ByteView<'py> {
         if let Ok(bytes) = obj.cast::<PyBytes>() {
             return Ok(ByteView::Bytes(bytes.clone()));
         }
-        let buffer = PyBuffer::<u8>::get(obj).map_err(|_| {
-            PyTypeError::new_err(format!(
-                "expected bytes, bytearray, memoryview or mmap, not {}",
-                obj.get_type()
-                    .name()
-                    .map_or_else(|_| "?".to_owned(), |n| n.to_string())
-            ))
-        })?;
+        let buffer = match PyBuffer::<u8>::get(obj) {
+            Ok(buffer) => buffer,
+            Err(_) => {
+                // A buffer of other items (a memoryview cast to 'H', an array): its bytes.
+                let bytes = PyMemoryView::from(obj).and_then(|m| m.call_method1("cast", ("B",)));
+                match bytes {
+                    Ok(view) => PyBuffer::<u8>::get(&view)?,
+                    Err(_) => {
+                        return Err(PyTypeError::new_err(format!(
+                            "expected bytes, bytearray, memoryview or mmap, not {}",
+                            obj.get_type()
+                                .name()
+                                .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+                        )))
+                    }
+                }
+            }
+        };
         if !buffer.is_c_contiguous() {
             return Err(PyTypeError::new_err("buffer is not contiguous"));
         }
@@ -60,7 +70,11 @@ pub struct MappedFile(Option<Mmap>);
 impl MappedFile {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
-        if file.metadata()?.len() == 0 {
+        let metadata = file.metadata()?;
+        if metadata.is_dir() {
+            return Err(std::io::Error::from_raw_os_error(21)); // EISDIR
+        }
+        if metadata.len() == 0 {
             return Ok(MappedFile(None));
         }
         // SAFETY: the map is read-only and private to this call. Another process
@@ -72,6 +86,22 @@ impl MappedFile {
 
     pub fn as_slice(&self) -> &[u8] {
         self.0.as_deref().unwrap_or(&[])
+    }
+
+    /// Drop the resident pages of `..end` (rounded down to whole pages): the
+    /// kernel reads them again from the file if they are touched later. Keeps a
+    /// multi-GB file from growing the process's RSS as it is hashed.
+    pub fn release_before(&self, end: usize) {
+        const PAGE: usize = 4096;
+        let Some(map) = &self.0 else { return };
+        let end = end.min(map.len()) / PAGE * PAGE;
+        if end == 0 {
+            return;
+        }
+        // SAFETY: the mapping is private and read-only, and nothing holds a
+        // reference into `..end` across this call that relies on the pages staying
+        // resident; MADV_DONTNEED on a file-backed mapping only drops the cache.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, end) };
     }
 }
 

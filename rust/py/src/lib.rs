@@ -20,16 +20,24 @@ use error::{parse_error, Failure};
 use info::InstanceInfo;
 
 /// Options as Python passes them, validated once.
-fn options(digest: Option<&str>, chunk_size: Option<usize>) -> PyResult<ScanOptions> {
+fn options(digest: Option<&str>, chunk_size: Option<i64>) -> PyResult<ScanOptions> {
     let digest = match digest {
         None => None,
         Some(name) => Some(DigestAlgorithm::from_name(name).ok_or_else(|| {
             PyValueError::new_err(format!("digest must be 'sha256' or 'blake3', not {name:?}"))
         })?),
     };
-    if chunk_size == Some(0) {
-        return Err(PyValueError::new_err("chunk_size must be positive"));
-    }
+    let chunk_size = match chunk_size {
+        None => None,
+        Some(n) if n > 0 => {
+            Some(usize::try_from(n).map_err(|_| PyValueError::new_err("chunk_size too large"))?)
+        }
+        Some(n) => {
+            return Err(PyValueError::new_err(format!(
+                "chunk_size must be positive, not {n}"
+            )))
+        }
+    };
     Ok(ScanOptions {
         // A chunk plan without a named algorithm uses the default, SHA-256.
         digest: digest.or(chunk_size.map(|_| DigestAlgorithm::Sha256)),
@@ -38,12 +46,30 @@ fn options(digest: Option<&str>, chunk_size: Option<usize>) -> PyResult<ScanOpti
     })
 }
 
+/// Files larger than this have their pages released as they are hashed.
+const RELEASE_PAGES_ABOVE: usize = 64 << 20;
+
 fn scan_path(
     path: &std::path::Path,
     options: &ScanOptions,
 ) -> Result<dicomrelay_core::InstanceInfo, Failure> {
     let file = MappedFile::open(path).map_err(|e| Failure::Io(e, path.to_owned()))?;
-    Ok(dicomrelay_core::scan(file.as_slice(), options)?)
+    let data = file.as_slice();
+    let Some(algorithm) = options.digest.filter(|_| data.len() > RELEASE_PAGES_ABOVE) else {
+        return Ok(dicomrelay_core::scan(data, options)?);
+    };
+    let header_only = ScanOptions {
+        digest: None,
+        ..*options
+    };
+    let mut info = dicomrelay_core::scan(data, &header_only)?;
+    file.release_before(data.len());
+    let digests = dicomrelay_core::digest_with(data, algorithm, options.chunk_size, |end| {
+        file.release_before(end)
+    });
+    info.digest = Some(digests.whole);
+    info.chunk_digests = digests.chunks;
+    Ok(info)
 }
 
 #[pyfunction]
@@ -52,7 +78,7 @@ fn scan(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
     digest: Option<&str>,
-    chunk_size: Option<usize>,
+    chunk_size: Option<i64>,
 ) -> PyResult<InstanceInfo> {
     let options = options(digest, chunk_size)?;
     let view = ByteView::new(data)?;
@@ -67,7 +93,7 @@ fn scan_file(
     py: Python<'_>,
     path: PathBuf,
     digest: Option<&str>,
-    chunk_size: Option<usize>,
+    chunk_size: Option<i64>,
 ) -> PyResult<InstanceInfo> {
     let options = options(digest, chunk_size)?;
     let result = py.detach(|| scan_path(&path, &options));
@@ -86,10 +112,19 @@ fn scan_many<'py>(
     py: Python<'py>,
     sources: &Bound<'py, PyAny>,
     digest: Option<&str>,
-    chunk_size: Option<usize>,
-    threads: Option<usize>,
+    chunk_size: Option<i64>,
+    threads: Option<i64>,
 ) -> PyResult<Bound<'py, PyList>> {
     let options = options(digest, chunk_size)?;
+    let threads = match threads {
+        None => None,
+        Some(n) if n > 0 => Some(n as usize),
+        Some(n) => {
+            return Err(PyValueError::new_err(format!(
+                "threads must be positive, not {n}"
+            )))
+        }
+    };
     let mut inputs = Vec::new();
     for item in sources.try_iter()? {
         let item = item?;
