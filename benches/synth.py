@@ -8,15 +8,16 @@ unchanged and makes 1,000 files cost one encode plus 1,000 plain writes.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_ROOT_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_ROOT_UID, UID, CTImageStorage, ExplicitVRLittleEndian
 
 ROWS = COLUMNS = 512
-FRAME_BYTES = ROWS * COLUMNS * 2
+STUDY_SIZE = 1_000
 
 _ROOT = f"{PYDICOM_ROOT_UID}31415"
 STUDY_UID = f"{_ROOT}.1"
@@ -25,6 +26,14 @@ FRAME_OF_REFERENCE_UID = f"{_ROOT}.3"
 # The instance UID ends in a fixed-width counter (a leading 1, since a UID
 # component may not start with 0): the same length for every slice.
 _INSTANCE_PREFIX = f"{_ROOT}.4.1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Payload:
+    """Bytes to digest, and the size label its benchmark group is named after."""
+
+    label: str
+    data: bytes
 
 
 def instance_uid(index: int) -> str:
@@ -150,7 +159,7 @@ def ct_dataset(frames: int = 1) -> Dataset:
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = f"{_ROOT}.100"
+    meta.ImplementationClassUID = UID(f"{_ROOT}.100")
     meta.ImplementationVersionName = "DICOMRELAY_BENCH"
     meta.SourceApplicationEntityTitle = "CT01"
     ds.file_meta = meta

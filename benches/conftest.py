@@ -1,0 +1,69 @@
+"""Benchmark inputs (synthesised once per session) and the ratio report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benches import ratios, synth
+from benches.synth import Payload
+
+
+@pytest.fixture(scope="session")
+def ct_slice() -> bytes:
+    """One 512x512 16-bit CT slice, explicit VR little endian (about 514 KB)."""
+    return synth.encode(synth.ct_dataset())
+
+
+@pytest.fixture(scope="session")
+def ct_path(ct_slice: bytes, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slice") / "CT000000.dcm"
+    path.write_bytes(ct_slice)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ct_multiframe_64mib() -> bytes:
+    """128 frames of the slice: a 64 MiB object, large enough to measure GB/s."""
+    return synth.encode(synth.ct_dataset(frames=128))
+
+
+@pytest.fixture(scope="session")
+def ct_multiframe_16mib() -> bytes:
+    """32 frames: 16 chunks of 1 MiB (plus the header's tail in a 17th)."""
+    return synth.encode(synth.ct_dataset(frames=32))
+
+
+@pytest.fixture(scope="session")
+def study_paths(ct_slice: bytes, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A 1,000-slice series in one folder, each slice with its own SOP Instance UID."""
+    return synth.write_study(ct_slice, tmp_path_factory.mktemp("study"), synth.STUDY_SIZE)
+
+
+@pytest.fixture(params=["512KB", "64MB"])
+def digest_payload(request: pytest.FixtureRequest) -> Payload:
+    fixture = {"512KB": "ct_slice", "64MB": "ct_multiframe_64mib"}[request.param]
+    return Payload(label=request.param, data=request.getfixturevalue(fixture))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-benchmark writes --benchmark-json without making its folder.
+    bench_json: Path | None = config.getoption("benchmark_json", None)
+    if bench_json is not None:
+        Path(bench_json).parent.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    summary = ratios.summarise(config)
+    if summary is None:
+        return
+    lines, document = summary
+    path = ratios.report_path(config)
+    ratios.write(path, document)
+    terminalreporter.write_sep("-", f"dicomrelay ratios ({ratios.STATISTIC}) -> {path}")
+    for line in lines:
+        terminalreporter.write_line(line)
