@@ -21,7 +21,7 @@ import anyio.to_thread
 from anyio.abc import ByteStream, TaskGroup
 
 from dicomrelay import pki
-from dicomrelay._native import Hasher, TlsConfig
+from dicomrelay._native import Hasher, Payload, TlsConfig
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.connection import Connection, Frame
 from dicomrelay.errors import DicomrelayError, ProtocolError, TlsError
@@ -60,7 +60,8 @@ class Stored:
     sender: str
     transfer_id: str
     instance: IncomingInstance
-    directory: Path
+    temp: Path | None  # written but not yet durable, or None when already in place
+    final: Path
     acknowledge: Callable[[int, float, BaseException | None], None]
     slot: int
 
@@ -89,9 +90,10 @@ class Committer:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[Stored]) -> None:
+        """Blobs durable and named, then their ledger rows, then the acknowledgements."""
         error: BaseException | None = None
         try:
-            await anyio.to_thread.run_sync(self.store.sync, [s.directory for s in batch])
+            await anyio.to_thread.run_sync(self.store.publish, [(s.temp, s.final) for s in batch])
             groups: dict[tuple[str, str], list[IncomingInstance]] = defaultdict(list)
             for s in batch:
                 groups[(s.sender, s.transfer_id)].append(s.instance)
@@ -240,15 +242,21 @@ class _Session:
         offsets: dict[int, int] = {}
         already: list[IncomingInstance] = []
         now = time.time()
+        fresh = []
         for item in offer.instances:
             if item.slot in self.slots:
                 raise ProtocolError(f"slot {item.slot} offered twice")
             got = held.get(item.index)
             if got is not None and got.digest == item.digest:
                 offsets[item.slot] = item.size
-                continue
-            # Content this node already stores from any transfer need not travel again.
-            if await anyio.to_thread.run_sync(self.r.store.size_of, item.digest) == item.size:
+            else:
+                fresh.append(item)
+        # Content this node already stores from any transfer need not travel again.
+        sizes = await anyio.to_thread.run_sync(
+            lambda: [self.r.store.size_of(item.digest) for item in fresh]
+        )
+        for item, stored_size in zip(fresh, sizes, strict=True):
+            if stored_size == item.size:
                 offsets[item.slot] = item.size
                 already.append(
                     IncomingInstance(
@@ -299,7 +307,7 @@ class _Session:
                 return
             await self._reserve(len(data))
             del self.slots[frame.stream]
-            self._store_whole(frame.stream, inbound, data)
+            self._store_whole(frame.stream, inbound, frame.data)
             return
         hasher.update(data)
         key = self._partial_key(inbound)
@@ -324,10 +332,10 @@ class _Session:
                 await self._refuse_instance(frame.stream, inbound, "instance digest mismatch")
                 return
             self.algorithms.pop(frame.stream, None)
-            directory = await anyio.to_thread.run_sync(
+            final = await anyio.to_thread.run_sync(
                 self.r.store.publish_partial, key, offered.digest
             )
-            self._stored(frame.stream, inbound, directory)
+            self._stored(frame.stream, inbound, None, final)
 
     def _partial_key(self, inbound: InboundInstance) -> str:
         return f"{self.sender}-{inbound.transfer_id}-{inbound.offered.index}"
@@ -369,16 +377,17 @@ class _Session:
             await self.buffer_free.wait()
         self.buffered += size
 
-    def _store_whole(self, slot: int, inbound: InboundInstance, data: memoryview) -> None:
+    def _store_whole(self, slot: int, inbound: InboundInstance, data: Payload) -> None:
         async def write() -> None:
+            digest = inbound.offered.digest
             try:
-                directory = await anyio.to_thread.run_sync(
-                    self.r.store.write, inbound.offered.digest, data, limiter=self.r._write_limit
+                temp = await anyio.to_thread.run_sync(
+                    self.r.store.write_unsynced, digest, data, limiter=self.r._write_limit
                 )
             except StorageError as e:
                 self._acknowledge(slot, 0.0, e)
             else:
-                self._stored(slot, inbound, directory)
+                self._stored(slot, inbound, temp, self.r.store.path_of(digest))
             finally:
                 self.buffered -= len(data)
                 self.buffer_free.set()
@@ -386,7 +395,7 @@ class _Session:
         assert self._tasks is not None
         self._tasks.start_soon(write)
 
-    def _stored(self, slot: int, inbound: InboundInstance, directory: Path) -> None:
+    def _stored(self, slot: int, inbound: InboundInstance, temp: Path | None, final: Path) -> None:
         o = inbound.offered
         instance = IncomingInstance(
             index=o.index,
@@ -400,7 +409,8 @@ class _Session:
                 sender=self.sender,
                 transfer_id=inbound.transfer_id,
                 instance=instance,
-                directory=directory,
+                temp=temp,
+                final=final,
                 acknowledge=self._acknowledge,
                 slot=slot,
             )

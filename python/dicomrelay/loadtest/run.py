@@ -163,6 +163,9 @@ def run_loadtest(options: LoadtestOptions, progress: Progress | None = None) -> 
     try:
         t0 = time.perf_counter()
         expected = prepare(options, work)
+        # The sources were just written: flush them now, so their writeback is not
+        # charged to the receiver's first commit (a PACS's files are not dirty).
+        os.sync()
         prepared = time.perf_counter() - t0
         run = _run_in_process if options.in_process else _run_processes
         sender, receiver = run(options, work, progress)

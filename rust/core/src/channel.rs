@@ -274,9 +274,11 @@ impl Channel {
         self.flush_tls()
     }
 
-    /// Bytes for the socket; empties the queue.
+    /// Bytes for the socket; empties the queue. (The queue continues in a
+    /// pooled buffer: see `aligned::give_back` for returning this one.)
     pub fn take_outgoing(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.outgoing)
+        let next = crate::aligned::take_buffer(self.outgoing.capacity().max(4096));
+        std::mem::replace(&mut self.outgoing, next)
     }
 
     pub fn outgoing_len(&self) -> usize {

@@ -4,10 +4,12 @@
 //! Every function takes bytes and returns small results or a [`ScanError`]; none
 //! panics on input, allocates by a declared length, or recurses without a bound.
 
+pub mod aligned;
 pub mod channel;
 pub mod charset;
 pub mod dataset;
 pub mod digest;
+pub mod durable;
 pub mod element;
 pub mod error;
 pub mod scan;

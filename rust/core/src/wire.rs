@@ -14,6 +14,7 @@
 //! 16 u64 BE      offset: byte offset of a chunk within its instance, or 0
 //! ```
 
+use crate::aligned::{AlignedBytes, PAGE};
 use crate::digest::DigestAlgorithm;
 
 pub const MAGIC: [u8; 2] = *b"DR";
@@ -130,7 +131,7 @@ impl FrameHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub header: FrameHeader,
-    pub payload: Vec<u8>,
+    pub payload: AlignedBytes,
     /// The digest a CHUNK claimed for its data.
     pub digest: Option<[u8; DIGEST_LEN]>,
     /// Whether the data matches the claimed digest.
@@ -152,7 +153,7 @@ enum Filling {
     Payload {
         header: FrameHeader,
         digest: Option<[u8; DIGEST_LEN]>,
-        buf: Vec<u8>,
+        buf: AlignedBytes,
         filled: usize,
     },
 }
@@ -227,7 +228,7 @@ impl FrameDecoder {
         match &mut self.filling {
             Filling::Header { buf, filled } => &mut buf[*filled..],
             Filling::Digest { buf, filled, .. } => &mut buf[*filled..],
-            Filling::Payload { buf, filled, .. } => &mut buf[*filled..],
+            Filling::Payload { buf, filled, .. } => &mut buf.as_mut_slice()[*filled..],
         }
     }
 
@@ -278,10 +279,16 @@ impl FrameDecoder {
     }
 
     fn payload(header: FrameHeader, digest: Option<[u8; DIGEST_LEN]>, len: usize) -> Filling {
+        // Large payloads (chunk data) start on a page, ready for direct I/O.
+        let buf = if len >= PAGE {
+            AlignedBytes::zeroed(len)
+        } else {
+            AlignedBytes::unaligned(vec![0; len])
+        };
         Filling::Payload {
             header,
             digest,
-            buf: vec![0; len],
+            buf,
             filled: 0,
         }
     }
@@ -387,7 +394,7 @@ mod tests {
             for piece in stream.chunks(step) {
                 dec.push(piece).unwrap();
                 for f in dec.take_frames() {
-                    got.push((f.header, f.payload, f.digest_ok));
+                    got.push((f.header, f.payload.to_vec(), f.digest_ok));
                 }
             }
             assert_eq!(dec.pending(), 0);

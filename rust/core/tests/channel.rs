@@ -74,16 +74,16 @@ fn frames_cross_mutual_tls_with_digests_checked() {
     assert!(server.peer_certificate().is_some());
     let frames = server.take_frames();
     assert_eq!(frames.len(), 2);
-    assert_eq!(frames[0].payload, b"{\"hello\":1}");
+    assert_eq!(&*frames[0].payload, b"{\"hello\":1}");
     assert_eq!(frames[1].header.stream, 3);
     assert_eq!(frames[1].digest_ok, Some(true));
     assert_eq!(frames[1].digest, Some(digest));
-    assert_eq!(frames[1].payload, data);
+    assert_eq!(&*frames[1].payload, &data[..]);
 
     server.send(5, 0, 3, 0, None, b"ack").unwrap();
     pump(&mut client, &mut server).unwrap();
     let frames = client.take_frames();
-    assert_eq!(frames[0].payload, b"ack");
+    assert_eq!(&*frames[0].payload, b"ack");
 }
 
 #[test]
@@ -133,5 +133,5 @@ fn plaintext_channels_carry_frames_too() {
     a.send(2, 0, 0, 0, None, b"offer").unwrap();
     b.receive(&a.take_outgoing()).unwrap();
     let frames = b.take_frames();
-    assert_eq!(frames[0].payload, b"offer");
+    assert_eq!(&*frames[0].payload, b"offer");
 }

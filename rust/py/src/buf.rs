@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::path::Path;
 
+use dicomrelay_core::aligned::AlignedBytes;
 use memmap2::Mmap;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyTypeError;
@@ -108,7 +109,7 @@ impl MappedFile {
 /// Bytes produced in Rust and handed to Python without a copy: a read-only
 /// buffer (`memoryview(payload)`, `os.write(fd, payload)`, `bytes(payload)`).
 #[pyclass(frozen, module = "dicomrelay._native", name = "Payload")]
-pub struct Payload(pub Vec<u8>);
+pub struct Payload(pub AlignedBytes);
 
 #[pymethods]
 impl Payload {
@@ -124,7 +125,7 @@ impl Payload {
                 "a Payload is read-only",
             ));
         }
-        let data = &slf.get().0;
+        let data = slf.get().0.as_slice();
         // SAFETY: `view` comes from CPython. The Vec is never mutated or moved while
         // the object lives (the class is frozen), and PyBuffer_FillInfo takes a new
         // reference to the exporter, keeping it alive as long as the view.
@@ -154,5 +155,17 @@ impl Payload {
 
     fn __repr__(&self) -> String {
         format!("Payload({} bytes)", self.0.len())
+    }
+
+    /// Create the file at `path` (which must not exist) holding these bytes, with
+    /// direct I/O where the filesystem allows; with `sync`, fdatasync it too.
+    #[pyo3(signature = (path, *, sync=true))]
+    fn write_new_file(&self, py: Python<'_>, path: std::path::PathBuf, sync: bool) -> PyResult<()> {
+        let data = &self.0;
+        py.detach(|| dicomrelay_core::durable::write_new_file(&path, data, sync))
+            .map_err(|e| match e.raw_os_error() {
+                Some(errno) => pyo3::exceptions::PyOSError::new_err((errno, e.to_string(), path)),
+                None => e.into(),
+            })
     }
 }

@@ -1,6 +1,7 @@
 //! `Channel`, `TlsConfig` and `Hasher`: the wire hot path for the async layer,
 //! which only moves bytes between sockets and these objects.
 
+use dicomrelay_core::aligned::AlignedBytes;
 use dicomrelay_core::channel::{Channel as CoreChannel, TlsConfig as CoreTlsConfig};
 use dicomrelay_core::digest::Hasher as CoreHasher;
 use dicomrelay_core::wire::DIGEST_LEN;
@@ -126,7 +127,7 @@ impl Channel {
 
     /// Bytes to write to the socket (a `Payload`); empties the queue.
     fn take_outgoing(&mut self) -> Payload {
-        Payload(self.0.take_outgoing())
+        Payload(AlignedBytes::unaligned(self.0.take_outgoing()))
     }
 
     /// Send TLS close_notify (queued in the outgoing bytes).

@@ -192,6 +192,14 @@ fn run_batch(jobs: &[Job<'_>], options: &ScanOptions, workers: usize) -> Vec<Out
     })
 }
 
+/// Commit everything written to the filesystem holding `path` (syncfs): one
+/// journal commit for a batch of files written without their own fsync.
+#[pyfunction]
+fn sync_filesystem(py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    py.detach(|| dicomrelay_core::durable::sync_filesystem(&path))
+        .map_err(|e| Failure::Io(e, path).into())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InstanceInfo>()?;
@@ -202,6 +210,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_filesystem, m)?)?;
     m.add("DEFAULT_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
