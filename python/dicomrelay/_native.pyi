@@ -11,6 +11,7 @@ _DigestName: TypeAlias = Literal["sha256", "blake3"]
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "Channel",
+    "DurableWriter",
     "Hasher",
     "InstanceInfo",
     "Payload",
@@ -19,7 +20,6 @@ __all__ = [
     "scan",
     "scan_file",
     "scan_many",
-    "sync_filesystem",
 ]
 
 DEFAULT_CHUNK_SIZE: Final[int]
@@ -152,4 +152,18 @@ class Hasher:
     @property
     def name(self) -> str: ...
 
-def sync_filesystem(path: str | os.PathLike[str]) -> None: ...
+@final
+class DurableWriter:
+    """Blob writes and their group commits on native threads."""
+
+    def __new__(cls, root: str | os.PathLike[str], *, writers: int = 4) -> DurableWriter: ...
+    def submit(
+        self,
+        token: int,
+        payload: Payload,
+        temp: str | os.PathLike[str],
+        final_path: str | os.PathLike[str],
+    ) -> None: ...
+    def completed(self) -> list[tuple[int, OSError | None]]: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...

@@ -106,6 +106,7 @@ class Node:
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
+            self._committer.close()
             await self._flush_acks()
             await self.ledger.close()
 

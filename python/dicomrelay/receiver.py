@@ -8,20 +8,22 @@ those last two steps across every connection.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import anyio
 import anyio.to_thread
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import ByteStream
 
 from dicomrelay import pki
-from dicomrelay._native import Hasher, Payload, TlsConfig
+from dicomrelay._native import DurableWriter, Hasher, Payload, TlsConfig
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.connection import Connection, Frame
 from dicomrelay.errors import DicomrelayError, ProtocolError, TlsError
@@ -55,58 +57,94 @@ class Refused(DicomrelayError):
 
 @dataclass(slots=True)
 class Stored:
-    """An instance whose blob is durable, waiting for its ledger row and directory sync."""
+    """An instance on its way to durable: blob, then ledger row, then acknowledgement."""
 
     sender: str
     transfer_id: str
     instance: IncomingInstance
-    temp: Path | None  # written but not yet durable, or None when already in place
-    final: Path
     acknowledge: Callable[[int, float, BaseException | None], None]
     slot: int
 
 
 class Committer:
-    """Group commit: directory fsyncs and ledger rows for every instance stored
-    since the last batch, then the acknowledgements."""
+    """Group commit across every connection.
+
+    Whole blobs go to a native ``DurableWriter``, which writes them on its own
+    threads and makes each round durable with one filesystem commit. Finished
+    rounds (and large instances, made durable as they arrived) get their ledger
+    rows in one transaction per transfer; then their acknowledgements go out.
+    """
 
     def __init__(self, ledger: Ledger, store: BlobStore) -> None:
         self.ledger = ledger
         self.store = store
-        self._send, self._receive = anyio.create_memory_object_stream[Stored](100_000)
+        self.writer = DurableWriter(store.root)
+        self._writing: dict[int, Stored] = {}
+        self._tokens = itertools.count()
+        self._ready: list[tuple[Stored, BaseException | None]] = []
+        self._wake = anyio.Event()
 
-    def submit(self, item: Stored) -> None:
-        self._send.send_nowait(item)
+    def write(self, item: Stored, data: Payload) -> None:
+        """Make ``data`` durable as the blob of ``item``, then record and acknowledge it."""
+        token = next(self._tokens)
+        self._writing[token] = item
+        digest = item.instance.digest
+        temp = self.store.incoming / f"{digest}.{token}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            self.writer.submit(token, data, temp, self.store.path_of(digest))
+        except OSError as e:
+            del self._writing[token]
+            self._done(item, e)
+
+    def durable(self, item: Stored) -> None:
+        """Record and acknowledge an instance already durable under its name."""
+        self._done(item, None)
+
+    def _done(self, item: Stored, error: BaseException | None) -> None:
+        self._ready.append((item, error))
+        self._wake.set()
 
     async def run(self) -> None:
-        async with self._receive:
-            async for first in self._receive:
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._collect)
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                batch, self._ready = self._ready, []
                 await self._commit(batch)
 
-    async def _commit(self, batch: list[Stored]) -> None:
-        """Blobs durable and named, then their ledger rows, then the acknowledgements."""
-        error: BaseException | None = None
+    async def _collect(self) -> None:
+        while True:
+            await anyio.wait_readable(self.writer.fileno())
+            for token, error in self.writer.completed():
+                item = self._writing.pop(token)
+                self._done(item, None if error is None else _storage_error(error, item))
+
+    async def _commit(self, batch: list[tuple[Stored, BaseException | None]]) -> None:
+        """Ledger rows for the durable instances, then every acknowledgement."""
+        groups: dict[tuple[str, str], list[IncomingInstance]] = defaultdict(list)
+        for item, error in batch:
+            if error is None:
+                groups[(item.sender, item.transfer_id)].append(item.instance)
+        failure: BaseException | None = None
         try:
-            await anyio.to_thread.run_sync(self.store.publish, [(s.temp, s.final) for s in batch])
-            groups: dict[tuple[str, str], list[IncomingInstance]] = defaultdict(list)
-            for s in batch:
-                groups[(s.sender, s.transfer_id)].append(s.instance)
             for (sender, transfer_id), instances in groups.items():
                 await self.ledger.record_received(sender, transfer_id, instances)
         except (OSError, DicomrelayError) as e:
             log.error("group commit failed: %s", e)
-            error = e
-        for s in batch:
-            s.acknowledge(s.slot, s.instance.stored, error)
+            failure = e
+        for item, error in batch:
+            item.acknowledge(item.slot, item.instance.stored, error or failure)
 
     def close(self) -> None:
-        self._send.close()
+        self.writer.close()
+
+
+def _storage_error(error: OSError, item: Stored) -> StorageError:
+    reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else str(error)
+    e = StorageError(f"cannot store {item.instance.sop_instance_uid}: {reason}")
+    e.errno = error.errno
+    return e
 
 
 class Receiver:
@@ -179,13 +217,12 @@ class _Session:
         self.acks: list[tuple[int, float]] = []
         self.failures: list[tuple[int, BaseException]] = []
         self.acks_ready = anyio.Event()
-        self.buffered = 0  # bytes handed to writers, not yet durable
+        self.buffered = 0  # bytes handed to the writer, not yet durable
+        self.writing: dict[int, int] = {}  # slot -> bytes being written
         self.buffer_free = anyio.Event()
-        self._tasks: TaskGroup | None = None
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            self._tasks = tg
             tg.start_soon(self._send_acks)
             try:
                 await self._serve()
@@ -332,10 +369,8 @@ class _Session:
                 await self._refuse_instance(frame.stream, inbound, "instance digest mismatch")
                 return
             self.algorithms.pop(frame.stream, None)
-            final = await anyio.to_thread.run_sync(
-                self.r.store.publish_partial, key, offered.digest
-            )
-            self._stored(frame.stream, inbound, None, final)
+            await anyio.to_thread.run_sync(self.r.store.publish_partial, key, offered.digest)
+            self.r.committer.durable(self._stored(frame.stream, inbound))
 
     def _partial_key(self, inbound: InboundInstance) -> str:
         return f"{self.sender}-{inbound.transfer_id}-{inbound.offered.index}"
@@ -378,24 +413,10 @@ class _Session:
         self.buffered += size
 
     def _store_whole(self, slot: int, inbound: InboundInstance, data: Payload) -> None:
-        async def write() -> None:
-            digest = inbound.offered.digest
-            try:
-                temp = await anyio.to_thread.run_sync(
-                    self.r.store.write_unsynced, digest, data, limiter=self.r._write_limit
-                )
-            except StorageError as e:
-                self._acknowledge(slot, 0.0, e)
-            else:
-                self._stored(slot, inbound, temp, self.r.store.path_of(digest))
-            finally:
-                self.buffered -= len(data)
-                self.buffer_free.set()
+        self.writing[slot] = len(data)
+        self.r.committer.write(self._stored(slot, inbound), data)
 
-        assert self._tasks is not None
-        self._tasks.start_soon(write)
-
-    def _stored(self, slot: int, inbound: InboundInstance, temp: Path | None, final: Path) -> None:
+    def _stored(self, slot: int, inbound: InboundInstance) -> Stored:
         o = inbound.offered
         instance = IncomingInstance(
             index=o.index,
@@ -404,19 +425,17 @@ class _Session:
             digest=o.digest,
             stored=time.time(),
         )
-        self.r.committer.submit(
-            Stored(
-                sender=self.sender,
-                transfer_id=inbound.transfer_id,
-                instance=instance,
-                temp=temp,
-                final=final,
-                acknowledge=self._acknowledge,
-                slot=slot,
-            )
+        return Stored(
+            sender=self.sender,
+            transfer_id=inbound.transfer_id,
+            instance=instance,
+            acknowledge=self._acknowledge,
+            slot=slot,
         )
 
     def _acknowledge(self, slot: int, stored_at: float, error: BaseException | None) -> None:
+        self.buffered -= self.writing.pop(slot, 0)
+        self.buffer_free.set()
         if error is None:
             self.acks.append((slot, stored_at))
         else:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from dicomrelay._native import Hasher, Payload, sync_filesystem
+from dicomrelay._native import Hasher, Payload
 from dicomrelay.errors import DicomrelayError
 
 
@@ -75,42 +75,6 @@ class BlobStore:
                 temp.unlink()
             raise _storage_error(e, digest) from e
 
-    def write_unsynced(self, digest: str, data: Payload) -> Path | None:
-        """Write a verified blob to a temporary file, not yet durable; returns the
-        temporary path for ``publish``, or None when the blob is already stored."""
-        final = self.path_of(digest)
-        if final.exists():
-            return None
-        temp = self.incoming / f"{digest}.{uuid.uuid4().hex}.tmp"
-        try:
-            data.write_new_file(temp, sync=False)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise _storage_error(e, digest) from e
-        return temp
-
-    def publish(self, written: Iterable[tuple[Path | None, Path]]) -> None:
-        """Make a batch of blobs durable and visible under their names: one
-        filesystem commit for every temporary file, the renames, then one commit
-        of the renames. ``written`` pairs each temporary path (None if the blob
-        is already in place) with its final path."""
-        written = list(written)
-        try:
-            if any(temp is not None for temp, _ in written):
-                sync_filesystem(self.root)
-            for temp, final in written:
-                if temp is None:
-                    continue
-                if final.exists():
-                    temp.unlink()
-                else:
-                    self._publish(temp, final)
-            self.sync([final.parent for _, final in written] + [self.incoming])
-        except OSError as e:
-            raise _storage_error(e, "a batch of blobs") from e
-
-    @staticmethod
     @staticmethod
     def _write_new(path: Path, view: memoryview) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -173,8 +137,8 @@ class BlobStore:
         return hasher
 
     def publish_partial(self, key: str, digest: str) -> Path:
-        """Move a complete, verified partial file (fsynced here) to its blob name,
-        which is returned; the caller fsyncs its directory."""
+        """Move a complete, verified partial file to its blob name, durably (the
+        file and both directories fsynced); returns the blob's path."""
         temp = self.partial_path(key)
         final = self.path_of(digest)
         try:
@@ -187,6 +151,7 @@ class BlobStore:
                 temp.unlink()
             else:
                 self._publish(temp, final)
+            self.sync([final.parent, self.incoming])
             return final
         except OSError as e:
             raise _storage_error(e, digest) from e

@@ -59,6 +59,202 @@ pub fn sync_filesystem(path: &Path) -> io::Result<()> {
     }
 }
 
+/// A blob to make durable under `final_path`, by way of `temp`.
+pub struct Job {
+    pub token: u64,
+    pub data: std::sync::Arc<AlignedBytes>,
+    pub temp: std::path::PathBuf,
+    pub final_path: std::path::PathBuf,
+}
+
+/// A job done: its token, and the error if it could not be made durable.
+pub type Done = (u64, Option<io::Error>);
+
+struct Shared {
+    written: std::sync::Mutex<Vec<(Job, io::Result<bool>)>>,
+    written_ready: std::sync::Condvar,
+    done: std::sync::Mutex<Vec<Done>>,
+    closing: std::sync::atomic::AtomicBool,
+}
+
+/// Writes blobs on its own threads, off the interpreter: writer threads put each
+/// blob in a temporary file (direct I/O, no fsync), and one committer thread
+/// makes every blob written since its last round durable with a single
+/// filesystem commit, renames them to their final names, commits the renames,
+/// and reports them done. `notify` is called after each round.
+pub struct DurableWriter {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    shared: std::sync::Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl DurableWriter {
+    pub fn new(
+        root: std::path::PathBuf,
+        writers: usize,
+        notify: impl Fn() + Send + 'static,
+    ) -> Self {
+        use std::sync::{Arc, Mutex};
+        let shared = Arc::new(Shared {
+            written: Mutex::new(Vec::new()),
+            written_ready: std::sync::Condvar::new(),
+            done: Mutex::new(Vec::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for _ in 0..writers.max(1) {
+            let (rx, shared) = (rx.clone(), shared.clone());
+            threads.push(std::thread::spawn(move || loop {
+                let job = match rx.lock().map(|r| r.recv()) {
+                    Ok(Ok(job)) => job,
+                    _ => return,
+                };
+                let result = if job.final_path.exists() {
+                    Ok(false)
+                } else {
+                    write_new_file(&job.temp, &job.data, false).map(|()| true)
+                };
+                if let Ok(mut w) = shared.written.lock() {
+                    w.push((job, result));
+                }
+                shared.written_ready.notify_one();
+            }));
+        }
+        let committer_shared = shared.clone();
+        threads.push(std::thread::spawn(move || {
+            commit_rounds(&root, &committer_shared, notify)
+        }));
+        DurableWriter {
+            jobs: Some(tx),
+            shared,
+            threads,
+        }
+    }
+
+    pub fn submit(&self, job: Job) -> io::Result<()> {
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("writer closed"))?;
+        jobs.send(job)
+            .map_err(|_| io::Error::other("writer threads stopped"))
+    }
+
+    /// Jobs finished since the last call.
+    pub fn completed(&self) -> Vec<Done> {
+        self.shared
+            .done
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+    }
+
+    /// Finish every submitted job, then stop the threads.
+    pub fn close(&mut self) {
+        self.jobs = None; // writers stop once the queue is empty
+        let committer = self.threads.pop();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.written_ready.notify_all();
+        if let Some(t) = committer {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DurableWriter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn commit_rounds(root: &Path, shared: &Shared, notify: impl Fn()) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let batch = {
+            let Ok(mut written) = shared.written.lock() else {
+                return;
+            };
+            while written.is_empty() && !shared.closing.load(Ordering::SeqCst) {
+                written = match shared.written_ready.wait(written) {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+            }
+            if written.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *written)
+        };
+        let done = commit_round(root, batch);
+        if let Ok(mut d) = shared.done.lock() {
+            d.extend(done);
+        }
+        notify();
+    }
+}
+
+/// One round: a filesystem commit for the new files, their renames, a commit
+/// of the renames. A failure of either commit fails every job of the round.
+fn commit_round(root: &Path, batch: Vec<(Job, io::Result<bool>)>) -> Vec<Done> {
+    let any_new = batch.iter().any(|(_, r)| matches!(r, Ok(true)));
+    let synced = if any_new {
+        sync_filesystem(root)
+    } else {
+        Ok(())
+    };
+    let mut done = Vec::with_capacity(batch.len());
+    let mut dirs: Vec<&Path> = Vec::new();
+    for (job, result) in &batch {
+        let outcome = match (result, &synced) {
+            (Err(e), _) => Some(io::Error::new(e.kind(), e.to_string())),
+            (Ok(_), Err(e)) => Some(io::Error::new(e.kind(), e.to_string())),
+            (Ok(false), Ok(())) => None,
+            (Ok(true), Ok(())) => publish(&job.temp, &job.final_path).err(),
+        };
+        if outcome.is_some() || result.is_err() || synced.is_err() {
+            let _ = std::fs::remove_file(&job.temp);
+        }
+        if let Some(parent) = job.final_path.parent() {
+            if !dirs.contains(&parent) {
+                dirs.push(parent);
+            }
+        }
+        done.push((job.token, outcome));
+    }
+    // Committing one directory commits the journal that holds every rename.
+    let dirs_synced = dirs
+        .iter()
+        .try_for_each(|d| File::open(d).and_then(|f| f.sync_all()));
+    if let Err(e) = dirs_synced {
+        for (_, outcome) in &mut done {
+            outcome.get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+        }
+    }
+    done
+}
+
+fn publish(temp: &Path, final_path: &Path) -> io::Result<()> {
+    if final_path.exists() {
+        return std::fs::remove_file(temp);
+    }
+    match std::fs::rename(temp, final_path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = final_path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(temp, final_path)
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +277,46 @@ mod tests {
             );
         }
         sync_filesystem(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_writer_makes_every_job_durable_and_reports_it() {
+        let dir = std::env::temp_dir().join(format!("dicomrelay-writer-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("in")).unwrap();
+        let mut writer = DurableWriter::new(dir.clone(), 3, || {});
+        for token in 0..50u64 {
+            let mut data = AlignedBytes::zeroed(10_000 + token as usize);
+            data.as_mut_slice()[0] = token as u8;
+            let final_path = dir
+                .join("blobs")
+                .join(format!("{}", token % 7))
+                .join(token.to_string());
+            let temp = dir.join("in").join(format!("{token}.tmp"));
+            writer
+                .submit(Job {
+                    token,
+                    data: std::sync::Arc::new(data),
+                    temp,
+                    final_path,
+                })
+                .unwrap();
+        }
+        writer.close();
+        let mut done = writer.completed();
+        done.sort_by_key(|d| d.0);
+        assert_eq!(done.len(), 50);
+        for (token, error) in done {
+            assert!(error.is_none(), "{token}: {error:?}");
+            let path = dir
+                .join("blobs")
+                .join(format!("{}", token % 7))
+                .join(token.to_string());
+            let bytes = std::fs::read(path).unwrap();
+            assert_eq!(bytes.len(), 10_000 + token as usize);
+            assert_eq!(bytes[0], token as u8);
+        }
+        assert_eq!(std::fs::read_dir(dir.join("in")).unwrap().count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

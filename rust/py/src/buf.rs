@@ -3,6 +3,8 @@
 use std::fs::File;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use dicomrelay_core::aligned::AlignedBytes;
 use memmap2::Mmap;
 use pyo3::buffer::PyBuffer;
@@ -109,7 +111,7 @@ impl MappedFile {
 /// Bytes produced in Rust and handed to Python without a copy: a read-only
 /// buffer (`memoryview(payload)`, `os.write(fd, payload)`, `bytes(payload)`).
 #[pyclass(frozen, module = "dicomrelay._native", name = "Payload")]
-pub struct Payload(pub AlignedBytes);
+pub struct Payload(pub Arc<AlignedBytes>);
 
 #[pymethods]
 impl Payload {

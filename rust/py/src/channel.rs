@@ -1,6 +1,8 @@
 //! `Channel`, `TlsConfig` and `Hasher`: the wire hot path for the async layer,
 //! which only moves bytes between sockets and these objects.
 
+use std::sync::Arc;
+
 use dicomrelay_core::aligned::AlignedBytes;
 use dicomrelay_core::channel::{Channel as CoreChannel, TlsConfig as CoreTlsConfig};
 use dicomrelay_core::digest::Hasher as CoreHasher;
@@ -83,7 +85,7 @@ impl Channel {
                     f.header.flags.into_bound_py_any(py)?,
                     f.header.stream.into_bound_py_any(py)?,
                     f.header.offset.into_bound_py_any(py)?,
-                    Bound::new(py, Payload(f.payload))?.into_any(),
+                    Bound::new(py, Payload(Arc::new(f.payload)))?.into_any(),
                     f.digest_ok.into_bound_py_any(py)?,
                     claimed.into_bound_py_any(py)?,
                 ],
@@ -127,7 +129,7 @@ impl Channel {
 
     /// Bytes to write to the socket (a `Payload`); empties the queue.
     fn take_outgoing(&mut self) -> Payload {
-        Payload(AlignedBytes::unaligned(self.0.take_outgoing()))
+        Payload(Arc::new(AlignedBytes::unaligned(self.0.take_outgoing())))
     }
 
     /// Send TLS close_notify (queued in the outgoing bytes).

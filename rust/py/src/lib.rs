@@ -6,6 +6,7 @@ mod buf;
 mod channel;
 mod error;
 mod info;
+mod writer;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -192,14 +193,6 @@ fn run_batch(jobs: &[Job<'_>], options: &ScanOptions, workers: usize) -> Vec<Out
     })
 }
 
-/// Commit everything written to the filesystem holding `path` (syncfs): one
-/// journal commit for a batch of files written without their own fsync.
-#[pyfunction]
-fn sync_filesystem(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    py.detach(|| dicomrelay_core::durable::sync_filesystem(&path))
-        .map_err(|e| Failure::Io(e, path).into())
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InstanceInfo>()?;
@@ -207,10 +200,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<channel::TlsConfig>()?;
     m.add_class::<channel::Hasher>()?;
     m.add_class::<buf::Payload>()?;
+    m.add_class::<writer::DurableWriter>()?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;
-    m.add_function(wrap_pyfunction!(sync_filesystem, m)?)?;
     m.add("DEFAULT_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

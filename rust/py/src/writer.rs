@@ -1,0 +1,105 @@
+//! `DurableWriter`: blob writes and their group commits on Rust threads; the
+//! event loop hears about finished rounds through a readable socket.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use dicomrelay_core::durable::{DurableWriter as CoreWriter, Job};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use pyo3::IntoPyObjectExt;
+
+use crate::buf::Payload;
+
+#[pyclass(module = "dicomrelay._native", name = "DurableWriter")]
+pub struct DurableWriter {
+    inner: Option<CoreWriter>,
+    wakeup: UnixStream,
+}
+
+#[pymethods]
+impl DurableWriter {
+    /// `root`: a directory on the filesystem the blobs are written to.
+    #[new]
+    #[pyo3(signature = (root, *, writers=4))]
+    fn new(root: PathBuf, writers: usize) -> PyResult<Self> {
+        let (wakeup, signal) = UnixStream::pair()?;
+        wakeup.set_nonblocking(true)?;
+        signal.set_nonblocking(true)?;
+        let inner = CoreWriter::new(root, writers, move || {
+            // A full socket already holds a wake-up; losing this byte is fine.
+            let _ = (&signal).write(&[1]);
+        });
+        Ok(DurableWriter {
+            inner: Some(inner),
+            wakeup,
+        })
+    }
+
+    /// Queue `payload` to become durable at `final_path`, written first to `temp`.
+    fn submit(
+        &self,
+        token: u64,
+        payload: &Payload,
+        temp: PathBuf,
+        final_path: PathBuf,
+    ) -> PyResult<()> {
+        let inner = self
+            .inner
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("writer is closed"))?;
+        let job = Job {
+            token,
+            data: payload.0.clone(),
+            temp,
+            final_path,
+        };
+        inner
+            .submit(job)
+            .map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Jobs finished since the last call: `(token, None)` when durable, else
+    /// `(token, OSError)`.
+    fn completed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut drain = [0u8; 256];
+        while matches!((&self.wakeup).read(&mut drain), Ok(n) if n > 0) {}
+        let out = PyList::empty(py);
+        let Some(inner) = &self.inner else {
+            return Ok(out);
+        };
+        for (token, error) in inner.completed() {
+            let error = match error {
+                None => py.None().into_bound(py),
+                Some(e) => match e.raw_os_error() {
+                    Some(errno) => PyOSError::new_err((errno, e.to_string()))
+                        .into_value(py)
+                        .into_any()
+                        .into_bound(py),
+                    None => PyOSError::new_err(e.to_string())
+                        .into_value(py)
+                        .into_any()
+                        .into_bound(py),
+                },
+            };
+            out.append((token.into_bound_py_any(py)?, error))?;
+        }
+        Ok(out)
+    }
+
+    /// A descriptor that becomes readable when jobs have finished.
+    fn fileno(&self) -> i32 {
+        self.wakeup.as_raw_fd()
+    }
+
+    /// Finish every queued job, then stop the threads.
+    fn close(&mut self, py: Python<'_>) {
+        if let Some(mut inner) = self.inner.take() {
+            py.detach(|| inner.close());
+            // Jobs finished while closing are reported by no one; they are durable.
+        }
+    }
+}
