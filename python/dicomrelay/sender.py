@@ -225,16 +225,20 @@ class Attempt:
         slot = self.p.slots[s]
         inst = slot.instance
         chunk = self.transfer.chunk_size
+        offset = slot.start - slot.start % chunk
+        # The window is checked per instance: acknowledgements come per whole
+        # instance, so one larger than the window must go out in one piece
+        # (TCP's own flow control paces its chunks).
+        window = self.limits.window_bytes
+        while self.p.in_flight and self.p.in_flight + min(inst.size - offset, window) > window:
+            self.p.window_open = anyio.Event()
+            await self.p.window_open.wait()
         fd = os.open(inst.path, os.O_RDONLY)
         if not slot.first_sent:
             slot.first_sent = time.monotonic()
         try:
-            offset = slot.start - slot.start % chunk
             while offset < inst.size:
                 n = min(chunk, inst.size - offset)
-                while self.p.in_flight and self.p.in_flight + n > self.limits.window_bytes:
-                    self.p.window_open = anyio.Event()
-                    await self.p.window_open.wait()
                 data = os.pread(fd, n, offset)
                 if len(data) != n:
                     raise AttemptFailed(
