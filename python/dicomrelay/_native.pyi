@@ -135,6 +135,17 @@ class Channel:
         flags: int = 0,
         digest: bytes | None = None,
     ) -> None: ...
+    def send_from_file(
+        self,
+        kind: int,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        stream: int = 0,
+        flags: int = 0,
+        digest: bytes | None = None,
+    ) -> None: ...
     def take_outgoing(self) -> Payload: ...
     def close(self) -> None: ...
     @property

@@ -128,6 +128,27 @@ class Connection:
             if len(data):
                 await self._write(data)
 
+    async def send_from_file(
+        self,
+        kind: Kind,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        stream: int = 0,
+        flags: int = 0,
+        digest: bytes | None = None,
+    ) -> None:
+        """Send ``length`` bytes of an open file as one frame's payload; the bytes
+        never become a Python object."""
+        async with self._send_lock:
+            self.channel.send_from_file(
+                kind, fd, offset, length, stream=stream, flags=flags, digest=digest
+            )
+            data = self.channel.take_outgoing()
+            if len(data):
+                await self._write(data)
+
     async def flush(self) -> None:
         async with self._send_lock:
             data = self.channel.take_outgoing()

@@ -239,15 +239,15 @@ class Attempt:
         try:
             while offset < inst.size:
                 n = min(chunk, inst.size - offset)
-                data = os.pread(fd, n, offset)
-                if len(data) != n:
-                    raise AttemptFailed(
-                        f"{inst.path} changed size while being sent", retriable=False
-                    )
                 digest = bytes.fromhex(inst.chunk_digests[offset // chunk])
-                await self.conn.send(
-                    Kind.CHUNK, data, stream=s, offset=offset, flags=self.flags, digest=digest
-                )
+                try:
+                    await self.conn.send_from_file(
+                        Kind.CHUNK, fd, offset, n, stream=s, flags=self.flags, digest=digest
+                    )
+                except EOFError:
+                    raise AttemptFailed(
+                        f"{inst.path} shrank after it was scanned", retriable=False
+                    ) from None
                 self.p.in_flight += n
                 offset += n
         finally:

@@ -127,6 +127,43 @@ impl Channel {
         result.map_err(channel_error)
     }
 
+    /// Queue one frame whose payload is `length` bytes of the open file `fd` at
+    /// `offset`: read (into a pooled buffer) and encrypted with the GIL released.
+    #[pyo3(signature = (kind, fd, offset, length, *, stream=0, flags=0, digest=None))]
+    #[allow(clippy::too_many_arguments)] // the Python keyword arguments of one frame
+    fn send_from_file(
+        &mut self,
+        py: Python<'_>,
+        kind: u8,
+        fd: i32,
+        offset: u64,
+        length: usize,
+        stream: u32,
+        flags: u8,
+        digest: Option<&[u8]>,
+    ) -> PyResult<()> {
+        let digest: Option<&[u8; DIGEST_LEN]> = match digest {
+            None => None,
+            Some(d) => Some(
+                d.try_into()
+                    .map_err(|_| PyValueError::new_err("a chunk digest is 32 bytes"))?,
+            ),
+        };
+        let channel = &mut self.0;
+        py.detach(|| -> PyResult<()> {
+            let mut buf = dicomrelay_core::aligned::take_buffer(length);
+            buf.resize(length, 0);
+            let read = read_exact_at(fd, &mut buf, offset);
+            let sent = read.and_then(|()| {
+                channel
+                    .send(kind, flags, stream, offset, digest, &buf)
+                    .map_err(channel_error)
+            });
+            dicomrelay_core::aligned::give_back(buf);
+            sent
+        })
+    }
+
     /// Bytes to write to the socket (a `Payload`); empties the queue.
     fn take_outgoing(&mut self) -> Payload {
         Payload(Arc::new(AlignedBytes::unaligned(self.0.take_outgoing())))
@@ -207,4 +244,21 @@ impl Hasher {
     fn name(&self) -> &'static str {
         self.algorithm.name()
     }
+}
+
+/// Read exactly `buf.len()` bytes of the descriptor at `offset` (pread), leaving
+/// the descriptor's own position alone.
+fn read_exact_at(fd: i32, buf: &mut [u8], offset: u64) -> PyResult<()> {
+    use std::os::unix::fs::FileExt;
+    // SAFETY: the caller passes a descriptor it holds open for this call; the
+    // File is forgotten afterwards, so it never closes a descriptor it does not own.
+    let file = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
+    file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            pyo3::exceptions::PyEOFError::new_err("the file is shorter than when it was scanned")
+        }
+        _ => e.into(),
+    })
 }
