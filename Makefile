@@ -9,13 +9,13 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 deps: ## Debian packages the tests use (DCMTK), when missing
-	@command -v storescp >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null; }
+	@test -x /usr/bin/storescp || { apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null; }
 
 install: ## build the Rust extension (release) and install dicomrelay with its test tools
 	$(PYTHON) -m pip install -q -e '.[test,lint]'
 
-run: install ## the main job on its embedded default
-	dicomrelay scan "$$($(PYTHON) -c 'import os, pydicom.data as d; print(os.path.dirname(d.get_testdata_file("CT_small.dcm")))')"
+run: install ## the main job on its embedded default: a load test between two local organisations
+	dicomrelay loadtest
 
 lint: ## rustfmt, clippy, ruff, mypy strict, stubtest of the native module
 	cargo fmt --all --check
@@ -31,7 +31,7 @@ rust-test: ## cargo tests of the pure-Rust core
 test: deps install lint rust-test ## everything CI checks: lints, cargo test, pytest
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-bench: install ## pytest-benchmark suites in short mode; JSON to build-artifacts/
+bench: deps install ## pytest-benchmark suites in short mode; JSON to build-artifacts/
 	mkdir -p build-artifacts
 	$(PYTHON) -m pytest benches --benchmark-min-rounds=3 --benchmark-max-time=0.2 \
 		--benchmark-json=build-artifacts/benchmarks.json
