@@ -138,3 +138,35 @@ def write_study(
             if fsync:
                 os.fsync(f.fileno())
     return directory
+
+
+def write_large_instance(path: Path, pixel_bytes: int, *, block: int = 8 << 20) -> Path:
+    """One whole-slide-sized instance (a single frame of ``pixel_bytes`` native
+    pixel data), streamed to ``path`` without holding it in memory."""
+    if pixel_bytes % 2:
+        raise ValueError("pixel data length must be even")
+    profile = Profile(
+        modality="SM", sop_class_uid="1.2.840.10008.5.1.4.1.1.77.1.6", rows=1, columns=1, bits=8
+    )
+    header = instance(
+        profile,
+        study_uid=new_uid(),
+        series_uid=new_uid(),
+        sop_uid=new_uid(),
+        number=1,
+        patient_id="SYNLARGE",
+        pixels=b"\0\0",
+    )
+    # Replace the two-byte pixel data element with one of the full length.
+    header = header[: -(12 + 2)] + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)
+    pattern = os.urandom(block)
+    with open(path, "wb") as f:
+        f.write(header)
+        left = pixel_bytes
+        n = 0
+        while left:
+            piece = pattern[: min(block, left)]
+            f.write((struct.pack("<Q", n) + piece[8:])[: len(piece)])
+            left -= len(piece)
+            n += 1
+    return path

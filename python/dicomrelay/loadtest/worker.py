@@ -27,7 +27,20 @@ RECEIVER, SENDER = "RX2", "RX1"
 def usage() -> dict[str, float]:
     """CPU seconds and peak RSS (MB) of this process so far."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu_seconds": r.ru_utime + r.ru_stime, "peak_rss_mb": r.ru_maxrss / 1024}
+    return {"cpu_seconds": r.ru_utime + r.ru_stime, "peak_rss_mb": peak_rss_kb() / 1024}
+
+
+def peak_rss_kb() -> float:
+    """This process's own peak RSS. (ru_maxrss would carry a larger parent's
+    figure across exec; VmHWM belongs to this address space alone.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def node_config(
