@@ -1,7 +1,8 @@
 """A single multi-GB instance (whole-slide pathology, a long cine loop) crosses
 between two node processes in chunks, with bounded memory on both sides.
 
-Size: DICOMRELAY_LARGE_GIB (default 4). Memory: each side's peak RSS may grow by
+Size: DICOMRELAY_LARGE_GB (default 4, decimal: a native pixel data element
+holds at most 2**32 - 2 bytes). Memory: each side's peak RSS may grow by
 less than 100 MB over the same side's peak in a run with a small study.
 """
 
@@ -16,8 +17,7 @@ import pytest
 from dicomrelay import synth
 from dicomrelay.loadtest.run import LoadtestOptions, run_loadtest
 
-GIB = 1 << 30
-SIZE = int(float(os.environ.get("DICOMRELAY_LARGE_GIB", "4")) * GIB)
+SIZE = int(float(os.environ.get("DICOMRELAY_LARGE_GB", "4")) * 1e9) // 2 * 2
 GROWTH_LIMIT_MB = 100
 
 

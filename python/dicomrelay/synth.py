@@ -143,8 +143,8 @@ def write_study(
 def write_large_instance(path: Path, pixel_bytes: int, *, block: int = 8 << 20) -> Path:
     """One whole-slide-sized instance (a single frame of ``pixel_bytes`` native
     pixel data), streamed to ``path`` without holding it in memory."""
-    if pixel_bytes % 2:
-        raise ValueError("pixel data length must be even")
+    if pixel_bytes % 2 or not 0 < pixel_bytes < 0xFFFF_FFFF:
+        raise ValueError("native pixel data is an even length below 4 GiB")
     profile = Profile(
         modality="SM", sop_class_uid="1.2.840.10008.5.1.4.1.1.77.1.6", rows=1, columns=1, bits=8
     )
