@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import anyio
+
 
 class DicomrelayError(Exception):
     """Base of every error dicomrelay raises on purpose."""
@@ -36,3 +38,14 @@ class ProtocolError(DicomrelayError):
 
 class TlsError(DicomrelayError, ConnectionError):
     """The TLS layer failed: an untrusted or misnamed certificate, or a broken record."""
+
+
+def first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a (nested) task-group failure that is not a
+    cancellation: what to report, retry on, or raise in the group's place."""
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            return first_failure(e)
+        if not isinstance(e, anyio.get_cancelled_exc_class()):
+            return e
+    return group

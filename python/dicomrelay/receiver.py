@@ -26,7 +26,7 @@ from dicomrelay import pki
 from dicomrelay._native import DurableWriter, Hasher, Payload, TlsConfig
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.connection import Connection, Frame
-from dicomrelay.errors import DicomrelayError, ProtocolError, TlsError
+from dicomrelay.errors import DicomrelayError, ProtocolError, TlsError, first_failure
 from dicomrelay.ledger import IncomingInstance, Ledger
 from dicomrelay.protocol import (
     PROTOCOL_VERSION,
@@ -178,6 +178,9 @@ class Receiver:
             log.warning("refused connection: %s", e)
         except (ConnectionResetError, DicomrelayError, OSError, TimeoutError) as e:
             log.info("connection ended: %s", e)
+        except Exception:
+            # A defect met on one connection must not take the listener down.
+            log.exception("connection failed")
         finally:
             if conn is not None:
                 await conn.aclose()
@@ -222,12 +225,16 @@ class _Session:
         self.buffer_free = anyio.Event()
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._send_acks)
-            try:
-                await self._serve()
-            finally:
-                tg.cancel_scope.cancel()
+        """Raises the session's first failure itself, not wrapped in a group."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._send_acks)
+                try:
+                    await self._serve()
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise first_failure(group) from None
 
     async def _serve(self) -> None:
         hello_seen = False

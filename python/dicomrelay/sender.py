@@ -13,7 +13,7 @@ import anyio
 
 from dicomrelay.config import Limits
 from dicomrelay.connection import Connection, Frame
-from dicomrelay.errors import DicomrelayError, ProtocolError
+from dicomrelay.errors import DicomrelayError, ProtocolError, first_failure
 from dicomrelay.ledger import OutgoingInstance, OutgoingTransfer
 from dicomrelay.protocol import (
     DIGEST_FLAGS,
@@ -112,11 +112,15 @@ class Attempt:
         self.flags = DIGEST_FLAGS[transfer.digest]
 
     async def run(self) -> Receipt:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._read)
-            tg.start_soon(self._watchdog)
-            receipt = await self._write()
-            tg.cancel_scope.cancel()
+        """Raises the attempt's first failure itself, not wrapped in a group."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read)
+                tg.start_soon(self._watchdog)
+                receipt = await self._write()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise first_failure(group) from None
         return receipt
 
     async def _watchdog(self) -> None:
@@ -250,6 +254,7 @@ class Attempt:
                     ) from None
                 self.p.in_flight += n
                 offset += n
+                self._progressed()  # a peer that stops reading stops this too
         finally:
             os.close(fd)
         self.on_sent(inst.index)
