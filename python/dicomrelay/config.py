@@ -35,7 +35,7 @@ class Limits:
     backoff_cap: float = 300.0
     connect_timeout: float = 10.0
     stall_timeout: float = 30.0  # no progress for this long fails the attempt
-    window_bytes: int = 16 << 20  # unacknowledged bytes in flight per connection
+    window_bytes: int = 8 << 20  # unacknowledged bytes in flight per connection
     offer_batch: int = 256  # instances per OFFER
     write_buffer_bytes: int = 64 << 20  # receiver: bytes being made durable per connection
     chunk_size: int = 1 << 20
