@@ -6,6 +6,7 @@ Rust. Sends are serialised by a lock so frames never interleave.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -65,7 +66,14 @@ class Connection:
         await self.flush()
         while self.channel.handshaking:
             data = await self._receive_bytes()
-            self._pending.extend(self._frames(data))
+            try:
+                self._pending.extend(self._frames(data))
+            except TlsError:
+                # Tell the peer why (an unknown CA, a wrong name) before hanging up,
+                # so its operator sees a certificate problem, not a network drop.
+                with anyio.move_on_after(1), contextlib.suppress(ConnectionResetError):
+                    await self.flush()
+                raise
             await self.flush()
         cert = self.channel.peer_certificate
         if cert is None:

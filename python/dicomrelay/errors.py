@@ -49,3 +49,24 @@ def first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(e, anyio.get_cancelled_exc_class()):
             return e
     return group
+
+
+class PduError(ProtocolError):
+    """Bytes from a DICOM peer that are not a well-formed Upper Layer PDU (PS3.8 9.3).
+
+    ``offset`` is the byte of the peer's stream where decoding failed;
+    ``abort_reason`` the reason of the A-ABORT (source 2, service provider) that
+    answers it: 1 unrecognized PDU, 5 unexpected PDU parameter, 6 invalid PDU
+    parameter value, 0 not specified.
+    """
+
+    offset: int
+    abort_reason: int
+
+    def __init__(self, message: str, offset: int = 0, abort_reason: int = 0) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.abort_reason = abort_reason
+
+    def __reduce__(self) -> tuple[type[PduError], tuple[str, int, int]]:
+        return (type(self), (str(self), self.offset, self.abort_reason))

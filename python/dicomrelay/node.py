@@ -13,11 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 import anyio.to_thread
-from anyio.abc import SocketAttribute, TaskGroup
+from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup
 
 from dicomrelay import pki
 from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
@@ -40,6 +40,13 @@ from dicomrelay.store import BlobStore
 from dicomrelay.transfer import Event, EventKind, Transfer
 
 Source = str | os.PathLike[str] | Iterable[str | os.PathLike[str] | bytes]
+
+
+async def _serve(listener: Listener[SocketStream], handler: Callable[[SocketStream], Any]) -> None:
+    """Serve until cancelled, then close the listening socket (anyio's serve does
+    not), so a node restarted in the same process can listen on the same port."""
+    async with listener:
+        await listener.serve(handler)
 
 
 class Node:
@@ -84,7 +91,7 @@ class Node:
                     local_host=cfg.listen_host, local_port=cfg.listen_port, reuse_port=False
                 )
                 self.port = listener.extra(SocketAttribute.local_port)
-                self._tg.start_soon(listener.serve, receiver.handle)
+                self._tg.start_soon(_serve, listener, receiver.handle)
             await self._resume()
             self._tg.start_soon(self._schedule)
             self._tg.start_soon(self._record_acks)

@@ -295,12 +295,16 @@ class _Session:
                 offsets[item.slot] = item.size
             else:
                 fresh.append(item)
-        # Content this node already stores from any transfer need not travel again.
+        # Content this sender delivered before, in any transfer, need not travel
+        # again. (Only its own: a digest alone must not let one organisation claim
+        # bytes that another sent.)
+        delivered = await self.r.ledger.digests_from(self.sender, [i.digest for i in fresh])
+        candidates = [i for i in fresh if i.digest in delivered]
         sizes = await anyio.to_thread.run_sync(
-            lambda: [self.r.store.size_of(item.digest) for item in fresh]
+            lambda: {i.digest: self.r.store.size_of(i.digest) for i in candidates}
         )
-        for item, stored_size in zip(fresh, sizes, strict=True):
-            if stored_size == item.size:
+        for item in fresh:
+            if sizes.get(item.digest) == item.size:
                 offsets[item.slot] = item.size
                 already.append(
                     IncomingInstance(

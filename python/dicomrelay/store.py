@@ -42,6 +42,12 @@ class BlobStore:
         self.quarantine = root / "quarantine"
         for d in (self.blobs, self.incoming, self.quarantine):
             d.mkdir(parents=True, exist_ok=True)
+        # Temporary files of writes a crash interrupted were never acknowledged:
+        # nothing refers to them. (Partial files of large instances are kept:
+        # the ledger's checkpoints resume them.)
+        for leftover in self.incoming.glob("*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def path_of(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

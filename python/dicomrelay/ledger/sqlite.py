@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS incoming_instances (
     stored REAL NOT NULL,
     PRIMARY KEY (sender, transfer_id, idx)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS incoming_digest ON incoming_instances (sender, digest);
 CREATE TABLE IF NOT EXISTS incoming_partials (
     sender TEXT NOT NULL,
     transfer_id TEXT NOT NULL,
@@ -366,6 +367,23 @@ class SqliteLedger:
                 )
                 for idx, uid, size, digest, stored in rows
             }
+
+        return await self._run(get)
+
+    async def digests_from(self, sender: str, digests: Sequence[str]) -> set[str]:
+        def get(db: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            wanted = list(digests)
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows = db.execute(
+                    f"SELECT DISTINCT digest FROM incoming_instances"
+                    f" WHERE sender = ? AND digest IN ({marks})",
+                    (sender, *part),
+                )
+                found.update(r[0] for r in rows)
+            return found
 
         return await self._run(get)
 
