@@ -2,6 +2,7 @@
 //! classes are defined in Python (`dicomrelay.errors`) and imported here.
 
 use dicomrelay_core::channel::ChannelError;
+use dicomrelay_core::pdu::PduError as CorePduError;
 use dicomrelay_core::ScanError;
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ pyo3::import_exception!(dicomrelay.errors, DicomParseError);
 pyo3::import_exception!(dicomrelay.errors, ProtocolError);
 pyo3::import_exception!(dicomrelay.errors, TlsError);
 pyo3::import_exception!(dicomrelay.errors, ConfigurationError);
+pyo3::import_exception!(dicomrelay.errors, PduError);
 
 #[cold]
 pub fn channel_error(e: ChannelError) -> PyErr {
@@ -20,6 +22,13 @@ pub fn channel_error(e: ChannelError) -> PyErr {
         ChannelError::Wire(_) => ProtocolError::new_err(e.to_string()),
         ChannelError::Config(_) => ConfigurationError::new_err(e.to_string()),
     }
+}
+
+/// Bytes from a DICOM peer that are not PDUs: PduError(message, offset,
+/// abort_reason), the reason being what the A-ABORT answering them carries.
+#[cold]
+pub fn pdu_error(e: CorePduError) -> PyErr {
+    PduError::new_err((e.to_string(), e.offset, e.kind.abort_reason()))
 }
 
 #[cold]

@@ -6,6 +6,8 @@ mod buf;
 mod channel;
 mod error;
 mod info;
+mod pdu;
+mod pdu_items;
 mod writer;
 
 use std::num::NonZeroUsize;
@@ -204,6 +206,22 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;
+    m.add_class::<pdu::PduDecoder>()?;
+    m.add_class::<pdu_items::AssociateRq>()?;
+    m.add_class::<pdu_items::AssociateAc>()?;
+    m.add_class::<pdu::AssociateRj>()?;
+    m.add_class::<pdu::PData>()?;
+    m.add_class::<pdu::ReleaseRq>()?;
+    m.add_class::<pdu::ReleaseRp>()?;
+    m.add_class::<pdu::Abort>()?;
+    m.add_class::<pdu_items::PresentationContextRq>()?;
+    m.add_class::<pdu_items::PresentationContextAc>()?;
+    m.add_class::<pdu_items::UserInformation>()?;
+    m.add_class::<pdu_items::RoleSelection>()?;
+    m.add_class::<pdu_items::SopClassExtended>()?;
+    m.add_class::<pdu_items::SopClassCommonExtended>()?;
+    m.add_class::<pdu_items::UserIdentity>()?;
+    m.add_function(wrap_pyfunction!(pdu::fragment_pdata, m)?)?;
     m.add("DEFAULT_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
