@@ -36,5 +36,6 @@ bench: deps install ## pytest-benchmark suites in short mode; JSON to build-arti
 	$(PYTHON) -m pytest benches --benchmark-min-rounds=3 --benchmark-max-time=0.2 \
 		--benchmark-json=build-artifacts/benchmarks.json
 
-fuzz: ## build the cargo-fuzz target and run it for FUZZ_SECONDS (default 60)
-	bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60}
+fuzz: ## build the cargo-fuzz targets (scan, pdu) and run each for FUZZ_SECONDS (default 60)
+	bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60} scan
+	bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60} pdu
