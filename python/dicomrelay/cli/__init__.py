@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dicomrelay.cli import loadtest_command, node_commands, scan_command
+from dicomrelay.cli import dicom_commands, loadtest_command, node_commands, scan_command
 
-SUBCOMMANDS = (loadtest_command, node_commands, scan_command)
+SUBCOMMANDS = (loadtest_command, node_commands, dicom_commands, scan_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,111 @@
+"""``dicomrelay echoscu`` and ``storescu``: the DCMTK tools a PACS administrator
+knows, with DCMTK-like arguments."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from dicomrelay import InstanceInfo, scan_many
+from dicomrelay.cli.scan_command import files_under
+from dicomrelay.dicom.dimse import Status
+from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
+
+
+def register(sub: Any) -> None:
+    echo = sub.add_parser("echoscu", help="DICOM verification (C-ECHO) SCU")
+    _common(echo)
+    echo.set_defaults(run=run_echo)
+
+    store = sub.add_parser("storescu", help="DICOM storage (C-STORE) SCU")
+    _common(store)
+    store.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursed)")
+    store.set_defaults(run=run_store)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("-aet", "--aetitle", default="DICOMRELAY", help="calling AE title")
+    p.add_argument("-aec", "--call", default="ANY-SCP", help="called AE title")
+    p.add_argument("-to", "--timeout", type=float, default=30.0, help="connection timeout (s)")
+
+
+def _uvloop() -> dict[str, bool]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def run_echo(args: argparse.Namespace) -> int:
+    async def echo() -> int:
+        async with await Client.connect(
+            args.host,
+            args.port,
+            calling_ae_title=args.aetitle,
+            called_ae_title=args.call,
+            timeout=args.timeout,
+        ) as client:
+            return await client.echo()
+
+    try:
+        status = anyio.run(echo, backend_options=_uvloop())
+    except (AssociationError, OSError, TimeoutError) as e:
+        sys.stderr.write(f"echoscu: {e}\n")
+        return 1
+    sys.stdout.write(f"C-ECHO status {status:#06x}\n")
+    return 0 if status == Status.SUCCESS else 1
+
+
+def run_store(args: argparse.Namespace) -> int:
+    paths = list(files_under(args.paths))
+    scanned = scan_many(paths)
+    files: list[tuple[str, InstanceInfo]] = []
+    for path, info in zip(paths, scanned, strict=True):
+        if isinstance(info, InstanceInfo) and info.sop_class_uid and info.sop_instance_uid:
+            files.append((path, info))
+        else:
+            sys.stderr.write(f"storescu: skipping {path}: not a DICOM instance ({info})\n")
+    if not files:
+        sys.stderr.write("storescu: nothing to send\n")
+        return 1
+
+    async def store() -> int:
+        failed = 0
+        async with await Client.connect(
+            args.host,
+            args.port,
+            calling_ae_title=args.aetitle,
+            called_ae_title=args.call,
+            contexts=contexts_for([i for _, i in files]),
+            timeout=args.timeout,
+        ) as client:
+            for path, info in files:
+                try:
+                    status = await client.store(path, info)
+                except AssociationError as e:
+                    sys.stderr.write(f"storescu: {os.path.basename(path)}: {e}\n")
+                    failed += 1
+                    continue
+                if status != Status.SUCCESS:
+                    failed += 1
+                    sys.stderr.write(f"storescu: {path}: status {status:#06x}\n")
+        return failed
+
+    t0 = time.perf_counter()
+    try:
+        failed = anyio.run(store, backend_options=_uvloop())
+    except (AssociationError, OSError, TimeoutError) as e:
+        sys.stderr.write(f"storescu: {e}\n")
+        return 1
+    seconds = time.perf_counter() - t0
+    sent = len(files) - failed
+    sys.stdout.write(f"sent {sent} of {len(files)} in {seconds:.2f} s\n")
+    return 0 if failed == 0 else 1

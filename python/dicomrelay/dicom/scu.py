@@ -1,0 +1,298 @@
+"""The service-class user over asyncio: associate, C-ECHO, C-STORE, release.
+
+The Upper Layer is the sans-IO ``Association``; this module only moves its
+bytes, arms its ARTIM timer, and matches responses to requests by message id.
+Datasets are streamed from their files in pieces, never read whole.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup
+
+from dicomrelay._native import (
+    AssociateRq,
+    InstanceInfo,
+    PresentationContextRq,
+    UserInformation,
+    fragment_pdata,
+    scan_file,
+)
+from dicomrelay.dicom.association import (
+    Aborted,
+    Association,
+    AssociationAccepted,
+    AssociationRejected,
+    DataReceived,
+    Indication,
+    Released,
+    ReleaseRequested,
+)
+from dicomrelay.dicom.dimse import CEchoRq, CEchoRsp, Command, CStoreRq, CStoreRsp
+from dicomrelay.dicom.messages import MessageAssembler
+from dicomrelay.errors import DicomrelayError
+
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1471.1"  # dicomrelay
+IMPLEMENTATION_VERSION = "DICOMRELAY_01"
+MAX_PDU = 1 << 20  # the largest P-DATA-TF this side accepts
+PIECE = 1 << 20  # bytes of a dataset read from its file at a time
+
+
+class AssociationError(DicomrelayError, ConnectionError):
+    """The peer rejected or aborted the association, or closed the connection."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Context:
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+def contexts_for(infos: Sequence[InstanceInfo]) -> list[Context]:
+    """One presentation context per SOP class and transfer syntax, each proposing
+    the files' own syntax (nothing is transcoded)."""
+    seen = dict.fromkeys(
+        (i.sop_class_uid or "", i.transfer_syntax_uid or IMPLICIT_LE) for i in infos
+    )
+    return [Context(abstract_syntax=a, transfer_syntaxes=(t,)) for a, t in seen]
+
+
+class Client:
+    """An established association; use ``async with await Client.connect(...)``."""
+
+    def __init__(self, stream: ByteStream, association: Association, peer_max_pdu: int) -> None:
+        self._stream = stream
+        self._association = association
+        self._peer_max_pdu = peer_max_pdu or MAX_PDU
+        self._accepted: dict[tuple[str, str], int] = {}
+        self._responses: dict[int, Command] = {}
+        self._response_ready = anyio.Event()
+        self._closed: BaseException | None = None
+        self._message_id = 0
+        self._send_lock = anyio.Lock()
+        self._tg: TaskGroup | None = None
+        self._assembler = MessageAssembler()
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        calling_ae_title: str = "DICOMRELAY",
+        called_ae_title: str = "ANY-SCP",
+        contexts: Sequence[Context] = (),
+        timeout: float = 30.0,
+    ) -> Client:
+        proposed = [Context(abstract_syntax=VERIFICATION, transfer_syntaxes=(IMPLICIT_LE,))]
+        proposed += [c for c in contexts if c not in proposed]
+        rq = AssociateRq(
+            called_ae_title=called_ae_title,
+            calling_ae_title=calling_ae_title,
+            presentation_contexts=[
+                PresentationContextRq(
+                    context_id=2 * n + 1,
+                    abstract_syntax=c.abstract_syntax,
+                    transfer_syntaxes=list(c.transfer_syntaxes),
+                )
+                for n, c in enumerate(proposed)
+            ],
+            user_information=UserInformation(
+                max_length=MAX_PDU,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION,
+            ),
+        )
+        association = Association(requestor=True, max_pdu_length=MAX_PDU)
+        association.request(rq)
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_tcp(host, port)
+            raw = stream.extra(SocketAttribute.raw_socket)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            association.connected()
+            await stream.send(association.data_to_send())
+            while True:
+                try:
+                    data = await stream.receive(1 << 20)
+                except anyio.EndOfStream:
+                    await stream.aclose()
+                    raise AssociationError("the peer closed the connection") from None
+                for indication in association.receive(data):
+                    if isinstance(indication, AssociationAccepted):
+                        ac = indication.ac
+                        client = cls(stream, association, ac.user_information.max_length or 0)
+                        for pc in ac.presentation_contexts:
+                            if pc.result == 0 and pc.transfer_syntax is not None:
+                                n = (pc.context_id - 1) // 2
+                                if 0 <= n < len(proposed):
+                                    key = (proposed[n].abstract_syntax, pc.transfer_syntax)
+                                    client._accepted[key] = pc.context_id
+                        return client
+                    await stream.aclose()
+                    if isinstance(indication, AssociationRejected):
+                        rj = indication.rj
+                        raise AssociationError(
+                            f"association rejected (result {rj.result}, source {rj.source},"
+                            f" reason {rj.reason})"
+                        )
+                    raise AssociationError(f"association failed: {indication}")
+
+    async def __aenter__(self) -> Self:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._read)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        try:
+            if exc is None and self._closed is None:
+                with anyio.fail_after(30):
+                    await self.release()
+            elif self._closed is None:
+                self._association.abort()
+                await self._flush()
+        finally:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            await self._stream.aclose()
+        return None
+
+    async def _read(self) -> None:
+        try:
+            while not self._association.close_transport:
+                try:
+                    data = await self._stream.receive(1 << 20)
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    self._handle(self._association.transport_closed())
+                    break
+                self._handle(self._association.receive(data))
+                await self._flush()
+        finally:
+            if self._closed is None:
+                self._closed = AssociationError("the association ended")
+            self._response_ready.set()
+
+    def _handle(self, indications: list[Indication]) -> None:
+        for indication in indications:
+            if isinstance(indication, DataReceived):
+                for context_id, is_command, is_last, data in indication.pdata.pdvs:
+                    message = self._assembler.feed(context_id, is_command, is_last, data)
+                    if message is not None:
+                        command = message.command
+                        if isinstance(command, CEchoRsp | CStoreRsp):
+                            self._responses[command.responding_to] = command
+                            self._response_ready.set()
+            elif isinstance(indication, Released):
+                self._closed = AssociationError("released")
+            elif isinstance(indication, Aborted):
+                self._closed = AssociationError(
+                    f"association aborted (source {indication.source}, reason {indication.reason})"
+                )
+            elif isinstance(indication, ReleaseRequested):
+                self._association.release_response()  # a peer releasing first: agree
+            self._response_ready.set()
+
+    async def _flush(self) -> None:
+        data = self._association.data_to_send()
+        if data:
+            async with self._send_lock:
+                await self._stream.send(data)
+
+    async def _response(self, message_id: int) -> Command:
+        while message_id not in self._responses:
+            if self._closed is not None:
+                raise self._closed
+            self._response_ready = anyio.Event()
+            await self._response_ready.wait()
+        return self._responses.pop(message_id)
+
+    def _next_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    async def echo(self) -> int:
+        """C-ECHO; returns the response status."""
+        self._check_open()
+        message_id = self._next_id()
+        context = self._accepted.get((VERIFICATION, IMPLICIT_LE))
+        if context is None:
+            raise AssociationError("the peer did not accept Verification")
+        async with self._send_lock:
+            self._association.send_pdata(
+                fragment_pdata(
+                    context, True, CEchoRq(message_id=message_id).encode(), self._peer_max_pdu
+                )
+            )
+            await self._stream.send(self._association.data_to_send())
+        response = await self._response(message_id)
+        assert isinstance(response, CEchoRsp)
+        return response.status
+
+    async def store(self, path: str | os.PathLike[str], info: InstanceInfo | None = None) -> int:
+        """C-STORE of a Part 10 file, its dataset streamed from disk; returns the status."""
+        self._check_open()
+        if info is None:
+            info = await anyio.to_thread.run_sync(scan_file, path)
+        key = (info.sop_class_uid or "", info.transfer_syntax_uid or IMPLICIT_LE)
+        context = self._accepted.get(key)
+        if context is None:
+            raise AssociationError(f"no accepted presentation context for {key}")
+        message_id = self._next_id()
+        command = CStoreRq(
+            message_id=message_id,
+            sop_class_uid=key[0],
+            sop_instance_uid=info.sop_instance_uid or "",
+        ).encode()
+        async with self._send_lock:
+            self._association.send_pdata(fragment_pdata(context, True, command, self._peer_max_pdu))
+            await self._stream.send(self._association.data_to_send())
+            with open(Path(path), "rb") as f:
+                f.seek(info.dataset_offset)
+                left = info.size - info.dataset_offset
+                odd = left % 2 == 1
+                while True:
+                    piece = f.read(min(PIECE, left))
+                    left -= len(piece)
+                    last = left <= 0 or not piece
+                    if last and odd:
+                        # Fragments are even (DCMTK insists); only a deflated
+                        # stream can be odd, and PS3.5 A.5 pads it with one NUL.
+                        piece += b"\0"
+                    self._association.send_pdata(
+                        fragment_pdata(context, False, piece, self._peer_max_pdu, last=last)
+                    )
+                    await self._stream.send(self._association.data_to_send())
+                    if last:
+                        break
+        response = await self._response(message_id)
+        assert isinstance(response, CStoreRsp)
+        return response.status
+
+    async def release(self) -> None:
+        async with self._send_lock:
+            self._association.release()
+            await self._stream.send(self._association.data_to_send())
+        while self._closed is None:
+            self._response_ready = anyio.Event()
+            await self._response_ready.wait()
