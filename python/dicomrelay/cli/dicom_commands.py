@@ -4,9 +4,12 @@ knows, with DCMTK-like arguments."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,6 +17,7 @@ import anyio
 from dicomrelay import InstanceInfo, scan_many
 from dicomrelay.cli.scan_command import files_under
 from dicomrelay.dicom.dimse import Status
+from dicomrelay.dicom.scp import StoreScp
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
 
 
@@ -26,6 +30,16 @@ def register(sub: Any) -> None:
     _common(store)
     store.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursed)")
     store.set_defaults(run=run_store)
+
+    scp = sub.add_parser("storescp", help="DICOM storage (C-STORE) SCP writing Part 10 files")
+    scp.add_argument("port", type=int)
+    scp.add_argument("--output-dir", "-od", type=Path, required=True, metavar="DIR")
+    scp.add_argument("-aet", "--aetitle", default="DICOMRELAY", help="this SCP's AE title")
+    scp.add_argument(
+        "--allow", action="append", metavar="AE", help="accept only these calling AE titles"
+    )
+    scp.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    scp.set_defaults(run=run_scp)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -109,3 +123,22 @@ def run_store(args: argparse.Namespace) -> int:
     sent = len(files) - failed
     sys.stdout.write(f"sent {sent} of {len(files)} in {seconds:.2f} s\n")
     return 0 if failed == 0 else 1
+
+
+def run_scp(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    scp = StoreScp(
+        ae_title=args.aetitle,
+        output_dir=args.output_dir,
+        quarantine_dir=args.output_dir / "quarantine",
+        allowed_calling=frozenset(args.allow) if args.allow else None,
+    )
+
+    def ready(port: int) -> None:
+        logging.getLogger("dicomrelay.scp").info(
+            "storescp %s listening on port %d", args.aetitle, port
+        )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(lambda: scp.serve(args.host, args.port, ready=ready), backend_options=_uvloop())
+    return 0

@@ -30,6 +30,11 @@ class MessageAssembler:
     _pending: Message | None = None
     _dataset: bytearray = field(default_factory=bytearray)
 
+    @property
+    def pending(self) -> Message | None:
+        """The message whose dataset is arriving, if any."""
+        return self._pending
+
     def feed(self, context_id: int, is_command: bool, is_last: bool, data: bytes) -> Message | None:
         if is_command:
             if self._pending is not None:

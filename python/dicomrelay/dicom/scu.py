@@ -38,13 +38,12 @@ from dicomrelay.dicom.association import (
 )
 from dicomrelay.dicom.dimse import CEchoRq, CEchoRsp, Command, CStoreRq, CStoreRsp
 from dicomrelay.dicom.messages import MessageAssembler
+from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from dicomrelay.errors import DicomrelayError
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1471.1"  # dicomrelay
-IMPLEMENTATION_VERSION = "DICOMRELAY_01"
 MAX_PDU = 1 << 20  # the largest P-DATA-TF this side accepts
 PIECE = 1 << 20  # bytes of a dataset read from its file at a time
 

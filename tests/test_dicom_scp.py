@@ -1,0 +1,183 @@
+"""Our storescp against real peers: DCMTK storescu and echoscu, pynetdicom, and
+our own SCU sending a malformed dataset; rogue callers refused; the server
+keeps serving."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, StoragePresentationContexts
+
+import dicomrelay
+from dicomrelay import scan_file, synth
+from dicomrelay.dicom.dimse import Status
+from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
+
+DCMTK = Path("/usr/bin")
+pytestmark = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK not installed")
+PACKAGE_ROOT = str(Path(dicomrelay.__file__).resolve().parent.parent)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """``dicomrelay storescp`` accepting calling AE titles STORESCU and DICOMRELAY."""
+    port, out = free_port(), tmp_path / "received"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dicomrelay",
+            "storescp",
+            str(port),
+            "-od",
+            str(out),
+            "-aet",
+            "RELAY",
+            "--allow",
+            "STORESCU",
+            "--allow",
+            "DICOMRELAY",
+            "--allow",
+            "PYNETDICOM",
+            "--host",
+            "127.0.0.1",
+        ],
+        env={**os.environ, "PYTHONPATH": PACKAGE_ROOT},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port, out
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(DCMTK / tool), *args],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def dataset(path: Path) -> bytes:
+    return path.read_bytes()[scan_file(path).dataset_offset :]
+
+
+def stored(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob("*.dcm"))
+
+
+def test_dcmtk_storescu_into_our_scp(scp: tuple[int, Path], tmp_path: Path) -> None:
+    port, out = scp
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 40)
+    calling = ["-aet", "STORESCU", "-aec", "RELAY", "127.0.0.1", str(port)]
+    result = dcmtk("storescu", *calling, "+sd", str(study))
+    assert result.returncode == 0, result.stderr
+    got = {scan_file(p).sop_instance_uid: p for p in stored(out)}
+    assert len(got) == 40
+    for source in study.iterdir():
+        assert dataset(got[scan_file(source).sop_instance_uid]) == dataset(source)
+    echo = dcmtk("echoscu", *calling)
+    assert echo.returncode == 0, echo.stderr
+
+
+def test_rogue_callers_are_refused_and_the_server_goes_on(
+    scp: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, out = scp
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 2)
+    rogue = dcmtk(
+        "storescu", "-aet", "ROGUE", "-aec", "RELAY", "127.0.0.1", str(port), "+sd", str(study)
+    )
+    assert rogue.returncode != 0
+    assert "Rejected" in rogue.stderr or "rejected" in rogue.stderr.lower()
+    wrong_called = dcmtk("echoscu", "-aet", "STORESCU", "-aec", "OTHER", "127.0.0.1", str(port))
+    assert wrong_called.returncode != 0
+    assert stored(out) == []
+    assert (
+        dcmtk("echoscu", "-aet", "STORESCU", "-aec", "RELAY", "127.0.0.1", str(port)).returncode
+        == 0
+    )
+
+
+def test_a_malformed_dataset_is_refused_and_quarantined(
+    scp: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, out = scp
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 2)
+    good, spoiled = sorted(study.iterdir())
+    info = scan_file(spoiled)
+    spoiled.write_bytes(spoiled.read_bytes()[: info.size - 1000])  # pixel data cut short
+
+    async def send() -> tuple[int, int]:
+        infos = [scan_file(good), info]
+        async with await Client.connect(
+            "127.0.0.1", port, called_ae_title="RELAY", contexts=contexts_for(infos)
+        ) as client:
+            bad = await client.store(spoiled, info)
+            ok = await client.store(good)
+            return bad, ok
+
+    bad, ok = anyio.run(send)
+    assert bad & 0xF000 == Status.CANNOT_UNDERSTAND
+    assert ok == Status.SUCCESS
+    assert [scan_file(p).sop_instance_uid for p in stored(out)] == [
+        scan_file(good).sop_instance_uid
+    ]
+    quarantined = list((out / "quarantine").glob("*.reason"))
+    assert len(quarantined) == 1
+    assert "malformed" in quarantined[0].read_text()
+
+
+def test_pynetdicom_scu_into_our_scp(scp: tuple[int, Path], tmp_path: Path) -> None:
+    port, out = scp
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["ct"], 3)
+    ae = AE(ae_title="PYNETDICOM")
+    ae.requested_contexts = StoragePresentationContexts[:100]
+    assoc = ae.associate("127.0.0.1", port, ae_title="RELAY")
+    assert assoc.is_established
+    try:
+        for path in sorted(study.iterdir()):
+            status = assoc.send_c_store(dcmread(path))
+            assert status.Status == 0
+    finally:
+        assoc.release()
+    assert len(stored(out)) == 3
+
+
+def test_our_scu_is_refused_with_a_typed_error_when_rogue(scp: tuple[int, Path]) -> None:
+    port, _ = scp
+
+    async def echo() -> None:
+        async with await Client.connect(
+            "127.0.0.1", port, calling_ae_title="ROGUE", called_ae_title="RELAY"
+        ) as client:
+            await client.echo()
+
+    with pytest.raises(AssociationError, match="rejected"):
+        anyio.run(echo)
