@@ -20,6 +20,7 @@ __all__ = [
     "InstanceInfo",
     "PData",
     "Payload",
+    "StreamFile",
     "PduDecoder",
     "PresentationContextAc",
     "PresentationContextRq",
@@ -178,6 +179,16 @@ class Hasher:
     def hexdigest(self) -> str: ...
     @property
     def name(self) -> str: ...
+
+@final
+class StreamFile:
+    """A new file written piece by piece (direct I/O where possible), digested on the way."""
+
+    def __new__(
+        cls, path: str | os.PathLike[str], *, digest: _DigestName | None = None
+    ) -> StreamFile: ...
+    def write(self, data: _Buffer) -> None: ...
+    def finish(self, *, sync: bool = True) -> tuple[int, str | None]: ...
 
 @final
 class DurableWriter:

@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import anyio
 import anyio.to_thread
@@ -32,10 +31,12 @@ from dicomrelay._native import (
     AssociateRq,
     InstanceInfo,
     PresentationContextAc,
+    StreamFile,
     UserInformation,
     fragment_pdata,
     scan_file,
 )
+from dicomrelay.config import DigestName
 from dicomrelay.dicom.association import (
     Aborted,
     Association,
@@ -61,6 +62,7 @@ _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
 class StoredInstance:
     path: Path
     info: InstanceInfo
+    digest: str | None
     calling_ae_title: str
     called_ae_title: str
 
@@ -75,7 +77,7 @@ class StoreScp:
     quarantine_dir: Path
     allowed_calling: frozenset[str] | None = None
     on_stored: Callable[[StoredInstance], None] | None = None
-    digest: str | None = "sha256"
+    digest: DigestName | None = "sha256"
 
     def __post_init__(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -130,12 +132,13 @@ class StoreScp:
 
 
 class _Incoming:
-    """A C-STORE dataset being written to a temporary Part 10 file."""
+    """A C-STORE dataset being written to a temporary Part 10 file as it arrives
+    (direct I/O, digested on the way)."""
 
     def __init__(self, scp: StoreScp, command: CStoreRq, syntax: str, calling: str) -> None:
         self.command = command
         self.path = scp.output_dir / f".incoming-{uuid.uuid4().hex}.dcm"
-        self.file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed in finish/discard
+        self.file = StreamFile(self.path, digest=scp.digest)
         self.error: OSError | None = None
         self.write(
             file_meta(
@@ -153,9 +156,16 @@ class _Incoming:
             except OSError as e:
                 self.error = e
 
+    def finish(self) -> str | None:
+        """Make the file durable; returns its digest. Raises OSError."""
+        if self.error is not None:
+            raise self.error
+        _, digest = self.file.finish(sync=True)
+        return digest
+
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.file.close()
+        with contextlib.suppress(OSError, ValueError):
+            self.file.finish(sync=False)
         with contextlib.suppress(OSError):
             self.path.unlink()
 
@@ -276,18 +286,13 @@ class _Session:
         """Close, check, and keep the instance (blocking: a worker thread)."""
         command = incoming.command
         try:
-            if incoming.error is None:
-                incoming.file.flush()
-                os.fsync(incoming.file.fileno())
-            incoming.file.close()
+            digest = incoming.finish()
         except OSError as e:
-            incoming.error = incoming.error or e
-        if incoming.error is not None:
             incoming.discard()
-            full = incoming.error.errno in (errno.ENOSPC, errno.EDQUOT)
-            return Status.OUT_OF_RESOURCES, "out of storage" if full else str(incoming.error)
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            return Status.OUT_OF_RESOURCES, "out of storage" if full else str(e)[:64]
         try:
-            info = scan_file(incoming.path, digest=self.scp.digest)  # type: ignore[arg-type]
+            info = scan_file(incoming.path)  # the header only: the digest is already made
         except DicomParseError as e:
             self._quarantine(incoming.path, f"malformed dataset: {e}")
             return Status.CANNOT_UNDERSTAND, str(e)[:64]
@@ -316,6 +321,7 @@ class _Session:
                 StoredInstance(
                     path=final,
                     info=info,
+                    digest=digest,
                     calling_ae_title=self.rq.calling_ae_title,
                     called_ae_title=self.rq.called_ae_title,
                 )

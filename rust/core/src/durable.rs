@@ -255,6 +255,91 @@ fn publish(temp: &Path, final_path: &Path) -> io::Result<()> {
     }
 }
 
+/// A new file written as a stream, through a page-aligned buffer with direct
+/// I/O where the filesystem allows, and digested on the way: for data that
+/// arrives in pieces (a DICOM dataset over the network) and must not be held
+/// whole in memory, nor pass through the page cache.
+pub struct StreamFile {
+    file: File,
+    buf: AlignedBytes,
+    filled: usize,
+    written: u64,
+    direct: bool,
+    hasher: Option<crate::digest::Hasher>,
+}
+
+const STREAM_BUFFER: usize = 1 << 20;
+
+impl StreamFile {
+    pub fn create(path: &Path, digest: Option<crate::DigestAlgorithm>) -> io::Result<StreamFile> {
+        let direct = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path);
+        let (file, direct) = match direct {
+            Ok(file) => (file, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
+                OpenOptions::new().write(true).create_new(true).open(path)?,
+                false,
+            ),
+            Err(e) => return Err(e),
+        };
+        Ok(StreamFile {
+            file,
+            buf: AlignedBytes::zeroed(STREAM_BUFFER),
+            filled: 0,
+            written: 0,
+            direct,
+            hasher: digest.map(|d| d.hasher()),
+        })
+    }
+
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(data);
+        }
+        while !data.is_empty() {
+            let room = STREAM_BUFFER - self.filled;
+            let n = room.min(data.len());
+            self.buf.as_mut_slice()[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == STREAM_BUFFER {
+                self.file.write_all(self.buf.as_slice())?;
+                self.written += STREAM_BUFFER as u64;
+                self.filled = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write what is left, cut the file to its length, and (with `sync`)
+    /// fdatasync it. Returns the length and the digest, if one was asked for.
+    pub fn finish(mut self, sync: bool) -> io::Result<(u64, Option<String>)> {
+        let length = self.written + self.filled as u64;
+        if self.filled > 0 {
+            if self.direct {
+                // Direct I/O writes whole pages: pad with zeros, then cut back.
+                let padded = self.filled.div_ceil(crate::aligned::PAGE) * crate::aligned::PAGE;
+                self.buf.as_mut_slice()[self.filled..padded].fill(0);
+                self.file.write_all(&self.buf.as_slice()[..padded])?;
+            } else {
+                self.file.write_all(&self.buf.as_slice()[..self.filled])?;
+            }
+        }
+        self.file.set_len(length)?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        let digest = self
+            .hasher
+            .take()
+            .map(|h| crate::digest::to_hex(&h.finish()));
+        Ok((length, digest))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +362,31 @@ mod tests {
             );
         }
         sync_filesystem(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stream_files_hold_every_piece_and_its_digest() {
+        let dir = std::env::temp_dir().join(format!("dicomrelay-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+        for (n, piece) in [1usize, 4095, 65_536, 1 << 20, 3_000_001]
+            .into_iter()
+            .enumerate()
+        {
+            let path = dir.join(format!("s{n}"));
+            let mut f = StreamFile::create(&path, Some(crate::DigestAlgorithm::Sha256)).unwrap();
+            for chunk in data.chunks(piece) {
+                f.write(chunk).unwrap();
+            }
+            let (len, digest) = f.finish(true).unwrap();
+            assert_eq!(len, data.len() as u64);
+            assert_eq!(std::fs::read(&path).unwrap(), data);
+            assert_eq!(
+                digest.unwrap(),
+                crate::digest::digest(&data, crate::DigestAlgorithm::Sha256, None).whole
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -203,6 +203,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<channel::Hasher>()?;
     m.add_class::<buf::Payload>()?;
     m.add_class::<writer::DurableWriter>()?;
+    m.add_class::<writer::StreamFile>()?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;

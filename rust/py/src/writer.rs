@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use dicomrelay_core::durable::{DurableWriter as CoreWriter, Job};
+use dicomrelay_core::durable::{DurableWriter as CoreWriter, Job, StreamFile as CoreStreamFile};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -101,5 +101,59 @@ impl DurableWriter {
             py.detach(|| inner.close());
             // Jobs finished while closing are reported by no one; they are durable.
         }
+    }
+}
+
+/// A new file written piece by piece: direct I/O where possible, digested on
+/// the way, durable on `finish`.
+#[pyclass(module = "dicomrelay._native", name = "StreamFile")]
+pub struct StreamFile {
+    inner: Option<CoreStreamFile>,
+    path: PathBuf,
+}
+
+fn os_error(e: std::io::Error, path: &std::path::Path) -> PyErr {
+    match e.raw_os_error() {
+        Some(errno) => PyOSError::new_err((errno, e.to_string(), path.to_path_buf())),
+        None => PyOSError::new_err(e.to_string()),
+    }
+}
+
+#[pymethods]
+impl StreamFile {
+    /// Create `path` (it must not exist); `digest`: "sha256", "blake3" or None.
+    #[new]
+    #[pyo3(signature = (path, *, digest=None))]
+    fn new(path: PathBuf, digest: Option<&str>) -> PyResult<Self> {
+        let algorithm = digest.map(crate::channel::algorithm).transpose()?;
+        let inner = CoreStreamFile::create(&path, algorithm).map_err(|e| os_error(e, &path))?;
+        Ok(StreamFile {
+            inner: Some(inner),
+            path,
+        })
+    }
+
+    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let inner = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| PyValueError::new_err("file already finished"))?;
+        let view = crate::buf::ByteView::new(data)?;
+        let bytes = view.as_slice();
+        let path = &self.path;
+        py.detach(|| inner.write(bytes))
+            .map_err(|e| os_error(e, path))
+    }
+
+    /// Write the rest and (with `sync`) make it durable; returns (length, digest).
+    #[pyo3(signature = (*, sync=true))]
+    fn finish(&mut self, py: Python<'_>, sync: bool) -> PyResult<(u64, Option<String>)> {
+        let inner = self
+            .inner
+            .take()
+            .ok_or_else(|| PyValueError::new_err("file already finished"))?;
+        let path = &self.path;
+        py.detach(|| inner.finish(sync))
+            .map_err(|e| os_error(e, path))
     }
 }
