@@ -4,11 +4,7 @@ keeps serving."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,71 +13,26 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
 
-import dicomrelay
 from dicomrelay import scan_file, synth
 from dicomrelay.dicom.dimse import Status
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
+from peers import DCMTK, dicomrelay_command, free_port, listening, run
 
-DCMTK = Path("/usr/bin")
 pytestmark = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK not installed")
-PACKAGE_ROOT = str(Path(dicomrelay.__file__).resolve().parent.parent)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 def scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """``dicomrelay storescp`` accepting calling AE titles STORESCU and DICOMRELAY."""
     port, out = free_port(), tmp_path / "received"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomrelay",
-            "storescp",
-            str(port),
-            "-od",
-            str(out),
-            "-aet",
-            "RELAY",
-            "--allow",
-            "STORESCU",
-            "--allow",
-            "DICOMRELAY",
-            "--allow",
-            "PYNETDICOM",
-            "--host",
-            "127.0.0.1",
-        ],
-        env={**os.environ, "PYTHONPATH": PACKAGE_ROOT},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield port, out
-    proc.terminate()
-    proc.wait(timeout=10)
+    command = dicomrelay_command("storescp", str(port), "-od", str(out), "-aet", "RELAY")
+    command += ["--allow", "STORESCU", "--allow", "DICOMRELAY", "--allow", "PYNETDICOM"]
+    with listening([*command, "--host", "127.0.0.1"], port):
+        yield port, out
 
 
 def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(DCMTK / tool), *args],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run([str(DCMTK / tool), *args])
 
 
 def dataset(path: Path) -> bytes:

@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom.data
 import pytest
 
-import dicomrelay
 from dicomrelay import InstanceInfo, scan_file, scan_many, synth
+from peers import DCMTK, dicomrelay_command, free_port, listening, run
 
-STORESCP = Path("/usr/bin/storescp")
+STORESCP = DCMTK / "storescp"
 pytestmark = pytest.mark.skipif(not STORESCP.exists(), reason="DCMTK is not installed")
-PACKAGE_ROOT = str(Path(dicomrelay.__file__).resolve().parent.parent)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -35,33 +24,13 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """storescp keeping every dataset bit for bit (+B), any syntax (+xa) and SOP class (-pm)."""
     port, out = free_port(), tmp_path / "received"
     out.mkdir()
-    proc = subprocess.Popen(
-        [str(STORESCP), "-od", str(out), "-aet", "STORESCP", "-pm", "+xa", "+B", str(port)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield port, out
-    proc.terminate()
-    proc.wait(timeout=10)
+    command = [str(STORESCP), "-od", str(out), "-aet", "STORESCP", "-pm", "+xa", "+B", str(port)]
+    with listening(command, port):
+        yield port, out
 
 
 def dicomrelay_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", "dicomrelay", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run(dicomrelay_command(*args))
 
 
 def dataset_bytes(path: Path, info: InstanceInfo | None = None) -> bytes:
