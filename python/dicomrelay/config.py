@@ -42,6 +42,53 @@ class Limits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Route:
+    """Where studies received over DICOM go: the first route whose conditions
+    (each optional) all match the storing association and the dataset."""
+
+    to: str
+    calling_ae_title: str | None = None
+    called_ae_title: str | None = None
+    modality: str | None = None
+
+    def matches(self, *, calling: str, called: str, modality: str | None) -> bool:
+        return (
+            self.calling_ae_title in (None, calling)
+            and self.called_ae_title in (None, called)
+            and self.modality in (None, modality)
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pacs:
+    """A DICOM node this node delivers received studies into, by C-STORE."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DicomConfig:
+    """The node's DICOM face: a storage SCP for the local PACS and modalities,
+    routes from it to other organisations, and a PACS to deliver into."""
+
+    ae_title: str = "DICOMRELAY"
+    listen_host: str = "127.0.0.1"
+    listen_port: int | None = None  # None: no SCP; 0: any free port
+    allowed_calling: tuple[str, ...] = ()  # calling AE titles accepted (required)
+    routes: tuple[Route, ...] = ()
+    deliver_to: Pacs | None = None
+    delivery_attempts: int = 5
+
+    def route(self, *, calling: str, called: str, modality: str | None) -> str | None:
+        for r in self.routes:
+            if r.matches(calling=calling, called=called, modality=modality):
+                return r.to
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     org: str
     data_dir: Path
@@ -52,6 +99,7 @@ class NodeConfig:
     digest: DigestName = "sha256"
     insecure_plaintext: bool = False
     limits: Limits = field(default_factory=Limits)
+    dicom: DicomConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "org", check_org_code(self.org))

@@ -21,8 +21,11 @@ from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup
 
 from dicomrelay import pki
 from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
-from dicomrelay.config import NodeConfig, Peer
+from dicomrelay.config import DicomConfig, NodeConfig, Peer
 from dicomrelay.connection import Connection
+from dicomrelay.dicom.dimse import Status
+from dicomrelay.dicom.scp import StoredInstance, StoreScp
+from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
 from dicomrelay.errors import ConfigurationError, DicomrelayError, TlsError
 from dicomrelay.ledger import (
     Ledger,
@@ -34,7 +37,7 @@ from dicomrelay.ledger import (
 from dicomrelay.protocol import PRIORITIES
 from dicomrelay.receipt import Receipt
 from dicomrelay.receiver import Committer, Receiver
-from dicomrelay.scheduler import Candidate, after_failure, plan
+from dicomrelay.scheduler import Candidate, after_failure, plan, retry_delay
 from dicomrelay.sender import Attempt, AttemptFailed, greet
 from dicomrelay.store import BlobStore
 from dicomrelay.transfer import Event, EventKind, Transfer
@@ -70,6 +73,7 @@ class Node:
         self._acks_ready = anyio.Event()
         self._random = random.Random()
         self.port: int | None = None
+        self.dicom_port: int | None = None
 
     # Life cycle.
     async def __aenter__(self) -> Self:
@@ -81,7 +85,15 @@ class Node:
         self.outbox.mkdir(exist_ok=True)
         self._client_tls, server_tls, key_pem = self._tls()
         self._committer = Committer(self.ledger, self.store)
-        receiver = Receiver(cfg, self.ledger, self.store, self._committer, server_tls, key_pem)
+        receiver = Receiver(
+            cfg,
+            self.ledger,
+            self.store,
+            self._committer,
+            server_tls,
+            key_pem,
+            on_committed=self._committed,
+        )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -92,6 +104,8 @@ class Node:
                 )
                 self.port = listener.extra(SocketAttribute.local_port)
                 self._tg.start_soon(_serve, listener, receiver.handle)
+            if cfg.dicom is not None and cfg.dicom.listen_port is not None:
+                await self._start_dicom(cfg.dicom)
             await self._resume()
             self._tg.start_soon(self._schedule)
             self._tg.start_soon(self._record_acks)
@@ -381,6 +395,96 @@ class Node:
         for transfer_id, indexes in pending.items():
             with anyio.CancelScope(shield=True):
                 await self.ledger.mark_acked(transfer_id, indexes, now)
+
+    # DICOM: studies in from the local PACS, out to other organisations; and
+    # committed studies delivered into the local PACS.
+    async def _start_dicom(self, dicom: DicomConfig) -> None:
+        assert self._tg is not None
+        root = self.config.data_dir / "dicom"
+        scp = StoreScp(
+            ae_title=dicom.ae_title,
+            output_dir=root / "received",
+            quarantine_dir=root / "quarantine",
+            allowed_calling=frozenset(dicom.allowed_calling),
+            on_association_end=self._route_received,
+        )
+        listener = await anyio.create_tcp_listener(
+            local_host=dicom.listen_host, local_port=dicom.listen_port or 0
+        )
+        self.dicom_port = listener.extra(SocketAttribute.local_port)
+        self._tg.start_soon(_serve, listener, scp.handle)
+
+    async def _route_received(self, stored: list[StoredInstance]) -> None:
+        """Send each study an association stored to the organisation its route names."""
+        dicom = self.config.dicom
+        assert dicom is not None
+        studies: dict[str, list[StoredInstance]] = defaultdict(list)
+        for s in stored:
+            studies[s.info.study_instance_uid or ""].append(s)
+        for study, instances in studies.items():
+            first = instances[0]
+            to = dicom.route(
+                calling=first.calling_ae_title,
+                called=first.called_ae_title,
+                modality=first.info.modality,
+            )
+            detail = f"{len(instances)} instances of {study} from {first.calling_ae_title}"
+            if to is None:
+                await self.ledger.audit(self.config.org, "unrouted", None, detail)
+                continue
+            try:
+                transfer = await self.send([str(s.path) for s in instances], to=to)
+            except (DicomrelayError, OSError, ValueError) as e:
+                await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
+                continue
+            await self.ledger.audit(self.config.org, "routed", transfer.id, f"{detail} to {to}")
+
+    def _committed(self, study_instance_uid: str) -> None:
+        dicom = self.config.dicom
+        if dicom is not None and dicom.deliver_to is not None and self._tg is not None:
+            self._tg.start_soon(self._deliver_to_pacs, study_instance_uid, dicom)
+
+    async def _deliver_to_pacs(self, study: str, dicom: DicomConfig) -> None:
+        """C-STORE a committed study into the local PACS, retrying with backoff."""
+        pacs = dicom.deliver_to
+        assert pacs is not None
+        paths = [str(path) for _uid, path in await self.study(study)]
+        infos = await anyio.to_thread.run_sync(lambda: scan_many(paths))
+        error = ""
+        for attempt in range(1, dicom.delivery_attempts + 1):
+            try:
+                good = [i for i in infos if isinstance(i, InstanceInfo)]
+                async with await Client.connect(
+                    pacs.host,
+                    pacs.port,
+                    calling_ae_title=dicom.ae_title,
+                    called_ae_title=pacs.ae_title,
+                    contexts=contexts_for(good),
+                ) as client:
+                    failed = 0
+                    for path, info in zip(paths, infos, strict=True):
+                        if not isinstance(info, InstanceInfo):
+                            failed += 1
+                            continue
+                        if await client.store(path, info) != Status.SUCCESS:
+                            failed += 1
+                if not failed:
+                    detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
+                    await self.ledger.audit(self.config.org, "delivered", None, detail)
+                    return
+                error = f"{failed} instances refused"
+            except (AssociationError, OSError, TimeoutError, DicomrelayError) as e:
+                error = str(e)
+            delay = retry_delay(
+                attempt,
+                base=self.config.limits.backoff_base,
+                cap=self.config.limits.backoff_cap,
+                unit=self._random.random(),
+            )
+            await anyio.sleep(delay)
+        await self.ledger.audit(
+            self.config.org, "delivery-dead", None, f"{study} to {pacs.ae_title}: {error}"
+        )
 
     # Reading.
     async def status(self) -> dict[str, int]:

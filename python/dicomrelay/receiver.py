@@ -158,8 +158,12 @@ class Receiver:
         committer: Committer,
         tls: TlsConfig | None,
         key_pem: bytes | None,
+        *,
+        on_committed: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_committed`` hears of each study committed (for delivery onwards)."""
         self.config = config
+        self.on_committed = on_committed
         self.ledger = ledger
         self.store = store
         self.committer = committer
@@ -511,3 +515,5 @@ class _Session:
             self.sender, "received", commit.transfer_id, f"{total} instances of {study}"
         )
         await self.conn.send(Kind.RECEIPT, stored)
+        if self.r.on_committed is not None:
+            self.r.on_committed(study)

@@ -17,7 +17,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +76,9 @@ class StoreScp:
     output_dir: Path
     quarantine_dir: Path
     allowed_calling: frozenset[str] | None = None
-    on_stored: Callable[[StoredInstance], None] | None = None
+    # Called when an association ends, with the instances it stored (routing
+    # works study by study, and C-STORE says nothing of when a study is whole).
+    on_association_end: Callable[[list[StoredInstance]], Awaitable[None]] | None = None
     digest: DigestName | None = "sha256"
 
     def __post_init__(self) -> None:
@@ -180,6 +182,7 @@ class _Session:
         self.peer_max_pdu = MAX_PDU
         self.rq: AssociateRq | None = None
         self.incoming: _Incoming | None = None
+        self.stored: list[StoredInstance] = []
 
     async def run(self) -> None:
         self.association.incoming_connection()
@@ -202,6 +205,9 @@ class _Session:
         finally:
             if self.incoming is not None:
                 self.incoming.discard()
+            if self.stored and self.scp.on_association_end is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.scp.on_association_end(self.stored)
 
     async def _flush(self) -> None:
         data = self.association.data_to_send()
@@ -315,17 +321,16 @@ class _Session:
         except OSError as e:
             incoming.discard()
             return Status.OUT_OF_RESOURCES, str(e)[:64]
-        if self.scp.on_stored is not None:
-            assert self.rq is not None
-            self.scp.on_stored(
-                StoredInstance(
-                    path=final,
-                    info=info,
-                    digest=digest,
-                    calling_ae_title=self.rq.calling_ae_title,
-                    called_ae_title=self.rq.called_ae_title,
-                )
+        assert self.rq is not None
+        self.stored.append(
+            StoredInstance(
+                path=final,
+                info=info,
+                digest=digest,
+                calling_ae_title=self.rq.calling_ae_title,
+                called_ae_title=self.rq.called_ae_title,
             )
+        )
         return Status.SUCCESS, None
 
     def _quarantine(self, path: Path, reason: str) -> None:

@@ -1,0 +1,106 @@
+"""The whole chain of an exchange: DCMTK storescu (a hospital's PACS) -> our SCP
+on node A -> the wire -> node B -> our SCU -> DCMTK storescp (the other
+hospital's PACS), every dataset intact at the end."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dicomrelay import scan_file, synth
+from dicomrelay.config import DicomConfig, Pacs, Peer, Route
+from dicomrelay.node import Node
+
+from .helpers import Pki, node_config
+
+DCMTK = Path("/usr/bin")
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(not (DCMTK / "storescp").exists(), reason="DCMTK is not installed"),
+]
+
+
+def dataset(path: Path) -> bytes:
+    return path.read_bytes()[scan_file(path).dataset_offset :]
+
+
+async def test_dcmtk_to_node_a_to_node_b_to_dcmtk(orgs: Pki, tmp_path: Path) -> None:
+    count = 30
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], count)
+    pacs_out = tmp_path / "pacs-b"
+    pacs_out.mkdir()
+    pacs_port = _free_port()
+    pacs = subprocess.Popen(
+        [str(DCMTK / "storescp"), "-od", str(pacs_out), "-aet", "PACSB", "+B", str(pacs_port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        b_cfg = dataclasses.replace(
+            node_config(
+                "RX2",
+                tmp_path / "b",
+                identity=orgs.identity("RX2"),
+                peers=(Peer(code="RX1", host="127.0.0.1", port=1),),
+                listen_port=0,
+            ),
+            dicom=DicomConfig(
+                ae_title="RELAYB",
+                deliver_to=Pacs(ae_title="PACSB", host="127.0.0.1", port=pacs_port),
+            ),
+        )
+        with anyio.fail_after(120):
+            async with Node(b_cfg) as b:
+                assert b.port is not None
+                a_cfg = dataclasses.replace(
+                    node_config(
+                        "RX1",
+                        tmp_path / "a",
+                        identity=orgs.identity("RX1"),
+                        peers=(Peer(code="RX2", host="127.0.0.1", port=b.port),),
+                    ),
+                    dicom=DicomConfig(
+                        ae_title="RELAYA",
+                        listen_port=0,
+                        allowed_calling=("PACSA",),
+                        routes=(Route(to="RX2", modality="MR"),),
+                    ),
+                )
+                async with Node(a_cfg) as a:
+                    assert a.dicom_port is not None
+                    storescu = [str(DCMTK / "storescu"), "-aet", "PACSA", "-aec", "RELAYA"]
+                    storescu += ["127.0.0.1", str(a.dicom_port), "+sd", str(study)]
+                    sent = await anyio.to_thread.run_sync(
+                        lambda: subprocess.run(
+                            storescu,
+                            env={**os.environ, "TCP_NODELAY": "1"},
+                            capture_output=True,
+                            text=True,
+                        )
+                    )
+                    assert sent.returncode == 0, sent.stderr
+                    while len(list(pacs_out.iterdir())) < count:
+                        await anyio.sleep(0.1)
+                    time.sleep(0.2)  # storescp renames each file as it finishes
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
+    received = {scan_file(p).sop_instance_uid: p for p in pacs_out.iterdir()}
+    assert len(received) == count
+    for source in study.iterdir():
+        assert dataset(received[scan_file(source).sop_instance_uid]) == dataset(source)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
