@@ -149,6 +149,7 @@ class NodeConfig:
                 for p in raw.get("peers", [])
             )
             limits = Limits(**raw.get("limits", {}))
+            dicom = _dicom_from_toml(raw["dicom"]) if "dicom" in raw else None
             return cls(
                 org=node["org"],
                 data_dir=rel(node.get("data_dir", "data")),
@@ -159,6 +160,23 @@ class NodeConfig:
                 digest=cast(DigestName, node.get("digest", "sha256")),
                 insecure_plaintext=bool(node.get("insecure_plaintext", False)),
                 limits=limits,
+                dicom=dicom,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigurationError(f"{path}: {e!r}") from e
+
+
+def _dicom_from_toml(d: dict[str, Any]) -> DicomConfig:
+    """``[dicom]``: ae_title, listen_host, listen_port, allowed_calling = [...],
+    ``[[dicom.routes]]`` (to, calling_ae_title, called_ae_title, modality) and
+    ``[dicom.deliver_to]`` (ae_title, host, port)."""
+    deliver = d.get("deliver_to")
+    return DicomConfig(
+        ae_title=d.get("ae_title", "DICOMRELAY"),
+        listen_host=d.get("listen_host", "127.0.0.1"),
+        listen_port=d.get("listen_port"),
+        allowed_calling=tuple(d.get("allowed_calling", ())),
+        routes=tuple(Route(**r) for r in d.get("routes", ())),
+        deliver_to=Pacs(**deliver) if deliver else None,
+        delivery_attempts=int(d.get("delivery_attempts", 5)),
+    )
