@@ -106,6 +106,9 @@ class Node:
                 self._tg.start_soon(_serve, listener, receiver.handle)
             if cfg.dicom is not None and cfg.dicom.listen_port is not None:
                 await self._start_dicom(cfg.dicom)
+            if cfg.dicom is not None and cfg.dicom.deliver_to is not None:
+                for study in await self.ledger.pending_deliveries():
+                    self._tg.start_soon(self._deliver_to_pacs, study, cfg.dicom)
             await self._resume()
             self._tg.start_soon(self._schedule)
             self._tg.start_soon(self._record_acks)
@@ -442,10 +445,15 @@ class Node:
     def _committed(self, study_instance_uid: str) -> None:
         dicom = self.config.dicom
         if dicom is not None and dicom.deliver_to is not None and self._tg is not None:
-            self._tg.start_soon(self._deliver_to_pacs, study_instance_uid, dicom)
+            self._tg.start_soon(self._queue_delivery, study_instance_uid, dicom)
+
+    async def _queue_delivery(self, study: str, dicom: DicomConfig) -> None:
+        await self.ledger.add_delivery(study)  # survives a restart until delivered
+        await self._deliver_to_pacs(study, dicom)
 
     async def _deliver_to_pacs(self, study: str, dicom: DicomConfig) -> None:
-        """C-STORE a committed study into the local PACS, retrying with backoff."""
+        """C-STORE a committed study into the local PACS, retrying with backoff;
+        the ledger says which deliveries a restarted node must pick up again."""
         pacs = dicom.deliver_to
         assert pacs is not None
         paths = [str(path) for _uid, path in await self.study(study)]
@@ -470,18 +478,21 @@ class Node:
                             failed += 1
                 if not failed:
                     detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
+                    await self.ledger.finish_delivery(study, delivered=True, error="")
                     await self.ledger.audit(self.config.org, "delivered", None, detail)
                     return
                 error = f"{failed} instances refused"
             except (AssociationError, OSError, TimeoutError, DicomrelayError) as e:
                 error = str(e)
-            delay = retry_delay(
-                attempt,
-                base=self.config.limits.backoff_base,
-                cap=self.config.limits.backoff_cap,
-                unit=self._random.random(),
-            )
-            await anyio.sleep(delay)
+            if attempt < dicom.delivery_attempts:
+                delay = retry_delay(
+                    attempt,
+                    base=self.config.limits.backoff_base,
+                    cap=self.config.limits.backoff_cap,
+                    unit=self._random.random(),
+                )
+                await anyio.sleep(delay)
+        await self.ledger.finish_delivery(study, delivered=False, error=error)
         await self.ledger.audit(
             self.config.org, "delivery-dead", None, f"{study} to {pacs.ae_title}: {error}"
         )

@@ -104,3 +104,54 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+async def test_pacs_delivery_survives_a_restart(orgs: Pki, tmp_path: Path) -> None:
+    """The PACS is down when the study is committed; the node stops while still
+    retrying, the PACS comes up, and the restarted node delivers the study."""
+    count = 5
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], count)
+    pacs_out = tmp_path / "pacs-b"
+    pacs_out.mkdir()
+    pacs_port = _free_port()
+    b_cfg = dataclasses.replace(
+        node_config(
+            "RX2",
+            tmp_path / "b",
+            identity=orgs.identity("RX2"),
+            peers=(Peer(code="RX1", host="127.0.0.1", port=1),),
+            listen_port=0,
+        ),
+        dicom=DicomConfig(
+            ae_title="RELAYB",
+            deliver_to=Pacs(ae_title="PACSB", host="127.0.0.1", port=pacs_port),
+            delivery_attempts=1000,
+        ),
+    )
+    with anyio.fail_after(120):
+        async with Node(b_cfg) as b:
+            assert b.port is not None
+            a_cfg = node_config(
+                "RX1",
+                tmp_path / "a",
+                identity=orgs.identity("RX1"),
+                peers=(Peer(code="RX2", host="127.0.0.1", port=b.port),),
+            )
+            async with Node(a_cfg) as a:
+                await (await a.send(study, to="RX2")).wait()
+            await anyio.sleep(0.3)  # a few failed delivery attempts
+            assert (await b.status()).get("deliveries_pending") == 1
+        pacs = subprocess.Popen(
+            [str(DCMTK / "storescp"), "-od", str(pacs_out), "-aet", "PACSB", str(pacs_port)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            async with Node(b_cfg) as b:
+                while (await b.status()).get("deliveries_done") != 1:
+                    await anyio.sleep(0.1)
+        finally:
+            pacs.terminate()
+            pacs.wait(timeout=10)
+    assert len(list(pacs_out.iterdir())) == count

@@ -90,6 +90,13 @@ CREATE TABLE IF NOT EXISTS store (
     committed REAL NOT NULL,
     PRIMARY KEY (study_uid, sop_uid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deliveries (
+    study_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    queued REAL NOT NULL,
+    finished REAL,
+    last_error TEXT
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -447,6 +454,37 @@ class SqliteLedger:
 
         return await self._run(get)
 
+    # Delivery into the local PACS.
+    async def add_delivery(self, study_instance_uid: str) -> None:
+        def add(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO deliveries (study_uid, state, queued) VALUES (?, 'pending', ?)"
+                " ON CONFLICT (study_uid) DO UPDATE SET state = 'pending', finished = NULL",
+                (study_instance_uid, time.time()),
+            )
+
+        await self._run(add)
+
+    async def pending_deliveries(self) -> list[str]:
+        def get(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT study_uid FROM deliveries WHERE state = 'pending' ORDER BY queued"
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(get)
+
+    async def finish_delivery(
+        self, study_instance_uid: str, *, delivered: bool, error: str
+    ) -> None:
+        def finish(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE deliveries SET state = ?, finished = ?, last_error = ? WHERE study_uid = ?",
+                ("done" if delivered else "dead", time.time(), error or None, study_instance_uid),
+            )
+
+        await self._run(finish)
+
     # Both sides.
     async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None:
         def add(db: sqlite3.Connection) -> None:
@@ -466,6 +504,8 @@ class SqliteLedger:
                 "SELECT count(*) FROM incoming WHERE committed IS NOT NULL"
             ).fetchone()[0]
             out["stored_instances"] = db.execute("SELECT count(*) FROM store").fetchone()[0]
+            for state, n in db.execute("SELECT state, count(*) FROM deliveries GROUP BY state"):
+                out[f"deliveries_{state}"] = n
             return out
 
         return await self._run(get)
