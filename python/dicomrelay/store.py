@@ -1,11 +1,13 @@
 """The blob store: instance files on disk, content-addressed by digest.
 
-Every write goes to ``incoming/`` first, is fsynced, then renamed to
-``blobs/<first two hex digits>/<digest>``; the caller fsyncs the touched
-directories (batched) before anything is acknowledged. A blob at its final name
-is therefore whole and verified. Which blobs make up a committed study is the
-ledger's business, not the file system's: that is what makes a study commit
-atomic.
+A blob is written in ``incoming/`` first, made durable, then renamed to
+``blobs/<first two hex digits>/<digest>``, and the rename made durable, before
+anything is acknowledged: a blob at its final name is whole and verified.
+Whole instances are written by the native ``DurableWriter`` (direct I/O, one
+filesystem commit per round); this module names the paths and handles large
+instances, which arrive as checkpointed partial files. Which blobs make up a
+committed study is the ledger's business, not the file system's: that is what
+makes a study commit atomic.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from dicomrelay._native import Hasher, Payload
+from dicomrelay._native import Hasher
 from dicomrelay.errors import DicomrelayError
 
 
@@ -39,8 +40,7 @@ class BlobStore:
         self.root = root
         self.blobs = root / "blobs"
         self.incoming = root / "incoming"
-        self.quarantine = root / "quarantine"
-        for d in (self.blobs, self.incoming, self.quarantine):
+        for d in (self.blobs, self.incoming):
             d.mkdir(parents=True, exist_ok=True)
         # Temporary files of writes a crash interrupted were never acknowledged:
         # nothing refers to them. (Partial files of large instances are kept:
@@ -60,36 +60,6 @@ class BlobStore:
             return self.path_of(digest).stat().st_size
         except FileNotFoundError:
             return None
-
-    def write(self, digest: str, data: bytes | memoryview | Payload) -> Path:
-        """Store a verified blob whole; returns the directory to fsync before acking.
-
-        Blocking: run in a worker thread.
-        """
-        final = self.path_of(digest)
-        if final.exists():
-            return final.parent
-        temp = self.incoming / f"{digest}.{uuid.uuid4().hex}.tmp"
-        try:
-            if isinstance(data, Payload):
-                data.write_new_file(temp)  # page-aligned: direct I/O, then fdatasync
-            else:
-                self._write_new(temp, memoryview(data))
-            return self._publish(temp, final)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise _storage_error(e, digest) from e
-
-    @staticmethod
-    def _write_new(path: Path, view: memoryview) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
 
     def _publish(self, temp: Path, final: Path) -> Path:
         try:
@@ -173,14 +143,6 @@ class BlobStore:
                 fsync_dir(d)
         except OSError as e:
             raise _storage_error(e, "directory") from e
-
-    def quarantine_bytes(self, name: str, data: bytes, reason: str) -> Path:
-        """Keep refused bytes, with the reason beside them, for an operator to inspect."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "unnamed"
-        path = self.quarantine / f"{safe}.{uuid.uuid4().hex[:8]}"
-        path.write_bytes(data)
-        path.with_suffix(path.suffix + ".reason").write_text(reason + "\n")
-        return path
 
 
 def _storage_error(e: OSError, what: str) -> StorageError:
