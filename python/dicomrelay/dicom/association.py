@@ -100,7 +100,7 @@ class Association:
         self.artim_running = False
         self.close_transport = False
         self._decoder = PduDecoder(max_pdu_length)
-        self._out = bytearray()
+        self._out: list[bytes] = []  # PDUs to send, joined only when there are several
         self._rq: AssociateRq | None = None
         self._reply: AssociateAc | AssociateRj | None = None
         self._pdata: bytes = b""
@@ -168,8 +168,10 @@ class Association:
         return self._take()
 
     def data_to_send(self) -> bytes:
-        out, self._out = bytes(self._out), bytearray()
-        return out
+        out, self._out = self._out, []
+        if len(out) == 1:
+            return out[0]  # a dataset's P-DATA is already one buffer: no copy
+        return b"".join(out)
 
     @property
     def established(self) -> bool:
@@ -190,7 +192,7 @@ class Association:
     def _send(
         self, pdu: AssociateRq | AssociateAc | AssociateRj | ReleaseRq | ReleaseRp | Abort
     ) -> None:
-        self._out += pdu.encode()
+        self._out.append(pdu.encode())
 
     def _indicate(self, indication: Indication) -> None:
         self._indications.append(indication)
@@ -249,7 +251,7 @@ class Association:
         return True
 
     def _dt1(self) -> bool:
-        self._out += self._pdata
+        self._out.append(self._pdata)
         return True
 
     def _dt2(self) -> bool:
