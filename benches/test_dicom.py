@@ -6,9 +6,7 @@ ratios, go to build-artifacts/dicom-ratios.json."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,35 +16,14 @@ from typing import Any
 
 import pytest
 
-import dicomrelay
+from benches.peers import DCMTK, ENV, free_port, listening
 
-DCMTK = Path("/usr/bin")
 REPORT = Path("build-artifacts/dicom-ratios.json")
 RESULTS: dict[str, float] = {}
-PACKAGE_ROOT = str(Path(dicomrelay.__file__).resolve().parent.parent)
-ENV = {**os.environ, "TCP_NODELAY": "1", "PYTHONPATH": PACKAGE_ROOT}
 
 pytestmark = pytest.mark.skipif(
     not (DCMTK / "storescp").exists(), reason="DCMTK is not installed (make deps)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 @pytest.fixture(params=["dcmtk-storescp", "dicomrelay-storescp"])
@@ -58,11 +35,8 @@ def scp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, i
     else:
         command = [sys.executable, "-m", "dicomrelay", "storescp", str(port), "-od", str(out)]
         command += ["-aet", "SCP", "--host", "127.0.0.1"]
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(port)
-    yield request.param, port, out
-    proc.terminate()
-    proc.wait(timeout=10)
+    with listening(command, port):
+        yield request.param, port, out
 
 
 @pytest.mark.parametrize("scu", ["dcmtk-storescu", "dicomrelay-storescu"])

@@ -11,9 +11,7 @@ few milliseconds). The ratios go to build-artifacts/transfer-ratios.json.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,22 +20,15 @@ from typing import Any
 
 import pytest
 
+from benches.peers import DCMTK, ENV, free_port, listening
 from dicomrelay.loadtest.run import LoadtestOptions, run_loadtest
 
-DCMTK = Path("/usr/bin")
 RESULTS: dict[str, float] = {}
 REPORT = Path("build-artifacts/transfer-ratios.json")
 
 pytestmark = pytest.mark.skipif(
     not (DCMTK / "storescp").exists(), reason="DCMTK is not installed (make deps)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -47,28 +38,11 @@ def study_dir(study_paths: list[Path]) -> Path:
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """DCMTK's storescp, writing files, with Nagle off as DCMTK needs on loopback."""
+    """DCMTK's storescp, writing files."""
     port, out = free_port(), tmp_path / "storescp"
     out.mkdir()
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    proc = subprocess.Popen(
-        [str(DCMTK / "storescp"), "-od", str(out), "-aet", "STORESCP", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    try:
+    with listening([str(DCMTK / "storescp"), "-od", str(out), "-aet", "STORESCP", str(port)], port):
         yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def record(name: str, images: int, seconds: float, extra: dict[str, Any]) -> None:
@@ -81,7 +55,6 @@ def test_dcmtk_storescu_storescp(
     benchmark: Any, study_dir: Path, storescp: tuple[int, Path]
 ) -> None:
     port, out = storescp
-    env = {**os.environ, "TCP_NODELAY": "1"}
     files = sorted(str(p) for p in study_dir.iterdir())
     command = [str(DCMTK / "storescu"), "-aec", "STORESCP", "127.0.0.1", str(port), *files]
 
@@ -89,7 +62,7 @@ def test_dcmtk_storescu_storescp(
         shutil.rmtree(out)
         out.mkdir()
         t0 = time.perf_counter()
-        subprocess.run(command, env=env, check=True, capture_output=True)
+        subprocess.run(command, env=ENV, check=True, capture_output=True)
         return time.perf_counter() - t0
 
     benchmark.group = "transfer-1000"

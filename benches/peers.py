@@ -1,0 +1,50 @@
+"""DICOM peers the benchmarks race: DCMTK's tools, ports, servers waited on."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import dicomrelay
+
+DCMTK = Path("/usr/bin")
+# Nagle off, as DCMTK needs on loopback; child processes import this tree's package.
+ENV = {
+    **os.environ,
+    "TCP_NODELAY": "1",
+    "PYTHONPATH": str(Path(dicomrelay.__file__).resolve().parent.parent),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def listening(command: Sequence[str], port: int) -> Iterator[None]:
+    """Run a server until the block ends; enter once it accepts connections."""
+    proc = subprocess.Popen(
+        list(command), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nothing listens on port {port}") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
