@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,16 +14,36 @@ import anyio
 import pytest
 
 from dicomrelay import scan_file, synth
-from dicomrelay.config import DicomConfig, Pacs, Peer, Route
+from dicomrelay.config import DicomConfig, NodeConfig, Pacs, Peer, Route
 from dicomrelay.node import Node
 
-from .helpers import Pki, node_config
+from .helpers import Pki, closed_port, node_config
 
 DCMTK = Path("/usr/bin")
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.skipif(not (DCMTK / "storescp").exists(), reason="DCMTK is not installed"),
 ]
+
+
+def delivering_node(
+    orgs: Pki, data_dir: Path, pacs_port: int, *, delivery_attempts: int = 5
+) -> NodeConfig:
+    """RX2, listening, delivering what it commits into the PACS "PACSB"."""
+    return dataclasses.replace(
+        node_config(
+            "RX2",
+            data_dir,
+            identity=orgs.identity("RX2"),
+            peers=(Peer(code="RX1", host="127.0.0.1", port=1),),
+            listen_port=0,
+        ),
+        dicom=DicomConfig(
+            ae_title="RELAYB",
+            deliver_to=Pacs(ae_title="PACSB", host="127.0.0.1", port=pacs_port),
+            delivery_attempts=delivery_attempts,
+        ),
+    )
 
 
 def dataset(path: Path) -> bytes:
@@ -36,7 +55,7 @@ async def test_dcmtk_to_node_a_to_node_b_to_dcmtk(orgs: Pki, tmp_path: Path) -> 
     study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], count)
     pacs_out = tmp_path / "pacs-b"
     pacs_out.mkdir()
-    pacs_port = _free_port()
+    pacs_port = closed_port()
     pacs = subprocess.Popen(
         [str(DCMTK / "storescp"), "-od", str(pacs_out), "-aet", "PACSB", "+B", str(pacs_port)],
         env={**os.environ, "TCP_NODELAY": "1"},
@@ -44,19 +63,7 @@ async def test_dcmtk_to_node_a_to_node_b_to_dcmtk(orgs: Pki, tmp_path: Path) -> 
         stderr=subprocess.DEVNULL,
     )
     try:
-        b_cfg = dataclasses.replace(
-            node_config(
-                "RX2",
-                tmp_path / "b",
-                identity=orgs.identity("RX2"),
-                peers=(Peer(code="RX1", host="127.0.0.1", port=1),),
-                listen_port=0,
-            ),
-            dicom=DicomConfig(
-                ae_title="RELAYB",
-                deliver_to=Pacs(ae_title="PACSB", host="127.0.0.1", port=pacs_port),
-            ),
-        )
+        b_cfg = delivering_node(orgs, tmp_path / "b", pacs_port)
         with anyio.fail_after(120):
             async with Node(b_cfg) as b:
                 assert b.port is not None
@@ -99,13 +106,6 @@ async def test_dcmtk_to_node_a_to_node_b_to_dcmtk(orgs: Pki, tmp_path: Path) -> 
         assert dataset(received[scan_file(source).sop_instance_uid]) == dataset(source)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_pacs_delivery_survives_a_restart(orgs: Pki, tmp_path: Path) -> None:
     """The PACS is down when the study is committed; the node stops while still
     retrying, the PACS comes up, and the restarted node delivers the study."""
@@ -113,21 +113,8 @@ async def test_pacs_delivery_survives_a_restart(orgs: Pki, tmp_path: Path) -> No
     study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], count)
     pacs_out = tmp_path / "pacs-b"
     pacs_out.mkdir()
-    pacs_port = _free_port()
-    b_cfg = dataclasses.replace(
-        node_config(
-            "RX2",
-            tmp_path / "b",
-            identity=orgs.identity("RX2"),
-            peers=(Peer(code="RX1", host="127.0.0.1", port=1),),
-            listen_port=0,
-        ),
-        dicom=DicomConfig(
-            ae_title="RELAYB",
-            deliver_to=Pacs(ae_title="PACSB", host="127.0.0.1", port=pacs_port),
-            delivery_attempts=1000,
-        ),
-    )
+    pacs_port = closed_port()
+    b_cfg = delivering_node(orgs, tmp_path / "b", pacs_port, delivery_attempts=1000)
     with anyio.fail_after(120):
         async with Node(b_cfg) as b:
             assert b.port is not None
