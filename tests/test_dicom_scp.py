@@ -4,11 +4,13 @@ keeps serving."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
@@ -132,3 +134,30 @@ def test_our_scu_is_refused_with_a_typed_error_when_rogue(scp: tuple[int, Path])
 
     with pytest.raises(AssociationError, match="rejected"):
         anyio.run(echo)
+
+
+def test_each_instance_recorded_with_its_digest(scp: tuple[int, Path], tmp_path: Path) -> None:
+    """Once storescu's release is answered, every instance is durable under its
+    name and in the received log with the digest of its file's bytes."""
+    port, out = scp
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 12)
+    calling = ["-aet", "STORESCU", "-aec", "RELAY", "127.0.0.1", str(port)]
+    assert dcmtk("storescu", *calling, "+sd", str(study)).returncode == 0
+    records = [orjson.loads(line) for line in (out / "received.jsonl").read_bytes().splitlines()]
+    assert len(records) == 12
+    for record in records:
+        path = out / record["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == record["digest"]
+        assert record["sop_instance_uid"] == scan_file(path).sop_instance_uid
+        assert record["calling_ae_title"] == "STORESCU"
+    assert not list((out / ".incoming").glob("*.dcm"))[8:], "only the spare files are left"
+
+
+def test_sync_each_instance(tmp_path: Path) -> None:
+    port, out = free_port(), tmp_path / "received"
+    command = dicomrelay_command("storescp", str(port), "-od", str(out), "-aet", "RELAY")
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 10)
+    with listening([*command, "--host", "127.0.0.1", "--sync-each"], port):
+        result = dcmtk("storescu", "-aec", "RELAY", "127.0.0.1", str(port), "+sd", str(study))
+        assert result.returncode == 0, result.stderr
+    assert len(stored(out)) == 10

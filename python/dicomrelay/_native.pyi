@@ -185,10 +185,17 @@ class StreamFile:
     """A new file written piece by piece (direct I/O where possible), digested on the way."""
 
     def __new__(
-        cls, path: str | os.PathLike[str], *, digest: _DigestName | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        digest: _DigestName | None = None,
+        direct: bool = True,
     ) -> StreamFile: ...
     def write(self, data: _Buffer) -> None: ...
     def finish(self, *, sync: bool = True) -> tuple[int, str | None]: ...
+
+def sync_filesystem(fd: int) -> None:
+    """syncfs(2) on an open descriptor; OSError for writeback errors since it opened."""
 
 @final
 class DurableWriter:

@@ -17,6 +17,7 @@ import anyio
 from dicomrelay import InstanceInfo, scan_many
 from dicomrelay.cli.scan_command import files_under
 from dicomrelay.dicom.dimse import Status
+from dicomrelay.dicom.received_log import RECEIVED_LOG, ReceivedLog
 from dicomrelay.dicom.scp import StoreScp
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
 
@@ -39,6 +40,12 @@ def register(sub: Any) -> None:
         "--allow", action="append", metavar="AE", help="accept only these calling AE titles"
     )
     scp.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    scp.add_argument(
+        "--sync-each",
+        action="store_true",
+        help="answer each C-STORE only once its instance is durable (default: each "
+        "association's release waits until all it stored is durable)",
+    )
     scp.set_defaults(run=run_scp)
 
 
@@ -132,6 +139,8 @@ def run_scp(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         quarantine_dir=args.output_dir / "quarantine",
         allowed_calling=frozenset(args.allow) if args.allow else None,
+        on_association_end=ReceivedLog(args.output_dir / RECEIVED_LOG).append,
+        sync_each_instance=args.sync_each,
     )
 
     def ready(port: int) -> None:

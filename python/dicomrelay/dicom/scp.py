@@ -2,10 +2,19 @@
 
 Each association is one task driving a sans-IO ``Association``. A C-STORE
 dataset is written to a temporary Part 10 file fragment by fragment as it
-arrives (never whole in memory), then scanned and digested; a sound instance is
-fsynced and renamed into the output folder and answered with Success, a
-malformed one goes to quarantine with its reason and is answered with an error
-status. Nothing a peer sends can stop the server.
+arrives (never whole in memory), digested on the way, then its header is
+checked against the command. A sound instance is answered with Success and
+handed to a group commit, which renames it into the output folder once it is
+durable; a malformed one goes to quarantine with its reason and is answered
+with an error status. Nothing a peer sends can stop the server.
+
+When is an instance safe? By default, before the A-RELEASE response: the
+association's release waits for every instance it stored to be durable, and is
+aborted instead if any was lost, so a sender that sees the release complete
+knows the whole association is on disk (and DICOM's storage commitment, not
+C-STORE success, is what promises more). ``sync_each_instance`` makes each
+C-STORE response wait for its own instance instead, at a cost in throughput on
+one association; concurrent associations still share the flushes.
 """
 
 from __future__ import annotations
@@ -18,10 +27,11 @@ import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import SocketAttribute, SocketStream
 
@@ -50,6 +60,7 @@ from dicomrelay.dicom.dimse import CEchoRq, CEchoRsp, CStoreRq, CStoreRsp, Statu
 from dicomrelay.dicom.messages import Message, MessageAssembler
 from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta
 from dicomrelay.errors import DicomParseError
+from dicomrelay.groupcommit import GroupCommit
 
 log = logging.getLogger("dicomrelay.scp")
 
@@ -78,12 +89,19 @@ class StoreScp:
     allowed_calling: frozenset[str] | None = None
     # Called when an association ends, with the instances it stored (routing
     # works study by study, and C-STORE says nothing of when a study is whole).
+    # Only durable instances are handed over.
     on_association_end: Callable[[list[StoredInstance]], Awaitable[None]] | None = None
     digest: DigestName | None = "sha256"
+    sync_each_instance: bool = False
+    commits: GroupCommit = field(init=False)
+    spares: SpareFiles = field(init=False)
 
     def __post_init__(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        object.__setattr__(self, "commits", GroupCommit(self.output_dir))
+        spares = SpareFiles(self.output_dir / ".incoming", self.digest)
+        object.__setattr__(self, "spares", spares)
 
     async def serve(
         self, host: str, port: int, *, ready: Callable[[int], None] | None = None
@@ -133,15 +151,61 @@ class StoreScp:
         )
 
 
+class SpareFiles:
+    """Temporary files made ahead of need, off an association's path: creating a
+    file can wait behind a journal commit for longer than receiving an image."""
+
+    def __init__(self, directory: Path, digest: DigestName | None, keep: int = 8) -> None:
+        self.directory = directory  # on the output folder's filesystem, for renames
+        self.digest: DigestName | None = digest
+        self.keep = keep
+        self._spare: list[tuple[Path, StreamFile]] = []
+        self._refilling = False
+        directory.mkdir(exist_ok=True)
+        for stale in directory.glob("*.dcm"):  # left by a crash, never made durable
+            stale.unlink(missing_ok=True)
+
+    def take(self) -> tuple[Path, StreamFile]:
+        """A new empty file (made now if none is ready). Raises OSError."""
+        if self._spare:
+            return self._spare.pop()
+        return self._create()
+
+    @property
+    def low(self) -> bool:
+        return not self._refilling and len(self._spare) < self.keep // 2
+
+    async def refill(self) -> None:
+        if self._refilling:
+            return
+        self._refilling = True
+        try:
+            while len(self._spare) < self.keep:
+                with anyio.CancelScope(shield=True):  # a file made is never dropped
+                    self._spare.append(await anyio.to_thread.run_sync(self._create))
+                await anyio.lowlevel.checkpoint()
+        except OSError:
+            pass  # take() will say why
+        finally:
+            self._refilling = False
+
+    def _create(self) -> tuple[Path, StreamFile]:
+        path = self.directory / f"{uuid.uuid4().hex}.dcm"
+        return path, StreamFile(path, digest=self.digest, direct=False)
+
+
 class _Incoming:
     """A C-STORE dataset being written to a temporary Part 10 file as it arrives
-    (direct I/O, digested on the way)."""
+    (through the page cache, for the group commit to flush; digested on the way)."""
 
     def __init__(self, scp: StoreScp, command: CStoreRq, syntax: str, calling: str) -> None:
         self.command = command
-        self.path = scp.output_dir / f".incoming-{uuid.uuid4().hex}.dcm"
-        self.file = StreamFile(self.path, digest=scp.digest)
         self.error: OSError | None = None
+        self.file: StreamFile | None
+        try:
+            self.path, self.file = scp.spares.take()
+        except OSError as e:
+            self.path, self.file, self.error = Path(os.devnull), None, e
         self.write(
             file_meta(
                 sop_class_uid=command.sop_class_uid,
@@ -152,42 +216,27 @@ class _Incoming:
         )
 
     def write(self, data: bytes) -> None:
-        if self.error is None:
+        if self.file is not None and self.error is None:
             try:
                 self.file.write(data)
             except OSError as e:
                 self.error = e
 
     def finish(self) -> str | None:
-        """Write the rest (not yet durable: see ``_keep``); returns the digest.
-        Raises OSError."""
+        """Write the rest (not yet durable); returns the digest. Raises OSError."""
         if self.error is not None:
             raise self.error
+        assert self.file is not None
         _, digest = self.file.finish(sync=False)
         return digest
 
     def discard(self) -> None:
+        if self.file is None:
+            return
         with contextlib.suppress(OSError, ValueError):
             self.file.finish(sync=False)
         with contextlib.suppress(OSError):
             self.path.unlink()
-
-
-def _keep(path: Path) -> None:
-    """Make a renamed file durable: its data and the rename. The file's
-    fdatasync, after the rename, commits the journal that holds both; the
-    directory's fsync then finds nothing left to do (on ext4, XFS), but is
-    what POSIX asks for."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Session:
@@ -200,32 +249,54 @@ class _Session:
         self.peer_max_pdu = MAX_PDU
         self.rq: AssociateRq | None = None
         self.incoming: _Incoming | None = None
-        self.stored: list[StoredInstance] = []
+        self.stored: list[tuple[int, StoredInstance]] = []  # with their commit tickets
+        self.background: anyio.abc.TaskGroup | None = None
 
     async def run(self) -> None:
-        self.association.incoming_connection()
         try:
-            while not self.association.close_transport:
-                with anyio.move_on_after(
-                    ARTIM_SECONDS if self.association.artim_running else None
-                ) as t:
-                    try:
-                        data = await self.stream.receive(1 << 20)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        self.association.transport_closed()
-                        return
-                if t.cancelled_caught:
-                    self.association.artim_expired()
-                    continue
-                for indication in self.association.receive(data):
-                    await self._indication(indication)
-                await self._flush()
+            async with anyio.create_task_group() as self.background:
+                await self._serve()
+                self.background.cancel_scope.cancel()
         finally:
             if self.incoming is not None:
                 self.incoming.discard()
-            if self.stored and self.scp.on_association_end is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.scp.on_association_end(self.stored)
+            with anyio.CancelScope(shield=True):
+                durable = await self._settle()
+                if durable and self.scp.on_association_end is not None:
+                    await self.scp.on_association_end(durable)
+
+    async def _settle(self) -> list[StoredInstance]:
+        """Wait for every instance this association stored to be durable; the
+        ones that are (the others are logged and forgotten: their files are gone)."""
+        durable = []
+        for ticket, instance in self.stored:
+            try:
+                await self.scp.commits.wait(ticket)
+            except OSError as e:
+                log.error("lost %s after answering Success: %s", instance.path.name, e)
+                continue
+            durable.append(instance)
+        self.stored = [(0, i) for i in durable]  # settled: ticket 0 is always durable
+        return durable
+
+    async def _serve(self) -> None:
+        self.association.incoming_connection()
+        while not self.association.close_transport:
+            try:
+                if self.association.artim_running:
+                    with anyio.move_on_after(ARTIM_SECONDS) as t:
+                        data = await self.stream.receive(1 << 20)
+                    if t.cancelled_caught:
+                        self.association.artim_expired()
+                        continue
+                else:
+                    data = await self.stream.receive(1 << 20)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                self.association.transport_closed()
+                return
+            for indication in self.association.receive(data):
+                await self._indication(indication)
+            await self._flush()
 
     async def _flush(self) -> None:
         data = self.association.data_to_send()
@@ -261,7 +332,12 @@ class _Session:
                 if message is not None:
                     await self._message(message)
         elif isinstance(indication, ReleaseRequested):
-            self.association.release_response()
+            # The release promises the peer that everything it stored is safe.
+            stored = len(self.stored)
+            if len(await self._settle()) == stored:
+                self.association.release_response()
+            else:
+                self.association.abort()
         elif isinstance(indication, Aborted | Released):
             pass
 
@@ -274,6 +350,8 @@ class _Session:
             self.incoming = _Incoming(
                 self.scp, pending.command, self.contexts[context_id], self.rq.calling_ae_title
             )
+            if self.background is not None and self.scp.spares.low:
+                self.background.start_soon(self.scp.spares.refill)
         self.incoming.write(data)
 
     async def _respond(self, context_id: int, response: CEchoRsp | CStoreRsp) -> None:
@@ -294,7 +372,11 @@ class _Session:
         if incoming is None:  # an empty dataset: nothing to keep
             status, comment = Status.CANNOT_UNDERSTAND, "empty dataset"
         else:
-            status, comment = await anyio.to_thread.run_sync(self._finish, incoming)
+            # Inline: what is left to write and the header scan take less
+            # than a hand-over to a thread would.
+            status, comment, kept = self._check(incoming)
+            if kept is not None:
+                status, comment = await self._commit(incoming, kept)
         await self._respond(
             message.context_id,
             CStoreRsp(
@@ -306,47 +388,54 @@ class _Session:
             ),
         )
 
-    def _finish(self, incoming: _Incoming) -> tuple[int, str | None]:
-        """Close, check, and keep the instance (blocking: a worker thread)."""
+    async def _commit(
+        self, incoming: _Incoming, instance: StoredInstance
+    ) -> tuple[int, str | None]:
+        ticket = self.scp.commits.add(incoming.path, instance.path)
+        if self.scp.sync_each_instance:
+            try:
+                await self.scp.commits.wait(ticket)
+            except OSError as e:
+                return Status.OUT_OF_RESOURCES, str(e)[:64]
+            self.stored.append((0, instance))
+        else:
+            self.stored.append((ticket, instance))
+            if self.background is not None and not self.scp.commits.flushing:
+                self.background.start_soon(self.scp.commits.flush)  # let the disk start
+        return Status.SUCCESS, None
+
+    def _check(self, incoming: _Incoming) -> tuple[int, str | None, StoredInstance | None]:
+        """Close and check the instance: the one to keep, or the status that
+        refuses it."""
         command = incoming.command
         try:
             digest = incoming.finish()
         except OSError as e:
             incoming.discard()
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-            return Status.OUT_OF_RESOURCES, "out of storage" if full else str(e)[:64]
+            return Status.OUT_OF_RESOURCES, "out of storage" if full else str(e)[:64], None
         try:
             info = scan_file(incoming.path)  # the header only: the digest is already made
         except DicomParseError as e:
             self._quarantine(incoming.path, f"malformed dataset: {e}")
-            return Status.CANNOT_UNDERSTAND, str(e)[:64]
+            return Status.CANNOT_UNDERSTAND, str(e)[:64], None
         if info.sop_instance_uid != command.sop_instance_uid or not _SAFE_UID.match(
             command.sop_instance_uid
         ):
             self._quarantine(incoming.path, "SOP Instance UID differs from the command's")
-            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch"
+            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch", None
         if info.sop_class_uid not in (None, command.sop_class_uid):
             self._quarantine(incoming.path, "SOP Class UID differs from the command's")
-            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID mismatch"
-        final = self.scp.output_dir / f"{command.sop_instance_uid}.dcm"
-        try:
-            os.replace(incoming.path, final)
-            _keep(final)
-        except OSError as e:
-            incoming.discard()
-            final.unlink(missing_ok=True)
-            return Status.OUT_OF_RESOURCES, str(e)[:64]
+            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID mismatch", None
         assert self.rq is not None
-        self.stored.append(
-            StoredInstance(
-                path=final,
-                info=info,
-                digest=digest,
-                calling_ae_title=self.rq.calling_ae_title,
-                called_ae_title=self.rq.called_ae_title,
-            )
+        kept = StoredInstance(
+            path=self.scp.output_dir / f"{command.sop_instance_uid}.dcm",
+            info=info,
+            digest=digest,
+            calling_ae_title=self.rq.calling_ae_title,
+            called_ae_title=self.rq.called_ae_title,
         )
-        return Status.SUCCESS, None
+        return Status.SUCCESS, None, kept
 
     def _quarantine(self, path: Path, reason: str) -> None:
         target = self.scp.quarantine_dir / path.name.lstrip(".")

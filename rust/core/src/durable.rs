@@ -50,8 +50,15 @@ fn write_direct(path: &Path, padded: &[u8], len: usize, sync: bool) -> io::Resul
 /// writeback errors of the filesystem here, so an error means data may be lost.
 pub fn sync_filesystem(path: &Path) -> io::Result<()> {
     let dir = File::open(path)?;
-    // SAFETY: syncfs takes a valid open descriptor, which `dir` holds for the call.
-    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+    sync_filesystem_of(&dir)
+}
+
+/// syncfs(2) on an open file. Linux reports a writeback error to each open
+/// file once, and only errors after it was opened: hold the file open from
+/// before the data is written to learn of every error in between.
+pub fn sync_filesystem_of(file: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    // SAFETY: syncfs takes a descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
     if rc == 0 {
         Ok(())
     } else {
@@ -176,6 +183,9 @@ impl Drop for DurableWriter {
 
 fn commit_rounds(root: &Path, shared: &Shared, notify: impl Fn()) {
     use std::sync::atomic::Ordering;
+    // Opened once, before any blob is written, so that every writeback error
+    // from then on reaches a round's syncfs.
+    let root_dir = File::open(root);
     loop {
         let batch = {
             let Ok(mut written) = shared.written.lock() else {
@@ -192,7 +202,7 @@ fn commit_rounds(root: &Path, shared: &Shared, notify: impl Fn()) {
             }
             std::mem::take(&mut *written)
         };
-        let done = commit_round(root, batch);
+        let done = commit_round(&root_dir, batch);
         if let Ok(mut d) = shared.done.lock() {
             d.extend(done);
         }
@@ -202,12 +212,12 @@ fn commit_rounds(root: &Path, shared: &Shared, notify: impl Fn()) {
 
 /// One round: a filesystem commit for the new files, their renames, a commit
 /// of the renames. A failure of either commit fails every job of the round.
-fn commit_round(root: &Path, batch: Vec<(Job, io::Result<bool>)>) -> Vec<Done> {
+fn commit_round(root: &io::Result<File>, batch: Vec<(Job, io::Result<bool>)>) -> Vec<Done> {
     let any_new = batch.iter().any(|(_, r)| matches!(r, Ok(true)));
-    let synced = if any_new {
-        sync_filesystem(root)
-    } else {
-        Ok(())
+    let synced = match root {
+        _ if !any_new => Ok(()),
+        Ok(dir) => sync_filesystem_of(dir),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
     };
     let mut done = Vec::with_capacity(batch.len());
     let mut dirs: Vec<&Path> = Vec::new();
@@ -255,42 +265,53 @@ fn publish(temp: &Path, final_path: &Path) -> io::Result<()> {
     }
 }
 
-/// A new file written as a stream, through a page-aligned buffer with direct
-/// I/O where the filesystem allows, and digested on the way: for data that
-/// arrives in pieces (a DICOM dataset over the network) and must not be held
-/// whole in memory, nor pass through the page cache.
+/// A new file written as a stream through a page-aligned buffer, and digested
+/// on the way: for data that arrives in pieces (a DICOM dataset over the
+/// network) and must not be held whole in memory. With `direct`, it bypasses
+/// the page cache where the filesystem allows (each full buffer then waits for
+/// the device); without, it is left for a later group commit to flush.
 pub struct StreamFile {
     file: File,
-    buf: AlignedBytes,
+    /// Staging for direct I/O, which writes whole aligned pages; None when the
+    /// page cache takes the pieces as they come.
+    buf: Option<AlignedBytes>,
     filled: usize,
     written: u64,
-    direct: bool,
     hasher: Option<crate::digest::Hasher>,
 }
 
 const STREAM_BUFFER: usize = 1 << 20;
 
 impl StreamFile {
-    pub fn create(path: &Path, digest: Option<crate::DigestAlgorithm>) -> io::Result<StreamFile> {
-        let direct = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path);
-        let (file, direct) = match direct {
-            Ok(file) => (file, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
-                OpenOptions::new().write(true).create_new(true).open(path)?,
-                false,
-            ),
-            Err(e) => return Err(e),
+    pub fn create(
+        path: &Path,
+        digest: Option<crate::DigestAlgorithm>,
+        direct: bool,
+    ) -> io::Result<StreamFile> {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        let direct_file = if direct {
+            match options.clone().custom_flags(libc::O_DIRECT).open(path) {
+                Ok(file) => Some(file),
+                // The filesystem refuses direct I/O (tmpfs): go through the cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let buf = direct_file
+            .is_some()
+            .then(|| AlignedBytes::zeroed(STREAM_BUFFER));
+        let file = match direct_file {
+            Some(file) => file,
+            None => options.open(path)?,
         };
         Ok(StreamFile {
             file,
-            buf: AlignedBytes::zeroed(STREAM_BUFFER),
+            buf,
             filled: 0,
             written: 0,
-            direct,
             hasher: digest.map(|d| d.hasher()),
         })
     }
@@ -299,14 +320,19 @@ impl StreamFile {
         if let Some(h) = self.hasher.as_mut() {
             h.update(data);
         }
+        let Some(buf) = self.buf.as_mut() else {
+            self.file.write_all(data)?;
+            self.written += data.len() as u64;
+            return Ok(());
+        };
         while !data.is_empty() {
             let room = STREAM_BUFFER - self.filled;
             let n = room.min(data.len());
-            self.buf.as_mut_slice()[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            buf.as_mut_slice()[self.filled..self.filled + n].copy_from_slice(&data[..n]);
             self.filled += n;
             data = &data[n..];
             if self.filled == STREAM_BUFFER {
-                self.file.write_all(self.buf.as_slice())?;
+                self.file.write_all(buf.as_slice())?;
                 self.written += STREAM_BUFFER as u64;
                 self.filled = 0;
             }
@@ -318,17 +344,13 @@ impl StreamFile {
     /// fdatasync it. Returns the length and the digest, if one was asked for.
     pub fn finish(mut self, sync: bool) -> io::Result<(u64, Option<String>)> {
         let length = self.written + self.filled as u64;
-        if self.filled > 0 {
-            if self.direct {
-                // Direct I/O writes whole pages: pad with zeros, then cut back.
-                let padded = self.filled.div_ceil(crate::aligned::PAGE) * crate::aligned::PAGE;
-                self.buf.as_mut_slice()[self.filled..padded].fill(0);
-                self.file.write_all(&self.buf.as_slice()[..padded])?;
-            } else {
-                self.file.write_all(&self.buf.as_slice()[..self.filled])?;
-            }
+        if let Some(buf) = self.buf.as_mut().filter(|_| self.filled > 0) {
+            // Direct I/O writes whole pages: pad with zeros, then cut back.
+            let padded = self.filled.div_ceil(crate::aligned::PAGE) * crate::aligned::PAGE;
+            buf.as_mut_slice()[self.filled..padded].fill(0);
+            self.file.write_all(&buf.as_slice()[..padded])?;
+            self.file.set_len(length)?;
         }
-        self.file.set_len(length)?;
         if sync {
             self.file.sync_data()?;
         }
@@ -370,12 +392,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dicomrelay-stream-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
-        for (n, piece) in [1usize, 4095, 65_536, 1 << 20, 3_000_001]
-            .into_iter()
+        let pieces = [1usize, 4095, 65_536, 1 << 20, 3_000_001];
+        for (n, (piece, direct)) in pieces
+            .iter()
+            .flat_map(|&p| [(p, true), (p, false)])
             .enumerate()
         {
             let path = dir.join(format!("s{n}"));
-            let mut f = StreamFile::create(&path, Some(crate::DigestAlgorithm::Sha256)).unwrap();
+            let algorithm = Some(crate::DigestAlgorithm::Sha256);
+            let mut f = StreamFile::create(&path, algorithm, direct).unwrap();
             for chunk in data.chunks(piece) {
                 f.write(chunk).unwrap();
             }

@@ -204,6 +204,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buf::Payload>()?;
     m.add_class::<writer::DurableWriter>()?;
     m.add_class::<writer::StreamFile>()?;
+    m.add_function(wrap_pyfunction!(writer::sync_filesystem, m)?)?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;

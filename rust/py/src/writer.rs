@@ -121,12 +121,14 @@ fn os_error(e: std::io::Error, path: &std::path::Path) -> PyErr {
 
 #[pymethods]
 impl StreamFile {
-    /// Create `path` (it must not exist); `digest`: "sha256", "blake3" or None.
+    /// Create `path` (it must not exist); `digest`: "sha256", "blake3" or None;
+    /// `direct`: bypass the page cache (else a later `sync_filesystem` flushes it).
     #[new]
-    #[pyo3(signature = (path, *, digest=None))]
-    fn new(path: PathBuf, digest: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (path, *, digest=None, direct=true))]
+    fn new(path: PathBuf, digest: Option<&str>, direct: bool) -> PyResult<Self> {
         let algorithm = digest.map(crate::channel::algorithm).transpose()?;
-        let inner = CoreStreamFile::create(&path, algorithm).map_err(|e| os_error(e, &path))?;
+        let inner =
+            CoreStreamFile::create(&path, algorithm, direct).map_err(|e| os_error(e, &path))?;
         Ok(StreamFile {
             inner: Some(inner),
             path,
@@ -156,4 +158,18 @@ impl StreamFile {
         py.detach(|| inner.finish(sync))
             .map_err(|e| os_error(e, path))
     }
+}
+
+/// syncfs(2) on the open descriptor `fd`: one flush for a whole group of
+/// files. Raises OSError for any writeback error since `fd` was opened (each
+/// is reported once): then some of that data may be lost.
+#[pyfunction]
+pub fn sync_filesystem(py: Python<'_>, fd: i32) -> PyResult<()> {
+    // SAFETY: the caller's descriptor stays open for the call; BorrowedFd does not close it.
+    let file = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    py.detach(|| dicomrelay_core::durable::sync_filesystem_of(&file))
+        .map_err(|e| match e.raw_os_error() {
+            Some(errno) => PyOSError::new_err((errno, e.to_string())),
+            None => PyOSError::new_err(e.to_string()),
+        })
 }

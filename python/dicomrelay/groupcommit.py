@@ -1,0 +1,106 @@
+"""Files made durable and published in groups: one syncfs covers every file
+written before it began, so a thousand small files cost a few flushes, not a
+thousand.
+
+A writer hands over each finished temporary file with the name it must end up
+under (``add`` returns a ticket). A file is renamed to that name only once a
+flush has made its data durable, and counts as durable once a later flush has
+made the rename durable too: after a crash, a file under its final name is
+always whole. Waiters share the flushes; ``flush`` started while data arrives
+lets the disk write back the group so far, so that a waiter seldom waits long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from dicomrelay._native import sync_filesystem
+
+
+class GroupCommit:
+    def __init__(self, directory: Path) -> None:
+        # Opened before any file is written: the kernel reports to this
+        # descriptor every writeback error after it was opened, none before.
+        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        self._added = 0  # tickets handed out
+        self._renamed = 0  # tickets up to here are renamed (or failed)
+        self._durable = 0  # tickets up to here are durable under their names (or failed)
+        self._files: dict[int, tuple[Path, Path]] = {}  # ticket -> (temp, final), not yet renamed
+        self._failed: dict[int, OSError] = {}
+        self._flushed: anyio.Event | None = None  # set when the running flush ends
+
+    def add(self, temp: Path, final: Path) -> int:
+        """``temp`` is written and closed; it is to become ``final``."""
+        self._added += 1
+        self._files[self._added] = (temp, final)
+        return self._added
+
+    @property
+    def flushing(self) -> bool:
+        return self._flushed is not None
+
+    @property
+    def pending(self) -> int:
+        return self._added - self._durable
+
+    async def wait(self, ticket: int) -> None:
+        """Return once ``ticket``'s file is durable under its final name. Raises
+        the OSError that lost it, if a flush failed (nothing is then left under
+        the final name)."""
+        while ticket not in self._failed and self._durable < ticket:
+            if self._flushed is not None:
+                await self._flushed.wait()
+            else:
+                await self.flush()
+        error = self._failed.pop(ticket, None)
+        if error is not None:
+            raise error
+
+    async def flush(self) -> None:
+        """One flush of everything added so far, unless one is running."""
+        if self._flushed is not None or not self.pending:
+            return
+        self._flushed = anyio.Event()
+        renamed_before, target = self._renamed, self._added
+        files = [(t, *self._files.pop(t)) for t in range(renamed_before + 1, target + 1)]
+        synced, failed = False, dict[int, OSError]()
+        try:
+            with anyio.CancelScope(shield=True):
+                synced, failed = await anyio.to_thread.run_sync(self._sync_then_rename, files)
+        finally:
+            self._failed.update(failed)
+            if synced:  # the renames done before this flush began are durable now
+                self._durable = renamed_before
+            self._renamed = target
+            flushed, self._flushed = self._flushed, None
+            flushed.set()
+
+    def _sync_then_rename(
+        self, files: list[tuple[int, Path, Path]]
+    ) -> tuple[bool, dict[int, OSError]]:
+        try:
+            sync_filesystem(self._fd)
+        except OSError as e:
+            # Some written data may not have reached the disk: none of this
+            # group is published. (Earlier renames wait for the next flush.)
+            for _, temp, _ in files:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+            return False, {ticket: e for ticket, _, _ in files}
+        failed: dict[int, OSError] = {}
+        for ticket, temp, final in files:
+            try:
+                os.replace(temp, final)
+            except OSError as e:
+                failed[ticket] = e
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+        return True, failed
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -1,0 +1,77 @@
+"""Group commit: a file appears under its final name only once its data is
+durable, waiters share flushes, and a file that cannot be published says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dicomrelay.groupcommit import GroupCommit
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def temp_file(directory: Path, name: str, data: bytes) -> Path:
+    path = directory / f".{name}"
+    path.write_bytes(data)
+    return path
+
+
+async def test_published_only_once_durable(tmp_path: Path) -> None:
+    commits = GroupCommit(tmp_path)
+    tickets = [
+        commits.add(temp_file(tmp_path, f"f{i}", bytes([i]) * 100), tmp_path / f"f{i}")
+        for i in range(20)
+    ]
+    assert not list(tmp_path.glob("f*")), "nothing under a final name before a flush"
+    assert commits.pending == 20
+    await commits.wait(tickets[-1])
+    assert commits.pending == 0
+    for i in range(20):
+        assert (tmp_path / f"f{i}").read_bytes() == bytes([i]) * 100
+    assert not list(tmp_path.glob(".f*"))
+    commits.close()
+
+
+async def test_waiters_share_flushes(tmp_path: Path) -> None:
+    commits = GroupCommit(tmp_path)
+    flushes = 0
+    real_flush = commits.flush
+
+    async def counted() -> None:
+        nonlocal flushes
+        if not commits.flushing and commits.pending:
+            flushes += 1
+        await real_flush()
+
+    commits.flush = counted  # type: ignore[method-assign]
+    tickets = [
+        commits.add(temp_file(tmp_path, f"g{i}", b"x"), tmp_path / f"g{i}") for i in range(50)
+    ]
+    async with anyio.create_task_group() as tg:
+        for t in tickets:
+            tg.start_soon(commits.wait, t)
+    # One flush makes the data durable and publishes; a second makes the renames durable.
+    assert flushes == 2
+    assert len(list(tmp_path.glob("g*"))) == 50
+    commits.close()
+
+
+async def test_a_file_that_cannot_be_published_raises(tmp_path: Path) -> None:
+    commits = GroupCommit(tmp_path)
+    good = commits.add(temp_file(tmp_path, "good", b"g"), tmp_path / "good")
+    bad_temp = temp_file(tmp_path, "bad", b"b")
+    bad = commits.add(bad_temp, tmp_path / "no-such-folder" / "bad")
+    with pytest.raises(FileNotFoundError):
+        await commits.wait(bad)
+    await commits.wait(good)
+    assert (tmp_path / "good").read_bytes() == b"g"
+    assert not bad_temp.exists(), "the unpublished file is not left behind"
+    commits.close()
