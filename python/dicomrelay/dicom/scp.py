@@ -424,6 +424,9 @@ class _Session:
         ):
             self._quarantine(incoming.path, "SOP Instance UID differs from the command's")
             return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch", None
+        if not info.study_instance_uid:  # type 1 in every composite IOD; routing needs it
+            self._quarantine(incoming.path, "no Study Instance UID")
+            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "no Study Instance UID", None
         if info.sop_class_uid not in (None, command.sop_class_uid):
             self._quarantine(incoming.path, "SOP Class UID differs from the command's")
             return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID mismatch", None

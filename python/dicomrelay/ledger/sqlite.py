@@ -430,10 +430,15 @@ class SqliteLedger:
             ).fetchone()
             if row is not None and row[0] is not None:
                 return bytes(row[0])
+            # A version committed later replaces the one held (a corrected
+            # instance re-sent under its UID): the store is what the receipt names.
             db.execute(
-                "INSERT OR IGNORE INTO store (study_uid, sop_uid, digest, size, sender,"
+                "INSERT INTO store (study_uid, sop_uid, digest, size, sender,"
                 " transfer_id, committed) SELECT ?, sop_uid, digest, size, sender, transfer_id, ?"
-                " FROM incoming_instances WHERE sender = ? AND transfer_id = ?",
+                " FROM incoming_instances WHERE sender = ? AND transfer_id = ?"
+                " ON CONFLICT (study_uid, sop_uid) DO UPDATE SET digest = excluded.digest,"
+                " size = excluded.size, sender = excluded.sender,"
+                " transfer_id = excluded.transfer_id, committed = excluded.committed",
                 (study_instance_uid, committed, sender, transfer_id),
             )
             db.execute(
