@@ -103,3 +103,20 @@ async def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
         await ledger.add_outgoing(transfer(), instances())
     assert len(await ledger.pending_instances(TID)) == 3
     await ledger.close()
+
+
+async def test_a_delivery_asked_for_again_stays_due(tmp_path: Path) -> None:
+    """A delivery that finishes after the study was asked for again (a newer
+    version committed meanwhile) does not close the newer request."""
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    first = await ledger.add_delivery("1.2.3")
+    second = await ledger.add_delivery("1.2.3")
+    assert second > first
+    await ledger.finish_delivery("1.2.3", requested=first, delivered=True, error="")
+    assert await ledger.pending_deliveries() == [("1.2.3", second)]
+    await ledger.finish_delivery("1.2.3", requested=second, delivered=True, error="")
+    assert await ledger.pending_deliveries() == []
+    await ledger.close()
+    reopened = SqliteLedger(tmp_path / "ledger.sqlite")
+    assert await reopened.pending_deliveries() == []
+    await reopened.close()

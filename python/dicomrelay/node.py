@@ -72,6 +72,7 @@ class Node:
         self._acks: dict[str, list[int]] = defaultdict(list)
         self._acks_ready = anyio.Event()
         self._random = random.Random()
+        self._deliveries: dict[str, anyio.Lock] = {}  # a lock per study being delivered
         self.port: int | None = None
         self.dicom_port: int | None = None
 
@@ -107,8 +108,8 @@ class Node:
             if cfg.dicom is not None and cfg.dicom.listen_port is not None:
                 await self._start_dicom(cfg.dicom)
             if cfg.dicom is not None and cfg.dicom.deliver_to is not None:
-                for study in await self.ledger.pending_deliveries():
-                    self._tg.start_soon(self._deliver_to_pacs, study, cfg.dicom)
+                for study, requested in await self.ledger.pending_deliveries():
+                    self._tg.start_soon(self._deliver_to_pacs, study, requested, cfg.dicom)
             await self._resume()
             self._tg.start_soon(self._schedule)
             self._tg.start_soon(self._record_acks)
@@ -448,12 +449,23 @@ class Node:
             self._tg.start_soon(self._queue_delivery, study_instance_uid, dicom)
 
     async def _queue_delivery(self, study: str, dicom: DicomConfig) -> None:
-        await self.ledger.add_delivery(study)  # survives a restart until delivered
-        await self._deliver_to_pacs(study, dicom)
+        requested = await self.ledger.add_delivery(study)  # survives a restart until done
+        await self._deliver_to_pacs(study, requested, dicom)
 
-    async def _deliver_to_pacs(self, study: str, dicom: DicomConfig) -> None:
+    async def _deliver_to_pacs(self, study: str, requested: float, dicom: DicomConfig) -> None:
         """C-STORE a committed study into the local PACS, retrying with backoff;
-        the ledger says which deliveries a restarted node must pick up again."""
+        the ledger says which deliveries a restarted node must pick up again.
+        Deliveries of one study go one after another, each of what the study
+        holds when it starts, so the PACS ends with the latest versions."""
+        lock = self._deliveries.setdefault(study, anyio.Lock())
+        try:
+            async with lock:
+                await self._deliver_study(study, requested, dicom)
+        finally:
+            if not lock.statistics().tasks_waiting and not lock.locked():
+                self._deliveries.pop(study, None)
+
+    async def _deliver_study(self, study: str, requested: float, dicom: DicomConfig) -> None:
         pacs = dicom.deliver_to
         assert pacs is not None
         paths = [str(path) for _uid, path in await self.study(study)]
@@ -478,7 +490,9 @@ class Node:
                             failed += 1
                 if not failed:
                     detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
-                    await self.ledger.finish_delivery(study, delivered=True, error="")
+                    await self.ledger.finish_delivery(
+                        study, requested=requested, delivered=True, error=""
+                    )
                     await self.ledger.audit(self.config.org, "delivered", None, detail)
                     return
                 error = f"{failed} instances refused"
@@ -492,7 +506,7 @@ class Node:
                     unit=self._random.random(),
                 )
                 await anyio.sleep(delay)
-        await self.ledger.finish_delivery(study, delivered=False, error=error)
+        await self.ledger.finish_delivery(study, requested=requested, delivered=False, error=error)
         await self.ledger.audit(
             self.config.org, "delivery-dead", None, f"{study} to {pacs.ae_title}: {error}"
         )

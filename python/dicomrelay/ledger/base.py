@@ -126,12 +126,19 @@ class Ledger(Protocol):
         ...
 
     # Delivery of committed studies into the local PACS.
-    async def add_delivery(self, study_instance_uid: str) -> None: ...
-    async def pending_deliveries(self) -> list[str]: ...
+    async def add_delivery(self, study_instance_uid: str) -> float:
+        """Ask for the study to be delivered (again); returns the request's stamp."""
+        ...
+
+    async def pending_deliveries(self) -> list[tuple[str, float]]:
+        """Studies still to deliver, with their latest requests' stamps."""
+        ...
+
     async def finish_delivery(
-        self, study_instance_uid: str, *, delivered: bool, error: str
+        self, study_instance_uid: str, *, requested: float, delivered: bool, error: str
     ) -> None:
-        """Done, or (``delivered`` false) a dead letter with its last error."""
+        """Done, or (``delivered`` false) a dead letter with its last error; unless
+        the study was asked for again after ``requested``, which is then still due."""
         ...
 
     # Both sides.

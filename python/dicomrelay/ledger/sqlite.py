@@ -460,32 +460,42 @@ class SqliteLedger:
         return await self._run(get)
 
     # Delivery into the local PACS.
-    async def add_delivery(self, study_instance_uid: str) -> None:
-        def add(db: sqlite3.Connection) -> None:
-            db.execute(
+    async def add_delivery(self, study_instance_uid: str) -> float:
+        def add(db: sqlite3.Connection) -> float:
+            # Stamps only increase, so a finished delivery can tell a later request.
+            row = db.execute(
                 "INSERT INTO deliveries (study_uid, state, queued) VALUES (?, 'pending', ?)"
-                " ON CONFLICT (study_uid) DO UPDATE SET state = 'pending', finished = NULL",
+                " ON CONFLICT (study_uid) DO UPDATE SET state = 'pending', finished = NULL,"
+                " queued = max(excluded.queued, deliveries.queued + 1e-6) RETURNING queued",
                 (study_instance_uid, time.time()),
-            )
+            ).fetchone()
+            return float(row[0])
 
-        await self._run(add)
+        return await self._run(add)
 
-    async def pending_deliveries(self) -> list[str]:
-        def get(db: sqlite3.Connection) -> list[str]:
+    async def pending_deliveries(self) -> list[tuple[str, float]]:
+        def get(db: sqlite3.Connection) -> list[tuple[str, float]]:
             rows = db.execute(
-                "SELECT study_uid FROM deliveries WHERE state = 'pending' ORDER BY queued"
+                "SELECT study_uid, queued FROM deliveries WHERE state = 'pending' ORDER BY queued"
             )
-            return [r[0] for r in rows]
+            return [(r[0], float(r[1])) for r in rows]
 
         return await self._run(get)
 
     async def finish_delivery(
-        self, study_instance_uid: str, *, delivered: bool, error: str
+        self, study_instance_uid: str, *, requested: float, delivered: bool, error: str
     ) -> None:
         def finish(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE deliveries SET state = ?, finished = ?, last_error = ? WHERE study_uid = ?",
-                ("done" if delivered else "dead", time.time(), error or None, study_instance_uid),
+                "UPDATE deliveries SET state = ?, finished = ?, last_error = ?"
+                " WHERE study_uid = ? AND queued = ?",
+                (
+                    "done" if delivered else "dead",
+                    time.time(),
+                    error or None,
+                    study_instance_uid,
+                    requested,
+                ),
             )
 
         await self._run(finish)
