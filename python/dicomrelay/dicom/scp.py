@@ -249,7 +249,9 @@ class _Session:
         self.peer_max_pdu = MAX_PDU
         self.rq: AssociateRq | None = None
         self.incoming: _Incoming | None = None
-        self.stored: list[tuple[int, StoredInstance]] = []  # with their commit tickets
+        # By final path, with its commit ticket: an instance stored again in the
+        # same association replaces the earlier (its file does too).
+        self.stored: dict[Path, tuple[int, StoredInstance]] = {}
         self.background: anyio.abc.TaskGroup | None = None
 
     async def run(self) -> None:
@@ -269,14 +271,14 @@ class _Session:
         """Wait for every instance this association stored to be durable; the
         ones that are (the others are logged and forgotten: their files are gone)."""
         durable = []
-        for ticket, instance in self.stored:
+        for ticket, instance in self.stored.values():
             try:
                 await self.scp.commits.wait(ticket)
             except OSError as e:
                 log.error("lost %s after answering Success: %s", instance.path.name, e)
                 continue
             durable.append(instance)
-        self.stored = [(0, i) for i in durable]  # settled: ticket 0 is always durable
+        self.stored = {i.path: (0, i) for i in durable}  # settled: ticket 0 is always durable
         return durable
 
     async def _serve(self) -> None:
@@ -397,9 +399,9 @@ class _Session:
                 await self.scp.commits.wait(ticket)
             except OSError as e:
                 return Status.OUT_OF_RESOURCES, str(e)[:64]
-            self.stored.append((0, instance))
+            self.stored[instance.path] = (0, instance)
         else:
-            self.stored.append((ticket, instance))
+            self.stored[instance.path] = (ticket, instance)
             if self.background is not None and not self.scp.commits.flushing:
                 self.background.start_soon(self.scp.commits.flush)  # let the disk start
         return Status.SUCCESS, None
