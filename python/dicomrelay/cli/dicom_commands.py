@@ -1,5 +1,6 @@
-"""``dicomrelay echoscu`` and ``storescu``: the DCMTK tools a PACS administrator
-knows, with DCMTK-like arguments."""
+"""``dicomrelay echoscu``, ``storescu`` and ``storescp``: the DCMTK tools a PACS
+administrator knows, with DCMTK-like arguments (``+tls KEY CERT``, ``+cf CA``
+for TLS, as DCMTK spells them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import contextlib
 import logging
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -20,19 +22,23 @@ from dicomrelay.dicom.dimse import Status
 from dicomrelay.dicom.received_log import RECEIVED_LOG, ReceivedLog
 from dicomrelay.dicom.scp import StoreScp
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
+from dicomrelay.dicom.tls import client_context, server_context
+from dicomrelay.errors import ConfigurationError
 
 
 def register(sub: Any) -> None:
-    echo = sub.add_parser("echoscu", help="DICOM verification (C-ECHO) SCU")
+    echo = sub.add_parser("echoscu", help="DICOM verification (C-ECHO) SCU", prefix_chars="-+")
     _common(echo)
     echo.set_defaults(run=run_echo)
 
-    store = sub.add_parser("storescu", help="DICOM storage (C-STORE) SCU")
+    store = sub.add_parser("storescu", help="DICOM storage (C-STORE) SCU", prefix_chars="-+")
     _common(store)
     store.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursed)")
     store.set_defaults(run=run_store)
 
-    scp = sub.add_parser("storescp", help="DICOM storage (C-STORE) SCP writing Part 10 files")
+    scp = sub.add_parser(
+        "storescp", help="DICOM storage (C-STORE) SCP writing Part 10 files", prefix_chars="-+"
+    )
     scp.add_argument("port", type=int)
     scp.add_argument("--output-dir", "-od", type=Path, required=True, metavar="DIR")
     scp.add_argument("-aet", "--aetitle", default="DICOMRELAY", help="this SCP's AE title")
@@ -46,7 +52,47 @@ def register(sub: Any) -> None:
         help="answer each C-STORE only once its instance is durable (default: each "
         "association's release waits until all it stored is durable)",
     )
+    tls = _tls_options(scp)
+    peer = tls.add_mutually_exclusive_group()
+    peer.add_argument(
+        "-rc",
+        "--require-peer-cert",
+        dest="require_peer_cert",
+        action="store_true",
+        default=True,
+        help="refuse a client without a certificate from a +cf CA (default)",
+    )
+    peer.add_argument(
+        "-vc",
+        "--verify-peer-cert",
+        dest="require_peer_cert",
+        action="store_false",
+        help="accept a client without a certificate (one it presents is still verified)",
+    )
     scp.set_defaults(run=run_scp)
+
+
+def _tls_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    tls = p.add_argument_group("transport layer security (BCP 195 non-downgrading profile)")
+    tls.add_argument(
+        "+tls",
+        "--enable-tls",
+        nargs=2,
+        metavar=("KEY", "CERT"),
+        type=Path,
+        help="use TLS with this private key and certificate (PEM files)",
+    )
+    tls.add_argument(
+        "+cf",
+        "--add-cert-file",
+        dest="trusted_cas",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="trust the CA certificates in FILE (PEM) to verify the peer; repeatable",
+    )
+    return tls
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -55,6 +101,50 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-aet", "--aetitle", default="DICOMRELAY", help="calling AE title")
     p.add_argument("-aec", "--call", default="ANY-SCP", help="called AE title")
     p.add_argument("-to", "--timeout", type=float, default=30.0, help="connection timeout (s)")
+    tls = _tls_options(p)
+    tls.add_argument(
+        "+tla",
+        "--anonymous-tls",
+        action="store_true",
+        help="use TLS without a certificate of our own (the server's is still verified)",
+    )
+    tls.add_argument(
+        "--check-hostname",
+        action="store_true",
+        help="also require the server's certificate to name HOST",
+    )
+
+
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the SCU options ask for (None: plain TCP). Raises ConfigurationError."""
+    if args.enable_tls is None and not args.anonymous_tls:
+        if args.trusted_cas or args.check_hostname:
+            raise ConfigurationError("+cf and --check-hostname need +tls or +tla")
+        return None
+    if args.enable_tls is not None and args.anonymous_tls:
+        raise ConfigurationError("+tls and +tla exclude each other")
+    key, cert = args.enable_tls or (None, None)
+    return client_context(
+        certificate=cert,
+        private_key=key,
+        trusted_cas=args.trusted_cas,
+        check_hostname=args.check_hostname,
+    )
+
+
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the SCP options ask for (None: plain TCP). Raises ConfigurationError."""
+    if args.enable_tls is None:
+        if args.trusted_cas:
+            raise ConfigurationError("+cf needs +tls")
+        return None
+    key, cert = args.enable_tls
+    return server_context(
+        certificate=cert,
+        private_key=key,
+        trusted_cas=args.trusted_cas,
+        require_peer_certificate=args.require_peer_cert,
+    )
 
 
 def _uvloop() -> dict[str, bool]:
@@ -66,6 +156,12 @@ def _uvloop() -> dict[str, bool]:
 
 
 def run_echo(args: argparse.Namespace) -> int:
+    try:
+        tls = _client_tls(args)
+    except ConfigurationError as e:
+        sys.stderr.write(f"echoscu: {e}\n")
+        return 2
+
     async def echo() -> int:
         async with await Client.connect(
             args.host,
@@ -73,12 +169,13 @@ def run_echo(args: argparse.Namespace) -> int:
             calling_ae_title=args.aetitle,
             called_ae_title=args.call,
             timeout=args.timeout,
+            tls=tls,
         ) as client:
             return await client.echo()
 
     try:
         status = anyio.run(echo, backend_options=_uvloop())
-    except (AssociationError, OSError, TimeoutError) as e:
+    except (AssociationError, OSError, TimeoutError, anyio.BrokenResourceError) as e:
         sys.stderr.write(f"echoscu: {e}\n")
         return 1
     sys.stdout.write(f"C-ECHO status {status:#06x}\n")
@@ -86,6 +183,11 @@ def run_echo(args: argparse.Namespace) -> int:
 
 
 def run_store(args: argparse.Namespace) -> int:
+    try:
+        tls = _client_tls(args)
+    except ConfigurationError as e:
+        sys.stderr.write(f"storescu: {e}\n")
+        return 2
     paths = list(files_under(args.paths))
     scanned = scan_many(paths)
     files: list[tuple[str, InstanceInfo]] = []
@@ -107,6 +209,7 @@ def run_store(args: argparse.Namespace) -> int:
             called_ae_title=args.call,
             contexts=contexts_for([i for _, i in files]),
             timeout=args.timeout,
+            tls=tls,
         ) as client:
             for path, info in files:
                 try:
@@ -123,7 +226,7 @@ def run_store(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         failed = anyio.run(store, backend_options=_uvloop())
-    except (AssociationError, OSError, TimeoutError) as e:
+    except (AssociationError, OSError, TimeoutError, anyio.BrokenResourceError) as e:
         sys.stderr.write(f"storescu: {e}\n")
         return 1
     seconds = time.perf_counter() - t0
@@ -134,6 +237,11 @@ def run_store(args: argparse.Namespace) -> int:
 
 def run_scp(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        tls = _server_tls(args)
+    except ConfigurationError as e:
+        sys.stderr.write(f"storescp: {e}\n")
+        return 2
     scp = StoreScp(
         ae_title=args.aetitle,
         output_dir=args.output_dir,
@@ -141,11 +249,12 @@ def run_scp(args: argparse.Namespace) -> int:
         allowed_calling=frozenset(args.allow) if args.allow else None,
         on_association_end=ReceivedLog(args.output_dir / RECEIVED_LOG).append,
         sync_each_instance=args.sync_each,
+        tls=tls,
     )
 
     def ready(port: int) -> None:
         logging.getLogger("dicomrelay.scp").info(
-            "storescp %s listening on port %d", args.aetitle, port
+            "storescp %s listening on port %d%s", args.aetitle, port, " (TLS)" if tls else ""
         )
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import ByteStream, SocketAttribute, SocketStream
+from anyio.streams.tls import TLSStream
 
 from dicomrelay._native import (
     AssociateAc,
@@ -66,6 +68,7 @@ log = logging.getLogger("dicomrelay.scp")
 
 MAX_PDU = 1 << 20
 ARTIM_SECONDS = 30.0
+TLS_HANDSHAKE_SECONDS = 30.0
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
 
 
@@ -81,7 +84,9 @@ class StoredInstance:
 @dataclass(frozen=True, kw_only=True)
 class StoreScp:
     """``allowed_calling``: calling AE titles accepted (None: any). Received
-    instances go to ``output_dir``; refused ones to ``quarantine_dir``."""
+    instances go to ``output_dir``; refused ones to ``quarantine_dir``. With
+    ``tls`` (see ``dicomrelay.dicom.tls.server_context``) every connection must
+    first complete a TLS handshake; one that fails is logged and closed."""
 
     ae_title: str
     output_dir: Path
@@ -93,6 +98,7 @@ class StoreScp:
     on_association_end: Callable[[list[StoredInstance]], Awaitable[None]] | None = None
     digest: DigestName | None = "sha256"
     sync_each_instance: bool = False
+    tls: ssl.SSLContext | None = None
     commits: GroupCommit = field(init=False)
     spares: SpareFiles = field(init=False)
 
@@ -114,15 +120,36 @@ class StoreScp:
 
     async def handle(self, stream: SocketStream) -> None:
         """One association; never raises."""
+        session: ByteStream = stream
         try:
             stream.extra(SocketAttribute.raw_socket).setsockopt(
                 socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
             )
-            await _Session(self, stream).run()
+            if self.tls is not None:
+                secured = await self._handshake(stream, self.tls)
+                if secured is None:
+                    return
+                session = secured
+            await _Session(self, session).run()
         except Exception:
             log.exception("association failed")
         finally:
-            await stream.aclose()
+            await session.aclose()
+
+    async def _handshake(self, stream: SocketStream, tls: ssl.SSLContext) -> TLSStream | None:
+        """The stream secured, or None (logged) if the handshake failed. (The
+        peer then sees the connection close: anyio drops the alert, such as
+        unknown_ca, that OpenSSL had ready for it.)"""
+        try:
+            with anyio.fail_after(TLS_HANDSHAKE_SECONDS):
+                return await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=tls, standard_compatible=False
+                )
+        except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as e:
+            # TimeoutError is an OSError. A plaintext caller lands here too.
+            peer = stream.extra(SocketAttribute.remote_address, None)
+            log.warning("TLS handshake with %s failed: %s", peer, _reason(e))
+            return None
 
     def answer(self, rq: AssociateRq) -> AssociateAc | AssociateRj:
         """Accept or reject a request: our AE title, a known caller, contexts we serve."""
@@ -149,6 +176,14 @@ class StoreScp:
                 implementation_version_name=IMPLEMENTATION_VERSION,
             ),
         )
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLError):
+        return getattr(e, "verify_message", None) or e.reason or str(e)
+    if isinstance(e, TimeoutError):
+        return f"no handshake within {TLS_HANDSHAKE_SECONDS:.0f} s"
+    return str(e) or type(e).__name__
 
 
 class SpareFiles:
@@ -240,7 +275,7 @@ class _Incoming:
 
 
 class _Session:
-    def __init__(self, scp: StoreScp, stream: SocketStream) -> None:
+    def __init__(self, scp: StoreScp, stream: ByteStream) -> None:
         self.scp = scp
         self.stream = stream
         self.association = Association(requestor=False, max_pdu_length=MAX_PDU)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, TaskGroup
+from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskGroup
+from anyio.streams.tls import TLSStream
 
 from dicomrelay._native import (
     AssociateRq,
@@ -39,7 +41,7 @@ from dicomrelay.dicom.association import (
 from dicomrelay.dicom.dimse import CEchoRq, CEchoRsp, Command, CStoreRq, CStoreRsp
 from dicomrelay.dicom.messages import MessageAssembler
 from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from dicomrelay.errors import DicomrelayError
+from dicomrelay.errors import DicomrelayError, TlsError
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -65,6 +67,10 @@ def contexts_for(infos: Sequence[InstanceInfo]) -> list[Context]:
         (i.sop_class_uid or "", i.transfer_syntax_uid or IMPLICIT_LE) for i in infos
     )
     return [Context(abstract_syntax=a, transfer_syntaxes=(t,)) for a, t in seen]
+
+
+def _tls_reason(e: ssl.SSLError) -> str:
+    return getattr(e, "verify_message", None) or e.reason or str(e)
 
 
 class Client:
@@ -93,7 +99,11 @@ class Client:
         called_ae_title: str = "ANY-SCP",
         contexts: Sequence[Context] = (),
         timeout: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> Client:
+        """Connect and associate. With ``tls`` (see
+        ``dicomrelay.dicom.tls.client_context``) the connection is TLS first; a
+        failed handshake or a peer that refuses our certificate raises TlsError."""
         proposed = [Context(abstract_syntax=VERIFICATION, transfer_syntaxes=(IMPLICIT_LE,))]
         proposed += [c for c in contexts if c not in proposed]
         rq = AssociateRq(
@@ -116,7 +126,18 @@ class Client:
         association = Association(requestor=True, max_pdu_length=MAX_PDU)
         association.request(rq)
         with anyio.fail_after(timeout):
-            stream = await anyio.connect_tcp(host, port)
+            stream: SocketStream | TLSStream
+            try:
+                if tls is None:
+                    stream = await anyio.connect_tcp(host, port)
+                else:
+                    stream = await anyio.connect_tcp(
+                        host, port, ssl_context=tls, tls_standard_compatible=False
+                    )
+            except ssl.SSLError as e:
+                raise TlsError(f"TLS handshake with {host}:{port} failed: {_tls_reason(e)}") from e
+            except (anyio.EndOfStream, anyio.BrokenResourceError):  # a handshake cut short
+                raise TlsError(f"{host}:{port} closed the connection in TLS handshake") from None
             raw = stream.extra(SocketAttribute.raw_socket)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             association.connected()
@@ -124,9 +145,13 @@ class Client:
             while True:
                 try:
                     data = await stream.receive(1 << 20)
-                except anyio.EndOfStream:
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
                     await stream.aclose()
-                    raise AssociationError("the peer closed the connection") from None
+                    why = " (after TLS: has it refused our certificate?)" if tls else ""
+                    raise AssociationError(f"the peer closed the connection{why}") from None
+                except ssl.SSLError as e:  # as a TLS 1.3 server refuses our certificate
+                    await stream.aclose()
+                    raise TlsError(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from e
                 for indication in association.receive(data):
                     if isinstance(indication, AssociationAccepted):
                         ac = indication.ac
@@ -178,8 +203,10 @@ class Client:
             while not self._association.close_transport:
                 try:
                     data = await self._stream.receive(1 << 20)
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError) as e:
                     self._handle(self._association.transport_closed())
+                    if isinstance(e, ssl.SSLError):
+                        self._closed = TlsError(f"TLS: {_tls_reason(e)}")
                     break
                 self._handle(self._association.receive(data))
                 await self._flush()
