@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -69,6 +70,18 @@ class Pacs:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DicomTls:
+    """DICOM TLS for the node's SCP and its deliveries into the PACS: this
+    certificate (PEM, RSA for TLS 1.2 peers) presented both ways, and the CAs
+    whose certificates the PACS and modalities are trusted by."""
+
+    certificate: Path
+    private_key: Path
+    trusted_cas: tuple[Path, ...]
+    require_client_certificate: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class DicomConfig:
     """The node's DICOM face: a storage SCP for the local PACS and modalities,
     routes from it to other organisations, and a PACS to deliver into."""
@@ -80,6 +93,7 @@ class DicomConfig:
     routes: tuple[Route, ...] = ()
     deliver_to: Pacs | None = None
     delivery_attempts: int = 5
+    tls: DicomTls | None = None  # None: plain TCP
 
     def route(self, *, calling: str, called: str, modality: str | None) -> str | None:
         for r in self.routes:
@@ -149,7 +163,7 @@ class NodeConfig:
                 for p in raw.get("peers", [])
             )
             limits = Limits(**raw.get("limits", {}))
-            dicom = _dicom_from_toml(raw["dicom"]) if "dicom" in raw else None
+            dicom = _dicom_from_toml(raw["dicom"], rel) if "dicom" in raw else None
             return cls(
                 org=node["org"],
                 data_dir=rel(node.get("data_dir", "data")),
@@ -166,11 +180,13 @@ class NodeConfig:
             raise ConfigurationError(f"{path}: {e!r}") from e
 
 
-def _dicom_from_toml(d: dict[str, Any]) -> DicomConfig:
+def _dicom_from_toml(d: dict[str, Any], rel: Callable[[str], Path]) -> DicomConfig:
     """``[dicom]``: ae_title, listen_host, listen_port, allowed_calling = [...],
-    ``[[dicom.routes]]`` (to, calling_ae_title, called_ae_title, modality) and
-    ``[dicom.deliver_to]`` (ae_title, host, port)."""
+    ``[[dicom.routes]]`` (to, calling_ae_title, called_ae_title, modality),
+    ``[dicom.deliver_to]`` (ae_title, host, port) and ``[dicom.tls]``
+    (certificate, private_key, trusted_cas = [...], require_client_certificate)."""
     deliver = d.get("deliver_to")
+    tls = d.get("tls")
     return DicomConfig(
         ae_title=d.get("ae_title", "DICOMRELAY"),
         listen_host=d.get("listen_host", "127.0.0.1"),
@@ -179,4 +195,12 @@ def _dicom_from_toml(d: dict[str, Any]) -> DicomConfig:
         routes=tuple(Route(**r) for r in d.get("routes", ())),
         deliver_to=Pacs(**deliver) if deliver else None,
         delivery_attempts=int(d.get("delivery_attempts", 5)),
+        tls=DicomTls(
+            certificate=rel(tls["certificate"]),
+            private_key=rel(tls["private_key"]),
+            trusted_cas=tuple(rel(ca) for ca in tls["trusted_cas"]),
+            require_client_certificate=bool(tls.get("require_client_certificate", True)),
+        )
+        if tls
+        else None,
     )

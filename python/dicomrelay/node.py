@@ -23,6 +23,7 @@ from dicomrelay import pki
 from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
 from dicomrelay.config import DicomConfig, NodeConfig, Peer
 from dicomrelay.connection import Connection
+from dicomrelay.dicom import tls
 from dicomrelay.dicom.dimse import Status
 from dicomrelay.dicom.scp import StoredInstance, StoreScp
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
@@ -73,6 +74,16 @@ class Node:
         self._acks_ready = anyio.Event()
         self._random = random.Random()
         self._deliveries: dict[str, anyio.Lock] = {}  # a lock per study being delivered
+        dicom_tls = config.dicom.tls if config.dicom is not None else None
+        self._pacs_tls = (
+            None
+            if dicom_tls is None
+            else tls.client_context(
+                certificate=dicom_tls.certificate,
+                private_key=dicom_tls.private_key,
+                trusted_cas=dicom_tls.trusted_cas,
+            )
+        )
         self.port: int | None = None
         self.dicom_port: int | None = None
 
@@ -411,6 +422,14 @@ class Node:
             quarantine_dir=root / "quarantine",
             allowed_calling=frozenset(dicom.allowed_calling),
             on_association_end=self._route_received,
+            tls=None
+            if dicom.tls is None
+            else tls.server_context(
+                certificate=dicom.tls.certificate,
+                private_key=dicom.tls.private_key,
+                trusted_cas=dicom.tls.trusted_cas,
+                require_peer_certificate=dicom.tls.require_client_certificate,
+            ),
         )
         listener = await anyio.create_tcp_listener(
             local_host=dicom.listen_host, local_port=dicom.listen_port or 0
@@ -480,6 +499,7 @@ class Node:
                     calling_ae_title=dicom.ae_title,
                     called_ae_title=pacs.ae_title,
                     contexts=contexts_for(good),
+                    tls=self._pacs_tls,
                 ) as client:
                     failed = 0
                     for path, info in zip(paths, infos, strict=True):
