@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 
 from dicomrelay import scan_file
-from dicomrelay.config import DicomConfig, NodeConfig, Pacs, Peer, Route
+from dicomrelay.config import DicomConfig, DicomTls, NodeConfig, Pacs, Peer, Route
 from dicomrelay.node import Node
 
 from .helpers import LOCALHOST, Pki, closed_port, node_config, query
@@ -86,10 +86,16 @@ def storescp(
 
 
 def storescu_args(
-    port: int, inputs: Iterable[str | Path], *, proposal: str | None, called: str = "RELAYA"
+    port: int,
+    inputs: Iterable[str | Path],
+    *,
+    proposal: str | None,
+    called: str = "RELAYA",
+    tls: Sequence[str] = (),
 ) -> list[str]:
-    """One association: ``-R`` proposes only the SOP classes of the files given."""
-    options = ["-R", *([proposal] if proposal else []), "-aet", "PACSA", "-aec", called]
+    """One association: ``-R`` proposes only the SOP classes of the files given;
+    ``tls``: DCMTK's TLS options (``+tls KEY CERT +cf CA``), if any."""
+    options = ["-R", *([proposal] if proposal else []), *tls, "-aet", "PACSA", "-aec", called]
     return [str(DCMTK / "storescu"), *options, LOCALHOST, str(port), *map(str, inputs)]
 
 
@@ -238,9 +244,15 @@ def associations(files: Sequence[Sendable]) -> list[list[Sendable]]:
 
 # Nodes A and B.
 def delivering_node(
-    orgs: Pki, data_dir: Path, pacs_port: int, *, delivery_attempts: int = 5
+    orgs: Pki,
+    data_dir: Path,
+    pacs_port: int,
+    *,
+    delivery_attempts: int = 5,
+    tls: DicomTls | None = None,
 ) -> NodeConfig:
-    """RX2, listening, delivering what it commits into the PACS "PACSB"."""
+    """RX2, listening, delivering what it commits into the PACS "PACSB" (over
+    DICOM TLS when ``tls`` is given)."""
     return dataclasses.replace(
         node_config(
             "RX2",
@@ -253,12 +265,21 @@ def delivering_node(
             ae_title="RELAYB",
             deliver_to=Pacs(ae_title="PACSB", host=LOCALHOST, port=pacs_port),
             delivery_attempts=delivery_attempts,
+            tls=tls,
         ),
     )
 
 
-def routing_node(orgs: Pki, data_dir: Path, b_port: int, routes: tuple[Route, ...]) -> NodeConfig:
-    """RX1, whose SCP "RELAYA" takes studies from "PACSA" and routes them on."""
+def routing_node(
+    orgs: Pki,
+    data_dir: Path,
+    b_port: int,
+    routes: tuple[Route, ...],
+    *,
+    tls: DicomTls | None = None,
+) -> NodeConfig:
+    """RX1, whose SCP "RELAYA" (DICOM TLS only, when ``tls`` is given) takes
+    studies from "PACSA" and routes them on."""
     return dataclasses.replace(
         node_config(
             "RX1",
@@ -267,7 +288,7 @@ def routing_node(orgs: Pki, data_dir: Path, b_port: int, routes: tuple[Route, ..
             peers=(Peer(code="RX2", host=LOCALHOST, port=b_port),),
         ),
         dicom=DicomConfig(
-            ae_title="RELAYA", listen_port=0, allowed_calling=("PACSA",), routes=routes
+            ae_title="RELAYA", listen_port=0, allowed_calling=("PACSA",), routes=routes, tls=tls
         ),
     )
 
@@ -338,13 +359,21 @@ class Chain:
 
 @asynccontextmanager
 async def chain(
-    orgs: Pki, root: Path, *, routes: tuple[Route, ...] = (Route(to="RX2"),)
+    orgs: Pki,
+    root: Path,
+    *,
+    routes: tuple[Route, ...] = (Route(to="RX2"),),
+    a_tls: DicomTls | None = None,
+    b_tls: DicomTls | None = None,
+    pacs_tls: Sequence[str] = (),
 ) -> AsyncIterator[Chain]:
-    """PACSB's storescp, node B delivering into it, node A routing to B."""
+    """PACSB's storescp, node B delivering into it, node A routing to B. DICOM
+    TLS: ``a_tls`` for node A's SCP, ``b_tls`` for B's deliveries, and
+    ``pacs_tls`` DCMTK's options for PACSB (``+tls KEY CERT +cf CA``)."""
     pacs_port = closed_port()
-    with storescp(root / "pacs-b", pacs_port):
-        async with Node(delivering_node(orgs, root / "b", pacs_port)) as b:
+    with storescp(root / "pacs-b", pacs_port, options=(*pacs_tls, *PACS_OPTIONS)):
+        async with Node(delivering_node(orgs, root / "b", pacs_port, tls=b_tls)) as b:
             assert b.port is not None
-            async with Node(routing_node(orgs, root / "a", b.port, routes)) as a:
+            async with Node(routing_node(orgs, root / "a", b.port, routes, tls=a_tls)) as a:
                 assert a.dicom_port is not None
                 yield Chain(a=a, b=b, pacs=root / "pacs-b")

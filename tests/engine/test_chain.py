@@ -24,8 +24,10 @@ import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from dicomrelay import scan_file, synth
-from dicomrelay.config import Peer, Route
+from dicomrelay.config import DicomTls, Peer, Route
 from dicomrelay.node import Node
+from tls_certificates import Pki as DicomPki
+from tls_certificates import make_pki
 
 from .chain_helpers import (
     DCMTK,
@@ -40,7 +42,7 @@ from .chain_helpers import (
     storescu_args,
     transfer_syntax,
 )
-from .helpers import Pki, closed_port, node_config
+from .helpers import Pki, closed_port, node_config, query
 
 pytestmark = [
     pytest.mark.anyio,
@@ -82,6 +84,48 @@ async def test_a_thousand_image_ct_study(orgs: Pki, tmp_path: Path) -> None:
         assert dataset(received[uid]) == dataset(source), f"instance {uid} differs"
     for bulky in ("study", "a", "b", "pacs-b"):  # 2 GB not worth keeping for pytest
         shutil.rmtree(tmp_path / bulky)
+
+
+# DICOM TLS on both DICOM hops.
+@pytest.fixture(scope="module")
+def dicom_pki(tmp_path_factory: pytest.TempPathFactory) -> DicomPki:
+    return make_pki(tmp_path_factory.mktemp("dicom-pki"))
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)  # the TLS is the point, not the loop
+async def test_the_chain_over_dicom_tls(orgs: Pki, dicom_pki: DicomPki, tmp_path: Path) -> None:
+    """PACSA -> node A's SCP and node B -> PACSB over DICOM TLS, mutually
+    authenticated; a plaintext PACSA is refused and nothing of it is routed."""
+    count = 10
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], count)
+    pki = dicom_pki
+    scp_tls = DicomTls(
+        certificate=pki.server.cert, private_key=pki.server.key, trusted_cas=(pki.ca,)
+    )
+    scu_tls = DicomTls(
+        certificate=pki.client.cert, private_key=pki.client.key, trusted_cas=(pki.ca,)
+    )
+    pacs_tls = [*pki.server.tls, *pki.trust]
+    pacsa_tls = [*pki.client.tls, *pki.trust]
+    with anyio.fail_after(120):
+        async with chain(orgs, tmp_path, a_tls=scp_tls, b_tls=scu_tls, pacs_tls=pacs_tls) as c:
+            plain = await c.storescu(storescu_args(c.port, ["+sd", study], proposal=None))
+            assert plain.returncode != 0, plain.stdout
+            a_db = c.a.config.data_dir / "ledger.sqlite"
+            assert query(a_db, "SELECT action, detail FROM audit") == []
+            assert query(a_db, "SELECT count(*) FROM outgoing") == [(0,)]
+            kept = [p for p in (c.a.config.data_dir / "dicom").rglob("*") if p.is_file()]
+            assert kept == []
+            args = storescu_args(c.port, ["+sd", study], proposal=None, tls=pacsa_tls)
+            await c.store(args, studies=1)
+            await c.settle()
+            assert not c.problems()
+            routed = "SELECT count(*) FROM audit WHERE action = 'routed'"
+            assert query(a_db, routed) == [(1,)]
+    delivered = held(c.pacs)
+    assert len(delivered) == count
+    for source in study.iterdir():
+        assert dataset(delivered[scan_file(source).sop_instance_uid or ""]) == dataset(source)
 
 
 # pydicom's bundled files.

@@ -1,0 +1,69 @@
+"""Reading a node's TOML file: ``[dicom.tls]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dicomrelay.config import DicomTls, NodeConfig
+
+NODE = """
+[node]
+org = "RX1"
+insecure_plaintext = true
+
+[dicom]
+ae_title = "RELAYA"
+listen_port = 11112
+allowed_calling = ["PACSA"]
+"""
+
+
+def test_dicom_tls_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = etc / "node.toml"
+    path.write_text(
+        NODE
+        + """
+[dicom.tls]
+certificate = "dicom/node.pem"
+private_key = "dicom/node.key"
+trusted_cas = ["dicom/pacs-ca.pem", "../shared/modalities-ca.pem"]
+"""
+    )
+    dicom = NodeConfig.from_toml(path).dicom
+    assert dicom is not None
+    assert dicom.tls == DicomTls(
+        certificate=etc / "dicom" / "node.pem",
+        private_key=etc / "dicom" / "node.key",
+        trusted_cas=(etc / "dicom" / "pacs-ca.pem", tmp_path / "shared" / "modalities-ca.pem"),
+        require_client_certificate=True,  # the default
+    )
+    assert dicom.tls.certificate.is_absolute()
+    assert all(ca.is_absolute() for ca in dicom.tls.trusted_cas)
+
+
+def test_dicom_tls_client_certificates_can_be_optional(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        NODE
+        + """
+[dicom.tls]
+certificate = "node.pem"
+private_key = "node.key"
+trusted_cas = ["ca.pem"]
+require_client_certificate = false
+"""
+    )
+    dicom = NodeConfig.from_toml(path).dicom
+    assert dicom is not None
+    assert dicom.tls is not None
+    assert dicom.tls.require_client_certificate is False
+
+
+def test_without_dicom_tls_the_dicom_face_is_plain_tcp(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(NODE)
+    dicom = NodeConfig.from_toml(path).dicom
+    assert dicom is not None
+    assert dicom.tls is None
