@@ -16,8 +16,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from dicomrelay import scan_file, synth
 from dicomrelay.node import Node
 from dicomrelay.transfer import Event, EventKind, TransferFailed
+from peers import dicomrelay_command, free_port, listening, run
 
 from .helpers import (
     QUICK,
@@ -380,3 +382,34 @@ async def test_sender_restart_resumes_from_its_ledger(orgs: Pki, tmp_path: Path)
 
 def indexes(events: list[Event], kind: EventKind) -> set[int]:
     return {e.index for e in events if e.kind is kind and e.index is not None}
+
+
+async def test_full_disk_at_the_storage_scp(tmp_path: Path) -> None:
+    """DCMTK storescu into our storescp on a filesystem too small for the study:
+    the store that does not fit is answered A700, nothing partial is left under
+    a final name, the server goes on, and once there is room the study arrives."""
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["ct"], 12)  # about 6 MB
+    sources = {str(scan_file(p).sop_instance_uid): p for p in study.glob("*.dcm")}
+    out = tmp_path / "received"
+    port = free_port()
+    command = dicomrelay_command("storescp", str(port), "-od", str(out), "-aet", "RELAY")
+    storescu = ["/usr/bin/storescu", "-v", "-aec", "RELAY", "127.0.0.1", str(port), "+sd", str(study)]
+
+    def intact() -> dict[str, Path]:
+        held = {str(scan_file(p).sop_instance_uid): p for p in out.glob("*.dcm")}
+        for uid, path in held.items():
+            source = sources[uid].read_bytes()
+            dataset = path.read_bytes()[scan_file(path).dataset_offset :]
+            assert dataset == source[scan_file(sources[uid]).dataset_offset :], uid
+        return held
+
+    with small_filesystem(out, 3) as kind, listening([*command, "--host", "127.0.0.1"], port):
+        full = await anyio.to_thread.run_sync(run, storescu)
+        assert full.returncode != 0
+        assert re.search(r"Refused: OutOfResources", full.stdout + full.stderr), full.stderr
+        assert 0 < len(intact()) < 12
+        assert not [p for p in (out / ".incoming").iterdir() if p.stat().st_size]
+        grow(out, kind, 32)
+        again = await anyio.to_thread.run_sync(run, storescu)
+        assert again.returncode == 0, again.stderr
+        assert sorted(intact()) == sorted(sources)

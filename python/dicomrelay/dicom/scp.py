@@ -331,9 +331,25 @@ class _Session:
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 self.association.transport_closed()
                 return
-            for indication in self.association.receive(data):
-                await self._indication(indication)
+            # A data set's bytes go from the decoder straight into its file;
+            # the decoder pauses after each command, for the file to be made.
+            view = memoryview(data)
+            while view:
+                indications, used = self.association.receive_streaming(view, self._sink())
+                view = view[used:]
+                for indication in indications:
+                    await self._indication(indication)
             await self._flush()
+
+    def _sink(self) -> StreamFile | None:
+        """The file of the C-STORE data set now arriving, if any."""
+        pending = self.assembler.pending
+        if pending is None or self.association.close_transport:
+            return None
+        if self.incoming is None:
+            self._start_incoming(pending.context_id)
+        assert self.incoming is not None
+        return self.incoming.file
 
     async def _flush(self) -> None:
         data = self.association.data_to_send()
@@ -379,17 +395,23 @@ class _Session:
             pass
 
     def _fragment(self, context_id: int, data: bytes) -> None:
+        """A data-set fragment the decoder did not write to the file itself."""
         if self.incoming is None:
-            pending = self.assembler.pending
-            assert pending is not None
-            assert isinstance(pending.command, CStoreRq)
-            assert self.rq is not None
-            self.incoming = _Incoming(
-                self.scp, pending.command, self.contexts[context_id], self.rq.calling_ae_title
-            )
-            if self.background is not None and self.scp.spares.low:
-                self.background.start_soon(self.scp.spares.refill)
-        self.incoming.write(data)
+            self._start_incoming(context_id)
+        assert self.incoming is not None
+        if data:
+            self.incoming.write(data)
+
+    def _start_incoming(self, context_id: int) -> None:
+        pending = self.assembler.pending
+        assert pending is not None
+        assert isinstance(pending.command, CStoreRq)
+        assert self.rq is not None
+        self.incoming = _Incoming(
+            self.scp, pending.command, self.contexts[context_id], self.rq.calling_ae_title
+        )
+        if self.background is not None and self.scp.spares.low:
+            self.background.start_soon(self.scp.spares.refill)
 
     async def _respond(self, context_id: int, response: CEchoRsp | CStoreRsp) -> None:
         pdus = fragment_pdata(context_id, True, response.encode(), self.peer_max_pdu)

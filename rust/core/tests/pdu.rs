@@ -4,10 +4,10 @@
 //! bytes are in pdu_random.rs.
 
 use dicomrelay_core::pdu::{
-    decode_all, fragment_pdata, Abort, AssociateAc, AssociateRj, AssociateRq, AsyncOpsWindow, Pdu,
-    PduDecoder, PduErrorKind, Pdv, PresentationContextAc, PresentationContextRq, RoleSelection,
-    SopClassCommonExtended, SopClassExtended, UserIdentity, UserInformation, APPLICATION_CONTEXT,
-    MAX_ASSOCIATE_LENGTH,
+    decode_all, fragment_pdata, Abort, AssociateAc, AssociateRj, AssociateRq, AsyncOpsWindow,
+    DatasetSink, Pdu, PduDecoder, PduErrorKind, Pdv, PresentationContextAc, PresentationContextRq,
+    RoleSelection, SopClassCommonExtended, SopClassExtended, UserIdentity, UserInformation,
+    APPLICATION_CONTEXT, MAX_ASSOCIATE_LENGTH,
 };
 
 const DCMTK_UID: &str = "1.2.276.0.7230010.3.0.3.6.7";
@@ -488,5 +488,67 @@ fn mutations_never_panic_and_decodes_are_stable() {
                 }
             }
         }
+    }
+}
+
+struct Collect(Vec<u8>);
+
+impl DatasetSink for Collect {
+    fn write(&mut self, data: &[u8]) {
+        self.0.extend_from_slice(data);
+    }
+}
+
+/// Streaming: data-set bytes reach the sink whatever the read sizes, their
+/// PDVs come out empty, and decoding pauses after each command's last PDU.
+#[test]
+fn streaming_sends_datasets_to_the_sink_and_pauses_after_commands() {
+    let dataset_a: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let dataset_b: Vec<u8> = (0..9_000u32).map(|i| (i % 13) as u8).collect();
+    let mut stream = Vec::new();
+    for dataset in [&dataset_a, &dataset_b] {
+        stream.extend(fragment_pdata(1, true, b"command", 16_384, true).unwrap());
+        stream.extend(fragment_pdata(1, false, dataset, 16_384, true).unwrap());
+    }
+    for read in [1usize, 7, 4_096, 16_390, stream.len()] {
+        let mut decoder = PduDecoder::new(16_384);
+        let mut sinks = [Collect(Vec::new()), Collect(Vec::new())];
+        let mut commands = 0;
+        let mut pdus = Vec::new();
+        for piece in stream.chunks(read) {
+            let mut piece = piece;
+            while !piece.is_empty() {
+                // The sink for a data set is chosen once its command is in.
+                let sink: Option<&mut dyn DatasetSink> = match commands {
+                    0 => None,
+                    n => Some(&mut sinks[n - 1]),
+                };
+                let before = pdus.len();
+                let used = decoder.feed_streaming(piece, &mut pdus, sink).unwrap();
+                for pdu in &pdus[before..] {
+                    let Pdu::PData(pdata) = pdu else {
+                        panic!("{pdu:?}")
+                    };
+                    for pdv in &pdata.pdvs {
+                        if pdv.is_command {
+                            assert_eq!(pdv.data, b"command");
+                            commands += usize::from(pdv.is_last);
+                        } else {
+                            assert!(pdv.data.is_empty(), "a data set's bytes went to the sink");
+                        }
+                    }
+                }
+                let paused = used < piece.len();
+                assert!(
+                    !paused
+                        || matches!(pdus.last(), Some(Pdu::PData(p)) if p.pdvs.iter().any(|v| v.is_command && v.is_last))
+                );
+                piece = &piece[used..];
+            }
+        }
+        assert_eq!(commands, 2);
+        assert_eq!(sinks[0].0, dataset_a, "read size {read}");
+        assert_eq!(sinks[1].0, dataset_b, "read size {read}");
+        assert_eq!(decoder.pending(), 0);
     }
 }

@@ -110,6 +110,22 @@ impl DurableWriter {
 pub struct StreamFile {
     inner: Option<CoreStreamFile>,
     path: PathBuf,
+    /// A write that failed while a PDU decoder fed this file directly: every
+    /// later write is skipped, and `finish` raises it.
+    failed: Option<std::io::Error>,
+}
+
+impl dicomrelay_core::pdu::DatasetSink for StreamFile {
+    fn write(&mut self, data: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some(inner) = self.inner.as_mut() {
+            if let Err(e) = inner.write(data) {
+                self.failed = Some(e);
+            }
+        }
+    }
 }
 
 fn os_error(e: std::io::Error, path: &std::path::Path) -> PyErr {
@@ -132,6 +148,7 @@ impl StreamFile {
         Ok(StreamFile {
             inner: Some(inner),
             path,
+            failed: None,
         })
     }
 
@@ -140,6 +157,9 @@ impl StreamFile {
             .inner
             .as_mut()
             .ok_or_else(|| PyValueError::new_err("file already finished"))?;
+        if let Some(e) = self.failed.take() {
+            return Err(os_error(e, &self.path));
+        }
         let view = crate::buf::ByteView::new(data)?;
         let bytes = view.as_slice();
         let path = &self.path;
@@ -154,6 +174,9 @@ impl StreamFile {
             .inner
             .take()
             .ok_or_else(|| PyValueError::new_err("file already finished"))?;
+        if let Some(e) = self.failed.take() {
+            return Err(os_error(e, &self.path));
+        }
         let path = &self.path;
         py.detach(|| inner.finish(sync))
             .map_err(|e| os_error(e, path))

@@ -20,6 +20,12 @@ const UNLIMITED_PREALLOC: usize = 1 << 20;
 
 const HEADER_LEN: usize = 6;
 
+/// Where data-set bytes go when they are not to be held: written as they
+/// arrive (to a file, a hash). A sink keeps its own errors: decoding goes on.
+pub trait DatasetSink {
+    fn write(&mut self, data: &[u8]);
+}
+
 enum State {
     /// Between PDUs, or inside a PDU header.
     Header {
@@ -95,10 +101,33 @@ impl PduDecoder {
     /// Decode `data`, appending every PDU it completes to `out`. On an error,
     /// `out` keeps the PDUs completed before it and the decoder stays failed.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<Pdu>) -> Result<()> {
+        self.feed_checked(data, out, None, false).map(|_| ())
+    }
+
+    /// Like `feed`, but the data-set fragments' bytes go to `sink` as they
+    /// arrive (their PDVs come out with no data), and decoding stops after a
+    /// PDU that ends a command, so that the caller can choose the sink for
+    /// the data set that follows. Returns how many bytes of `data` were used.
+    pub fn feed_streaming(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<Pdu>,
+        sink: Option<&mut dyn DatasetSink>,
+    ) -> Result<usize> {
+        self.feed_checked(data, out, sink, true)
+    }
+
+    fn feed_checked(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<Pdu>,
+        sink: Option<&mut dyn DatasetSink>,
+        stop_after_command: bool,
+    ) -> Result<usize> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let result = self.feed_inner(data, out);
+        let result = self.feed_inner(data, out, sink, stop_after_command);
         if let Err(e) = &result {
             self.failed = Some(e.clone());
         }
@@ -120,7 +149,14 @@ impl PduDecoder {
         ))
     }
 
-    fn feed_inner(&mut self, mut data: &[u8], out: &mut Vec<Pdu>) -> Result<()> {
+    fn feed_inner<'s>(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<Pdu>,
+        mut sink: Option<&mut (dyn DatasetSink + 's)>,
+        stop_after_command: bool,
+    ) -> Result<usize> {
+        let mut data = input;
         while !data.is_empty() {
             let taken = match &mut self.state {
                 State::Header { buf, filled } => {
@@ -156,13 +192,19 @@ impl PduDecoder {
                 }
                 State::PData { left, pdvs, pdv } => {
                     let at = self.offset;
-                    let n = feed_pdata(at, self.max_pdu_length, left, pdvs, pdv, data)?;
+                    let limit = self.max_pdu_length;
+                    let sink = sink.as_deref_mut();
+                    let n = feed_pdata(at, limit, left, pdvs, pdv, data, sink)?;
                     if *left == 0 {
+                        let ends_command = pdvs.iter().any(|p| p.is_command && p.is_last);
                         out.push(Pdu::PData(PData {
                             pdvs: std::mem::take(pdvs),
                         }));
                         self.end_pdu(n);
                         data = &data[n..];
+                        if stop_after_command && ends_command {
+                            break;
+                        }
                         continue;
                     }
                     n
@@ -171,7 +213,7 @@ impl PduDecoder {
             self.offset += taken as u64;
             data = &data[taken..];
         }
-        Ok(())
+        Ok(input.len() - data.len())
     }
 
     /// The state after a complete header, once its length is checked.
@@ -264,13 +306,15 @@ fn take(buf: &mut [u8], filled: &mut usize, data: &[u8]) -> usize {
 /// Feed P-DATA-TF body bytes: PDV headers (4-byte item length, context id,
 /// message control header) and PDV data. Returns how many bytes of `data`
 /// were used; `left` counts down the PDU body. `at` is the offset of `data`.
-fn feed_pdata(
+/// With a `sink`, data-set PDVs' bytes go there instead of into their PDVs.
+fn feed_pdata<'s>(
     at: u64,
     max_pdu_length: u32,
     left: &mut usize,
     pdvs: &mut Vec<Pdv>,
     pdv: &mut PdvState,
     data: &[u8],
+    sink: Option<&mut (dyn DatasetSink + 's)>,
 ) -> Result<usize> {
     let data = &data[..data.len().min(*left)];
     let n = match pdv {
@@ -307,11 +351,13 @@ fn feed_pdata(
                     _ => data_len,
                 };
                 let control = buf[5];
+                let is_command = control & 1 != 0;
+                let held = is_command || sink.is_none();
                 pdvs.push(Pdv {
                     context_id: buf[4],
-                    is_command: control & 1 != 0,
+                    is_command,
                     is_last: control & 2 != 0,
-                    data: Vec::with_capacity(prealloc),
+                    data: Vec::with_capacity(if held { prealloc } else { 0 }),
                 });
                 *pdv = PdvState::Data { left: data_len };
             }
@@ -320,7 +366,10 @@ fn feed_pdata(
         PdvState::Data { left: pdv_left } => {
             let n = (*pdv_left).min(data.len());
             if let Some(last) = pdvs.last_mut() {
-                last.data.extend_from_slice(&data[..n]);
+                match sink {
+                    Some(sink) if !last.is_command => sink.write(&data[..n]),
+                    _ => last.data.extend_from_slice(&data[..n]),
+                }
             }
             *pdv_left -= n;
             n
