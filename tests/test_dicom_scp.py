@@ -5,6 +5,7 @@ keeps serving."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,3 +162,16 @@ def test_sync_each_instance(tmp_path: Path) -> None:
         result = dcmtk("storescu", "-aec", "RELAY", "127.0.0.1", str(port), "+sd", str(study))
         assert result.returncode == 0, result.stderr
     assert len(stored(out)) == 10
+
+
+def test_output_folder_removed_between_associations(scp: tuple[int, Path], tmp_path: Path) -> None:
+    """An operator clearing the output folder under the running server: the
+    next association is stored whole all the same."""
+    port, out = scp
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 6)
+    calling = ["-aet", "STORESCU", "-aec", "RELAY", "127.0.0.1", str(port), "+sd", str(study)]
+    assert dcmtk("storescu", *calling).returncode == 0
+    shutil.rmtree(out)
+    result = dcmtk("storescu", *calling)
+    assert result.returncode == 0, result.stderr
+    assert len(stored(out)) == 6

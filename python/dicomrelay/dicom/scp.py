@@ -202,8 +202,11 @@ class SpareFiles:
 
     def take(self) -> tuple[Path, StreamFile]:
         """A new empty file (made now if none is ready). Raises OSError."""
-        if self._spare:
-            return self._spare.pop()
+        while self._spare:
+            path, file = self._spare.pop()
+            if path.exists():  # not removed behind the server's back
+                return path, file
+            file.finish(sync=False)
         return self._create()
 
     @property
@@ -226,7 +229,11 @@ class SpareFiles:
 
     def _create(self) -> tuple[Path, StreamFile]:
         path = self.directory / f"{uuid.uuid4().hex}.dcm"
-        return path, StreamFile(path, digest=self.digest, direct=False)
+        try:
+            return path, StreamFile(path, digest=self.digest, direct=False)
+        except FileNotFoundError:  # the folder was removed: make it again
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return path, StreamFile(path, digest=self.digest, direct=False)
 
 
 class _Incoming:
