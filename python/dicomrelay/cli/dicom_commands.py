@@ -211,14 +211,11 @@ def run_store(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             tls=tls,
         ) as client:
-            for path, info in files:
-                try:
-                    status = await client.store(path, info)
-                except AssociationError as e:
-                    sys.stderr.write(f"storescu: {os.path.basename(path)}: {e}\n")
+            async for path, status in client.store_many(files):
+                if isinstance(status, Exception):
+                    sys.stderr.write(f"storescu: {os.path.basename(path)}: {status}\n")
                     failed += 1
-                    continue
-                if status != Status.SUCCESS:
+                elif status != Status.SUCCESS:
                     failed += 1
                     sys.stderr.write(f"storescu: {path}: status {status:#06x}\n")
         return failed

@@ -2,7 +2,9 @@
 
 The Upper Layer is the sans-IO ``Association``; this module only moves its
 bytes, arms its ARTIM timer, and matches responses to requests by message id.
-Datasets are streamed from their files in pieces, never read whole.
+A dataset of up to ``HELD_DATASET`` bytes is read and encoded whole (the next
+one while the peer stores the last); a larger one is streamed from its file in
+pieces, never held whole.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -47,11 +49,22 @@ VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 MAX_PDU = 1 << 20  # the largest P-DATA-TF this side accepts
-PIECE = 1 << 20  # bytes of a dataset read from its file at a time
+PIECE = 1 << 20  # bytes of a dataset read from its file at a time, when streamed
+HELD_DATASET = 8 << 20  # datasets up to this size are read whole, ahead of sending
 
 
 class AssociationError(DicomrelayError, ConnectionError):
     """The peer rejected or aborted the association, or closed the connection."""
+
+
+@dataclass(kw_only=True, slots=True)
+class _StoreRequest:
+    path: Path
+    info: InstanceInfo
+    context: int
+    message_id: int
+    command: bytes  # P-DATA-TF PDUs
+    dataset: bytes | None = None  # P-DATA-TF PDUs, or None: streamed from the file
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -280,6 +293,45 @@ class Client:
         self._check_open()
         if info is None:
             info = await anyio.to_thread.run_sync(scan_file, path)
+        request = self._store_request(path, info)
+        await self._send_store(request)
+        return await self._store_status(request)
+
+    async def store_many(
+        self, files: Iterable[tuple[str | os.PathLike[str], InstanceInfo]]
+    ) -> AsyncIterator[tuple[str | os.PathLike[str], int | AssociationError | OSError]]:
+        """C-STORE each file in turn, yielding its status, or the error that
+        kept it from being sent. One request is outstanding at a time, as
+        DICOM asks of a peer that does not negotiate more; while the peer
+        handles it, the next file is read and encoded, so the peer seldom
+        waits for us."""
+        pending = iter(files)
+
+        def prepare() -> (
+            tuple[str | os.PathLike[str], _StoreRequest | AssociationError | OSError] | None
+        ):
+            for path, info in pending:
+                self._check_open()
+                try:
+                    return path, self._store_request(path, info)
+                except (AssociationError, OSError) as e:
+                    return path, e
+            return None
+
+        current = prepare()
+        while current is not None:
+            path, request = current
+            if not isinstance(request, _StoreRequest):
+                yield path, request
+                current = prepare()
+                continue
+            await self._send_store(request)
+            current = prepare()  # while the peer stores this one
+            yield path, await self._store_status(request)
+
+    def _store_request(self, path: str | os.PathLike[str], info: InstanceInfo) -> _StoreRequest:
+        """A C-STORE request encoded, with its dataset read and encoded too
+        unless it is too large to hold (then it is streamed when sent)."""
         key = (info.sop_class_uid or "", info.transfer_syntax_uid or IMPLICIT_LE)
         context = self._accepted.get(key)
         if context is None:
@@ -290,28 +342,50 @@ class Client:
             sop_class_uid=key[0],
             sop_instance_uid=info.sop_instance_uid or "",
         ).encode()
-        async with self._send_lock:
-            self._association.send_pdata(fragment_pdata(context, True, command, self._peer_max_pdu))
-            await self._stream.send(self._association.data_to_send())
-            with open(Path(path), "rb") as f:
+        request = _StoreRequest(
+            path=Path(path),
+            info=info,
+            context=context,
+            message_id=message_id,
+            command=fragment_pdata(context, True, command, self._peer_max_pdu),
+        )
+        if info.size - info.dataset_offset <= HELD_DATASET:
+            with open(request.path, "rb") as f:
                 f.seek(info.dataset_offset)
-                left = info.size - info.dataset_offset
-                odd = left % 2 == 1
+                request.dataset = self._dataset_pdata(context, f.read(), last=True)
+        return request
+
+    def _dataset_pdata(self, context: int, piece: bytes, *, last: bool) -> bytes:
+        if last and len(piece) % 2 == 1:
+            # Fragments are even (DCMTK insists); only a deflated stream can
+            # be odd, and PS3.5 A.5 pads it with one NUL.
+            piece += b"\0"
+        return fragment_pdata(context, False, piece, self._peer_max_pdu, last=last)
+
+    async def _send_store(self, request: _StoreRequest) -> None:
+        async with self._send_lock:
+            self._association.send_pdata(request.command)
+            await self._stream.send(self._association.data_to_send())
+            if request.dataset is not None:
+                self._association.send_pdata(request.dataset)
+                await self._stream.send(self._association.data_to_send())
+                return
+            with open(request.path, "rb") as f:
+                f.seek(request.info.dataset_offset)
+                left = request.info.size - request.info.dataset_offset
                 while True:
                     piece = f.read(min(PIECE, left))
                     left -= len(piece)
                     last = left <= 0 or not piece
-                    if last and odd:
-                        # Fragments are even (DCMTK insists); only a deflated
-                        # stream can be odd, and PS3.5 A.5 pads it with one NUL.
-                        piece += b"\0"
                     self._association.send_pdata(
-                        fragment_pdata(context, False, piece, self._peer_max_pdu, last=last)
+                        self._dataset_pdata(request.context, piece, last=last)
                     )
                     await self._stream.send(self._association.data_to_send())
                     if last:
                         break
-        response = await self._response(message_id)
+
+    async def _store_status(self, request: _StoreRequest) -> int:
+        response = await self._response(request.message_id)
         assert isinstance(response, CStoreRsp)
         return response.status
 
