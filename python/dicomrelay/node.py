@@ -492,21 +492,20 @@ class Node:
         error = ""
         for attempt in range(1, dicom.delivery_attempts + 1):
             try:
-                good = [i for i in infos if isinstance(i, InstanceInfo)]
+                sendable = [
+                    (p, i) for p, i in zip(paths, infos, strict=True) if isinstance(i, InstanceInfo)
+                ]
                 async with await Client.connect(
                     pacs.host,
                     pacs.port,
                     calling_ae_title=dicom.ae_title,
                     called_ae_title=pacs.ae_title,
-                    contexts=contexts_for(good),
+                    contexts=contexts_for([i for _, i in sendable]),
                     tls=self._pacs_tls,
                 ) as client:
-                    failed = 0
-                    for path, info in zip(paths, infos, strict=True):
-                        if not isinstance(info, InstanceInfo):
-                            failed += 1
-                            continue
-                        if await client.store(path, info) != Status.SUCCESS:
+                    failed = len(paths) - len(sendable)  # unreadable since they were stored
+                    async for _path, status in client.store_many(sendable):
+                        if status != Status.SUCCESS:
                             failed += 1
                 if not failed:
                     detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
