@@ -39,6 +39,8 @@ from .chain_helpers import (
     dataset,
     delivering_node,
     held,
+    routing_node,
+    run,
     storescu_args,
     transfer_syntax,
 )
@@ -252,3 +254,18 @@ async def test_pacs_delivery_survives_a_restart(orgs: Pki, tmp_path: Path) -> No
             pacs.terminate()
             pacs.wait(timeout=10)
     assert len(list(pacs_out.iterdir())) == count
+
+
+async def test_a_released_association_is_already_routed(orgs: Pki, tmp_path: Path) -> None:
+    """Once node A answers the release, every study the association stored is
+    durable and routed in A's ledger: a crash after that loses nothing, even
+    with the destination down."""
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 8)
+    config = routing_node(orgs, tmp_path / "a", closed_port(), (Route(to="RX2"),))
+    async with Node(config) as a:
+        assert a.dicom_port is not None
+        args = storescu_args(a.dicom_port, sorted(study.glob("*.dcm")), proposal=None)
+        result = await anyio.to_thread.run_sync(run, args)
+        assert result.returncode == 0, result.stderr
+        rows = query(tmp_path / "a" / "ledger.sqlite", "SELECT destination, total FROM outgoing")
+        assert rows == [("RX2", 8)]

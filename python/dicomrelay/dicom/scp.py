@@ -92,9 +92,9 @@ class StoreScp:
     output_dir: Path
     quarantine_dir: Path
     allowed_calling: frozenset[str] | None = None
-    # Called when an association ends, with the instances it stored (routing
-    # works study by study, and C-STORE says nothing of when a study is whole).
-    # Only durable instances are handed over.
+    # Called with the instances an association stored, durable, before its
+    # release is answered (or when it ends otherwise): routing works study by
+    # study, and C-STORE says nothing of when a study is whole.
     on_association_end: Callable[[list[StoredInstance]], Awaitable[None]] | None = None
     digest: DigestName | None = "sha256"
     sync_each_instance: bool = False
@@ -305,9 +305,13 @@ class _Session:
             if self.incoming is not None:
                 self.incoming.discard()
             with anyio.CancelScope(shield=True):
-                durable = await self._settle()
-                if durable and self.scp.on_association_end is not None:
-                    await self.scp.on_association_end(durable)
+                await self._hand_over(await self._settle())
+
+    async def _hand_over(self, durable: list[StoredInstance]) -> None:
+        """Give what the association stored to ``on_association_end``, once."""
+        self.stored = {}
+        if durable and self.scp.on_association_end is not None:
+            await self.scp.on_association_end(durable)
 
     async def _settle(self) -> list[StoredInstance]:
         """Wait for every instance this association stored to be durable; the
@@ -392,9 +396,13 @@ class _Session:
                 if message is not None:
                     await self._message(message)
         elif isinstance(indication, ReleaseRequested):
-            # The release promises the peer that everything it stored is safe.
+            # The release promises the peer that everything it stored is safe:
+            # durable, and handed over (a node has routed it in its ledger).
             stored = len(self.stored)
-            if len(await self._settle()) == stored:
+            durable = await self._settle()
+            with anyio.CancelScope(shield=True):
+                await self._hand_over(durable)
+            if len(durable) == stored:
                 self.association.release_response()
             else:
                 self.association.abort()
