@@ -99,6 +99,7 @@ class StoreScp:
     digest: DigestName | None = "sha256"
     sync_each_instance: bool = False
     tls: ssl.SSLContext | None = None
+    idle_seconds: float = 300.0  # an association silent this long is aborted
     commits: GroupCommit = field(init=False)
     spares: SpareFiles = field(init=False)
 
@@ -295,10 +296,12 @@ class _Session:
         # same association replaces the earlier (its file does too).
         self.stored: dict[Path, tuple[int, StoredInstance]] = {}
         self.background: anyio.abc.TaskGroup | None = None
+        self.last_heard = anyio.current_time()
 
     async def run(self) -> None:
         try:
             async with anyio.create_task_group() as self.background:
+                self.background.start_soon(self._watch_idle)
                 await self._serve()
                 self.background.cancel_scope.cancel()
         finally:
@@ -312,6 +315,21 @@ class _Session:
         self.stored = {}
         if durable and self.scp.on_association_end is not None:
             await self.scp.on_association_end(durable)
+
+    async def _watch_idle(self) -> None:
+        """Abort an association on which nothing has arrived for the SCP's
+        ``idle_seconds``: a peer that went away without a word must not hold
+        its files and its memory for ever."""
+        idle = self.scp.idle_seconds
+        while True:
+            await anyio.sleep(max(idle - (anyio.current_time() - self.last_heard), 0.01))
+            if anyio.current_time() - self.last_heard >= idle:
+                log.warning("aborting an association idle for %g s", idle)
+                self.association.abort()
+                with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                    await self._flush()
+                await self.stream.aclose()  # ends the receive the session waits in
+                return
 
     async def _settle(self) -> list[StoredInstance]:
         """Wait for every instance this association stored to be durable; the
@@ -339,9 +357,10 @@ class _Session:
                         continue
                 else:
                     data = await self.stream.receive(1 << 20)
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self.association.transport_closed()
                 return
+            self.last_heard = anyio.current_time()
             # A data set's bytes go from the decoder straight into its file;
             # the decoder pauses after each command, for the file to be made.
             view = memoryview(data)

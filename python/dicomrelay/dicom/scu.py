@@ -9,6 +9,7 @@ pieces, never held whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -50,6 +51,7 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 MAX_PDU = 1 << 20  # the largest P-DATA-TF this side accepts
 PIECE = 1 << 20  # bytes of a dataset read from its file at a time, when streamed
+DIMSE_TIMEOUT = 120.0  # seconds a peer may take to answer a request
 HELD_DATASET = 8 << 20  # datasets up to this size are read whole, ahead of sending
 
 
@@ -89,8 +91,15 @@ def _tls_reason(e: ssl.SSLError) -> str:
 class Client:
     """An established association; use ``async with await Client.connect(...)``."""
 
-    def __init__(self, stream: ByteStream, association: Association, peer_max_pdu: int) -> None:
+    def __init__(
+        self,
+        stream: ByteStream,
+        association: Association,
+        peer_max_pdu: int,
+        dimse_timeout: float = DIMSE_TIMEOUT,
+    ) -> None:
         self._stream = stream
+        self._dimse_timeout = dimse_timeout
         self._association = association
         self._peer_max_pdu = peer_max_pdu or MAX_PDU
         self._accepted: dict[tuple[str, str], int] = {}
@@ -113,8 +122,10 @@ class Client:
         contexts: Sequence[Context] = (),
         timeout: float = 30.0,
         tls: ssl.SSLContext | None = None,
+        dimse_timeout: float = DIMSE_TIMEOUT,
     ) -> Client:
-        """Connect and associate. With ``tls`` (see
+        """Connect and associate within ``timeout`` seconds; a response that
+        takes longer than ``dimse_timeout`` aborts the association. With ``tls`` (see
         ``dicomrelay.dicom.tls.client_context``) the connection is TLS first; a
         failed handshake or a peer that refuses our certificate raises TlsError."""
         proposed = [Context(abstract_syntax=VERIFICATION, transfer_syntaxes=(IMPLICIT_LE,))]
@@ -168,7 +179,8 @@ class Client:
                 for indication in association.receive(data):
                     if isinstance(indication, AssociationAccepted):
                         ac = indication.ac
-                        client = cls(stream, association, ac.user_information.max_length or 0)
+                        max_pdu = ac.user_information.max_length or 0
+                        client = cls(stream, association, max_pdu, dimse_timeout)
                         for pc in ac.presentation_contexts:
                             if pc.result == 0 and pc.transfer_syntax is not None:
                                 n = (pc.context_id - 1) // 2
@@ -255,12 +267,23 @@ class Client:
                 await self._stream.send(data)
 
     async def _response(self, message_id: int) -> Command:
-        while message_id not in self._responses:
-            if self._closed is not None:
-                raise self._closed
-            self._response_ready = anyio.Event()
-            await self._response_ready.wait()
-        return self._responses.pop(message_id)
+        with anyio.move_on_after(self._dimse_timeout) as waiting:
+            while message_id not in self._responses:
+                if self._closed is not None:
+                    raise self._closed
+                self._response_ready = anyio.Event()
+                await self._response_ready.wait()
+            return self._responses.pop(message_id)
+        # A peer that stopped answering: give up on the association (PS3.8 9.1.5).
+        assert waiting.cancelled_caught
+        self._closed = AssociationError(f"no response within {self._dimse_timeout:g} s")
+        self._association.abort()
+        with (
+            anyio.move_on_after(1, shield=True),
+            contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError),
+        ):
+            await self._flush()
+        raise self._closed
 
     def _next_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1
