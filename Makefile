@@ -3,16 +3,22 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps install run test lint rust-test bench fuzz
+.PHONY: help deps install postgres run test lint rust-test bench fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-deps: ## Debian packages the tests use (DCMTK), when missing
-	@test -x /usr/bin/storescp || { apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null; }
+deps: ## Debian packages the tests use (DCMTK, PostgreSQL), when missing
+	@missing=; test -x /usr/bin/storescp || missing="dcmtk"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -z "$$missing" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
+
+postgres: deps ## start the PostgreSQL server the tests use, unless DICOMRELAY_TEST_POSTGRES names one
+	@test -n "$$DICOMRELAY_TEST_POSTGRES" || bash .ci/postgres.sh start
 
 install: ## build the Rust extension (release) and install dicomrelay with its test tools
-	$(PYTHON) -m pip install -q -e '.[test,lint]'
+	$(PYTHON) -m pip install -q -e '.[test,lint,postgres]'
 
 run: install ## the main job on its embedded default: a load test between two local organisations
 	dicomrelay loadtest
@@ -28,8 +34,9 @@ lint: ## rustfmt, clippy, ruff, mypy strict, stubtest of the native module
 rust-test: ## cargo tests of the pure-Rust core
 	cargo test -p dicomrelay-core
 
-test: deps install lint rust-test ## everything CI checks: lints, cargo test, pytest
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+test: deps install postgres lint rust-test ## everything CI checks: lints, cargo test, pytest
+	DICOMRELAY_TEST_POSTGRES="$${DICOMRELAY_TEST_POSTGRES:-$$(bash .ci/postgres.sh url)}" \
+		$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 bench: deps install ## pytest-benchmark suites in short mode; JSON to build-artifacts/
 	mkdir -p build-artifacts

@@ -1,10 +1,13 @@
-"""Reading a node's TOML file: ``[dicom.tls]``."""
+"""Reading a node's TOML file: ``[dicom.tls]``, the ledger."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dicomrelay.config import DicomTls, NodeConfig
+from dicomrelay.errors import ConfigurationError
 
 NODE = """
 [node]
@@ -67,3 +70,24 @@ def test_without_dicom_tls_the_dicom_face_is_plain_tcp(tmp_path: Path) -> None:
     dicom = NodeConfig.from_toml(path).dicom
     assert dicom is not None
     assert dicom.tls is None
+
+
+def test_the_ledger_is_sqlite_unless_a_postgresql_url_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(NODE)
+    default = NodeConfig.from_toml(path)
+    assert (default.ledger, default.ledger_schema) == (None, "dicomrelay")
+
+    path.write_text(
+        NODE.replace(
+            'org = "RX1"',
+            'org = "RX1"\nledger = "postgresql://relay:secret@db/relay"\nledger_schema = "rx1"',
+        )
+    )
+    config = NodeConfig.from_toml(path)
+    assert (config.ledger, config.ledger_schema) == ("postgresql://relay:secret@db/relay", "rx1")
+    assert "secret" not in repr(config)
+
+    path.write_text(NODE.replace('org = "RX1"', 'org = "RX1"\nledger = "mysql://db/relay"'))
+    with pytest.raises(ConfigurationError, match="postgresql://"):
+        NodeConfig.from_toml(path)

@@ -1,18 +1,26 @@
-"""The SQLite ledger: what it records survives reopening; commits are atomic and idempotent."""
+"""The ledger, on each backend (SQLite, PostgreSQL): what it records survives
+reopening; commits are atomic and idempotent; delivery stamps; claims of
+sending work by several workers at once."""
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 
 from dicomrelay.ledger import (
     IncomingInstance,
+    Ledger,
     OutgoingInstance,
     OutgoingTransfer,
     SqliteLedger,
     TransferState,
 )
+from pg_server import fresh_schema, postgres_url
 
 pytestmark = pytest.mark.anyio
 TID = "f" * 32
@@ -23,18 +31,53 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
     return "asyncio", {"use_uvloop": request.param}
 
 
-def transfer(total: int = 3) -> OutgoingTransfer:
+@dataclass
+class Backend:
+    """Opens ledgers on one store: each call a new ledger (new connections) on it."""
+
+    name: str
+    open: Callable[[], Awaitable[Ledger]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+
+        async def open_sqlite() -> Ledger:
+            return SqliteLedger(tmp_path / "ledger.sqlite")
+
+        yield Backend("sqlite", open_sqlite)
+        return
+    url = postgres_url()
+    from dicomrelay.ledger.postgres import PostgresLedger
+
+    async with fresh_schema(url) as schema:
+
+        async def open_postgres() -> Ledger:
+            return await PostgresLedger.open(url, schema=schema)
+
+        yield Backend("postgres", open_postgres)
+
+
+def transfer(
+    total: int = 3,
+    *,
+    id: str = TID,
+    priority: str = "routine",
+    created: float = 1.0,
+    next_attempt: float = 0.0,
+) -> OutgoingTransfer:
     return OutgoingTransfer(
-        id=TID,
+        id=id,
         destination="RX2",
         study_instance_uid="1.2.3",
-        priority="routine",
+        priority=priority,
         digest="sha256",
         chunk_size=1 << 20,
         state=TransferState.QUEUED,
         attempts=0,
-        next_attempt=0.0,
-        created=1.0,
+        next_attempt=next_attempt,
+        created=created,
         total=total,
     )
 
@@ -53,36 +96,48 @@ def instances(n: int = 3) -> list[OutgoingInstance]:
     ]
 
 
-async def test_outgoing_state_and_acks_survive_reopening(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.sqlite")
+def received(uids_digests: list[tuple[str, str]]) -> list[IncomingInstance]:
+    return [
+        IncomingInstance(index=n, sop_instance_uid=uid, size=9, digest=digest, stored=1.0)
+        for n, (uid, digest) in enumerate(uids_digests)
+    ]
+
+
+async def test_outgoing_state_and_acks_survive_reopening(backend: Backend) -> None:
+    ledger = await backend.open()
     await ledger.add_outgoing(transfer(), instances())
     await ledger.mark_acked(TID, [0, 2], at=5.0)
     await ledger.set_outgoing_state(TID, TransferState.ACTIVE, attempts=2, error="boom")
     await ledger.close()
 
-    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    ledger = await backend.open()
     [t] = await ledger.unfinished_outgoing()
     assert (t.state, t.attempts, t.acked, t.last_error) == (TransferState.ACTIVE, 2, 2, "boom")
+    assert (t.claimed_by, t.lease_until) == (None, None)
     pending = await ledger.pending_instances(TID)
     assert [i.index for i in pending] == [1]
     assert pending[0].chunk_digests == (f"{1:064x}",)
     await ledger.set_outgoing_state(TID, TransferState.DONE, receipt=b"{}")
     assert await ledger.unfinished_outgoing() == []
+    done = await ledger.outgoing(TID)
+    assert done is not None
+    assert (done.receipt, done.last_error, done.attempts) == (b"{}", "boom", 2)
+    assert [t.id for t in await ledger.all_outgoing()] == [TID]
     assert (await ledger.counts())["done"] == 1
     await ledger.close()
 
 
-async def test_incoming_commit_is_atomic_and_idempotent(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.sqlite")
+async def test_incoming_commit_is_atomic_and_idempotent(backend: Backend) -> None:
+    ledger = await backend.open()
     assert await ledger.note_incoming("RX1", TID, "1.2.3", 2, "sha256") is None
-    got = [
-        IncomingInstance(index=i, sop_instance_uid=f"u{i}", size=9, digest=f"{i:064x}", stored=1.0)
-        for i in range(2)
-    ]
+    got = received([("u0", f"{0:064x}"), ("u1", f"{1:064x}")])
     await ledger.record_received("RX1", TID, got[:1])
     await ledger.record_received("RX1", TID, got)  # a repeat stores nothing twice
     assert sorted(await ledger.received("RX1", TID)) == [0, 1]
     assert await ledger.study("1.2.3") == []  # nothing visible before the commit
+    assert await ledger.digests_from("RX1", [f"{1:064x}", f"{7:064x}"]) == {f"{1:064x}"}
+    assert await ledger.digests_from("RX9", [f"{1:064x}"]) == set()
+    assert await ledger.digests_from("RX1", []) == set()
 
     first = await ledger.commit_incoming("RX1", TID, "1.2.3", b"receipt-1", 2.0)
     again = await ledger.commit_incoming("RX1", TID, "1.2.3", b"receipt-2", 3.0)
@@ -91,24 +146,81 @@ async def test_incoming_commit_is_atomic_and_idempotent(tmp_path: Path) -> None:
     assert await ledger.note_incoming("RX1", TID, "1.2.3", 2, "sha256") == b"receipt-1"
     incoming = await ledger.incoming("RX1", TID)
     assert incoming is not None
-    assert incoming.total == 2
+    assert (incoming.total, incoming.receipt) == (2, b"receipt-1")
     assert await ledger.incoming("RX9", TID) is None
+    counts = await ledger.counts()
+    assert (counts["received_committed"], counts["stored_instances"]) == (1, 2)
     await ledger.close()
 
 
-async def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.sqlite")
+async def test_concurrent_commits_of_one_transfer_return_one_receipt(backend: Backend) -> None:
+    """Two workers committing the same transfer at once: one receipt is kept and
+    both are answered with it."""
+    ledgers = [await backend.open() for _ in range(2)]
+    await ledgers[0].note_incoming("RX1", TID, "1.2.3", 2, "sha256")
+    await ledgers[0].record_received("RX1", TID, received([("u0", "a" * 64), ("u1", "b" * 64)]))
+    answers: list[bytes] = []
+
+    async def commit(ledger: Ledger, receipt: bytes) -> None:
+        answers.append(await ledger.commit_incoming("RX1", TID, "1.2.3", receipt, 2.0))
+
+    async with anyio.create_task_group() as tg:
+        for n, ledger in enumerate(ledgers):
+            tg.start_soon(commit, ledger, f"receipt-{n}".encode())
+    kept = await ledgers[0].incoming("RX1", TID)
+    assert kept is not None
+    assert answers == [kept.receipt, kept.receipt]
+    for ledger in ledgers:
+        await ledger.close()
+
+
+async def test_a_later_committed_version_replaces_the_one_held(backend: Backend) -> None:
+    ledger = await backend.open()
+    for tid, uids in (
+        ("1" * 32, [("u0", "a" * 64), ("u1", "b" * 64)]),
+        # A corrected u1, and (as a careless sender may) u2 twice: its last index wins.
+        ("2" * 32, [("u1", "c" * 64), ("u2", "d" * 64), ("u2", "e" * 64)]),
+    ):
+        await ledger.note_incoming("RX1", tid, "1.2.3", len(uids), "sha256")
+        await ledger.record_received("RX1", tid, received(uids))
+        await ledger.commit_incoming("RX1", tid, "1.2.3", tid.encode(), 2.0)
+    assert await ledger.study("1.2.3") == [
+        ("u0", "a" * 64, 9),
+        ("u1", "c" * 64, 9),
+        ("u2", "e" * 64, 9),
+    ]
+    await ledger.close()
+
+
+async def test_partials_keep_the_latest_durable_offset(backend: Backend) -> None:
+    ledger = await backend.open()
+    assert await ledger.partial("RX1", TID, 0) == 0
+    await ledger.record_partial("RX1", TID, 0, 64 << 20)
+    await ledger.record_partial("RX1", TID, 0, 5 << 30)  # past 32 bits
+    assert await ledger.partial("RX1", TID, 0) == 5 << 30
+    assert await ledger.partial("RX1", TID, 1) == 0
+    await ledger.audit("RX1", "received", TID, "detail")
+    await ledger.audit("RX1", "refused", None, "detail")
+    await ledger.close()
+
+
+async def test_a_failed_transaction_leaves_nothing(backend: Backend) -> None:
+    ledger = await backend.open()
     await ledger.add_outgoing(transfer(), instances())
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(Exception, match=r"(?i)unique"):
         await ledger.add_outgoing(transfer(), instances())
     assert len(await ledger.pending_instances(TID)) == 3
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        # The transfer is new, its instances are not: the transfer is not kept either.
+        await ledger.add_outgoing(transfer(id="e" * 32), [*instances(2), *instances(1)])
+    assert await ledger.outgoing("e" * 32) is None
     await ledger.close()
 
 
-async def test_a_delivery_asked_for_again_stays_due(tmp_path: Path) -> None:
+async def test_a_delivery_asked_for_again_stays_due(backend: Backend) -> None:
     """A delivery that finishes after the study was asked for again (a newer
     version committed meanwhile) does not close the newer request."""
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger = await backend.open()
     first = await ledger.add_delivery("1.2.3")
     second = await ledger.add_delivery("1.2.3")
     assert second > first
@@ -116,7 +228,143 @@ async def test_a_delivery_asked_for_again_stays_due(tmp_path: Path) -> None:
     assert await ledger.pending_deliveries() == [("1.2.3", second)]
     await ledger.finish_delivery("1.2.3", requested=second, delivered=True, error="")
     assert await ledger.pending_deliveries() == []
+    third = await ledger.add_delivery("1.2.3")
+    await ledger.finish_delivery("1.2.3", requested=third, delivered=False, error="refused")
+    assert (await ledger.counts())["deliveries_dead"] == 1
     await ledger.close()
-    reopened = SqliteLedger(tmp_path / "ledger.sqlite")
+    reopened = await backend.open()
     assert await reopened.pending_deliveries() == []
     await reopened.close()
+
+
+# Claims: several workers sharing one ledger's sending work.
+async def test_claims_take_due_transfers_most_urgent_first(backend: Backend) -> None:
+    ledger = await backend.open()
+    await ledger.add_outgoing(transfer(id="r" * 32, created=1.0), instances())
+    await ledger.add_outgoing(transfer(id="b" * 32, priority="bulk", created=0.5), instances())
+    await ledger.add_outgoing(transfer(id="u" * 32, priority="urgent", created=3.0), instances())
+    await ledger.add_outgoing(transfer(id="l" * 32, next_attempt=150.0), instances())  # not due
+    await ledger.add_outgoing(transfer(id="d" * 32), instances())
+    await ledger.set_outgoing_state("d" * 32, TransferState.DONE)
+
+    claimed = await ledger.claim_outgoing("w1", now=100.0, lease_seconds=100.0, limit=2)
+    assert [t.id for t in claimed] == ["u" * 32, "r" * 32]
+    assert {(t.claimed_by, t.lease_until) for t in claimed} == {("w1", 200.0)}
+    assert [t.acked for t in claimed] == [0, 0]
+    # What w1 holds, nobody else gets: w2 gets the rest of what is due.
+    rest = await ledger.claim_outgoing("w2", now=100.0, lease_seconds=100.0, limit=10)
+    assert [t.id for t in rest] == ["b" * 32]
+    assert await ledger.claim_outgoing("w3", now=100.0, lease_seconds=30.0, limit=10) == []
+    # Later, the retry is due.
+    later = await ledger.claim_outgoing("w3", now=160.0, lease_seconds=30.0, limit=1)
+    assert [t.id for t in later] == ["l" * 32]
+
+    # Given back after its attempt, a transfer is free for anyone once due.
+    assert await ledger.release_claim("w1", "r" * 32)
+    assert not await ledger.release_claim("w1", "r" * 32)
+    assert not await ledger.release_claim("w2", "u" * 32)  # not w2's to give
+    freed = await ledger.outgoing("r" * 32)
+    assert freed is not None
+    assert (freed.claimed_by, freed.lease_until) == (None, None)
+    again = await ledger.claim_outgoing("w2", now=101.0, lease_seconds=30.0, limit=10)
+    assert [t.id for t in again] == ["r" * 32]
+    await ledger.close()
+
+
+async def test_an_expired_lease_is_claimable_again(backend: Backend) -> None:
+    ledger = await backend.open()
+    await ledger.add_outgoing(transfer(id="q" * 32), instances())
+    await ledger.add_outgoing(transfer(id="a" * 32, created=2.0), instances())
+    [q, a] = await ledger.claim_outgoing("w1", now=100.0, lease_seconds=10.0, limit=5)
+    # w1 starts "a" and dies mid-attempt; it kept "q" queued (say, waiting for a slot).
+    await ledger.set_outgoing_state(a.id, TransferState.ACTIVE)
+    assert await ledger.renew_lease("w1", [q.id, a.id], now=105.0, lease_seconds=10.0) == {
+        q.id,
+        a.id,
+    }
+    assert await ledger.claim_outgoing("w2", now=114.0, lease_seconds=10.0, limit=5) == []
+
+    taken = await ledger.claim_outgoing("w2", now=115.0, lease_seconds=10.0, limit=5)
+    assert [(t.id, t.state, t.claimed_by) for t in taken] == [
+        (q.id, TransferState.QUEUED, "w2"),
+        (a.id, TransferState.ACTIVE, "w2"),
+    ]
+    # w1 comes back: its leases are lost, and it cannot give back what it lost.
+    assert await ledger.renew_lease("w1", [q.id, a.id], now=116.0, lease_seconds=10.0) == set()
+    assert not await ledger.release_claim("w1", a.id)
+    assert await ledger.renew_lease("w2", [a.id], now=116.0, lease_seconds=10.0) == {a.id}
+
+    # An active transfer sent by a node that claims nothing is never taken.
+    await ledger.add_outgoing(transfer(id="n" * 32), instances())
+    await ledger.set_outgoing_state("n" * 32, TransferState.ACTIVE)
+    assert await ledger.claim_outgoing("w3", now=1e12, lease_seconds=10.0, limit=5) == [
+        await ledger.outgoing(t) for t in (q.id, a.id)
+    ]
+    await ledger.close()
+
+
+async def test_concurrent_claimers_never_share_a_transfer(backend: Backend) -> None:
+    """Three ledgers (their own connections), two claiming tasks on each, take
+    small batches until nothing is due: every transfer is claimed exactly once."""
+    setup = await backend.open()
+    ids = [f"{n:032x}" for n in range(60)]
+    for n, tid in enumerate(ids):
+        priority = ("urgent", "routine", "bulk")[n % 3]
+        await setup.add_outgoing(transfer(1, id=tid, priority=priority, created=n), instances(1))
+    await setup.close()
+
+    ledgers: list[Ledger] = []
+
+    async def open_one() -> None:
+        ledgers.append(await backend.open())  # at once: schema creation races too
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(open_one)
+
+    claims: dict[str, list[str]] = {}
+
+    async def claimer(worker: str, ledger: Ledger) -> None:
+        mine = claims.setdefault(worker, [])
+        while batch := await ledger.claim_outgoing(worker, now=100.0, lease_seconds=60, limit=2):
+            assert all(t.claimed_by == worker for t in batch)
+            mine.extend(t.id for t in batch)
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        for n, ledger in enumerate(ledgers):
+            for k in range(2):
+                tg.start_soon(claimer, f"w{n}.{k}", ledger)
+
+    everything = [tid for mine in claims.values() for tid in mine]
+    assert sorted(everything) == ids, "a transfer claimed twice, or never"
+    assert sum(1 for mine in claims.values() if mine) >= 2, "one claimer took everything"
+    for t in await ledgers[0].all_outgoing():
+        assert t.id in claims[str(t.claimed_by)]
+    for ledger in ledgers:
+        await ledger.close()
+
+
+async def test_an_older_sqlite_ledger_gains_the_claim_columns(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE outgoing (id TEXT PRIMARY KEY, destination TEXT NOT NULL,"
+        " study_uid TEXT NOT NULL, priority TEXT NOT NULL, digest TEXT NOT NULL,"
+        " chunk_size INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt REAL NOT NULL DEFAULT 0, created REAL NOT NULL, updated REAL NOT NULL,"
+        " total INTEGER NOT NULL, last_error TEXT, receipt BLOB)"
+    )
+    db.execute(
+        "INSERT INTO outgoing (id, destination, study_uid, priority, digest, chunk_size, state,"
+        " created, updated, total) VALUES (?, 'RX2', '1.2.3', 'routine', 'sha256', 1, 'queued',"
+        " 1, 1, 0)",
+        (TID,),
+    )
+    db.commit()
+    db.close()
+
+    ledger = SqliteLedger(path)
+    [t] = await ledger.claim_outgoing("w1", now=5.0, lease_seconds=1.0, limit=5)
+    await ledger.close()
+    assert (t.id, t.claimed_by, t.lease_until) == (TID, "w1", 6.0)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from dicomrelay.errors import ConfigurationError
+from dicomrelay.ledger import POSTGRES_SCHEMES
 from dicomrelay.pki import Identity, check_org_code
 
 DigestName = Literal["sha256", "blake3"]
@@ -114,9 +115,18 @@ class NodeConfig:
     insecure_plaintext: bool = False
     limits: Limits = field(default_factory=Limits)
     dicom: DicomConfig | None = None
+    # None: SQLite in data_dir; a postgresql:// URL (libpq): a ledger that several
+    # workers or machines share, its tables in ledger_schema. Not in repr: it may
+    # hold a password.
+    ledger: str | None = field(default=None, repr=False)
+    ledger_schema: str = "dicomrelay"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "org", check_org_code(self.org))
+        if self.ledger is not None and not self.ledger.startswith(POSTGRES_SCHEMES):
+            raise ConfigurationError("ledger must be a postgresql:// URL (or absent: SQLite)")
+        if not self.ledger_schema:
+            raise ConfigurationError("ledger_schema must not be empty")
         if self.identity is None and not self.insecure_plaintext:
             raise ConfigurationError("a node needs a TLS identity (or insecure_plaintext=True)")
         if self.digest not in ("sha256", "blake3"):
@@ -175,6 +185,8 @@ class NodeConfig:
                 insecure_plaintext=bool(node.get("insecure_plaintext", False)),
                 limits=limits,
                 dicom=dicom,
+                ledger=node.get("ledger"),
+                ledger_schema=node.get("ledger_schema", "dicomrelay"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigurationError(f"{path}: {e!r}") from e

@@ -32,8 +32,8 @@ from dicomrelay.ledger import (
     Ledger,
     OutgoingInstance,
     OutgoingTransfer,
-    SqliteLedger,
     TransferState,
+    open_ledger,
 )
 from dicomrelay.protocol import PRIORITIES
 from dicomrelay.receipt import Receipt
@@ -91,7 +91,9 @@ class Node:
     async def __aenter__(self) -> Self:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger: Ledger = self._ledger or SqliteLedger(cfg.data_dir / "ledger.sqlite")
+        self.ledger: Ledger = self._ledger or await open_ledger(
+            cfg.ledger, data_dir=cfg.data_dir, schema=cfg.ledger_schema
+        )
         self.store = BlobStore(cfg.data_dir / "store")
         self.outbox = cfg.data_dir / "outbox"
         self.outbox.mkdir(exist_ok=True)

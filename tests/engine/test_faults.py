@@ -393,7 +393,16 @@ async def test_full_disk_at_the_storage_scp(tmp_path: Path) -> None:
     out = tmp_path / "received"
     port = free_port()
     command = dicomrelay_command("storescp", str(port), "-od", str(out), "-aet", "RELAY")
-    storescu = ["/usr/bin/storescu", "-v", "-aec", "RELAY", "127.0.0.1", str(port), "+sd", str(study)]
+    storescu = [
+        "/usr/bin/storescu",
+        "-v",
+        "-aec",
+        "RELAY",
+        "127.0.0.1",
+        str(port),
+        "+sd",
+        str(study),
+    ]
 
     def intact() -> dict[str, Path]:
         held = {str(scan_file(p).sop_instance_uid): p for p in out.glob("*.dcm")}

@@ -18,7 +18,7 @@ import anyio
 import orjson
 
 from dicomrelay.config import NodeConfig
-from dicomrelay.ledger import SqliteLedger
+from dicomrelay.ledger import open_ledger
 from dicomrelay.node import Node
 from dicomrelay.transfer import TransferFailed
 
@@ -87,7 +87,9 @@ def run_status(args: argparse.Namespace) -> int:
     config = NodeConfig.from_toml(args.config)
 
     async def status() -> tuple[dict[str, int], list[dict[str, object]]]:
-        ledger = SqliteLedger(config.data_dir / "ledger.sqlite")
+        ledger = await open_ledger(
+            config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
+        )
         try:
             counts = await ledger.counts()
             transfers = await ledger.all_outgoing(limit=50)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+# claim_outgoing hands out the most urgent, then the oldest (as the scheduler does).
+PRIORITY_ORDER = "CASE priority WHEN 'urgent' THEN 0 WHEN 'routine' THEN 1 ELSE 2 END, created, id"
 
 
 class TransferState(enum.StrEnum):
@@ -42,6 +45,8 @@ class OutgoingTransfer:
     acked: int = 0
     last_error: str | None = None
     receipt: bytes | None = None
+    claimed_by: str | None = None  # the worker holding it (claim_outgoing), if any
+    lease_until: float | None = None  # until when that worker's claim holds
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,6 +66,54 @@ class IncomingTransfer:
     total: int
     digest: str
     receipt: bytes | None
+
+
+def outgoing_from_row(row: Sequence[Any]) -> OutgoingTransfer:
+    """An outgoing transfer from a row of ``OUTGOING_COLUMNS`` (both backends)."""
+    (
+        id_,
+        dest,
+        study,
+        prio,
+        digest,
+        chunk,
+        state,
+        attempts,
+        nxt,
+        created,
+        total,
+        err,
+        rec,
+        claimed_by,
+        lease_until,
+        acked,
+    ) = row
+    return OutgoingTransfer(
+        id=id_,
+        destination=dest,
+        study_instance_uid=study,
+        priority=prio,
+        digest=digest,
+        chunk_size=chunk,
+        state=TransferState(state),
+        attempts=attempts,
+        next_attempt=nxt,
+        created=created,
+        total=total,
+        acked=acked,
+        last_error=err,
+        receipt=None if rec is None else bytes(rec),
+        claimed_by=claimed_by,
+        lease_until=lease_until,
+    )
+
+
+OUTGOING_COLUMNS = (
+    "id, destination, study_uid, priority, digest, chunk_size, state, attempts,"
+    " next_attempt, created, total, last_error, receipt, claimed_by, lease_until,"
+    " (SELECT count(*) FROM outgoing_instances i"
+    " WHERE i.transfer_id = o.id AND i.acked IS NOT NULL)"
+)
 
 
 class Ledger(Protocol):
@@ -87,6 +140,28 @@ class Ledger(Protocol):
         error: str | None = None,
         receipt: bytes | None = None,
     ) -> None: ...
+
+    # Several workers (processes, machines) sharing one ledger's sending work.
+    async def claim_outgoing(
+        self, worker: str, *, now: float, lease_seconds: float, limit: int
+    ) -> list[OutgoingTransfer]:
+        """Claim, atomically, up to ``limit`` transfers for ``worker`` until
+        ``now + lease_seconds``: queued ones that are due (``next_attempt <= now``)
+        and unclaimed or whose lease has expired, and active ones whose lease has
+        expired (their worker died mid-attempt). The most urgent, then the oldest,
+        first. No two workers ever hold the same transfer's lease at once."""
+        ...
+
+    async def renew_lease(
+        self, worker: str, transfer_ids: Sequence[str], *, now: float, lease_seconds: float
+    ) -> set[str]:
+        """Extend ``worker``'s claims to ``now + lease_seconds``; returns the ids it
+        still holds (a transfer another worker claimed after the lease ran out is lost)."""
+        ...
+
+    async def release_claim(self, worker: str, transfer_id: str) -> bool:
+        """Give a transfer back (after its attempt); false if ``worker`` no longer held it."""
+        ...
 
     # Receiving side.
     async def note_incoming(

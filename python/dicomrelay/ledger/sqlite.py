@@ -7,17 +7,20 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 
 from dicomrelay.ledger.base import (
+    OUTGOING_COLUMNS,
+    PRIORITY_ORDER,
     IncomingInstance,
     IncomingTransfer,
     OutgoingInstance,
     OutgoingTransfer,
     TransferState,
+    outgoing_from_row,
 )
 
 T = TypeVar("T")
@@ -37,7 +40,9 @@ CREATE TABLE IF NOT EXISTS outgoing (
     updated REAL NOT NULL,
     total INTEGER NOT NULL,
     last_error TEXT,
-    receipt BLOB
+    receipt BLOB,
+    claimed_by TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS outgoing_state ON outgoing (state);
 CREATE TABLE IF NOT EXISTS outgoing_instances (
@@ -107,47 +112,11 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
-_OUTGOING_COLUMNS = (
-    "id, destination, study_uid, priority, digest, chunk_size, state, attempts,"
-    " next_attempt, created, total, last_error, receipt,"
-    " (SELECT count(*) FROM outgoing_instances i"
-    " WHERE i.transfer_id = o.id AND i.acked IS NOT NULL)"
+# Columns added since the first release: (table, column, type) for older files.
+_ADDED_COLUMNS = (
+    ("outgoing", "claimed_by", "TEXT"),
+    ("outgoing", "lease_until", "REAL"),
 )
-
-
-def _outgoing(row: tuple[Any, ...]) -> OutgoingTransfer:
-    (
-        id_,
-        dest,
-        study,
-        prio,
-        digest,
-        chunk,
-        state,
-        attempts,
-        nxt,
-        created,
-        total,
-        err,
-        rec,
-        acked,
-    ) = row
-    return OutgoingTransfer(
-        id=id_,
-        destination=dest,
-        study_instance_uid=study,
-        priority=prio,
-        digest=digest,
-        chunk_size=chunk,
-        state=TransferState(state),
-        attempts=attempts,
-        next_attempt=nxt,
-        created=created,
-        total=total,
-        acked=acked,
-        last_error=err,
-        receipt=None if rec is None else bytes(rec),
-    )
 
 
 class SqliteLedger:
@@ -160,6 +129,10 @@ class SqliteLedger:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._limiter = anyio.CapacityLimiter(1)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -229,30 +202,29 @@ class SqliteLedger:
     async def outgoing(self, transfer_id: str) -> OutgoingTransfer | None:
         def get(db: sqlite3.Connection) -> OutgoingTransfer | None:
             row = db.execute(
-                f"SELECT {_OUTGOING_COLUMNS} FROM outgoing o WHERE id = ?", (transfer_id,)
+                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE id = ?", (transfer_id,)
             ).fetchone()
-            return None if row is None else _outgoing(row)
+            return None if row is None else outgoing_from_row(row)
 
         return await self._run(get)
 
     async def unfinished_outgoing(self) -> list[OutgoingTransfer]:
         def get(db: sqlite3.Connection) -> list[OutgoingTransfer]:
             rows = db.execute(
-                f"SELECT {_OUTGOING_COLUMNS} FROM outgoing o WHERE state IN (?, ?)"
-                " ORDER BY created",
+                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE state IN (?, ?) ORDER BY created",
                 (TransferState.QUEUED.value, TransferState.ACTIVE.value),
             ).fetchall()
-            return [_outgoing(r) for r in rows]
+            return [outgoing_from_row(r) for r in rows]
 
         return await self._run(get)
 
     async def all_outgoing(self, limit: int = 1000) -> list[OutgoingTransfer]:
         def get(db: sqlite3.Connection) -> list[OutgoingTransfer]:
             rows = db.execute(
-                f"SELECT {_OUTGOING_COLUMNS} FROM outgoing o ORDER BY created DESC LIMIT ?",
+                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o ORDER BY created DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [_outgoing(r) for r in rows]
+            return [outgoing_from_row(r) for r in rows]
 
         return await self._run(get)
 
@@ -306,6 +278,70 @@ class SqliteLedger:
             )
 
         await self._run(update)
+
+    # Several workers sharing the sending work (one writer at a time: BEGIN IMMEDIATE).
+    async def claim_outgoing(
+        self, worker: str, *, now: float, lease_seconds: float, limit: int
+    ) -> list[OutgoingTransfer]:
+        def claim(db: sqlite3.Connection) -> list[OutgoingTransfer]:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM outgoing WHERE (state = ? AND next_attempt <= ?"
+                    " AND (claimed_by IS NULL OR lease_until <= ?))"
+                    " OR (state = ? AND claimed_by IS NOT NULL AND lease_until <= ?)"
+                    f" ORDER BY {PRIORITY_ORDER} LIMIT ?",
+                    (
+                        TransferState.QUEUED.value,
+                        now,
+                        now,
+                        TransferState.ACTIVE.value,
+                        now,
+                        limit,
+                    ),
+                )
+            ]
+            db.executemany(
+                "UPDATE outgoing SET claimed_by = ?, lease_until = ?, updated = ? WHERE id = ?",
+                [(worker, now + lease_seconds, time.time(), i) for i in ids],
+            )
+            order = {i: n for n, i in enumerate(ids)}
+            rows = db.execute(
+                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o"
+                f" WHERE id IN ({','.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+            return sorted((outgoing_from_row(r) for r in rows), key=lambda t: order[t.id])
+
+        return await self._run(claim)
+
+    async def renew_lease(
+        self, worker: str, transfer_ids: Sequence[str], *, now: float, lease_seconds: float
+    ) -> set[str]:
+        def renew(db: sqlite3.Connection) -> set[str]:
+            held: set[str] = set()
+            for i in transfer_ids:
+                row = db.execute(
+                    "UPDATE outgoing SET lease_until = ? WHERE id = ? AND claimed_by = ?"
+                    " RETURNING id",
+                    (now + lease_seconds, i, worker),
+                ).fetchone()
+                if row is not None:
+                    held.add(row[0])
+            return held
+
+        return await self._run(renew)
+
+    async def release_claim(self, worker: str, transfer_id: str) -> bool:
+        def release(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = ?"
+                " WHERE id = ? AND claimed_by = ?",
+                (time.time(), transfer_id, worker),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(release)
 
     # Receiving side.
     async def note_incoming(
@@ -435,7 +471,7 @@ class SqliteLedger:
             db.execute(
                 "INSERT INTO store (study_uid, sop_uid, digest, size, sender,"
                 " transfer_id, committed) SELECT ?, sop_uid, digest, size, sender, transfer_id, ?"
-                " FROM incoming_instances WHERE sender = ? AND transfer_id = ?"
+                " FROM incoming_instances WHERE sender = ? AND transfer_id = ? ORDER BY idx"
                 " ON CONFLICT (study_uid, sop_uid) DO UPDATE SET digest = excluded.digest,"
                 " size = excluded.size, sender = excluded.sender,"
                 " transfer_id = excluded.transfer_id, committed = excluded.committed",
