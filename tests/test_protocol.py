@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 
 import orjson
 import pytest
@@ -108,3 +109,24 @@ def test_native_channel_refuses_garbage_frames() -> None:
     sender.send(int(Kind.OFFER), b"{}")
     got = frames.receive(bytes(sender.take_outgoing()))
     assert [(k, bytes(p)) for k, _, _, _, p, _, _ in got] == [(int(Kind.OFFER), b"{}")]
+
+
+def test_native_channel_moves_frames_over_a_socket() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        sender, receiver = Channel(), Channel()
+        sender.send(int(Kind.OFFER), b"{}")
+        assert sender.wants_write
+        assert not sender.write_to(a.fileno())
+        assert not sender.wants_write
+        frames, closed = receiver.read_from(b.fileno())
+        assert [(k, bytes(p)) for k, _, _, _, p, _, _ in frames] == [(int(Kind.OFFER), b"{}")]
+        assert not closed
+        assert receiver.read_from(b.fileno()) == ([], False)
+        a.close()
+        assert receiver.read_from(b.fileno()) == ([], True)
+        receiver.send(int(Kind.HAVE), b"{}")
+        with pytest.raises(BrokenPipeError):
+            receiver.write_to(b.fileno())

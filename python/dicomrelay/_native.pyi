@@ -142,6 +142,12 @@ _Frame: TypeAlias = tuple[int, int, int, int, Payload, bool | None, bytes | None
 class Channel:
     def __new__(cls, tls: TlsConfig | None = None, server_name: str | None = None) -> Channel: ...
     def receive(self, data: bytes) -> list[_Frame]: ...
+    def read_from(self, fd: int) -> tuple[list[_Frame], bool]:
+        """Read a non-blocking socket until it would block (at most 4 MiB);
+        the whole frames now available, and whether the peer closed."""
+    def write_to(self, fd: int) -> bool:
+        """Write queued bytes to a non-blocking socket until it would block;
+        whether bytes remain."""
     def send(
         self,
         kind: int,
@@ -168,7 +174,7 @@ class Channel:
     @property
     def handshaking(self) -> bool: ...
     @property
-    def outgoing_len(self) -> int: ...
+    def wants_write(self) -> bool: ...
     @property
     def peer_certificate(self) -> bytes | None: ...
 

@@ -1,7 +1,9 @@
-"""One peer connection: a byte stream and the native Channel (TLS + frame codec).
+"""One peer connection: a non-blocking socket and the native Channel (TLS +
+frame codec).
 
-The async layer here only moves bytes; framing, TLS and chunk digests happen in
-Rust. Sends are serialised by a lock so frames never interleave.
+The async layer here only waits: the Channel reads the socket, decrypts and
+checks frames, and writes queued records to it, in native code with the GIL
+released. Sends are serialised by a lock so frames never interleave.
 """
 
 from __future__ import annotations
@@ -10,17 +12,16 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import cast
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute
 
-from dicomrelay import pki
+from dicomrelay import pki, sockets
 from dicomrelay._native import Channel, Payload, TlsConfig
 from dicomrelay.errors import ProtocolError, TlsError
 from dicomrelay.protocol import Kind
 
-RECEIVE_SIZE = 1 << 20
+# (kind, flags, stream, offset, payload, digest_ok, digest), as the Channel returns them.
+RawFrame = tuple[int, int, int, int, Payload, bool | None, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +36,9 @@ class Frame:
     digest: bytes | None  # the digest a chunk claimed; trust it only when digest_ok
 
 
-def set_nodelay(stream: ByteStream) -> None:
-    """Nagle and delayed ACKs cost tens of milliseconds a message: always off."""
-    sock = stream.extra(SocketAttribute.raw_socket, None)
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class Connection:
-    def __init__(self, stream: ByteStream, channel: Channel) -> None:
-        self.stream = stream
+    def __init__(self, sock: socket.socket, channel: Channel) -> None:
+        self.sock = sock
         self.channel = channel
         self._send_lock = anyio.Lock()
         self._pending: list[Frame] = []
@@ -52,28 +46,44 @@ class Connection:
         self.peer_certificate: bytes | None = None
 
     @classmethod
-    async def open(
-        cls, stream: ByteStream, tls: TlsConfig | None, server_name: str | None = None
+    async def connect(
+        cls, host: str, port: int, tls: TlsConfig | None, server_name: str | None = None
     ) -> Connection:
-        """Wrap a connected stream and complete the TLS handshake."""
-        set_nodelay(stream)
-        conn = cls(stream, Channel(tls, server_name))
-        if tls is not None:
-            await conn._handshake()
+        """Connect to a peer and complete the TLS handshake."""
+        return await cls.open(await sockets.connect(host, port), tls, server_name)
+
+    @classmethod
+    async def open(
+        cls, sock: socket.socket, tls: TlsConfig | None, server_name: str | None = None
+    ) -> Connection:
+        """Take over a connected socket and complete the TLS handshake; the
+        socket is closed if that fails."""
+        try:
+            conn = cls(sockets.prepare(sock), Channel(tls, server_name))
+            if tls is not None:
+                await conn._handshake()
+        except BaseException:
+            sock.close()
+            raise
         return conn
 
     async def _handshake(self) -> None:
         await self.flush()
         while self.channel.handshaking:
-            data = await self._receive_bytes()
+            await anyio.wait_readable(self.sock)
             try:
-                self._pending.extend(self._frames(data))
+                raw, closed = self.channel.read_from(self.sock.fileno())
             except TlsError:
                 # Tell the peer why (an unknown CA, a wrong name) before hanging up,
                 # so its operator sees a certificate problem, not a network drop.
-                with anyio.move_on_after(1), contextlib.suppress(ConnectionResetError):
+                with anyio.move_on_after(1), contextlib.suppress(OSError):
                     await self.flush()
                 raise
+            except OSError as e:
+                raise ConnectionResetError(f"connection lost: {e}") from e
+            self._pending.extend(self._frames(raw))
+            if closed:
+                raise ConnectionResetError("peer closed the connection")
             await self.flush()
         cert = self.channel.peer_certificate
         if cert is None:
@@ -81,17 +91,9 @@ class Connection:
         self.peer_certificate = cert
         self.peer_org = pki.org_code_of(cert)
 
-    async def _receive_bytes(self) -> bytes:
-        try:
-            return await self.stream.receive(RECEIVE_SIZE)
-        except anyio.EndOfStream:
-            raise ConnectionResetError("peer closed the connection") from None
-        except (anyio.BrokenResourceError, OSError) as e:
-            raise ConnectionResetError(f"connection lost: {e}") from e
-
-    def _frames(self, data: bytes) -> list[Frame]:
+    def _frames(self, raw: list[RawFrame]) -> list[Frame]:
         out = []
-        for kind, flags, stream, offset, payload, ok, digest in self.channel.receive(data):
+        for kind, flags, stream, offset, payload, ok, digest in raw:
             try:
                 k = Kind(kind)
             except ValueError:
@@ -109,14 +111,23 @@ class Connection:
             yield pending
         while True:
             try:
-                data = await self.stream.receive(RECEIVE_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return
-            frames = self._frames(data)
-            if self.channel.outgoing_len:
-                await self.flush()
+                raw, closed = self.channel.read_from(self.sock.fileno())
+            except TlsError:
+                raise
+            except OSError:
+                return  # reset, or closed here: the end of the frames as much as a close
+            frames = self._frames(raw)
+            if self.channel.wants_write:
+                await self.flush()  # an alert or a TLS reply the records asked for
             if frames:
                 yield frames
+            if closed:
+                return
+            if not frames:
+                try:
+                    await anyio.wait_readable(self.sock)
+                except anyio.ClosedResourceError:
+                    return
 
     async def send(
         self,
@@ -132,9 +143,7 @@ class Connection:
             self.channel.send(
                 kind, payload, stream=stream, offset=offset, flags=flags, digest=digest
             )
-            data = self.channel.take_outgoing()
-            if len(data):
-                await self._write(data)
+            await self._write()
 
     async def send_from_file(
         self,
@@ -153,28 +162,30 @@ class Connection:
             self.channel.send_from_file(
                 kind, fd, offset, length, stream=stream, flags=flags, digest=digest
             )
-            data = self.channel.take_outgoing()
-            if len(data):
-                await self._write(data)
+            await self._write()
 
     async def flush(self) -> None:
         async with self._send_lock:
-            data = self.channel.take_outgoing()
-            if len(data):
-                await self._write(data)
+            await self._write()
 
-    async def _write(self, data: Payload) -> None:
+    async def _write(self) -> None:
+        """Write everything queued, waiting while the socket is full (TCP's flow
+        control is the backpressure). Called under the send lock."""
         try:
-            # Transports take any buffer; anyio's annotation says bytes.
-            await self.stream.send(cast(bytes, memoryview(data)))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            while self.channel.write_to(self.sock.fileno()):
+                await anyio.wait_writable(self.sock)
+        except (OSError, anyio.ClosedResourceError) as e:
             raise ConnectionResetError(f"connection lost: {e}") from e
 
     async def aclose(self) -> None:
+        if self.sock.fileno() < 0:
+            return
         try:
             with anyio.move_on_after(1, shield=True):
                 self.channel.close()
                 await self.flush()
         except (ConnectionResetError, TlsError):
             pass
-        await self.stream.aclose()
+        # Wake any task waiting on the socket before the descriptor can be reused.
+        anyio.notify_closing(self.sock)
+        self.sock.close()

@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup
 
-from dicomrelay import pki
+from dicomrelay import pki, sockets
 from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
 from dicomrelay.config import DicomConfig, NodeConfig, Peer
 from dicomrelay.connection import Connection
@@ -113,11 +113,9 @@ class Node:
         try:
             self._tg.start_soon(self._committer.run)
             if cfg.listen_port is not None:
-                listener = await anyio.create_tcp_listener(
-                    local_host=cfg.listen_host, local_port=cfg.listen_port, reuse_port=False
-                )
-                self.port = listener.extra(SocketAttribute.local_port)
-                self._tg.start_soon(_serve, listener, receiver.handle)
+                listener = await sockets.Listener.bind(cfg.listen_host, cfg.listen_port)
+                self.port = listener.port
+                self._tg.start_soon(listener.serve, receiver.handle)
             if cfg.dicom is not None and cfg.dicom.listen_port is not None:
                 await self._start_dicom(cfg.dicom)
             if cfg.dicom is not None and cfg.dicom.deliver_to is not None:
@@ -315,12 +313,9 @@ class Node:
         limits = self.config.limits
         instances = await self.ledger.pending_instances(transfer.id)
         with anyio.fail_after(limits.connect_timeout):
-            stream = await anyio.connect_tcp(peer.host, peer.port)
-            try:
-                conn = await Connection.open(stream, self._client_tls, pki.server_name(peer.code))
-            except BaseException:
-                await stream.aclose()
-                raise
+            conn = await Connection.connect(
+                peer.host, peer.port, self._client_tls, pki.server_name(peer.code)
+            )
         try:
             if self._client_tls is not None:
                 self._check_server(conn, peer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -20,7 +21,6 @@ from typing import cast
 
 import anyio
 import anyio.to_thread
-from anyio.abc import ByteStream
 
 from dicomrelay import pki
 from dicomrelay._native import DurableWriter, Hasher, Payload, TlsConfig
@@ -171,12 +171,12 @@ class Receiver:
         self.key_pem = key_pem
         self._write_limit = anyio.CapacityLimiter(8)
 
-    async def handle(self, stream: ByteStream) -> None:
-        """Serve one connection until it closes; never raises."""
+    async def handle(self, sock: socket.socket) -> None:
+        """Serve one accepted connection until it closes; never raises."""
         conn: Connection | None = None
         try:
             with anyio.fail_after(self.config.limits.connect_timeout):
-                conn = await Connection.open(stream, self.tls)
+                conn = await Connection.open(sock, self.tls)
             await _Session(self, conn).run()
         except Refused as e:
             log.warning("refused connection: %s", e)
@@ -188,8 +188,6 @@ class Receiver:
         finally:
             if conn is not None:
                 await conn.aclose()
-            else:
-                await stream.aclose()
 
     def check_peer(self, conn: Connection, claimed: str) -> str:
         """The organisation on the other end, or Refused."""

@@ -1,8 +1,13 @@
 //! A secure channel: TLS (rustls, sans-IO) under the frame codec. Bytes from the
 //! socket go in, verified frames come out; frames go in, bytes for the socket
 //! come out. Without TLS (an explicit insecure choice) the codec runs alone.
+//!
+//! The state machine takes and gives bytes (`receive`, `take_outgoing`); two
+//! adapters move them between it and a non-blocking socket themselves
+//! (`read_from`, `write_to`), so the bytes never pass through the caller.
 
-use std::io::{ErrorKind as IoErrorKind, Write};
+use std::io::{self, ErrorKind as IoErrorKind, Read, Write};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use rustls::crypto::ring::default_provider;
@@ -13,14 +18,27 @@ use rustls::{
     ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
 };
 
+use crate::socket::Socket;
 use crate::wire::{encode_frame, frame_header, Frame, FrameDecoder, WireError, DIGEST_LEN};
 
-/// Why a channel failed: the TLS layer, or the frames inside it.
+/// The most `read_from` reads in one call, so one busy peer cannot hold the
+/// caller's event loop (it calls again).
+pub const READ_CAP: usize = 4 << 20;
+/// One `recv` of ciphertext (or of small plaintext frames): few syscalls, and
+/// small enough to stay in cache for the decryption that follows.
+const INBOX_SIZE: usize = 256 << 10;
+/// A plaintext payload missing at least this many bytes is read straight into
+/// its frame.
+const DIRECT_READ: usize = 64 << 10;
+
+/// Why a channel failed: the TLS layer, the frames inside it, or the socket
+/// under it (an errno: ECONNRESET, EPIPE, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelError {
     Tls(String),
     Wire(WireError),
     Config(String),
+    Socket(i32),
 }
 
 impl std::fmt::Display for ChannelError {
@@ -29,6 +47,9 @@ impl std::fmt::Display for ChannelError {
             ChannelError::Tls(d) => write!(f, "TLS: {d}"),
             ChannelError::Wire(e) => write!(f, "protocol: {e}"),
             ChannelError::Config(d) => write!(f, "TLS configuration: {d}"),
+            ChannelError::Socket(errno) => {
+                write!(f, "socket: {}", io::Error::from_raw_os_error(*errno))
+            }
         }
     }
 }
@@ -41,9 +62,29 @@ impl From<WireError> for ChannelError {
     }
 }
 
+/// How a `read_from` ended; the frames it completed wait in `take_frames`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// The socket has nothing more for now: wait until it is readable.
+    Drained,
+    /// `READ_CAP` bytes were read; more may be waiting.
+    Capped,
+    /// The peer closed its side; everything it sent before was processed.
+    Closed,
+}
+
 #[cold]
 fn config_error(what: &str, e: impl std::fmt::Display) -> ChannelError {
     ChannelError::Config(format!("{what}: {e}"))
+}
+
+/// A socket failure, by errno; anything else an I/O call returns came from rustls.
+#[cold]
+fn io_error(e: io::Error) -> ChannelError {
+    match e.raw_os_error() {
+        Some(errno) => ChannelError::Socket(errno),
+        None => ChannelError::Tls(e.to_string()),
+    }
 }
 
 /// An organisation's TLS identity and the CAs it trusts, built once per node.
@@ -124,10 +165,15 @@ impl TlsConfig {
 pub struct Channel {
     tls: Option<Connection>,
     decoder: FrameDecoder,
-    /// Frames waiting to go out: plaintext without TLS, otherwise encrypted records.
+    /// Without TLS, frames waiting to go out (`outgoing[sent..]`). With TLS the
+    /// encrypted records wait in rustls until written or taken.
     outgoing: Vec<u8>,
-    /// Frames encoded before TLS can carry them, or scratch for encoding.
+    sent: usize,
+    /// Frames encoded before TLS can carry them.
     staging: Vec<u8>,
+    /// Bytes read from the socket before the channel takes them: one large
+    /// `recv` where rustls alone would make one per 4 KiB. Allocated on first use.
+    inbox: Vec<u8>,
 }
 
 impl Channel {
@@ -136,7 +182,9 @@ impl Channel {
             tls: None,
             decoder: FrameDecoder::default(),
             outgoing: Vec::new(),
+            sent: 0,
             staging: Vec::new(),
+            inbox: Vec::new(),
         }
     }
 
@@ -156,15 +204,13 @@ impl Channel {
                 .map_err(|e| ChannelError::Tls(e.to_string()))?
                 .into(),
         };
-        // Flow control belongs to the async layer, which drains `outgoing` as the
-        // socket allows; rustls must not silently refuse plaintext.
+        // Flow control belongs to the async layer, which writes the queued records
+        // as the socket allows; rustls must not silently refuse plaintext.
         conn.set_buffer_limit(None);
-        let mut channel = Channel {
+        Ok(Channel {
             tls: Some(conn),
             ..Channel::plaintext()
-        };
-        channel.flush_tls()?;
-        Ok(channel)
+        })
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -186,17 +232,16 @@ impl Channel {
             return Ok(self.decoder.push(data)?);
         };
         while !data.is_empty() {
-            conn.read_tls(&mut data)
+            let taken = conn
+                .read_tls(&mut data)
                 .map_err(|e| ChannelError::Tls(e.to_string()))?;
-            let processed = conn.process_new_packets();
-            // Whatever happened, an alert or handshake reply may need to go out.
-            let mut out = std::mem::take(&mut self.outgoing);
-            while conn.wants_write() {
-                conn.write_tls(&mut out)
-                    .map_err(|e| ChannelError::Tls(e.to_string()))?;
+            if taken == 0 {
+                // After close_notify rustls takes nothing more: ignore the rest.
+                break;
             }
-            self.outgoing = out;
-            processed.map_err(|e| ChannelError::Tls(e.to_string()))?;
+            // An alert or handshake reply this produces stays queued in rustls.
+            conn.process_new_packets()
+                .map_err(|e| ChannelError::Tls(e.to_string()))?;
             match self.decoder.read_from(&mut conn.reader()) {
                 Ok(decoded) => decoded?,
                 Err(e) if e.kind() == IoErrorKind::UnexpectedEof => {
@@ -205,10 +250,60 @@ impl Channel {
                 Err(e) => return Err(ChannelError::Tls(e.to_string())),
             }
         }
-        if !self.is_handshaking() && !self.staging.is_empty() {
-            self.flush_tls()?;
+        self.release_staged()
+    }
+
+    /// Read from the non-blocking socket `fd` until it has nothing more, it
+    /// closes, or `READ_CAP` bytes, processing them as `receive` does. Without
+    /// TLS a large payload is read straight into its frame.
+    pub fn read_from(&mut self, fd: RawFd) -> Result<ReadStatus, ChannelError> {
+        let mut socket = Socket::new(fd);
+        let mut total = 0;
+        while total < READ_CAP {
+            let Some((asked, got)) = self.read_once(&mut socket)? else {
+                return Ok(ReadStatus::Drained);
+            };
+            if got == 0 {
+                return Ok(ReadStatus::Closed);
+            }
+            total += got;
+            if got < asked {
+                // A short read emptied the socket; readiness (level-triggered)
+                // says when there is more, without a recv that would block.
+                return Ok(ReadStatus::Drained);
+            }
         }
-        Ok(())
+        Ok(ReadStatus::Capped)
+    }
+
+    /// One `recv`, processed: (bytes asked for, bytes read), or None when the
+    /// socket would block.
+    fn read_once(&mut self, socket: &mut Socket) -> Result<Option<(usize, usize)>, ChannelError> {
+        let read = |r: io::Result<usize>| match r {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == IoErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(io_error(e)),
+        };
+        if self.tls.is_none() {
+            if let Some(space) = self.decoder.payload_space() {
+                let asked = space.len();
+                if asked >= DIRECT_READ {
+                    let Some(got) = read(socket.read(space))? else {
+                        return Ok(None);
+                    };
+                    self.decoder.payload_filled(got);
+                    return Ok(Some((asked, got)));
+                }
+            }
+        }
+        let mut inbox = std::mem::take(&mut self.inbox);
+        inbox.resize(INBOX_SIZE, 0);
+        let result = read(socket.read(&mut inbox)).and_then(|got| match got {
+            Some(n) => self.receive(&inbox[..n]).map(|()| Some((INBOX_SIZE, n))),
+            None => Ok(None),
+        });
+        self.inbox = inbox;
+        result
     }
 
     /// Whole frames received so far, chunk digests checked.
@@ -236,7 +331,7 @@ impl Channel {
                 &mut self.staging
             };
             encode_frame(target, kind, flags, stream, offset, digest, payload)?;
-            return self.flush_tls();
+            return self.release_staged();
         }
         // Straight into TLS records: the header, digest and payload are encrypted
         // from where they lie, without assembling the frame first.
@@ -244,12 +339,11 @@ impl Channel {
             frame_header(kind, flags, stream, offset, digest.is_some(), payload.len())?.encode();
         let conn = self.tls.as_mut().expect("checked above");
         let mut parts: [&[u8]; 3] = [&header, digest.map_or(&[][..], |d| &d[..]), payload];
-        write_all_vectored(&mut conn.writer(), &mut parts)?;
-        self.flush_tls()
+        write_all_vectored(&mut conn.writer(), &mut parts)
     }
 
-    /// Move staged frames into TLS once it can carry them; collect records to send.
-    fn flush_tls(&mut self) -> Result<(), ChannelError> {
+    /// Move staged frames into TLS once it can carry them.
+    fn release_staged(&mut self) -> Result<(), ChannelError> {
         let Some(conn) = self.tls.as_mut() else {
             return Ok(());
         };
@@ -259,10 +353,6 @@ impl Channel {
                 .map_err(|e| ChannelError::Tls(e.to_string()))?;
             self.staging.clear();
         }
-        while conn.wants_write() {
-            conn.write_tls(&mut self.outgoing)
-                .map_err(|e| ChannelError::Tls(e.to_string()))?;
-        }
         Ok(())
     }
 
@@ -271,18 +361,55 @@ impl Channel {
         if let Some(conn) = self.tls.as_mut() {
             conn.send_close_notify();
         }
-        self.flush_tls()
+        self.release_staged()
     }
 
     /// Bytes for the socket; empties the queue. (The queue continues in a
     /// pooled buffer: see `aligned::give_back` for returning this one.)
     pub fn take_outgoing(&mut self) -> Vec<u8> {
         let next = crate::aligned::take_buffer(self.outgoing.capacity().max(4096));
-        std::mem::replace(&mut self.outgoing, next)
+        let mut out = std::mem::replace(&mut self.outgoing, next);
+        out.drain(..std::mem::take(&mut self.sent));
+        if let Some(conn) = self.tls.as_mut() {
+            while conn.wants_write() {
+                // Writing into a Vec cannot fail.
+                let _ = conn.write_tls(&mut out);
+            }
+        }
+        out
     }
 
-    pub fn outgoing_len(&self) -> usize {
-        self.outgoing.len() + self.staging.len()
+    /// Write what is queued to the non-blocking socket `fd` (TLS records
+    /// straight from rustls, many to a `sendmsg`) until it would block. Returns
+    /// whether bytes remain: call again once the socket is writable.
+    pub fn write_to(&mut self, fd: RawFd) -> Result<bool, ChannelError> {
+        let mut socket = Socket::new(fd);
+        while self.sent < self.outgoing.len() {
+            match socket.write(&self.outgoing[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == IoErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+        self.outgoing.clear();
+        self.sent = 0;
+        let Some(conn) = self.tls.as_mut() else {
+            return Ok(false);
+        };
+        while conn.wants_write() {
+            match conn.write_tls(&mut socket) {
+                Ok(_) => {}
+                Err(e) if e.kind() == IoErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether bytes wait to be written (frames staged behind the handshake do
+    /// not count: they cannot go yet).
+    pub fn wants_write(&self) -> bool {
+        self.sent < self.outgoing.len() || self.tls.as_ref().is_some_and(|c| c.wants_write())
     }
 }
 

@@ -210,6 +210,25 @@ impl FrameDecoder {
         }
     }
 
+    /// The rest of the payload being filled, for a reader to fill in place
+    /// (then `payload_filled`); None between payloads.
+    pub fn payload_space(&mut self) -> Option<&mut [u8]> {
+        match &mut self.filling {
+            Filling::Payload { buf, filled, .. } => Some(&mut buf.as_mut_slice()[*filled..]),
+            _ => None,
+        }
+    }
+
+    /// `n` more bytes of `payload_space` hold data.
+    pub fn payload_filled(&mut self, n: usize) {
+        if let Filling::Payload { buf, filled, .. } = &mut self.filling {
+            *filled = (*filled + n).min(buf.len());
+            if *filled == buf.len() {
+                self.finish();
+            }
+        }
+    }
+
     /// Frames completed so far, in order.
     pub fn take_frames(&mut self) -> Vec<Frame> {
         std::mem::take(&mut self.ready)

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use dicomrelay_core::aligned::AlignedBytes;
-use dicomrelay_core::channel::{Channel as CoreChannel, TlsConfig as CoreTlsConfig};
+use dicomrelay_core::channel::{Channel as CoreChannel, ReadStatus, TlsConfig as CoreTlsConfig};
 use dicomrelay_core::digest::Hasher as CoreHasher;
-use dicomrelay_core::wire::DIGEST_LEN;
+use dicomrelay_core::wire::{Frame, DIGEST_LEN};
 use dicomrelay_core::DigestAlgorithm;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -75,24 +75,30 @@ impl Channel {
                 Ok(channel.take_frames())
             })
             .map_err(channel_error)?;
-        let out = PyList::empty(py);
-        for f in frames {
-            let claimed = f.digest.map(|d| PyBytes::new(py, &d));
-            let tuple = PyTuple::new(
-                py,
-                [
-                    f.header.kind.into_bound_py_any(py)?,
-                    f.header.flags.into_bound_py_any(py)?,
-                    f.header.stream.into_bound_py_any(py)?,
-                    f.header.offset.into_bound_py_any(py)?,
-                    Bound::new(py, Payload(Arc::new(f.payload)))?.into_any(),
-                    f.digest_ok.into_bound_py_any(py)?,
-                    claimed.into_bound_py_any(py)?,
-                ],
-            )?;
-            out.append(tuple)?;
-        }
-        Ok(out)
+        frame_list(py, frames)
+    }
+
+    /// Read what the non-blocking socket `fd` holds (up to 4 MiB) with the GIL
+    /// released, and process it as `receive` does: returns the whole frames now
+    /// available, and whether the peer closed its side. A socket error raises
+    /// OSError (ConnectionResetError, ...).
+    fn read_from<'py>(&mut self, py: Python<'py>, fd: i32) -> PyResult<(Bound<'py, PyList>, bool)> {
+        let channel = &mut self.0;
+        let (status, frames) = py
+            .detach(|| {
+                let status = channel.read_from(fd)?;
+                Ok((status, channel.take_frames()))
+            })
+            .map_err(channel_error)?;
+        Ok((frame_list(py, frames)?, status == ReadStatus::Closed))
+    }
+
+    /// Write queued bytes to the non-blocking socket `fd` until it would block,
+    /// with the GIL released. Returns whether bytes remain (wait until it is
+    /// writable, then call again).
+    fn write_to(&mut self, py: Python<'_>, fd: i32) -> PyResult<bool> {
+        let channel = &mut self.0;
+        py.detach(|| channel.write_to(fd)).map_err(channel_error)
     }
 
     /// Queue one frame. `digest` (32 bytes) precedes the payload of a chunk.
@@ -152,8 +158,7 @@ impl Channel {
         let channel = &mut self.0;
         py.detach(|| -> PyResult<()> {
             let mut buf = dicomrelay_core::aligned::take_buffer(length);
-            buf.resize(length, 0);
-            let read = read_exact_at(fd, &mut buf, offset);
+            let read = read_exact_at(fd, &mut buf, length, offset);
             let sent = read.and_then(|()| {
                 channel
                     .send(kind, flags, stream, offset, digest, &buf)
@@ -179,9 +184,10 @@ impl Channel {
         self.0.is_handshaking()
     }
 
+    /// Whether bytes wait to be written.
     #[getter]
-    fn outgoing_len(&self) -> usize {
-        self.0.outgoing_len()
+    fn wants_write(&self) -> bool {
+        self.0.wants_write()
     }
 
     /// The peer's certificate (DER) once the TLS handshake is done.
@@ -189,6 +195,28 @@ impl Channel {
     fn peer_certificate<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
         self.0.peer_certificate().map(|c| PyBytes::new(py, c))
     }
+}
+
+/// Frames as the tuples `receive` and `read_from` return.
+fn frame_list(py: Python<'_>, frames: Vec<Frame>) -> PyResult<Bound<'_, PyList>> {
+    let out = PyList::empty(py);
+    for f in frames {
+        let claimed = f.digest.map(|d| PyBytes::new(py, &d));
+        let tuple = PyTuple::new(
+            py,
+            [
+                f.header.kind.into_bound_py_any(py)?,
+                f.header.flags.into_bound_py_any(py)?,
+                f.header.stream.into_bound_py_any(py)?,
+                f.header.offset.into_bound_py_any(py)?,
+                Bound::new(py, Payload(Arc::new(f.payload)))?.into_any(),
+                f.digest_ok.into_bound_py_any(py)?,
+                claimed.into_bound_py_any(py)?,
+            ],
+        )?;
+        out.append(tuple)?;
+    }
+    Ok(out)
 }
 
 pub fn algorithm(name: &str) -> PyResult<DigestAlgorithm> {
@@ -246,19 +274,38 @@ impl Hasher {
     }
 }
 
-/// Read exactly `buf.len()` bytes of the descriptor at `offset` (pread), leaving
-/// the descriptor's own position alone.
-fn read_exact_at(fd: i32, buf: &mut [u8], offset: u64) -> PyResult<()> {
-    use std::os::unix::fs::FileExt;
-    // SAFETY: the caller passes a descriptor it holds open for this call; the
-    // File is forgotten afterwards, so it never closes a descriptor it does not own.
-    let file = std::mem::ManuallyDrop::new(unsafe {
-        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    });
-    file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            pyo3::exceptions::PyEOFError::new_err("the file is shorter than when it was scanned")
+/// Fill `buf` with exactly `length` bytes of the descriptor at `offset` (pread,
+/// leaving the descriptor's own position alone), straight into its spare
+/// capacity: zeroing half a megabyte first would cost more than the read.
+fn read_exact_at(fd: i32, buf: &mut Vec<u8>, length: usize, offset: u64) -> PyResult<()> {
+    buf.clear();
+    buf.reserve(length);
+    while buf.len() < length {
+        let filled = buf.len();
+        let at = libc::off_t::try_from(offset + filled as u64)
+            .map_err(|_| PyValueError::new_err("file offset out of range"))?;
+        let spare = &mut buf.spare_capacity_mut()[..length - filled];
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`
+        // for the whole call, and pread writes at most that many into it.
+        let n = unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), spare.len(), at) };
+        match n {
+            0 => {
+                return Err(pyo3::exceptions::PyEOFError::new_err(
+                    "the file is shorter than when it was scanned",
+                ))
+            }
+            n if n > 0 => {
+                // SAFETY: pread initialised the first `n` bytes of the spare
+                // capacity, and `n <= spare.len()`, so within the capacity.
+                unsafe { buf.set_len(filled + n as usize) };
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
         }
-        _ => e.into(),
-    })
+    }
+    Ok(())
 }

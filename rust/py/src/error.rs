@@ -21,6 +21,11 @@ pub fn channel_error(e: ChannelError) -> PyErr {
         ChannelError::Tls(_) => TlsError::new_err(e.to_string()),
         ChannelError::Wire(_) => ProtocolError::new_err(e.to_string()),
         ChannelError::Config(_) => ConfigurationError::new_err(e.to_string()),
+        // OSError(errno, strerror) becomes the matching subclass
+        // (ConnectionResetError, BrokenPipeError, ...).
+        ChannelError::Socket(errno) => {
+            PyOSError::new_err((errno, std::io::Error::from_raw_os_error(errno).to_string()))
+        }
     }
 }
 
