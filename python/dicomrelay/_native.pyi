@@ -37,6 +37,7 @@ __all__ = [
     "scan",
     "scan_file",
     "scan_many",
+    "sync_filesystem",
 ]
 
 DEFAULT_CHUNK_SIZE: Final[int]

@@ -217,37 +217,51 @@ fn commit_round(root: &io::Result<File>, batch: Vec<(Job, io::Result<bool>)>) ->
     let synced = match root {
         _ if !any_new => Ok(()),
         Ok(dir) => sync_filesystem_of(dir),
-        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        Err(e) => Err(copy_error(e)),
     };
     let mut done = Vec::with_capacity(batch.len());
     let mut dirs: Vec<&Path> = Vec::new();
+    let mut published = Vec::new(); // indexes into `done` of the jobs renamed now
     for (job, result) in &batch {
         let outcome = match (result, &synced) {
-            (Err(e), _) => Some(io::Error::new(e.kind(), e.to_string())),
-            (Ok(_), Err(e)) => Some(io::Error::new(e.kind(), e.to_string())),
+            (Err(e), _) => Some(copy_error(e)),
+            (Ok(_), Err(e)) => Some(copy_error(e)),
             (Ok(false), Ok(())) => None,
             (Ok(true), Ok(())) => publish(&job.temp, &job.final_path).err(),
         };
         if outcome.is_some() || result.is_err() || synced.is_err() {
             let _ = std::fs::remove_file(&job.temp);
         }
-        if let Some(parent) = job.final_path.parent() {
-            if !dirs.contains(&parent) {
-                dirs.push(parent);
+        if outcome.is_none() && matches!(result, Ok(true)) {
+            published.push(done.len());
+            if let Some(parent) = job.final_path.parent() {
+                if !dirs.contains(&parent) {
+                    dirs.push(parent);
+                }
             }
         }
         done.push((job.token, outcome));
     }
     // Committing one directory commits the journal that holds every rename.
+    // Only the folders renamed into: a failed job's folder may not exist, and
+    // its failure must not stand for the jobs that were published.
     let dirs_synced = dirs
         .iter()
         .try_for_each(|d| File::open(d).and_then(|f| f.sync_all()));
     if let Err(e) = dirs_synced {
-        for (_, outcome) in &mut done {
-            outcome.get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+        for &i in &published {
+            done[i].1 = Some(copy_error(&e));
         }
     }
     done
+}
+
+/// The same error again, for each job it fails (with its errno, if it has one).
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 fn publish(temp: &Path, final_path: &Path) -> io::Result<()> {
@@ -412,6 +426,37 @@ mod tests {
                 crate::digest::digest(&data, crate::DigestAlgorithm::Sha256, None).whole
             );
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_job_does_not_fail_the_jobs_published_beside_it() {
+        let dir = std::env::temp_dir().join(format!("dicomrelay-round-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("in")).unwrap();
+        let job = |token: u64, folder: &str| Job {
+            token,
+            data: std::sync::Arc::new(AlignedBytes::zeroed(10)),
+            temp: dir.join("in").join(format!("{token}.tmp")),
+            final_path: dir.join(folder).join(format!("{token}")),
+        };
+        let good = job(1, "a");
+        std::fs::write(&good.temp, b"0123456789").unwrap();
+        // A write that failed (a full disk): its folder was never made.
+        let failed = job(2, "never-made");
+        let batch = vec![
+            (good, Ok(true)),
+            (failed, Err(io::Error::from_raw_os_error(libc::ENOSPC))),
+        ];
+        let done = commit_round(&File::open(&dir), batch);
+        assert!(done[0].1.is_none(), "published: {:?}", done[0].1);
+        assert_eq!(
+            done[1].1.as_ref().and_then(|e| e.raw_os_error()),
+            Some(libc::ENOSPC)
+        );
+        assert_eq!(
+            std::fs::read(dir.join("a").join("1")).unwrap(),
+            b"0123456789"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
