@@ -94,6 +94,16 @@ class Node:
         self.ledger: Ledger = self._ledger or await open_ledger(
             cfg.ledger, data_dir=cfg.data_dir, schema=cfg.ledger_schema
         )
+        try:
+            await self._start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.ledger.close()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        cfg = self.config
         self.store = BlobStore(cfg.data_dir / "store")
         self.outbox = cfg.data_dir / "outbox"
         self.outbox.mkdir(exist_ok=True)
@@ -127,8 +137,8 @@ class Node:
         except BaseException:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
+            self._committer.close()
             raise
-        return self
 
     async def __aexit__(
         self,

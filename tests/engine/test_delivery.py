@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
+import sqlite3
 from pathlib import Path
 
 import anyio
 import pytest
 
+from dicomrelay.ledger import SqliteLedger
 from dicomrelay.node import Node
 from dicomrelay.receipt import ReceiptError
 from dicomrelay.transfer import EventKind, Transfer
@@ -308,3 +311,20 @@ async def test_status_counts(orgs: Pki, tmp_path: Path) -> None:
         "stored_instances": sum(sizes),
         "in_flight": 0,
     }
+
+
+async def test_a_node_that_cannot_start_closes_its_ledger(orgs: Pki, tmp_path: Path) -> None:
+    """A port already taken: the node says so, and leaves no ledger open."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = node_config(
+            "RX2", tmp_path / "rx", identity=orgs.identity("RX2"), listen_port=port
+        )
+        ledger = SqliteLedger(tmp_path / "rx" / "ledger.sqlite")
+        with pytest.raises(OSError, match="in use"):
+            async with Node(config, ledger=ledger):
+                pass
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        await ledger.counts()
