@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from benches.peers import DCMTK, ENV, free_port, listening
+from benches.peers import DCMTK, ENV, free_port, listening, settle_disk
 from dicomrelay.dicom.received_log import RECEIVED_LOG
 
 REPORT = Path("build-artifacts/dicom-ratios.json")
@@ -56,6 +56,7 @@ def test_store_1000(benchmark: Any, study_paths: list[Path], scp: Any, scu: str)
         for stored in out.iterdir():
             if stored.is_file():
                 stored.unlink()
+        settle_disk()
         t0 = time.perf_counter()
         subprocess.run(command, env=ENV, check=True, capture_output=True)
         return time.perf_counter() - t0

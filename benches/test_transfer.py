@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from benches.peers import DCMTK, ENV, free_port, listening
+from benches.peers import DCMTK, ENV, free_port, listening, settle_disk
 from dicomrelay.loadtest.run import LoadtestOptions, run_loadtest
 
 RESULTS: dict[str, float] = {}
@@ -58,15 +58,20 @@ def test_dcmtk_storescu_storescp(
     files = sorted(str(p) for p in study_dir.iterdir())
     command = [str(DCMTK / "storescu"), "-aec", "STORESCP", "127.0.0.1", str(port), *files]
 
+    times: list[float] = []
+
     def send() -> float:
         shutil.rmtree(out)
         out.mkdir()
+        settle_disk()
         t0 = time.perf_counter()
         subprocess.run(command, env=ENV, check=True, capture_output=True)
-        return time.perf_counter() - t0
+        times.append(time.perf_counter() - t0)
+        return times[-1]
 
     benchmark.group = "transfer-1000"
-    seconds = benchmark.pedantic(send, rounds=2, iterations=1)
+    benchmark.pedantic(send, rounds=2, iterations=1)
+    seconds = min(times)  # the same statistic as for dicomrelay below
     assert len(list(out.iterdir())) == len(files)
     record("dcmtk", len(files), seconds, benchmark.extra_info)
 
@@ -91,6 +96,7 @@ def test_dicomrelay_transfer(
     summaries: list[dict[str, Any]] = []
 
     def send() -> float:
+        settle_disk()
         summary = run_loadtest(options)
         summaries.append(summary)
         seconds: float = summary["seconds"]
