@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dicomrelay.allocator import keep_freed_memory
 from dicomrelay.cli import dicom_commands, loadtest_command, node_commands, scan_command
 
 SUBCOMMANDS = (loadtest_command, node_commands, dicom_commands, scan_command)
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     code: int = args.run(args)
     return code
 

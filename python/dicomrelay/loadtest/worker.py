@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import orjson
 
+from dicomrelay.allocator import keep_freed_memory
 from dicomrelay.config import DigestName, NodeConfig, Peer
 from dicomrelay.node import Node
 from dicomrelay.pki import Identity
@@ -148,6 +149,7 @@ async def run_sender(
 def main(argv: list[str]) -> None:
     """Entry point of a worker process: ``role work port digest plaintext``."""
     role, work, port, digest, plaintext = argv
+    keep_freed_memory()
     config = node_config(
         role,
         Path(work),
