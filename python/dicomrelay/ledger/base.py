@@ -108,6 +108,35 @@ def outgoing_from_row(row: Sequence[Any]) -> OutgoingTransfer:
     )
 
 
+def outgoing_instance_from_row(row: Sequence[Any]) -> OutgoingInstance:
+    """An outgoing instance from a row of ``OUTGOING_INSTANCE_COLUMNS``."""
+    idx, path, uid, size, digest, chunks = row
+    return OutgoingInstance(
+        index=idx,
+        path=path,
+        sop_instance_uid=uid,
+        size=size,
+        digest=digest,
+        chunk_digests=tuple(chunks.split(",")) if chunks else (),
+    )
+
+
+OUTGOING_INSTANCE_COLUMNS = "idx, path, sop_uid, size, digest, chunk_digests"
+
+
+def incoming_from_row(sender: str, transfer_id: str, row: Sequence[Any]) -> IncomingTransfer:
+    """An incoming transfer from a row of ``study_uid, total, digest, receipt``."""
+    study, total, digest, receipt = row
+    return IncomingTransfer(
+        sender=sender,
+        transfer_id=transfer_id,
+        study_instance_uid=study,
+        total=total,
+        digest=digest,
+        receipt=None if receipt is None else bytes(receipt),
+    )
+
+
 OUTGOING_COLUMNS = (
     "id, destination, study_uid, priority, digest, chunk_size, state, attempts,"
     " next_attempt, created, total, last_error, receipt, claimed_by, lease_until,"

@@ -23,13 +23,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from dicomrelay.ledger.base import (
     OUTGOING_COLUMNS,
+    OUTGOING_INSTANCE_COLUMNS,
     PRIORITY_ORDER,
     IncomingInstance,
     IncomingTransfer,
     OutgoingInstance,
     OutgoingTransfer,
     TransferState,
+    incoming_from_row,
     outgoing_from_row,
+    outgoing_instance_from_row,
 )
 
 T = TypeVar("T")
@@ -273,21 +276,11 @@ class PostgresLedger:
     async def pending_instances(self, transfer_id: str) -> list[OutgoingInstance]:
         async def get(cur: Cursor) -> list[OutgoingInstance]:
             await cur.execute(
-                "SELECT idx, path, sop_uid, size, digest, chunk_digests FROM outgoing_instances"
+                f"SELECT {OUTGOING_INSTANCE_COLUMNS} FROM outgoing_instances"
                 " WHERE transfer_id = %s AND acked IS NULL ORDER BY idx",
                 (transfer_id,),
             )
-            return [
-                OutgoingInstance(
-                    index=idx,
-                    path=path,
-                    sop_instance_uid=uid,
-                    size=size,
-                    digest=digest,
-                    chunk_digests=tuple(chunks.split(",")) if chunks else (),
-                )
-                for idx, path, uid, size, digest, chunks in await cur.fetchall()
-            ]
+            return [outgoing_instance_from_row(r) for r in await cur.fetchall()]
 
         return await self._run(get)
 
@@ -409,17 +402,7 @@ class PostgresLedger:
                 (sender, transfer_id),
             )
             row = await cur.fetchone()
-            if row is None:
-                return None
-            study, total, digest, receipt = row
-            return IncomingTransfer(
-                sender=sender,
-                transfer_id=transfer_id,
-                study_instance_uid=study,
-                total=total,
-                digest=digest,
-                receipt=None if receipt is None else bytes(receipt),
-            )
+            return None if row is None else incoming_from_row(sender, transfer_id, row)
 
         return await self._run(get)
 

@@ -14,13 +14,16 @@ import anyio.to_thread
 
 from dicomrelay.ledger.base import (
     OUTGOING_COLUMNS,
+    OUTGOING_INSTANCE_COLUMNS,
     PRIORITY_ORDER,
     IncomingInstance,
     IncomingTransfer,
     OutgoingInstance,
     OutgoingTransfer,
     TransferState,
+    incoming_from_row,
     outgoing_from_row,
+    outgoing_instance_from_row,
 )
 
 T = TypeVar("T")
@@ -231,21 +234,11 @@ class SqliteLedger:
     async def pending_instances(self, transfer_id: str) -> list[OutgoingInstance]:
         def get(db: sqlite3.Connection) -> list[OutgoingInstance]:
             rows = db.execute(
-                "SELECT idx, path, sop_uid, size, digest, chunk_digests FROM outgoing_instances"
+                f"SELECT {OUTGOING_INSTANCE_COLUMNS} FROM outgoing_instances"
                 " WHERE transfer_id = ? AND acked IS NULL ORDER BY idx",
                 (transfer_id,),
             ).fetchall()
-            return [
-                OutgoingInstance(
-                    index=idx,
-                    path=path,
-                    sop_instance_uid=uid,
-                    size=size,
-                    digest=digest,
-                    chunk_digests=tuple(chunks.split(",")) if chunks else (),
-                )
-                for idx, path, uid, size, digest, chunks in rows
-            ]
+            return [outgoing_instance_from_row(r) for r in rows]
 
         return await self._run(get)
 
@@ -368,17 +361,7 @@ class SqliteLedger:
                 " WHERE sender = ? AND transfer_id = ?",
                 (sender, transfer_id),
             ).fetchone()
-            if row is None:
-                return None
-            study, total, digest, receipt = row
-            return IncomingTransfer(
-                sender=sender,
-                transfer_id=transfer_id,
-                study_instance_uid=study,
-                total=total,
-                digest=digest,
-                receipt=None if receipt is None else bytes(receipt),
-            )
+            return None if row is None else incoming_from_row(sender, transfer_id, row)
 
         return await self._run(get)
 
