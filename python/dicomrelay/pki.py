@@ -17,6 +17,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    PrivateKeyTypes,
+)
 from cryptography.x509.oid import NameOID
 
 from dicomrelay.errors import ConfigurationError, TlsError
@@ -91,7 +95,8 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def pem_private_key(key: PrivateKeyTypes) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -99,15 +104,15 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_ca(directory: Path, name: str = "dicomrelay test CA", days: int = 30) -> Path:
-    """Write ``ca.pem`` and ``ca.key`` to ``directory``; returns the CA certificate path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+def ca_certificate(
+    key: CertificateIssuerPrivateKeyTypes, name: x509.Name, days: int
+) -> x509.Certificate:
+    """A self-signed CA certificate for ``key``, issuing leaf certificates only."""
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(_name(name))
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -127,9 +132,17 @@ def make_ca(directory: Path, name: str = "dicomrelay test CA", days: int = 30) -
             ),
             critical=True,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(key, hashes.SHA256())
     )
-    (directory / "ca.key").write_bytes(_pem_key(key))
+
+
+def make_ca(directory: Path, name: str = "dicomrelay test CA", days: int = 30) -> Path:
+    """Write ``ca.pem`` and ``ca.key`` to ``directory``; returns the CA certificate path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca_certificate(key, _name(name), days)
+    (directory / "ca.key").write_bytes(pem_private_key(key))
     path = directory / "ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
@@ -167,6 +180,6 @@ def issue_org(ca_dir: Path, code: str, directory: Path, days: int = 30) -> Ident
     cert_path = directory / f"{code.lower()}.pem"
     key_path = directory / f"{code.lower()}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(_pem_key(key))
+    key_path.write_bytes(pem_private_key(key))
     key_path.chmod(0o600)
     return Identity(code=code, cert=cert_path, key=key_path, ca=ca_dir / "ca.pem")
