@@ -429,6 +429,7 @@ class Node:
             quarantine_dir=root / "quarantine",
             allowed_calling=frozenset(dicom.allowed_calling),
             on_association_end=self._route_received,
+            digest=None,  # routing digests each instance as it records it in the ledger
             tls=None
             if dicom.tls is None
             else tls.server_context(
@@ -496,12 +497,12 @@ class Node:
         assert pacs is not None
         paths = [str(path) for _uid, path in await self.study(study)]
         infos = await anyio.to_thread.run_sync(lambda: scan_many(paths))
+        sendable = [
+            (p, i) for p, i in zip(paths, infos, strict=True) if isinstance(i, InstanceInfo)
+        ]
         error = ""
         for attempt in range(1, dicom.delivery_attempts + 1):
             try:
-                sendable = [
-                    (p, i) for p, i in zip(paths, infos, strict=True) if isinstance(i, InstanceInfo)
-                ]
                 async with await Client.connect(
                     pacs.host,
                     pacs.port,
