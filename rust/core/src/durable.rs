@@ -256,8 +256,9 @@ fn commit_round(root: &io::Result<File>, batch: Vec<(Job, io::Result<bool>)>) ->
     done
 }
 
-/// The same error again, for each job it fails (with its errno, if it has one).
-fn copy_error(e: &io::Error) -> io::Error {
+/// The same error again, for each place it must be reported (with its errno,
+/// if it has one): `io::Error` is not `Clone`.
+pub fn copy_error(e: &io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(errno) => io::Error::from_raw_os_error(errno),
         None => io::Error::new(e.kind(), e.to_string()),

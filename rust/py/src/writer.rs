@@ -6,7 +6,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use dicomrelay_core::durable::{DurableWriter as CoreWriter, Job, StreamFile as CoreStreamFile};
+use dicomrelay_core::durable::{
+    copy_error, DurableWriter as CoreWriter, Job, StreamFile as CoreStreamFile,
+};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -157,14 +159,18 @@ impl StreamFile {
             .inner
             .as_mut()
             .ok_or_else(|| PyValueError::new_err("file already finished"))?;
-        if let Some(e) = self.failed.take() {
-            return Err(os_error(e, &self.path));
+        if let Some(e) = &self.failed {
+            return Err(os_error(copy_error(e), &self.path));
         }
         let view = crate::buf::ByteView::new(data)?;
         let bytes = view.as_slice();
-        let path = &self.path;
-        py.detach(|| inner.write(bytes))
-            .map_err(|e| os_error(e, path))
+        if let Err(e) = py.detach(|| inner.write(bytes)) {
+            // Sticky, as for the decoder's writes: nothing after a hole is written.
+            let err = os_error(copy_error(&e), &self.path);
+            self.failed = Some(e);
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Write the rest and (with `sync`) make it durable; returns (length, digest).
