@@ -94,6 +94,20 @@ def node_config(
     )
 
 
+def receiver_config(
+    orgs: Pki, root: Path, *, receiver: str = "RX2", sender: str = "RX1"
+) -> NodeConfig:
+    """``receiver``, listening on a free port, in ``root / "receiver"``; it knows
+    ``sender`` by its certificate (the address is never dialled)."""
+    return node_config(
+        receiver,
+        root / "receiver",
+        identity=orgs.identity(receiver),
+        peers=(peer(sender, 1),),
+        listen_port=0,
+    )
+
+
 @asynccontextmanager
 async def linked_nodes(
     orgs: Pki,
@@ -106,14 +120,7 @@ async def linked_nodes(
     observer: Callable[[Event], None] | None = None,
 ) -> AsyncIterator[tuple[Node, Node]]:
     """A listening receiver and a sender configured to reach it, over mutual TLS."""
-    rcfg = node_config(
-        receiver,
-        root / "receiver",
-        identity=orgs.identity(receiver),
-        peers=(peer(sender, 1),),
-        listen_port=0,
-    )
-    async with Node(rcfg) as rx:
+    async with Node(receiver_config(orgs, root, receiver=receiver, sender=sender)) as rx:
         assert rx.port is not None
         scfg = node_config(
             sender,

@@ -32,6 +32,7 @@ from .helpers import (
     node_config,
     peer,
     query,
+    receiver_config,
     relay,
     source_by_sop,
     study_files,
@@ -152,13 +153,7 @@ async def test_urgent_overtakes_queued_routine_transfers(orgs: Pki, tmp_path: Pa
     }
     events = Recorder()
     gate = anyio.Event()
-    rcfg = node_config(
-        "RX2",
-        tmp_path / "receiver",
-        identity=orgs.identity("RX2"),
-        peers=(peer("RX1", 1),),
-        listen_port=0,
-    )
+    rcfg = receiver_config(orgs, tmp_path)
     with anyio.fail_after(TIMEOUT):
         async with Node(rcfg) as rx:
             assert rx.port is not None

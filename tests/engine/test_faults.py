@@ -36,6 +36,7 @@ from .helpers import (
     node_config,
     peer,
     query,
+    receiver_config,
     relay,
     silent_server,
     source_by_sop,
@@ -51,13 +52,7 @@ async def test_stalled_peer_does_not_hold_back_a_healthy_one(orgs: Pki, tmp_path
     limits = dataclasses.replace(QUICK, stall_timeout=1.0, connect_timeout=1.0, max_attempts=2)
     stalled_study = make_study(tmp_path / "stalled", 3, seed=1)
     healthy_study = make_study(tmp_path / "healthy", 3, seed=2)
-    rcfg = node_config(
-        "RX2",
-        tmp_path / "receiver",
-        identity=orgs.identity("RX2"),
-        peers=(peer("RX1", 1),),
-        listen_port=0,
-    )
+    rcfg = receiver_config(orgs, tmp_path)
     with anyio.fail_after(TIMEOUT):
         async with Node(rcfg) as rx, silent_server() as silent:
             assert rx.port is not None
@@ -93,13 +88,7 @@ async def test_stall_mid_transfer_ends_the_attempt(orgs: Pki, tmp_path: Path) ->
     source = make_study(tmp_path / "study", 20, seed=3)
     sources = source_by_sop(study_files(source))
     events = Recorder()
-    rcfg = node_config(
-        "RX2",
-        tmp_path / "receiver",
-        identity=orgs.identity("RX2"),
-        peers=(peer("RX1", 1),),
-        listen_port=0,
-    )
+    rcfg = receiver_config(orgs, tmp_path)
     with anyio.fail_after(TIMEOUT):
         async with Node(rcfg) as rx:
             assert rx.port is not None
@@ -339,13 +328,7 @@ async def test_sender_restart_resumes_from_its_ledger(orgs: Pki, tmp_path: Path)
             sender_scope.cancel()
 
     events.hooks.append(stop_sender)
-    rcfg = node_config(
-        "RX2",
-        tmp_path / "receiver",
-        identity=orgs.identity("RX2"),
-        peers=(peer("RX1", 1),),
-        listen_port=0,
-    )
+    rcfg = receiver_config(orgs, tmp_path)
     with anyio.fail_after(TIMEOUT):
         async with Node(rcfg) as rx:
             assert rx.port is not None

@@ -20,6 +20,7 @@ from .helpers import (
     make_study,
     node_config,
     peer,
+    receiver_config,
     source_by_sop,
     study_files,
 )
@@ -34,13 +35,7 @@ async def test_study_between_nodes_with_postgres_ledgers(orgs: Pki, tmp_path: Pa
     sources = source_by_sop(study_files(source))
     async with fresh_schema(url) as rx_schema, fresh_schema(url) as tx_schema:
         rcfg = dataclasses.replace(
-            node_config(
-                "RX2",
-                tmp_path / "receiver",
-                identity=orgs.identity("RX2"),
-                peers=(peer("RX1", 1),),
-                listen_port=0,
-            ),
+            receiver_config(orgs, tmp_path),
             ledger=url,
             ledger_schema=rx_schema,
         )
