@@ -219,14 +219,18 @@ class SpareFiles:
             return
         self._refilling = True
         try:
-            while len(self._spare) < self.keep:
-                with anyio.CancelScope(shield=True):  # a file made is never dropped
-                    self._spare.append(await anyio.to_thread.run_sync(self._create))
-                await anyio.lowlevel.checkpoint()
-        except OSError:
-            pass  # take() will say why
+            with anyio.CancelScope(shield=True):  # a file made is never dropped
+                await anyio.to_thread.run_sync(self._make_spares, self.keep - len(self._spare))
         finally:
             self._refilling = False
+
+    def _make_spares(self, count: int) -> None:
+        """Files made in one go, off the event loop; ``take`` may use each at once."""
+        try:
+            for _ in range(count):
+                self._spare.append(self._create())
+        except OSError:
+            pass  # take() will say why
 
     def _create(self) -> tuple[Path, StreamFile]:
         path = self.directory / f"{uuid.uuid4().hex}.dcm"
