@@ -1,4 +1,4 @@
-"""Reading a node's TOML file: ``[dicom.tls]``, the ledger."""
+"""Reading a node's TOML file: ``[dicom.tls]``, the ledger, shared work."""
 
 from __future__ import annotations
 
@@ -90,4 +90,23 @@ def test_the_ledger_is_sqlite_unless_a_postgresql_url_is_given(tmp_path: Path) -
 
     path.write_text(NODE.replace('org = "RX1"', 'org = "RX1"\nledger = "mysql://db/relay"'))
     with pytest.raises(ConfigurationError, match="postgresql://"):
+        NodeConfig.from_toml(path)
+
+
+def test_a_worker_name_and_its_lease_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(NODE)
+    assert NodeConfig.from_toml(path).worker is None  # sends only its own transfers
+
+    shared = NODE.replace('org = "RX1"', 'org = "RX1"\nworker = "relay-2"')
+    path.write_text(shared + "\n[limits]\nlease_seconds = 12.5\nclaim_poll_seconds = 0.5\n")
+    config = NodeConfig.from_toml(path)
+    assert config.worker == "relay-2"
+    assert (config.limits.lease_seconds, config.limits.claim_poll_seconds) == (12.5, 0.5)
+
+    path.write_text(NODE.replace('org = "RX1"', 'org = "RX1"\nworker = ""'))
+    with pytest.raises(ConfigurationError, match="worker"):
+        NodeConfig.from_toml(path)
+    path.write_text(shared + "\n[limits]\nlease_seconds = 0\n")
+    with pytest.raises(ConfigurationError, match="lease_seconds"):
         NodeConfig.from_toml(path)

@@ -41,6 +41,9 @@ class Limits:
     offer_batch: int = 256  # instances per OFFER
     write_buffer_bytes: int = 64 << 20  # receiver: bytes being made durable per connection
     chunk_size: int = 1 << 20
+    # Sending shared by workers on one ledger (NodeConfig.worker):
+    lease_seconds: float = 30.0  # a claim lapses unless renewed within this
+    claim_poll_seconds: float = 1.0  # how often a worker looks for claimable work
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +123,11 @@ class NodeConfig:
     # hold a password.
     ledger: str | None = field(default=None, repr=False)
     ledger_schema: str = "dicomrelay"
+    # A name unique among the workers that share this ledger's sending work
+    # (with the same peers, and the files they send on paths all can read):
+    # the node then claims, with leases, any due transfer, whoever queued it.
+    # None: it sends the transfers queued through it alone.
+    worker: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "org", check_org_code(self.org))
@@ -127,6 +135,10 @@ class NodeConfig:
             raise ConfigurationError("ledger must be a postgresql:// URL (or absent: SQLite)")
         if not self.ledger_schema:
             raise ConfigurationError("ledger_schema must not be empty")
+        if self.worker is not None and not self.worker:
+            raise ConfigurationError("worker must be a non-empty name (or absent)")
+        if self.limits.lease_seconds <= 0 or self.limits.claim_poll_seconds <= 0:
+            raise ConfigurationError("lease_seconds and claim_poll_seconds must be positive")
         if self.identity is None and not self.insecure_plaintext:
             raise ConfigurationError("a node needs a TLS identity (or insecure_plaintext=True)")
         if self.digest not in ("sha256", "blake3"):
@@ -187,6 +199,7 @@ class NodeConfig:
                 dicom=dicom,
                 ledger=node.get("ledger"),
                 ledger_schema=node.get("ledger_schema", "dicomrelay"),
+                worker=node.get("worker"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigurationError(f"{path}: {e!r}") from e

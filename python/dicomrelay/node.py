@@ -21,12 +21,11 @@ from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup
 
 from dicomrelay import pki, sockets
 from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
+from dicomrelay.claims import Leases, renew_interval
 from dicomrelay.config import DicomConfig, NodeConfig, Peer
 from dicomrelay.connection import Connection
 from dicomrelay.dicom import tls
-from dicomrelay.dicom.dimse import Status
 from dicomrelay.dicom.scp import StoredInstance, StoreScp
-from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
 from dicomrelay.errors import ConfigurationError, DicomrelayError, TlsError
 from dicomrelay.ledger import (
     Ledger,
@@ -35,10 +34,11 @@ from dicomrelay.ledger import (
     TransferState,
     open_ledger,
 )
+from dicomrelay.pacs_delivery import deliver_files
 from dicomrelay.protocol import PRIORITIES
 from dicomrelay.receipt import Receipt
 from dicomrelay.receiver import Committer, Receiver
-from dicomrelay.scheduler import Candidate, after_failure, plan, retry_delay
+from dicomrelay.scheduler import Candidate, after_failure, plan
 from dicomrelay.sender import Attempt, AttemptFailed, greet
 from dicomrelay.store import BlobStore
 from dicomrelay.transfer import Event, EventKind, Transfer
@@ -74,6 +74,9 @@ class Node:
         self._acks_ready = anyio.Event()
         self._random = random.Random()
         self._deliveries: dict[str, anyio.Lock] = {}  # a lock per study being delivered
+        self._leases: Leases | None = None  # set when workers share the ledger's sending
+        self._claim_now = anyio.Event()
+        self._attempts: dict[str, anyio.CancelScope] = {}  # running, by transfer
         dicom_tls = config.dicom.tls if config.dicom is not None else None
         self._pacs_tls = (
             None
@@ -131,7 +134,16 @@ class Node:
             if cfg.dicom is not None and cfg.dicom.deliver_to is not None:
                 for study, requested in await self.ledger.pending_deliveries():
                     self._tg.start_soon(self._deliver_to_pacs, study, requested, cfg.dicom)
-            await self._resume()
+            if cfg.worker is None:
+                await self._resume()
+            else:
+                self._leases = Leases(
+                    self.ledger,
+                    cfg.worker,
+                    lease_seconds=cfg.limits.lease_seconds,
+                    budget=cfg.limits.transfers_per_peer * max(1, len(cfg.peers)),
+                )
+                self._tg.start_soon(self._share_work, self._leases)
             self._tg.start_soon(self._schedule)
             self._tg.start_soon(self._record_acks)
         except BaseException:
@@ -234,6 +246,9 @@ class Node:
         await self.ledger.add_outgoing(transfer, instances)
         handle = self._transfers[transfer_id] = Transfer(transfer_id)
         self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer_id))
+        if self._leases is not None:
+            self._claim_now.set()  # queued for every worker: whichever claims it sends it
+            return handle
         self._queued[transfer_id] = Candidate(
             id=transfer_id, destination=peer.code, priority=priority, created=now, next_attempt=now
         )
@@ -289,35 +304,90 @@ class Node:
             with anyio.move_on_after(delay):
                 await self._wake.wait()
 
+    async def _share_work(self, leases: Leases) -> None:
+        """Keep this worker's leases, stop attempts whose lease another worker
+        took over, claim due transfers into the queue, and finish the handles of
+        transfers queued here that other workers completed."""
+        limits = self.config.limits
+        while True:
+            now = time.time()
+            for transfer_id in await leases.renew(now):
+                self._queued.pop(transfer_id, None)
+                scope = self._attempts.get(transfer_id)
+                if scope is not None:
+                    scope.cancel()
+            for t in await leases.claim(now):
+                self._transfers.setdefault(t.id, Transfer(t.id))
+                self._queued[t.id] = Candidate(
+                    id=t.id,
+                    destination=t.destination,
+                    priority=t.priority,
+                    created=t.created,
+                    next_attempt=now,
+                )
+                self._wake.set()
+            await self._finish_handles_done_elsewhere(leases)
+            with anyio.move_on_after(
+                renew_interval(limits.lease_seconds, limits.claim_poll_seconds)
+            ):
+                await self._claim_now.wait()
+            self._claim_now = anyio.Event()
+
+    async def _finish_handles_done_elsewhere(self, leases: Leases) -> None:
+        for transfer_id, handle in list(self._transfers.items()):
+            if handle.done or transfer_id in leases.held:
+                continue
+            t = await self.ledger.outgoing(transfer_id)
+            if t is None or t.state not in (TransferState.DONE, TransferState.DEAD):
+                continue
+            if t.state is TransferState.DONE and t.receipt is not None:
+                self._publish(handle, Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
+                handle.finish(Receipt.from_json(t.receipt))
+            else:
+                detail = t.last_error or "dead letter"
+                self._publish(
+                    handle, Event(kind=EventKind.FAILED, transfer_id=transfer_id, detail=detail)
+                )
+                handle.finish(None, detail)
+
     async def _attempt(self, candidate: Candidate) -> None:
         transfer_id = candidate.id
         handle = self._transfers.setdefault(transfer_id, Transfer(transfer_id))
+        scope = self._attempts[transfer_id] = anyio.CancelScope()
         try:
-            transfer = await self.ledger.outgoing(transfer_id)
-            if transfer is None or transfer.state in (TransferState.DONE, TransferState.DEAD):
-                return
-            await self.ledger.set_outgoing_state(transfer_id, TransferState.ACTIVE)
-            self._publish(handle, Event(kind=EventKind.STARTED, transfer_id=transfer_id))
-            try:
-                receipt = await self._deliver(transfer, self.config.peer(transfer.destination))
-            except (AttemptFailed, DicomrelayError, OSError, TimeoutError) as e:
-                await self._failed(transfer, handle, e)
-                return
-            await self.ledger.set_outgoing_state(
-                transfer_id, TransferState.DONE, receipt=receipt.to_json()
-            )
-            await self.ledger.audit(
-                self.config.org,
-                "sent",
-                transfer_id,
-                f"{transfer.total} instances of {transfer.study_instance_uid}"
-                f" to {transfer.destination}",
-            )
-            self._publish(handle, Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
-            handle.finish(receipt)
+            with scope:  # cancelled if another worker took the lease over
+                await self._attempt_once(transfer_id, handle)
         finally:
+            del self._attempts[transfer_id]
             self._active[candidate.destination] -= 1
             self._wake.set()
+            if self._leases is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._leases.release(transfer_id)
+
+    async def _attempt_once(self, transfer_id: str, handle: Transfer) -> None:
+        transfer = await self.ledger.outgoing(transfer_id)
+        if transfer is None or transfer.state in (TransferState.DONE, TransferState.DEAD):
+            return
+        await self.ledger.set_outgoing_state(transfer_id, TransferState.ACTIVE)
+        self._publish(handle, Event(kind=EventKind.STARTED, transfer_id=transfer_id))
+        try:
+            receipt = await self._deliver(transfer, self.config.peer(transfer.destination))
+        except (AttemptFailed, DicomrelayError, OSError, TimeoutError) as e:
+            await self._failed(transfer, handle, e)
+            return
+        await self.ledger.set_outgoing_state(
+            transfer_id, TransferState.DONE, receipt=receipt.to_json()
+        )
+        await self.ledger.audit(
+            self.config.org,
+            "sent",
+            transfer_id,
+            f"{transfer.total} instances of {transfer.study_instance_uid}"
+            f" to {transfer.destination}",
+        )
+        self._publish(handle, Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
+        handle.finish(receipt)
 
     async def _deliver(self, transfer: OutgoingTransfer, peer: Peer) -> Receipt:
         limits = self.config.limits
@@ -396,6 +466,8 @@ class Node:
         self._publish(
             handle, Event(kind=EventKind.RETRYING, transfer_id=transfer.id, detail=message)
         )
+        if self._leases is not None:
+            return  # given back when the attempt ends: any worker retries it when due
         self._queued[transfer.id] = Candidate(
             id=transfer.id,
             destination=transfer.destination,
@@ -496,47 +568,19 @@ class Node:
         pacs = dicom.deliver_to
         assert pacs is not None
         paths = [str(path) for _uid, path in await self.study(study)]
-        infos = await anyio.to_thread.run_sync(lambda: scan_many(paths))
-        sendable = [
-            (p, i) for p, i in zip(paths, infos, strict=True) if isinstance(i, InstanceInfo)
-        ]
-        error = ""
-        for attempt in range(1, dicom.delivery_attempts + 1):
-            try:
-                async with await Client.connect(
-                    pacs.host,
-                    pacs.port,
-                    calling_ae_title=dicom.ae_title,
-                    called_ae_title=pacs.ae_title,
-                    contexts=contexts_for([i for _, i in sendable]),
-                    tls=self._pacs_tls,
-                ) as client:
-                    failed = len(paths) - len(sendable)  # unreadable since they were stored
-                    async for _path, status in client.store_many(sendable):
-                        if status != Status.SUCCESS:
-                            failed += 1
-                if not failed:
-                    detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
-                    await self.ledger.finish_delivery(
-                        study, requested=requested, delivered=True, error=""
-                    )
-                    await self.ledger.audit(self.config.org, "delivered", None, detail)
-                    return
-                error = f"{failed} instances refused"
-            except (AssociationError, OSError, TimeoutError, DicomrelayError) as e:
-                error = str(e)
-            if attempt < dicom.delivery_attempts:
-                delay = retry_delay(
-                    attempt,
-                    base=self.config.limits.backoff_base,
-                    cap=self.config.limits.backoff_cap,
-                    unit=self._random.random(),
-                )
-                await anyio.sleep(delay)
-        await self.ledger.finish_delivery(study, requested=requested, delivered=False, error=error)
-        await self.ledger.audit(
-            self.config.org, "delivery-dead", None, f"{study} to {pacs.ae_title}: {error}"
+        error = await deliver_files(
+            paths, dicom, tls=self._pacs_tls, limits=self.config.limits, rng=self._random
         )
+        delivered = not error
+        await self.ledger.finish_delivery(
+            study, requested=requested, delivered=delivered, error=error
+        )
+        if delivered:
+            detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
+            await self.ledger.audit(self.config.org, "delivered", None, detail)
+        else:
+            detail = f"{study} to {pacs.ae_title}: {error}"
+            await self.ledger.audit(self.config.org, "delivery-dead", None, detail)
 
     # Reading.
     async def status(self) -> dict[str, int]:

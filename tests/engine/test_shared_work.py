@@ -1,0 +1,203 @@
+"""Several workers of one organisation sharing a PostgreSQL ledger's sending
+work (``NodeConfig.worker``): transfers queued through any of them are claimed
+with leases and sent once, by whichever worker holds the lease; a worker
+killed mid-transfer holds its transfer only until its lease runs out, then
+another takes it over and delivers it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from dicomrelay.config import Limits, NodeConfig
+from dicomrelay.ledger import TransferState
+from dicomrelay.ledger.postgres import PostgresLedger
+from dicomrelay.node import Node
+from dicomrelay.transfer import EventKind
+from pg_server import fresh_schema, postgres_url
+
+from .helpers import (
+    LOCALHOST,
+    Pki,
+    Recorder,
+    assert_delivered,
+    make_study,
+    node_config,
+    peer,
+    receiver_config,
+    silent_server,
+    source_by_sop,
+    study_files,
+)
+from .processes import Child
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 90
+HELPER = Path(__file__).with_name("kill_sender.py")
+SHARED = Limits(
+    transfers_per_peer=1,  # one transfer at a time per worker: the others must be shared
+    max_attempts=3,
+    backoff_base=0.05,
+    backoff_cap=0.5,
+    connect_timeout=5.0,
+    stall_timeout=30.0,
+    lease_seconds=2.0,
+    claim_poll_seconds=0.05,
+)
+
+
+def worker_config(
+    orgs: Pki, data_dir: Path, *, name: str, rx_port: int, url: str, schema: str
+) -> NodeConfig:
+    return dataclasses.replace(
+        node_config(
+            "RX1",
+            data_dir,
+            identity=orgs.identity("RX1"),
+            peers=(peer("RX2", rx_port),),
+            limits=SHARED,
+        ),
+        ledger=url,
+        ledger_schema=schema,
+        worker=name,
+    )
+
+
+async def test_workers_on_one_ledger_share_the_sending(orgs: Pki, tmp_path: Path) -> None:
+    url = postgres_url()
+    studies = [make_study(tmp_path / f"study{n}", 12, seed=300 + n) for n in range(6)]
+    seen = {1: Recorder(), 2: Recorder()}
+    async with fresh_schema(url) as rx_schema, fresh_schema(url) as tx_schema:
+        rcfg = dataclasses.replace(
+            receiver_config(orgs, tmp_path), ledger=url, ledger_schema=rx_schema
+        )
+        with anyio.fail_after(TIMEOUT):
+            async with Node(rcfg) as rx:
+                assert rx.port is not None
+                configs = {
+                    n: worker_config(
+                        orgs,
+                        tmp_path / f"worker{n}",
+                        name=f"w{n}",
+                        rx_port=rx.port,
+                        url=url,
+                        schema=tx_schema,
+                    )
+                    for n in (1, 2)
+                }
+                async with (
+                    Node(configs[1], observer=seen[1]) as w1,
+                    Node(configs[2], observer=seen[2]) as w2,
+                ):
+                    # All queued through one worker: its handles still end in receipts.
+                    handles = [await w1.send(s, to="RX2") for s in studies]
+                    receipts = [await h.wait() for h in handles]
+                    for study, receipt in zip(studies, receipts, strict=True):
+                        await assert_delivered(rx, receipt, source_by_sop(study_files(study)))
+                    rows = await w2.ledger.all_outgoing()
+
+    started = {n: [e.transfer_id for e in seen[n].of(EventKind.STARTED)] for n in (1, 2)}
+    everyone = started[1] + started[2]
+    assert sorted(everyone) == sorted(h.id for h in handles), "each transfer started exactly once"
+    assert started[2], "the second worker took none of the work"
+    assert {r.state for r in rows} == {TransferState.DONE}
+    assert {r.claimed_by for r in rows} == {None}, "a claim outlived its attempt"
+
+
+def worker_toml(path: Path, orgs: Pki, *, name: str, rx_port: int, url: str, schema: str) -> Path:
+    """A worker's configuration file, for a worker in a process of its own."""
+    identity = orgs.identity("RX1")
+    limits = [f"{f.name} = {getattr(SHARED, f.name)!r}" for f in dataclasses.fields(SHARED)]
+    lines = [
+        "[node]",
+        'org = "RX1"',
+        f'data_dir = "{path.parent / name}"',
+        f'ledger = "{url}"',
+        f'ledger_schema = "{schema}"',
+        f'worker = "{name}"',
+        "[tls]",
+        f'cert = "{identity.cert}"',
+        f'key = "{identity.key}"',
+        f'ca = "{identity.ca}"',
+        "[[peers]]",
+        'org = "RX2"',
+        f'host = "{LOCALHOST}"',
+        f"port = {rx_port}",
+        "[limits]",
+        *limits,
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def until_state(ledger: PostgresLedger, transfer_id: str, state: TransferState) -> Any:
+    while (t := await ledger.outgoing(transfer_id)) is None or t.state is not state:
+        await anyio.sleep(0.02)
+    return t
+
+
+async def test_a_killed_workers_transfer_is_taken_over_once_its_lease_runs_out(
+    orgs: Pki, tmp_path: Path
+) -> None:
+    url = postgres_url()
+    study = make_study(tmp_path / "study", 10, seed=77)
+    w2_events = Recorder()
+    async with fresh_schema(url) as rx_schema, fresh_schema(url) as tx_schema:
+        ledger = await PostgresLedger.open(url, schema=tx_schema)
+        try:
+            # The first worker's way to RX2 leads to a peer that never answers:
+            # it claims the transfer and is still at it when it is killed.
+            async with silent_server() as silent_port:
+                toml = worker_toml(
+                    tmp_path / "w1.toml",
+                    orgs,
+                    name="w1",
+                    rx_port=silent_port,
+                    url=url,
+                    schema=tx_schema,
+                )
+                w1 = Child.script(HELPER, "--config", str(toml), "--to", "RX2", stdin=True)
+                try:
+                    w1.expect("^ready", 30)
+                    w1.send_line(str(study))
+                    transfer_id = w1.expect(r"^queued (\w+)", 30).group(1)
+                    with anyio.fail_after(30):
+                        held = await until_state(ledger, transfer_id, TransferState.ACTIVE)
+                    assert held.claimed_by == "w1"
+                    assert w1.kill(), "the first worker had already ended"
+                finally:
+                    w1.kill()
+            # Its last renewal, read after the kill: no one may take over before this.
+            orphaned = await ledger.outgoing(transfer_id)
+            assert orphaned is not None
+            assert orphaned.claimed_by == "w1"
+            assert orphaned.lease_until is not None
+
+            rcfg = dataclasses.replace(
+                receiver_config(orgs, tmp_path), ledger=url, ledger_schema=rx_schema
+            )
+            with anyio.fail_after(TIMEOUT):
+                async with Node(rcfg) as rx:
+                    assert rx.port is not None
+                    w2cfg = worker_config(
+                        orgs, tmp_path / "w2", name="w2", rx_port=rx.port, url=url, schema=tx_schema
+                    )
+                    async with Node(w2cfg, observer=w2_events) as w2:
+                        await until_state(ledger, transfer_id, TransferState.DONE)
+                        receipt = await w2.transfer(transfer_id).wait()
+                        await assert_delivered(rx, receipt, source_by_sop(study_files(study)))
+                    received = await rx.status()
+            done = await ledger.outgoing(transfer_id)
+        finally:
+            await ledger.close()
+
+    (started,) = w2_events.of(EventKind.STARTED, transfer_id)
+    assert started.at >= orphaned.lease_until, "taken over while the killed worker's lease held"
+    assert done is not None
+    assert done.claimed_by is None
+    assert done.receipt == receipt.to_json()
+    assert (received["received_committed"], received["stored_instances"]) == (1, 10)
