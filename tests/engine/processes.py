@@ -13,6 +13,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from dicomrelay.pki import Identity
 
@@ -145,3 +148,22 @@ class Child:
         self._reader.join(5)
         if self.popen.stdin is not None:
             self.popen.stdin.close()
+
+
+def dicomrelay(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomrelay", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def last_json_line(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"no output\n{result.stderr}"
+    summary = orjson.loads(lines[-1])
+    assert isinstance(summary, dict)
+    return summary

@@ -4,18 +4,14 @@ configured by TOML files."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
 from dicomrelay.receipt import Receipt
 
 from .helpers import Pki, closed_port, make_study, source_by_sop, study_files
-from .processes import Child, node_toml
+from .processes import Child, dicomrelay, last_json_line, node_toml
 
 SUMMARY_KEYS = {
     "images",
@@ -25,25 +21,6 @@ SUMMARY_KEYS = {
     "p50_latency_ms",
     "p99_latency_ms",
 }
-
-
-def dicomrelay(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicomrelay", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def last_json_line(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    lines = result.stdout.strip().splitlines()
-    assert lines, f"no output\n{result.stderr}"
-    summary = orjson.loads(lines[-1])
-    assert isinstance(summary, dict)
-    return summary
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,20 @@ another takes it over and delivers it."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
+from psycopg import sql
 
 from dicomrelay.config import Limits, NodeConfig
 from dicomrelay.ledger import TransferState
 from dicomrelay.ledger.postgres import PostgresLedger
 from dicomrelay.node import Node
+from dicomrelay.receipt import Receipt
 from dicomrelay.transfer import EventKind
 from pg_server import fresh_schema, postgres_url
 
@@ -25,6 +29,7 @@ from .helpers import (
     Pki,
     Recorder,
     assert_delivered,
+    closed_port,
     make_study,
     node_config,
     peer,
@@ -33,7 +38,7 @@ from .helpers import (
     source_by_sop,
     study_files,
 )
-from .processes import Child
+from .processes import Child, dicomrelay, last_json_line, node_toml
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 90
@@ -201,3 +206,46 @@ async def test_a_killed_workers_transfer_is_taken_over_once_its_lease_runs_out(
     assert done.claimed_by is None
     assert done.receipt == receipt.to_json()
     assert (received["received_committed"], received["stored_instances"]) == (1, 10)
+
+
+def test_send_from_the_command_line_beside_a_serving_worker(tmp_path: Path) -> None:
+    """``dicomrelay send`` with a worker's own configuration file, while that
+    worker serves: the transfer is sent once, and the command gets its receipt."""
+    url = postgres_url()
+    orgs = Pki(tmp_path / "pki")
+    port = closed_port()
+    receiver_toml = node_toml(
+        tmp_path / "receiver.toml",
+        orgs.identity("RX2"),
+        data_dir=tmp_path / "receiver",
+        listen_port=port,
+        peer=("RX1", 1),
+    )
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    toml = worker_toml(tmp_path / "w1.toml", orgs, name="w1", rx_port=port, url=url, schema=schema)
+    source = make_study(tmp_path / "study", 5, seed=5)
+    receiver = Child.dicomrelay("serve", "--config", str(receiver_toml))
+    worker = Child.dicomrelay("serve", "--config", str(toml))
+    try:
+        receiver.expect(rf"serving \(port {port}\)", timeout=30)
+        worker.expect("serving", timeout=30)
+        sent = dicomrelay("send", str(source), "--to", "RX2", "--config", str(toml))
+        assert sent.returncode == 0, sent.stderr
+        receipt = Receipt.from_json(sent.stdout.strip().splitlines()[-1])
+        receipt.verify(orgs.cert_der("RX2"))
+        assert {i.sop_instance_uid for i in receipt.instances} == set(
+            source_by_sop(study_files(source))
+        )
+        status = last_json_line(dicomrelay("status", "--json", "--config", str(toml)))
+    finally:
+        worker.stop()
+        receiver.stop()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    [row] = status["transfers"]
+    assert (row["id"], row["state"], row["acked"], row["worker"]) == (
+        receipt.transfer_id,
+        "done",
+        5,
+        None,
+    )

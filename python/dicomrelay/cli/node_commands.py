@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_send(args: argparse.Namespace) -> int:
     config = NodeConfig.from_toml(args.config)
+    if config.worker is not None:
+        # A worker of its own while it waits: never one that `serve` already is.
+        config = dataclasses.replace(config, worker=f"{config.worker}-send-{os.getpid()}")
 
     async def send() -> int:
         async with Node(config) as node:
@@ -105,6 +110,7 @@ def run_status(args: argparse.Namespace) -> int:
                 "total": t.total,
                 "attempts": t.attempts,
                 "error": t.last_error,
+                "worker": t.claimed_by,  # the worker holding it, when workers share the ledger
             }
             for t in transfers
         ]
