@@ -75,3 +75,28 @@ async def test_a_file_that_cannot_be_published_raises(tmp_path: Path) -> None:
     assert (tmp_path / "good").read_bytes() == b"g"
     assert not bad_temp.exists(), "the unpublished file is not left behind"
     commits.close()
+
+
+async def test_flushes_for_arriving_data_are_spaced_but_never_hold_a_waiter(
+    tmp_path: Path,
+) -> None:
+    commits = GroupCommit(tmp_path)
+    first = commits.add(temp_file(tmp_path, "a", b"a"), tmp_path / "a")
+    with anyio.fail_after(5):
+        await commits.flush_soon(60.0)  # none before it: at once
+    assert (tmp_path / "a").exists()
+    await commits.wait(first)
+
+    second = commits.add(temp_file(tmp_path, "b", b"b"), tmp_path / "b")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(commits.flush_soon, 60.0)  # the last flush began just now: it waits
+        tg.start_soon(commits.flush_soon, 60.0)  # and one waiting is enough
+        await anyio.sleep(0.2)
+        assert commits.flushing
+        assert not (tmp_path / "b").exists(), "flushed before its interval"
+        with anyio.fail_after(5):
+            await commits.wait(second)  # a waiter flushes at once
+        assert (tmp_path / "b").read_bytes() == b"b"
+        tg.cancel_scope.cancel()
+    assert not commits.flushing
+    commits.close()

@@ -13,6 +13,7 @@ lets the disk write back the group so far, so that a waiter seldom waits long.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class GroupCommit:
         self._files: dict[int, tuple[Path, Path]] = {}  # ticket -> (temp, final), not yet renamed
         self._failed: dict[int, OSError] = {}
         self._flushed: anyio.Event | None = None  # set when the running flush ends
+        self._last_start = -math.inf  # when the last flush began (anyio clock)
+        self._soon = False  # a flush_soon is waiting to flush
 
     def add(self, temp: Path, final: Path) -> int:
         """``temp`` is written and closed; it is to become ``final``."""
@@ -42,7 +45,8 @@ class GroupCommit:
 
     @property
     def flushing(self) -> bool:
-        return self._flushed is not None
+        """A flush is running, or one is due soon."""
+        return self._flushed is not None or self._soon
 
     @property
     def pending(self) -> int:
@@ -61,11 +65,25 @@ class GroupCommit:
         if error is not None:
             raise error
 
+    async def flush_soon(self, interval: float) -> None:
+        """A flush for data still arriving, at most one every ``interval``
+        seconds: the disk starts on the group so far, without a syncfs for
+        every file or two. (A waiter flushes at once.)"""
+        if self._soon:
+            return
+        self._soon = True
+        try:
+            await anyio.sleep(max(0.0, self._last_start + interval - anyio.current_time()))
+        finally:
+            self._soon = False
+        await self.flush()
+
     async def flush(self) -> None:
         """One flush of everything added so far, unless one is running."""
         if self._flushed is not None or not self.pending:
             return
         self._flushed = anyio.Event()
+        self._last_start = anyio.current_time()
         renamed_before, target = self._renamed, self._added
         files = [(t, *self._files.pop(t)) for t in range(renamed_before + 1, target + 1)]
         synced, failed = False, dict[int, OSError]()

@@ -68,6 +68,7 @@ log = logging.getLogger("dicomrelay.scp")
 
 MAX_PDU = 1 << 20
 ARTIM_SECONDS = 30.0
+FLUSH_INTERVAL = 0.05  # seconds between the flushes of data still arriving
 TLS_HANDSHAKE_SECONDS = 30.0
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
 
@@ -498,7 +499,8 @@ class _Session:
         else:
             self.stored[instance.path] = (ticket, instance)
             if self.background is not None and not self.scp.commits.flushing:
-                self.background.start_soon(self.scp.commits.flush)  # let the disk start
+                # Let the disk start on what has arrived (at most every so often).
+                self.background.start_soon(self.scp.commits.flush_soon, FLUSH_INTERVAL)
         return Status.SUCCESS, None
 
     def _check(self, incoming: _Incoming) -> tuple[int, str | None, StoredInstance | None]:
