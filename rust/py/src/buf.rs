@@ -1,4 +1,4 @@
-//! Intake of Python inputs: byte buffers without copying, and files (large ones by mmap).
+//! Intake of Python inputs: byte buffers without copying, and files by mmap.
 
 use std::fs::File;
 use std::path::Path;
@@ -67,42 +67,28 @@ impl<'py> ByteView<'py> {
     }
 }
 
-/// Files up to this size are read rather than mapped: unmapping a file in a
-/// process with several threads running interrupts every CPU to flush its TLB,
-/// which costs more than copying a few megabytes from the page cache.
-const READ_UP_TO: u64 = 8 << 20;
+/// A file mapped read-only into memory. An empty file maps to no bytes.
+pub struct MappedFile(Option<Mmap>);
 
-/// A file's bytes: read into memory when small, else mapped read-only. An
-/// empty file has no bytes.
-pub enum FileBytes {
-    Read(Vec<u8>),
-    Mapped(Mmap),
-}
-
-impl FileBytes {
+impl MappedFile {
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let mut file = File::open(path)?;
+        let file = File::open(path)?;
         let metadata = file.metadata()?;
         if metadata.is_dir() {
             return Err(std::io::Error::from_raw_os_error(21)); // EISDIR
         }
-        if metadata.len() <= READ_UP_TO {
-            let mut data = Vec::with_capacity(metadata.len() as usize);
-            std::io::Read::read_to_end(&mut file, &mut data)?;
-            return Ok(FileBytes::Read(data));
+        if metadata.len() == 0 {
+            return Ok(MappedFile(None));
         }
         // SAFETY: the map is read-only and private to this call. Another process
         // truncating the file while it is scanned would fault the reader (SIGBUS);
         // dicomrelay only scans files it owns or has been handed whole.
         let map = unsafe { Mmap::map(&file)? };
-        Ok(FileBytes::Mapped(map))
+        Ok(MappedFile(Some(map)))
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        match self {
-            FileBytes::Read(data) => data,
-            FileBytes::Mapped(map) => map,
-        }
+        self.0.as_deref().unwrap_or(&[])
     }
 
     /// Drop the resident pages of `..end` (rounded down to whole pages): the
@@ -110,7 +96,7 @@ impl FileBytes {
     /// multi-GB file from growing the process's RSS as it is hashed.
     pub fn release_before(&self, end: usize) {
         const PAGE: usize = 4096;
-        let FileBytes::Mapped(map) = self else { return };
+        let Some(map) = &self.0 else { return };
         let end = end.min(map.len()) / PAGE * PAGE;
         if end == 0 {
             return;

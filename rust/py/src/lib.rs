@@ -18,7 +18,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
-use buf::{ByteView, FileBytes};
+use buf::{ByteView, MappedFile};
 use error::{parse_error, Failure};
 use info::InstanceInfo;
 
@@ -56,7 +56,7 @@ fn scan_path(
     path: &std::path::Path,
     options: &ScanOptions,
 ) -> Result<dicomrelay_core::InstanceInfo, Failure> {
-    let file = FileBytes::open(path).map_err(|e| Failure::Io(e, path.to_owned()))?;
+    let file = MappedFile::open(path).map_err(|e| Failure::Io(e, path.to_owned()))?;
     let data = file.as_slice();
     let Some(algorithm) = options.digest.filter(|_| data.len() > RELEASE_PAGES_ABOVE) else {
         return Ok(dicomrelay_core::scan(data, options)?);
