@@ -271,6 +271,25 @@ async def test_claims_take_due_transfers_most_urgent_first(backend: Backend) -> 
     await ledger.close()
 
 
+async def test_finished_transfers_are_found_among_many(backend: Backend) -> None:
+    ledger = await backend.open()
+    ids = [f"{n:032x}" for n in range(1200)]  # more than one SQL batch
+    for n, transfer_id in enumerate(ids):
+        await ledger.add_outgoing(transfer(id=transfer_id), instances(1))
+        if n % 300 == 7:
+            await ledger.set_outgoing_state(transfer_id, TransferState.DONE, receipt=b"{}")
+        elif n % 300 == 8:
+            await ledger.set_outgoing_state(transfer_id, TransferState.DEAD, error="refused")
+        elif n % 300 == 9:
+            await ledger.set_outgoing_state(transfer_id, TransferState.ACTIVE)
+    found = await ledger.finished_outgoing([*ids, "f" * 32])  # one it never had
+    expected = {i for n, i in enumerate(ids) if n % 300 in (7, 8)}
+    assert {t.id for t in found} == expected
+    assert {t.state for t in found} == {TransferState.DONE, TransferState.DEAD}
+    assert await ledger.finished_outgoing([]) == []
+    await ledger.close()
+
+
 async def test_an_expired_lease_is_claimable_again(backend: Backend) -> None:
     ledger = await backend.open()
     await ledger.add_outgoing(transfer(id="q" * 32), instances())

@@ -4,13 +4,14 @@ all inside one task group."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -40,10 +41,11 @@ from dicomrelay.receipt import Receipt
 from dicomrelay.receiver import Committer, Receiver
 from dicomrelay.scheduler import Candidate, after_failure, plan
 from dicomrelay.sender import Attempt, AttemptFailed, greet
+from dicomrelay.sources import Source, materialise
 from dicomrelay.store import BlobStore
 from dicomrelay.transfer import Event, EventKind, Transfer
 
-Source = str | os.PathLike[str] | Iterable[str | os.PathLike[str] | bytes]
+log = logging.getLogger("dicomrelay.node")
 
 
 async def _serve(listener: Listener[SocketStream], handler: Callable[[SocketStream], Any]) -> None:
@@ -77,6 +79,8 @@ class Node:
         self._leases: Leases | None = None  # set when workers share the ledger's sending
         self._claim_now = anyio.Event()
         self._attempts: dict[str, anyio.CancelScope] = {}  # running, by transfer
+        self._peer_codes = frozenset(p.code for p in config.peers)
+        self._not_ours: set[str] = set()  # claimed, for a peer this worker does not know
         dicom_tls = config.dicom.tls if config.dicom is not None else None
         self._pacs_tls = (
             None
@@ -201,7 +205,7 @@ class Node:
             raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
         peer = self.config.peer(to)
         transfer_id = uuid.uuid4().hex
-        paths = await anyio.to_thread.run_sync(self._materialise, source, transfer_id)
+        paths = await anyio.to_thread.run_sync(materialise, source, self.outbox / transfer_id)
         if not paths:
             raise ValueError("nothing to send: the source holds no files")
         limits = self.config.limits
@@ -264,29 +268,6 @@ class Node:
         """The handle of a transfer this node sent or resumed."""
         return self._transfers[transfer_id]
 
-    def _materialise(self, source: Source, transfer_id: str) -> list[str]:
-        """Paths to send. In-memory instances are written (and fsynced) to the
-        outbox first, so a restart can resume them."""
-        if isinstance(source, str | os.PathLike):
-            root = Path(source)
-            if root.is_dir():
-                return sorted(os.fspath(p) for p in root.rglob("*") if p.is_file())
-            return [os.fspath(root)]
-        paths: list[str] = []
-        box = self.outbox / transfer_id
-        for n, item in enumerate(source):
-            if isinstance(item, bytes | bytearray | memoryview):
-                box.mkdir(exist_ok=True)
-                path = box / f"{n:06d}.dcm"
-                with open(path, "wb") as f:
-                    f.write(item)
-                    f.flush()
-                    os.fsync(f.fileno())
-                paths.append(os.fspath(path))
-            else:
-                paths.append(os.fspath(item))
-        return paths
-
     # Scheduling.
     async def _schedule(self) -> None:
         assert self._tg is not None
@@ -317,6 +298,14 @@ class Node:
                 if scope is not None:
                     scope.cancel()
             for t in await leases.claim(now):
+                if t.destination not in self._peer_codes:
+                    # Queued by a worker configured with a peer this one lacks:
+                    # given back for that worker, never dead-lettered here.
+                    if t.id not in self._not_ours:
+                        self._not_ours.add(t.id)
+                        log.warning("transfer %s is for %s, not a peer here", t.id, t.destination)
+                    await leases.release(t.id)
+                    continue
                 self._transfers.setdefault(t.id, Transfer(t.id))
                 self._queued[t.id] = Candidate(
                     id=t.id,
@@ -334,20 +323,23 @@ class Node:
             self._claim_now = anyio.Event()
 
     async def _finish_handles_done_elsewhere(self, leases: Leases) -> None:
-        for transfer_id, handle in list(self._transfers.items()):
-            if handle.done or transfer_id in leases.held:
-                continue
-            t = await self.ledger.outgoing(transfer_id)
-            if t is None or t.state not in (TransferState.DONE, TransferState.DEAD):
+        waiting = [
+            transfer_id
+            for transfer_id, handle in self._transfers.items()
+            if not handle.done and transfer_id not in leases.held
+        ]
+        if not waiting:
+            return
+        for t in await self.ledger.finished_outgoing(waiting):
+            handle = self._transfers[t.id]
+            if handle.done:
                 continue
             if t.state is TransferState.DONE and t.receipt is not None:
-                self._publish(handle, Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
+                self._publish(handle, Event(kind=EventKind.COMMITTED, transfer_id=t.id))
                 handle.finish(Receipt.from_json(t.receipt))
             else:
                 detail = t.last_error or "dead letter"
-                self._publish(
-                    handle, Event(kind=EventKind.FAILED, transfer_id=transfer_id, detail=detail)
-                )
+                self._publish(handle, Event(kind=EventKind.FAILED, transfer_id=t.id, detail=detail))
                 handle.finish(None, detail)
 
     async def _attempt(self, candidate: Candidate) -> None:

@@ -188,6 +188,11 @@ class Ledger(Protocol):
         still holds (a transfer another worker claimed after the lease ran out is lost)."""
         ...
 
+    async def finished_outgoing(self, transfer_ids: Sequence[str]) -> list[OutgoingTransfer]:
+        """Those of ``transfer_ids`` that are done or dead letters (whichever
+        worker finished them)."""
+        ...
+
     async def release_claim(self, worker: str, transfer_id: str) -> bool:
         """Give a transfer back (after its attempt); false if ``worker`` no longer held it."""
         ...

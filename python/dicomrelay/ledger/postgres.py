@@ -363,6 +363,17 @@ class PostgresLedger:
 
         return await self._run(renew)
 
+    async def finished_outgoing(self, transfer_ids: Sequence[str]) -> list[OutgoingTransfer]:
+        async def get(cur: Cursor) -> list[OutgoingTransfer]:
+            await cur.execute(
+                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o"
+                " WHERE state IN (%s, %s) AND id = ANY(%s)",
+                (TransferState.DONE.value, TransferState.DEAD.value, list(transfer_ids)),
+            )
+            return [outgoing_from_row(r) for r in await cur.fetchall()]
+
+        return await self._run(get)
+
     async def release_claim(self, worker: str, transfer_id: str) -> bool:
         async def release(cur: Cursor) -> bool:
             await cur.execute(

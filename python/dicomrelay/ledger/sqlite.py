@@ -27,6 +27,7 @@ from dicomrelay.ledger.base import (
 )
 
 T = TypeVar("T")
+SQL_BATCH = 500  # values bound to one IN (...), well under SQLite's limit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outgoing (
@@ -325,6 +326,23 @@ class SqliteLedger:
 
         return await self._run(renew)
 
+    async def finished_outgoing(self, transfer_ids: Sequence[str]) -> list[OutgoingTransfer]:
+        ids = list(transfer_ids)
+
+        def get(db: sqlite3.Connection) -> list[OutgoingTransfer]:
+            found: list[OutgoingTransfer] = []
+            for start in range(0, len(ids), SQL_BATCH):
+                batch = ids[start : start + SQL_BATCH]
+                rows = db.execute(
+                    f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE state IN (?, ?)"
+                    f" AND id IN ({','.join('?' * len(batch))})",
+                    (TransferState.DONE.value, TransferState.DEAD.value, *batch),
+                ).fetchall()
+                found.extend(outgoing_from_row(r) for r in rows)
+            return found
+
+        return await self._run(get)
+
     async def release_claim(self, worker: str, transfer_id: str) -> bool:
         def release(db: sqlite3.Connection) -> bool:
             cur = db.execute(
@@ -400,8 +418,8 @@ class SqliteLedger:
         def get(db: sqlite3.Connection) -> set[str]:
             found: set[str] = set()
             wanted = list(digests)
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
+            for i in range(0, len(wanted), SQL_BATCH):
+                part = wanted[i : i + SQL_BATCH]
                 marks = ",".join("?" * len(part))
                 rows = db.execute(
                     f"SELECT DISTINCT digest FROM incoming_instances"
