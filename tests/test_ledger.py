@@ -268,6 +268,22 @@ async def test_claims_take_due_transfers_most_urgent_first(backend: Backend) -> 
     assert (freed.claimed_by, freed.lease_until) == (None, None)
     again = await ledger.claim_outgoing("w2", now=101.0, lease_seconds=30.0, limit=10)
     assert [t.id for t in again] == ["r" * 32]
+
+    # An attempt cut short (its worker stopping) leaves the transfer active:
+    # given back, it is queued again for any worker, not stranded.
+    await ledger.set_outgoing_state("r" * 32, TransferState.ACTIVE)
+    assert await ledger.release_claim("w2", "r" * 32)
+    stranded = await ledger.outgoing("r" * 32)
+    assert stranded is not None
+    assert (stranded.state, stranded.claimed_by) == (TransferState.QUEUED, None)
+    resumed = await ledger.claim_outgoing("w3", now=102.0, lease_seconds=30.0, limit=10)
+    assert [t.id for t in resumed] == ["r" * 32]
+    # A finished one keeps its state when given back.
+    await ledger.set_outgoing_state("r" * 32, TransferState.DONE, receipt=b"{}")
+    assert await ledger.release_claim("w3", "r" * 32)
+    finished = await ledger.outgoing("r" * 32)
+    assert finished is not None
+    assert finished.state is TransferState.DONE
     await ledger.close()
 
 

@@ -23,7 +23,7 @@ from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup
 from dicomrelay import pki, sockets
 from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
 from dicomrelay.claims import Leases, renew_interval
-from dicomrelay.config import DicomConfig, NodeConfig, Peer
+from dicomrelay.config import DicomConfig, Limits, NodeConfig, Peer
 from dicomrelay.connection import Connection
 from dicomrelay.dicom import tls
 from dicomrelay.dicom.scp import StoredInstance, StoreScp
@@ -290,6 +290,16 @@ class Node:
         took over, claim due transfers into the queue, and finish the handles of
         transfers queued here that other workers completed."""
         limits = self.config.limits
+        try:
+            await self._keep_claims(leases, limits)
+        finally:
+            # Stopping: what is claimed goes back at once (an attempt cut short
+            # is queued again), rather than when its lease runs out.
+            with anyio.CancelScope(shield=True):
+                for transfer_id in sorted(leases.held):
+                    await leases.release(transfer_id)
+
+    async def _keep_claims(self, leases: Leases, limits: Limits) -> None:
         while True:
             now = time.time()
             for transfer_id in await leases.renew(now):

@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from dicomrelay.config import Limits, NodeConfig
-from dicomrelay.ledger import TransferState
+from dicomrelay.ledger import Ledger, TransferState
 from dicomrelay.ledger.postgres import PostgresLedger
 from dicomrelay.node import Node
 from dicomrelay.receipt import Receipt
@@ -139,7 +139,7 @@ def worker_toml(path: Path, orgs: Pki, *, name: str, rx_port: int, url: str, sch
     return path
 
 
-async def until_state(ledger: PostgresLedger, transfer_id: str, state: TransferState) -> Any:
+async def until_state(ledger: Ledger, transfer_id: str, state: TransferState) -> Any:
     while (t := await ledger.outgoing(transfer_id)) is None or t.state is not state:
         await anyio.sleep(0.02)
     return t
@@ -249,3 +249,42 @@ def test_send_from_the_command_line_beside_a_serving_worker(tmp_path: Path) -> N
         5,
         None,
     )
+
+
+async def test_a_transfer_for_a_peer_a_worker_lacks_is_left_for_others(
+    orgs: Pki, tmp_path: Path
+) -> None:
+    """Workers configured apart (one knows RX2, this one only RX3): the transfer
+    for RX2 stays queued and unclaimed, not dead-lettered by the worker that
+    cannot send it; the worker that knows RX2 then delivers it."""
+    url = postgres_url()
+    study = make_study(tmp_path / "study", 4, seed=9)
+    w3_events = Recorder()
+    async with fresh_schema(url) as rx_schema, fresh_schema(url) as tx_schema:
+        rcfg = dataclasses.replace(
+            receiver_config(orgs, tmp_path), ledger=url, ledger_schema=rx_schema
+        )
+        with anyio.fail_after(TIMEOUT):
+            async with Node(rcfg) as rx:
+                assert rx.port is not None
+                knows_rx2 = worker_config(
+                    orgs, tmp_path / "w1", name="w1", rx_port=rx.port, url=url, schema=tx_schema
+                )
+                elsewhere = dataclasses.replace(
+                    knows_rx2, worker="w3", data_dir=tmp_path / "w3", peers=(peer("RX3", rx.port),)
+                )
+                # Queued through a worker that stops at once: what it claimed goes back.
+                async with Node(knows_rx2) as w1:
+                    queued = await w1.send(study, to="RX2")
+                async with Node(elsewhere, observer=w3_events):
+                    await anyio.sleep(10 * SHARED.claim_poll_seconds)
+                ledger = await PostgresLedger.open(url, schema=tx_schema)
+                left = await ledger.outgoing(queued.id)
+                await ledger.close()
+                async with Node(knows_rx2) as w1:
+                    await until_state(w1.ledger, queued.id, TransferState.DONE)
+                    receipt = await w1.transfer(queued.id).wait()
+                    await assert_delivered(rx, receipt, source_by_sop(study_files(study)))
+    assert left is not None
+    assert (left.state, left.claimed_by, left.attempts) == (TransferState.QUEUED, None, 0)
+    assert not w3_events.events, "the worker without RX2 acted on the transfer"

@@ -194,7 +194,8 @@ class Ledger(Protocol):
         ...
 
     async def release_claim(self, worker: str, transfer_id: str) -> bool:
-        """Give a transfer back (after its attempt); false if ``worker`` no longer held it."""
+        """Give a transfer back after its attempt (one cut short, still active,
+        is queued again, due as it was); false if ``worker`` no longer held it."""
         ...
 
     # Receiving side.

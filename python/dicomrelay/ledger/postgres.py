@@ -377,9 +377,16 @@ class PostgresLedger:
     async def release_claim(self, worker: str, transfer_id: str) -> bool:
         async def release(cur: Cursor) -> bool:
             await cur.execute(
-                "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = %s"
+                "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = %s,"
+                " state = CASE WHEN state = %s THEN %s ELSE state END"
                 " WHERE id = %s AND claimed_by = %s",
-                (time.time(), transfer_id, worker),
+                (
+                    time.time(),
+                    TransferState.ACTIVE.value,
+                    TransferState.QUEUED.value,
+                    transfer_id,
+                    worker,
+                ),
             )
             return cur.rowcount == 1
 

@@ -346,9 +346,16 @@ class SqliteLedger:
     async def release_claim(self, worker: str, transfer_id: str) -> bool:
         def release(db: sqlite3.Connection) -> bool:
             cur = db.execute(
-                "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = ?"
+                "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = ?,"
+                " state = CASE WHEN state = ? THEN ? ELSE state END"
                 " WHERE id = ? AND claimed_by = ?",
-                (time.time(), transfer_id, worker),
+                (
+                    time.time(),
+                    TransferState.ACTIVE.value,
+                    TransferState.QUEUED.value,
+                    transfer_id,
+                    worker,
+                ),
             )
             return cur.rowcount == 1
 
