@@ -123,8 +123,9 @@ def run_status(args: argparse.Namespace) -> int:
     sys.stdout.write("  ".join(f"{k}: {v}" for k, v in counts.items()) + "\n")
     for r in rows:
         error = f"  {r['error']}" if r["error"] and r["state"] != "done" else ""
+        worker = f"  worker {r['worker']}" if r["worker"] else ""
         sys.stdout.write(
             f"{r['id']}  {r['to']:<8} {r['state']:<7} {r['priority']:<8}"
-            f" {r['acked']}/{r['total']}  attempts {r['attempts']}{error}\n"
+            f" {r['acked']}/{r['total']}  attempts {r['attempts']}{worker}{error}\n"
         )
     return 0
