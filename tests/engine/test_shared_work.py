@@ -7,6 +7,7 @@ another takes it over and delivers it."""
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from .helpers import (
     silent_server,
     source_by_sop,
     study_files,
+    wait_until,
 )
 from .processes import Child, dicomrelay, last_json_line, node_toml
 
@@ -288,3 +290,39 @@ async def test_a_transfer_for_a_peer_a_worker_lacks_is_left_for_others(
     assert left is not None
     assert (left.state, left.claimed_by, left.attempts) == (TransferState.QUEUED, None, 0)
     assert not w3_events.events, "the worker without RX2 acted on the transfer"
+
+
+async def test_a_worker_that_lost_its_lease_stops_its_attempt(orgs: Pki, tmp_path: Path) -> None:
+    """Another worker took the transfer over (as after this one stalled past its
+    lease): at its next renewal this worker stops sending it and leaves the
+    ledger row to the new holder."""
+    url = postgres_url()
+    study = make_study(tmp_path / "study", 4, seed=21)
+    async with fresh_schema(url) as schema, silent_server() as silent_port:
+        config = worker_config(
+            orgs, tmp_path / "w1", name="w1", rx_port=silent_port, url=url, schema=schema
+        )
+        events = Recorder()
+        with anyio.fail_after(TIMEOUT):
+            async with Node(config, observer=events) as w1:
+                queued = await w1.send(study, to="RX2")
+                await until_state(w1.ledger, queued.id, TransferState.ACTIVE)
+                await wait_until(lambda: bool(events.of(EventKind.STARTED)), 10, "no attempt")
+                assert (await w1.status())["in_flight"] == 1
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    await conn.execute(
+                        sql.SQL(
+                            "UPDATE {}.outgoing SET claimed_by = 'w2', lease_until = %s"
+                            " WHERE id = %s"
+                        ).format(sql.Identifier(schema)),
+                        (time.time() + 60, queued.id),
+                    )
+                while (await w1.status())["in_flight"]:
+                    await anyio.sleep(0.02)
+                await anyio.sleep(5 * SHARED.claim_poll_seconds)
+                row = await w1.ledger.outgoing(queued.id)
+    assert row is not None
+    assert (row.state, row.claimed_by, row.attempts) == (TransferState.ACTIVE, "w2", 0)
+    assert not events.of(EventKind.RETRYING)
+    assert not events.of(EventKind.FAILED)
+    assert not queued.done
