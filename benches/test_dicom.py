@@ -6,10 +6,10 @@ ratios, go to build-artifacts/dicom-ratios.json."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,47 +26,59 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(params=["dcmtk-storescp", "dicomrelay-storescp"])
-def scp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
+# Each pair races DCMTK's own pair, round by round: rounds of one contender
+# never run back to back, so whatever drifts during the session (here the disk
+# slows as it fills with rounds' files) falls on every contender alike.
+PAIRS = [
+    ("dcmtk-storescp", "dcmtk-storescu"),
+    ("dicomrelay-storescp", "dcmtk-storescu"),
+    ("dcmtk-storescp", "dicomrelay-storescu"),
+]
+ROUNDS = 3
+
+
+def scp_command(name: str, port: int, out: Path) -> list[str]:
+    if name == "dcmtk-storescp":
+        return [str(DCMTK / "storescp"), "-od", str(out), "-aet", "SCP", str(port)]
+    command = [sys.executable, "-m", "dicomrelay", "storescp", str(port), "-od", str(out)]
+    return [*command, "-aet", "SCP", "--host", "127.0.0.1"]
+
+
+def scu_command(name: str, port: int, files: list[str]) -> list[str]:
+    if name == "dcmtk-storescu":
+        return [str(DCMTK / "storescu"), "-aec", "SCP", "127.0.0.1", str(port), *files]
+    command = [sys.executable, "-m", "dicomrelay", "storescu", "127.0.0.1", str(port)]
+    return [*command, *files, "-aec", "SCP"]
+
+
+@pytest.mark.parametrize(
+    ("round_", "scp", "scu"),
+    [(n, scp, scu) for n in range(ROUNDS) for scp, scu in PAIRS],
+    ids=[f"{scu}->{scp}-round{n}" for n in range(ROUNDS) for scp, scu in PAIRS],
+)
+def test_store_1000(
+    benchmark: Any, study_paths: list[Path], tmp_path: Path, round_: int, scp: str, scu: str
+) -> None:
     port, out = free_port(), tmp_path / "out"
     out.mkdir()
-    if request.param == "dcmtk-storescp":
-        command = [str(DCMTK / "storescp"), "-od", str(out), "-aet", "SCP", str(port)]
-    else:
-        command = [sys.executable, "-m", "dicomrelay", "storescp", str(port), "-od", str(out)]
-        command += ["-aet", "SCP", "--host", "127.0.0.1"]
-    with listening(command, port):
-        yield request.param, port, out
-
-
-@pytest.mark.parametrize("scu", ["dcmtk-storescu", "dicomrelay-storescu"])
-def test_store_1000(benchmark: Any, study_paths: list[Path], scp: Any, scu: str) -> None:
-    name, port, out = scp
-    if scu == "dicomrelay-storescu" and name == "dicomrelay-storescp":
-        pytest.skip("the pairs compared are each side against DCMTK")
     files = [str(p) for p in study_paths]
-    if scu == "dcmtk-storescu":
-        command = [str(DCMTK / "storescu"), "-aec", "SCP", "127.0.0.1", str(port), *files]
-    else:
-        command = [sys.executable, "-m", "dicomrelay", "storescu", "127.0.0.1", str(port)]
-        command += [*files, "-aec", "SCP"]
+    command = scu_command(scu, port, files)
 
     def send() -> float:
-        # The files of the last round go; the folder stays (the server holds it).
-        for stored in out.iterdir():
-            if stored.is_file():
-                stored.unlink()
         settle_disk()
         t0 = time.perf_counter()
         subprocess.run(command, env=ENV, check=True, capture_output=True)
         return time.perf_counter() - t0
 
     benchmark.group = "dicom-1000"
-    seconds = min(benchmark.pedantic(send, rounds=2, iterations=1), send())
+    with listening(scp_command(scp, port, out), port):
+        seconds = benchmark.pedantic(send, rounds=1, iterations=1)
     stored = [p for p in out.iterdir() if p.is_file() and p.name != RECEIVED_LOG]
     assert len(stored) == len(files)
+    shutil.rmtree(out)  # the next round (another contender's) pays for the deletion
     rate = len(files) / seconds
-    RESULTS[f"{scu} -> {name}"] = rate
+    key = f"{scu} -> {scp}"
+    RESULTS[key] = max(RESULTS.get(key, 0.0), rate)  # the best round, as for the min time
     benchmark.extra_info["images_per_second"] = round(rate, 1)
 
 
