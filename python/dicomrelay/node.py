@@ -190,13 +190,17 @@ class Node:
         """Queue every transfer the ledger holds unfinished (after a restart or a kill)."""
         for t in await self.ledger.unfinished_outgoing():
             self._transfers.setdefault(t.id, Transfer(t.id))
-            self._queued[t.id] = Candidate(
-                id=t.id,
-                destination=t.destination,
-                priority=t.priority,
-                created=t.created,
-                next_attempt=t.next_attempt,
-            )
+            self._enqueue(t, next_attempt=t.next_attempt)
+
+    def _enqueue(self, t: OutgoingTransfer, *, next_attempt: float) -> None:
+        """Put a transfer before the scheduler, due at ``next_attempt``."""
+        self._queued[t.id] = Candidate(
+            id=t.id,
+            destination=t.destination,
+            priority=t.priority,
+            created=t.created,
+            next_attempt=next_attempt,
+        )
 
     # Sending.
     async def send(self, source: Source, *, to: str, priority: str = "routine") -> Transfer:
@@ -253,9 +257,7 @@ class Node:
         if self._leases is not None:
             self._claim_now.set()  # queued for every worker: whichever claims it sends it
             return handle
-        self._queued[transfer_id] = Candidate(
-            id=transfer_id, destination=peer.code, priority=priority, created=now, next_attempt=now
-        )
+        self._enqueue(transfer, next_attempt=now)
         self._wake.set()
         return handle
 
@@ -317,13 +319,7 @@ class Node:
                     await leases.release(t.id)
                     continue
                 self._transfers.setdefault(t.id, Transfer(t.id))
-                self._queued[t.id] = Candidate(
-                    id=t.id,
-                    destination=t.destination,
-                    priority=t.priority,
-                    created=t.created,
-                    next_attempt=now,
-                )
+                self._enqueue(t, next_attempt=now)
                 self._wake.set()
             await self._finish_handles_done_elsewhere(leases)
             with anyio.move_on_after(
@@ -470,13 +466,7 @@ class Node:
         )
         if self._leases is not None:
             return  # given back when the attempt ends: any worker retries it when due
-        self._queued[transfer.id] = Candidate(
-            id=transfer.id,
-            destination=transfer.destination,
-            priority=transfer.priority,
-            created=transfer.created,
-            next_attempt=outcome.next_attempt,
-        )
+        self._enqueue(transfer, next_attempt=outcome.next_attempt)
 
     async def _record_acks(self) -> None:
         """Coalesce acknowledgements into one ledger transaction per batch."""

@@ -124,6 +124,46 @@ def outgoing_instance_from_row(row: Sequence[Any]) -> OutgoingInstance:
 OUTGOING_INSTANCE_COLUMNS = "idx, path, sop_uid, size, digest, chunk_digests"
 
 
+# Inserts, the same columns for both backends (each with its own placeholders).
+INSERT_OUTGOING_COLUMNS = (
+    "id, destination, study_uid, priority, digest, chunk_size,"
+    " state, attempts, next_attempt, created, updated, total"
+)
+INSERT_OUTGOING_INSTANCE_COLUMNS = f"transfer_id, {OUTGOING_INSTANCE_COLUMNS}"
+
+
+def outgoing_insert_row(transfer: OutgoingTransfer, updated: float) -> tuple[Any, ...]:
+    """The values of ``INSERT_OUTGOING_COLUMNS`` for a new transfer."""
+    t = transfer
+    return (
+        t.id,
+        t.destination,
+        t.study_instance_uid,
+        t.priority,
+        t.digest,
+        t.chunk_size,
+        t.state.value,
+        t.attempts,
+        t.next_attempt,
+        t.created,
+        updated,
+        t.total,
+    )
+
+
+def outgoing_instance_insert_row(transfer_id: str, i: OutgoingInstance) -> tuple[Any, ...]:
+    """The values of ``INSERT_OUTGOING_INSTANCE_COLUMNS`` for one instance."""
+    return (
+        transfer_id,
+        i.index,
+        i.path,
+        i.sop_instance_uid,
+        i.size,
+        i.digest,
+        ",".join(i.chunk_digests),
+    )
+
+
 def incoming_from_row(sender: str, transfer_id: str, row: Sequence[Any]) -> IncomingTransfer:
     """An incoming transfer from a row of ``study_uid, total, digest, receipt``."""
     study, total, digest, receipt = row

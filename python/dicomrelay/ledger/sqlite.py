@@ -13,6 +13,8 @@ import anyio
 import anyio.to_thread
 
 from dicomrelay.ledger.base import (
+    INSERT_OUTGOING_COLUMNS,
+    INSERT_OUTGOING_INSTANCE_COLUMNS,
     OUTGOING_COLUMNS,
     OUTGOING_INSTANCE_COLUMNS,
     PRIORITY_ORDER,
@@ -23,7 +25,9 @@ from dicomrelay.ledger.base import (
     TransferState,
     incoming_from_row,
     outgoing_from_row,
+    outgoing_insert_row,
     outgoing_instance_from_row,
+    outgoing_instance_insert_row,
 )
 
 T = TypeVar("T")
@@ -166,39 +170,14 @@ class SqliteLedger:
 
         def add(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO outgoing (id, destination, study_uid, priority, digest, chunk_size,"
-                " state, attempts, next_attempt, created, updated, total)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    transfer.id,
-                    transfer.destination,
-                    transfer.study_instance_uid,
-                    transfer.priority,
-                    transfer.digest,
-                    transfer.chunk_size,
-                    transfer.state.value,
-                    transfer.attempts,
-                    transfer.next_attempt,
-                    transfer.created,
-                    now,
-                    transfer.total,
-                ),
+                f"INSERT INTO outgoing ({INSERT_OUTGOING_COLUMNS})"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                outgoing_insert_row(transfer, now),
             )
             db.executemany(
-                "INSERT INTO outgoing_instances (transfer_id, idx, path, sop_uid, size, digest,"
-                " chunk_digests) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        transfer.id,
-                        i.index,
-                        i.path,
-                        i.sop_instance_uid,
-                        i.size,
-                        i.digest,
-                        ",".join(i.chunk_digests),
-                    )
-                    for i in instances
-                ],
+                f"INSERT INTO outgoing_instances ({INSERT_OUTGOING_INSTANCE_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [outgoing_instance_insert_row(transfer.id, i) for i in instances],
             )
 
         await self._run(add)
