@@ -30,14 +30,17 @@ def node_toml(
     peer: tuple[str, int],
     listen_port: int | None = None,
     limits: dict[str, float] | None = None,
+    node: dict[str, str] | None = None,
 ) -> Path:
-    """Write a node's configuration file (the format ``dicomrelay serve`` reads)."""
+    """Write a node's configuration file (the format ``dicomrelay serve`` reads);
+    ``node``: more string settings under ``[node]`` (ledger, worker, ...)."""
     code, port = peer
     lines = [
         "[node]",
         f'org = "{identity.code}"',
         f'data_dir = "{data_dir}"',
         *([f"listen_port = {listen_port}"] if listen_port is not None else []),
+        *(f'{k} = "{v}"' for k, v in (node or {}).items()),
         "",
         "[tls]",
         f'cert = "{identity.cert}"',

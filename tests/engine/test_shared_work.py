@@ -26,7 +26,6 @@ from dicomrelay.transfer import EventKind
 from pg_server import fresh_schema, postgres_url
 
 from .helpers import (
-    LOCALHOST,
     Pki,
     Recorder,
     assert_delivered,
@@ -79,9 +78,7 @@ async def test_workers_on_one_ledger_share_the_sending(orgs: Pki, tmp_path: Path
     studies = [make_study(tmp_path / f"study{n}", 12, seed=300 + n) for n in range(6)]
     seen = {1: Recorder(), 2: Recorder()}
     async with fresh_schema(url) as rx_schema, fresh_schema(url) as tx_schema:
-        rcfg = dataclasses.replace(
-            receiver_config(orgs, tmp_path), ledger=url, ledger_schema=rx_schema
-        )
+        rcfg = pg_receiver_config(orgs, tmp_path, url, rx_schema)
         with anyio.fail_after(TIMEOUT):
             async with Node(rcfg) as rx:
                 assert rx.port is not None
@@ -117,28 +114,19 @@ async def test_workers_on_one_ledger_share_the_sending(orgs: Pki, tmp_path: Path
 
 def worker_toml(path: Path, orgs: Pki, *, name: str, rx_port: int, url: str, schema: str) -> Path:
     """A worker's configuration file, for a worker in a process of its own."""
-    identity = orgs.identity("RX1")
-    limits = [f"{f.name} = {getattr(SHARED, f.name)!r}" for f in dataclasses.fields(SHARED)]
-    lines = [
-        "[node]",
-        'org = "RX1"',
-        f'data_dir = "{path.parent / name}"',
-        f'ledger = "{url}"',
-        f'ledger_schema = "{schema}"',
-        f'worker = "{name}"',
-        "[tls]",
-        f'cert = "{identity.cert}"',
-        f'key = "{identity.key}"',
-        f'ca = "{identity.ca}"',
-        "[[peers]]",
-        'org = "RX2"',
-        f'host = "{LOCALHOST}"',
-        f"port = {rx_port}",
-        "[limits]",
-        *limits,
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return node_toml(
+        path,
+        orgs.identity("RX1"),
+        data_dir=path.parent / name,
+        peer=("RX2", rx_port),
+        limits=dataclasses.asdict(SHARED),
+        node={"ledger": url, "ledger_schema": schema, "worker": name},
+    )
+
+
+def pg_receiver_config(orgs: Pki, root: Path, url: str, schema: str) -> NodeConfig:
+    """The receiving node (RX2), its ledger in ``schema`` on PostgreSQL."""
+    return dataclasses.replace(receiver_config(orgs, root), ledger=url, ledger_schema=schema)
 
 
 async def until_state(ledger: Ledger, transfer_id: str, state: TransferState) -> Any:
@@ -184,9 +172,7 @@ async def test_a_killed_workers_transfer_is_taken_over_once_its_lease_runs_out(
             assert orphaned.claimed_by == "w1"
             assert orphaned.lease_until is not None
 
-            rcfg = dataclasses.replace(
-                receiver_config(orgs, tmp_path), ledger=url, ledger_schema=rx_schema
-            )
+            rcfg = pg_receiver_config(orgs, tmp_path, url, rx_schema)
             with anyio.fail_after(TIMEOUT):
                 async with Node(rcfg) as rx:
                     assert rx.port is not None
@@ -263,9 +249,7 @@ async def test_a_transfer_for_a_peer_a_worker_lacks_is_left_for_others(
     study = make_study(tmp_path / "study", 4, seed=9)
     w3_events = Recorder()
     async with fresh_schema(url) as rx_schema, fresh_schema(url) as tx_schema:
-        rcfg = dataclasses.replace(
-            receiver_config(orgs, tmp_path), ledger=url, ledger_schema=rx_schema
-        )
+        rcfg = pg_receiver_config(orgs, tmp_path, url, rx_schema)
         with anyio.fail_after(TIMEOUT):
             async with Node(rcfg) as rx:
                 assert rx.port is not None
