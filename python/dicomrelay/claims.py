@@ -55,7 +55,8 @@ class Leases:
         return lost
 
     async def release(self, transfer_id: str) -> None:
-        """Give a transfer back after an attempt: due again, any worker may claim it."""
+        """Give a transfer back after an attempt (one cut short is queued
+        again): any worker may claim it once it is due."""
         if transfer_id in self.held:
             self.held.discard(transfer_id)
             await self.ledger.release_claim(self.worker, transfer_id)
