@@ -11,7 +11,6 @@ this: a library must not retune its host's allocator.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
@@ -25,8 +24,9 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The process's own symbols, libc's among them: find_library would
+        # spawn ldconfig, a tenth of a CLI command's start-up.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False  # musl and others have no mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)

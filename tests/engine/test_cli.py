@@ -4,6 +4,8 @@ configured by TOML files."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,25 @@ def test_serve_send_and_status(tmp_path: Path) -> None:
     assert text.returncode == 0
     assert receipt.transfer_id in text.stdout
     assert "done" in text.stdout
+
+
+def test_commands_load_only_what_they_run() -> None:
+    """The parser for every command is built without importing any command's
+    machinery: ``echoscu`` and ``storescu`` start as fast as an administrator
+    used to DCMTK expects, not after loading the node, the ledger and the PKI."""
+    heavy = [
+        "dicomrelay.node",
+        "dicomrelay.ledger",
+        "dicomrelay.config",
+        "dicomrelay.pki",
+        "dicomrelay.loadtest.run",
+        "dicomrelay.dicom.scp",
+    ]
+    probe = (
+        "import sys; from dicomrelay.cli import build_parser; build_parser(); "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"

@@ -1,4 +1,9 @@
-"""The ``dicomrelay`` command line: one subcommand a module."""
+"""The ``dicomrelay`` command line: one subcommand a module.
+
+Each module registers its parsers with nothing heavier than the standard
+library, and imports what a command runs inside that command: ``echoscu``
+and ``storescu`` start in a fifth of a second, as an administrator used to
+DCMTK expects, not after loading the node, the ledger and the PKI."""
 
 from __future__ import annotations
 

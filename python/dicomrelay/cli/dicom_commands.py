@@ -19,8 +19,6 @@ import anyio
 from dicomrelay import InstanceInfo, scan_many
 from dicomrelay.cli.scan_command import files_under
 from dicomrelay.dicom.dimse import Status
-from dicomrelay.dicom.received_log import RECEIVED_LOG, ReceivedLog
-from dicomrelay.dicom.scp import StoreScp
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
 from dicomrelay.dicom.tls import client_context, server_context
 from dicomrelay.errors import ConfigurationError
@@ -233,6 +231,9 @@ def run_store(args: argparse.Namespace) -> int:
 
 
 def run_scp(args: argparse.Namespace) -> int:
+    from dicomrelay.dicom.received_log import RECEIVED_LOG, ReceivedLog
+    from dicomrelay.dicom.scp import StoreScp
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         tls = _server_tls(args)

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from dicomrelay.loadtest.run import DEFAULT_COUNTS, LoadtestOptions, run_loadtest
+from dicomrelay.loadtest import DEFAULT_COUNTS
 
 ROWS = (
     ("images", "images"),
@@ -56,6 +56,8 @@ def _progress_line(p: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dicomrelay.loadtest.run import LoadtestOptions, run_loadtest
+
     options = LoadtestOptions(
         profile=args.profile,
         count=args.count,

@@ -19,11 +19,6 @@ from typing import Any
 import anyio
 import orjson
 
-from dicomrelay.config import NodeConfig
-from dicomrelay.ledger import open_ledger
-from dicomrelay.node import Node
-from dicomrelay.transfer import TransferFailed
-
 
 def register(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run a node from its configuration file")
@@ -52,6 +47,9 @@ def _uvloop() -> dict[str, bool]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from dicomrelay.config import NodeConfig
+    from dicomrelay.node import Node
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = NodeConfig.from_toml(args.config)
 
@@ -67,6 +65,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_send(args: argparse.Namespace) -> int:
+    from dicomrelay.config import NodeConfig
+    from dicomrelay.node import Node
+    from dicomrelay.transfer import TransferFailed
+
     config = NodeConfig.from_toml(args.config)
     if config.worker is not None:
         # A worker of its own while it waits: never one that `serve` already is.
@@ -89,6 +91,9 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from dicomrelay.config import NodeConfig
+    from dicomrelay.ledger import open_ledger
+
     config = NodeConfig.from_toml(args.config)
 
     async def status() -> tuple[dict[str, int], list[dict[str, object]]]:

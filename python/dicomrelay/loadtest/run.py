@@ -22,10 +22,8 @@ import orjson
 from dicomrelay import pki, synth
 from dicomrelay._native import InstanceInfo, scan_many
 from dicomrelay.config import DigestName
-from dicomrelay.loadtest import worker
+from dicomrelay.loadtest import DEFAULT_COUNTS, worker
 
-# About twenty seconds of each profile at the rates this engine sustains on two cores.
-DEFAULT_COUNTS = {"ct": 10_000, "mr": 20_000, "cr": 800, "mixed": 6_000}
 MIXED_CYCLE = ("ct", "ct", "mr", "cr")
 
 Progress = Callable[[dict[str, Any]], None]
