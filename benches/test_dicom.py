@@ -32,6 +32,7 @@ pytestmark = pytest.mark.skipif(
 PAIRS = [
     ("dcmtk-storescp", "dcmtk-storescu"),
     ("dicomrelay-storescp", "dcmtk-storescu"),
+    ("dicomrelay-storescp-blake3", "dcmtk-storescu"),
     ("dcmtk-storescp", "dicomrelay-storescu"),
 ]
 ROUNDS = 3
@@ -41,7 +42,8 @@ def scp_command(name: str, port: int, out: Path) -> list[str]:
     if name == "dcmtk-storescp":
         return [str(DCMTK / "storescp"), "-od", str(out), "-aet", "SCP", str(port)]
     command = [sys.executable, "-m", "dicomrelay", "storescp", str(port), "-od", str(out)]
-    return [*command, "-aet", "SCP", "--host", "127.0.0.1"]
+    digest = "blake3" if name.endswith("-blake3") else "sha256"
+    return [*command, "-aet", "SCP", "--host", "127.0.0.1", "--digest", digest]
 
 
 def scu_command(name: str, port: int, files: list[str]) -> list[str]:
@@ -89,6 +91,10 @@ def test_report_dicom_ratios() -> None:
     ratios = {
         "storescu -> dicomrelay storescp, vs DCMTK storescp": RESULTS.get(
             "dcmtk-storescu -> dicomrelay-storescp", 0.0
+        )
+        / base,
+        "storescu -> dicomrelay storescp (BLAKE3), vs DCMTK storescp": RESULTS.get(
+            "dcmtk-storescu -> dicomrelay-storescp-blake3", 0.0
         )
         / base,
         "dicomrelay storescu -> storescp, vs DCMTK storescu": RESULTS.get(

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import blake3
 import orjson
 import pytest
 from pydicom import dcmread
@@ -137,18 +138,23 @@ def test_our_scu_is_refused_with_a_typed_error_when_rogue(scp: tuple[int, Path])
         anyio.run(echo)
 
 
-def test_each_instance_recorded_with_its_digest(scp: tuple[int, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("digest", ["sha256", "blake3"])
+def test_each_instance_recorded_with_its_digest(tmp_path: Path, digest: str) -> None:
     """Once storescu's release is answered, every instance is durable under its
     name and in the received log with the digest of its file's bytes."""
-    port, out = scp
+    port, out = free_port(), tmp_path / "received"
+    command = dicomrelay_command("storescp", str(port), "-od", str(out), "-aet", "RELAY")
     study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 12)
     calling = ["-aet", "STORESCU", "-aec", "RELAY", "127.0.0.1", str(port)]
-    assert dcmtk("storescu", *calling, "+sd", str(study)).returncode == 0
+    with listening([*command, "--host", "127.0.0.1", "--digest", digest], port):
+        assert dcmtk("storescu", *calling, "+sd", str(study)).returncode == 0
     records = [orjson.loads(line) for line in (out / "received.jsonl").read_bytes().splitlines()]
     assert len(records) == 12
+    expected = hashlib.sha256 if digest == "sha256" else blake3.blake3
     for record in records:
         path = out / record["path"]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == record["digest"]
+        assert record["digest_algorithm"] == digest
+        assert expected(path.read_bytes()).hexdigest() == record["digest"]
         assert record["sop_instance_uid"] == scan_file(path).sop_instance_uid
         assert record["calling_ae_title"] == "STORESCU"
     assert not list((out / ".incoming").glob("*.dcm"))[8:], "only the spare files are left"

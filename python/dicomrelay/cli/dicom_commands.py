@@ -50,6 +50,12 @@ def register(sub: Any) -> None:
         help="answer each C-STORE only once its instance is durable (default: each "
         "association's release waits until all it stored is durable)",
     )
+    scp.add_argument(
+        "--digest",
+        choices=("sha256", "blake3"),
+        default="sha256",
+        help="digest each received file with this, for the received log (default: sha256)",
+    )
     tls = _tls_options(scp)
     peer = tls.add_mutually_exclusive_group()
     peer.add_argument(
@@ -245,7 +251,8 @@ def run_scp(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         quarantine_dir=args.output_dir / "quarantine",
         allowed_calling=frozenset(args.allow) if args.allow else None,
-        on_association_end=ReceivedLog(args.output_dir / RECEIVED_LOG).append,
+        on_association_end=ReceivedLog(args.output_dir / RECEIVED_LOG, args.digest).append,
+        digest=args.digest,
         sync_each_instance=args.sync_each,
         tls=tls,
     )

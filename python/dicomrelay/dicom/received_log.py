@@ -10,14 +10,16 @@ from pathlib import Path
 import anyio.to_thread
 import orjson
 
+from dicomrelay.config import DigestName
 from dicomrelay.dicom.scp import StoredInstance
 
 RECEIVED_LOG = "received.jsonl"
 
 
 class ReceivedLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, digest: DigestName) -> None:
         self.path = path
+        self.digest: DigestName = digest  # the SCP's, named in each line
 
     async def append(self, instances: list[StoredInstance]) -> None:
         """Record an association's durable instances (appended, then fsynced)."""
@@ -30,6 +32,7 @@ class ReceivedLog:
                     "study_instance_uid": s.info.study_instance_uid,
                     "size": s.info.size,
                     "digest": s.digest,
+                    "digest_algorithm": self.digest,
                     "path": s.path.name,
                     "calling_ae_title": s.calling_ae_title,
                     "called_ae_title": s.called_ae_title,
