@@ -8,9 +8,13 @@ and fail in CI (``CI`` set), where a skip would hide that they never ran."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -43,3 +47,49 @@ async def fresh_schema(url: str) -> AsyncIterator[str]:
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
             )
+
+
+SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres.sh"
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of one test's own, to stop and start at will (the
+    shared server must stay up for the others), made by ``.ci/postgres.sh``
+    with the binaries the shared server uses."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        # Under /tmp: as root, the server runs as the postgres user, who must reach it.
+        self.directory = Path(tempfile.gettempdir()) / f"dicomrelay-pg-{uuid.uuid4().hex[:12]}"
+        self._env = {
+            **os.environ,
+            "DICOMRELAY_PG_DIR": str(self.directory),
+            "DICOMRELAY_PG_PORT": str(port),
+        }
+        self.url = self._script("url").strip()
+
+    def _script(self, command: str) -> str:
+        result = subprocess.run(
+            ["bash", str(SCRIPT), command], env=self._env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"postgres.sh {command}: {result.stderr}"
+        return result.stdout
+
+    def start(self) -> None:
+        self._script("start")
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are ended at once, as in a failover."""
+        self._script("stop")
+
+
+@contextmanager
+def private_cluster(port: int) -> Iterator[PrivateCluster]:
+    postgres_url()  # skipped or failed, as every PostgreSQL test is, without a server
+    cluster = PrivateCluster(port)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)

@@ -36,6 +36,13 @@ class ProtocolError(DicomrelayError):
     """A peer sent bytes that are not frames of the dicomrelay wire protocol."""
 
 
+class LedgerUnavailable(DicomrelayError, ConnectionError):
+    """The ledger's database cannot be reached or cannot record: a PostgreSQL
+    server down, restarting or failing over. What it recorded before stands;
+    a node that meets this stops, and work resumes from the ledger once the
+    database is back (``dicomrelay serve`` starts its node again)."""
+
+
 class TlsError(DicomrelayError, ConnectionError):
     """The TLS layer failed: an untrusted or misnamed certificate, or a broken record."""
 

@@ -1,6 +1,7 @@
 """``dicomrelay serve``, ``send`` and ``status``: a node for real use, from a TOML file.
 
-``serve`` runs the node (listener, scheduler, resumption of unfinished work);
+``serve`` runs the node (listener, scheduler, resumption of unfinished work),
+and starts it again whenever its ledger's database was unavailable;
 ``send`` queues a study in the node's ledger and waits for its receipt (running
 the node for the duration); ``status`` reads the ledger.
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 import anyio
 import orjson
+
+from dicomrelay.errors import LedgerUnavailable, first_failure
 
 
 def register(sub: Any) -> None:
@@ -49,18 +52,17 @@ def _uvloop() -> dict[str, bool]:
 def run_serve(args: argparse.Namespace) -> int:
     from dicomrelay.config import NodeConfig
     from dicomrelay.node import Node
+    from dicomrelay.supervise import serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = NodeConfig.from_toml(args.config)
 
-    async def serve() -> None:
-        async with Node(config) as node:
-            where = f"port {node.port}" if node.port is not None else "no listener"
-            logging.getLogger("dicomrelay").info("node %s serving (%s)", config.org, where)
-            await anyio.sleep_forever()
+    def started(node: Node) -> None:
+        where = f"port {node.port}" if node.port is not None else "no listener"
+        logging.getLogger("dicomrelay").info("node %s serving (%s)", config.org, where)
 
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve, backend_options=_uvloop())
+        anyio.run(lambda: serve_forever(config, started=started), backend_options=_uvloop())
     return 0
 
 
@@ -86,7 +88,16 @@ def run_send(args: argparse.Namespace) -> int:
             sys.stdout.write(receipt.to_json().decode() + "\n")
             return 0
 
-    result: int = anyio.run(send, backend_options=_uvloop())
+    async def send_unless_unavailable() -> int:
+        try:
+            return await send()
+        except* LedgerUnavailable as group:
+            unavailable = first_failure(group)
+        # Whatever was queued stays in the ledger: `serve` sends it once it is back.
+        sys.stderr.write(f"send: {unavailable}\n")
+        return 1
+
+    result: int = anyio.run(send_unless_unavailable, backend_options=_uvloop())
     return result
 
 
@@ -121,7 +132,11 @@ def run_status(args: argparse.Namespace) -> int:
         ]
         return counts, rows
 
-    counts, rows = anyio.run(status)
+    try:
+        counts, rows = anyio.run(status)
+    except LedgerUnavailable as e:
+        sys.stderr.write(f"status: {e}\n")
+        return 1
     if args.json:
         sys.stdout.write(orjson.dumps({"counts": counts, "transfers": rows}).decode() + "\n")
         return 0

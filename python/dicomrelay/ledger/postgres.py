@@ -19,8 +19,9 @@ import anyio
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, errors, sql
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from dicomrelay.errors import LedgerUnavailable
 from dicomrelay.ledger.base import (
     INSERT_OUTGOING_COLUMNS,
     INSERT_OUTGOING_INSTANCE_COLUMNS,
@@ -132,6 +133,9 @@ SCHEMA = (
 )
 
 _ATTEMPTS = 5  # a transaction PostgreSQL aborts for a deadlock is run again, this often
+# How long a call waits for a pooled connection (while the pool reconnects to a
+# server that went away) before the ledger counts as unavailable.
+CONNECTION_WAIT_SECONDS = 10.0
 
 
 class PostgresLedger:
@@ -147,7 +151,15 @@ class PostgresLedger:
         cls, url: str, *, schema: str = "dicomrelay", max_connections: int = 8
     ) -> PostgresLedger:
         """Connect, create the schema and its tables if missing, and keep a pool
-        of up to ``max_connections`` connections."""
+        of up to ``max_connections`` connections. Raises LedgerUnavailable if
+        the server cannot be reached (or refuses the connection)."""
+        try:
+            return await cls._open(url, schema, max_connections)
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            raise LedgerUnavailable(f"PostgreSQL ledger: {_why(e)}") from e
+
+    @classmethod
+    async def _open(cls, url: str, schema: str, max_connections: int) -> PostgresLedger:
         search_path = sql.SQL("SET search_path TO {}").format(sql.Identifier(schema))
         # One connection first: its errors (refused, no such database) are plainer
         # than a pool's time-out, and the DDL of workers opening at once is serialised.
@@ -174,6 +186,7 @@ class PostgresLedger:
             max_size=max_connections,
             kwargs={"autocommit": True},
             configure=configure,
+            timeout=CONNECTION_WAIT_SECONDS,
             open=False,
             name=f"dicomrelay-ledger-{schema}",
         )
@@ -182,7 +195,10 @@ class PostgresLedger:
 
     async def _run(self, fn: Callable[[Cursor], Awaitable[T]]) -> T:
         """Run ``fn`` as one transaction on a pooled connection. Shielded, as the
-        SQLite ledger's calls are: a cancelled caller sees its cancellation after."""
+        SQLite ledger's calls are: a cancelled caller sees its cancellation after.
+        A lost or unobtainable connection raises LedgerUnavailable: the
+        transaction may or may not have committed, so it is not run again here
+        (the caller's work resumes from what the ledger holds)."""
         with anyio.CancelScope(shield=True):
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
@@ -196,6 +212,8 @@ class PostgresLedger:
                     if attempt == _ATTEMPTS:
                         raise
                     await anyio.sleep(random.uniform(0, 0.01 * attempt))
+                except (psycopg.OperationalError, PoolTimeout) as e:
+                    raise LedgerUnavailable(f"PostgreSQL ledger: {_why(e)}") from e
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
@@ -591,6 +609,11 @@ class PostgresLedger:
             return out
 
         return await self._run(get)
+
+
+def _why(e: Exception) -> str:
+    """The first line of a psycopg error (the server's message follows on others)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _scalar(row: tuple[Any, ...] | None) -> int:
