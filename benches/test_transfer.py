@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +55,30 @@ CONTENDERS: dict[str, tuple[str, bool]] = {
 ROUNDS = 3
 
 
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every round's received files, deleted only once all rounds are done
+    (see benches/test_dicom.py: a round must not make its files among the
+    inodes of one just deleted)."""
+    root = tmp_path_factory.mktemp("transfers")
+    yield root
+    shutil.rmtree(root)
+
+
 @pytest.mark.parametrize(
     ("round_", "name"),
     [(n, name) for n in range(ROUNDS) for name in CONTENDERS],
     ids=[f"{name}-round{n}" for n in range(ROUNDS) for name in CONTENDERS],
 )
 def test_transfer_1000(
-    benchmark: Any, study_dir: Path, tmp_path: Path, round_: int, name: str
+    benchmark: Any, study_dir: Path, outputs: Path, round_: int, name: str
 ) -> None:
     benchmark.group = "transfer-1000"
+    workdir = outputs / f"{name}-{round_}"
+    workdir.mkdir()
     if name == "dcmtk":
         # storescu -> storescp: no encryption, no verification, no fsync.
-        port, out = free_port(), tmp_path / "storescp"
+        port, out = free_port(), workdir / "storescp"
         out.mkdir()
         files = sorted(str(p) for p in study_dir.iterdir())
         command = [str(DCMTK / "storescu"), "-aec", "STORESCP", "127.0.0.1", str(port), *files]
@@ -80,7 +93,6 @@ def test_transfer_1000(
         with listening(server, port):
             seconds = benchmark.pedantic(storescu, rounds=1, iterations=1)
         assert len(list(out.iterdir())) == len(files)
-        shutil.rmtree(out)  # the next round (another contender's) pays for the deletion
         record(name, len(files), seconds, benchmark.extra_info)
         return
     digest, plaintext = CONTENDERS[name]
@@ -88,7 +100,8 @@ def test_transfer_1000(
         source=study_dir,
         digest="blake3" if digest == "blake3" else "sha256",
         plaintext=plaintext,
-        workdir=tmp_path,
+        workdir=workdir,
+        keep=True,  # until the module's last round (see outputs)
     )
 
     def send() -> dict[str, Any]:
