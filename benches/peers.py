@@ -9,8 +9,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import dicomrelay
+
+T = TypeVar("T")
 
 DCMTK = Path("/usr/bin")
 # Nagle off, as DCMTK needs on loopback; child processes import this tree's package.
@@ -19,6 +22,15 @@ ENV = {
     "TCP_NODELAY": "1",
     "PYTHONPATH": str(Path(dicomrelay.__file__).resolve().parent.parent),
 }
+
+
+def rounds(contenders: Sequence[T], count: int) -> list[tuple[int, T]]:
+    """``count`` rounds of every contender in turn, each round starting one
+    further along: no contender always runs first, or always right after the
+    same other one (on this machine a round's cost depends on the round just
+    before it: the files it left to write back, or just deleted)."""
+    n = len(contenders)
+    return [(r, contenders[(r + i) % n]) for r in range(count) for i in range(n)]
 
 
 def settle_disk() -> None:

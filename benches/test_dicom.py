@@ -10,13 +10,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benches.peers import DCMTK, ENV, free_port, listening, settle_disk
+from benches.peers import DCMTK, ENV, free_port, listening, rounds, settle_disk
 from dicomrelay.dicom.received_log import RECEIVED_LOG
 
 REPORT = Path("build-artifacts/dicom-ratios.json")
@@ -27,9 +26,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-# Each pair races DCMTK's own pair, round by round: rounds of one contender
-# never run back to back, so whatever drifts during the session (here the disk
-# slows as it fills with rounds' files) falls on every contender alike.
+# Each pair races DCMTK's own pair, round by round (see peers.rounds): rounds of
+# one contender never run back to back, so whatever drifts during the session
+# (here the disk slows as it fills with rounds' files) falls on every contender alike.
 PAIRS = [
     ("dcmtk-storescp", "dcmtk-storescu"),
     ("dicomrelay-storescp", "dcmtk-storescu"),
@@ -54,26 +53,15 @@ def scu_command(name: str, port: int, files: list[str]) -> list[str]:
     return [*command, *files, "-aec", "SCP"]
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Every round's received files, deleted only once all rounds are done:
-    the filesystem then never has to step over the inodes of a round just
-    deleted when it makes the next round's files (on ext4 that cost depends on
-    which rounds came before, and swamped the contenders' differences)."""
-    root = tmp_path_factory.mktemp("received")
-    yield root
-    shutil.rmtree(root)
-
-
 @pytest.mark.parametrize(
     ("round_", "scp", "scu"),
-    [(n, scp, scu) for n in range(ROUNDS) for scp, scu in PAIRS],
-    ids=[f"{scu}->{scp}-round{n}" for n in range(ROUNDS) for scp, scu in PAIRS],
+    [(n, scp, scu) for n, (scp, scu) in rounds(PAIRS, ROUNDS)],
+    ids=[f"{scu}->{scp}-round{n}" for n, (scp, scu) in rounds(PAIRS, ROUNDS)],
 )
 def test_store_1000(
-    benchmark: Any, study_paths: list[Path], outputs: Path, round_: int, scp: str, scu: str
+    benchmark: Any, study_paths: list[Path], tmp_path: Path, round_: int, scp: str, scu: str
 ) -> None:
-    port, out = free_port(), outputs / f"{scu}-{scp}-{round_}"
+    port, out = free_port(), tmp_path / "out"
     out.mkdir()
     files = [str(p) for p in study_paths]
     command = scu_command(scu, port, files)
@@ -89,6 +77,7 @@ def test_store_1000(
         seconds = benchmark.pedantic(send, rounds=1, iterations=1)
     stored = [p for p in out.iterdir() if p.is_file() and p.name != RECEIVED_LOG]
     assert len(stored) == len(files)
+    shutil.rmtree(out)  # the next round (another contender's) pays for the deletion
     rate = len(files) / seconds
     key = f"{scu} -> {scp}"
     RESULTS[key] = max(RESULTS.get(key, 0.0), rate)  # the best round, as for the min time

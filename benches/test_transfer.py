@@ -14,13 +14,12 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benches.peers import DCMTK, ENV, free_port, listening, settle_disk
+from benches.peers import DCMTK, ENV, free_port, listening, rounds, settle_disk
 from dicomrelay.loadtest.run import LoadtestOptions, run_loadtest
 
 RESULTS: dict[str, float] = {}
@@ -49,36 +48,24 @@ CONTENDERS: dict[str, tuple[str, bool]] = {
     "dicomrelay-blake3": ("blake3", False),
     "dicomrelay-plaintext": ("sha256", True),
 }
-# Round by round, every contender in turn: rounds of one contender never run
-# back to back, so whatever drifts during the session (here the disk slows as
+# Round by round, every contender in turn (see peers.rounds): rounds of one
+# contender never run back to back, so whatever drifts during the session (here the disk slows as
 # it fills with rounds' files) falls on every contender alike.
 ROUNDS = 3
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Every round's received files, deleted only once all rounds are done
-    (see benches/test_dicom.py: a round must not make its files among the
-    inodes of one just deleted)."""
-    root = tmp_path_factory.mktemp("transfers")
-    yield root
-    shutil.rmtree(root)
-
-
 @pytest.mark.parametrize(
     ("round_", "name"),
-    [(n, name) for n in range(ROUNDS) for name in CONTENDERS],
-    ids=[f"{name}-round{n}" for n in range(ROUNDS) for name in CONTENDERS],
+    rounds(list(CONTENDERS), ROUNDS),
+    ids=[f"{name}-round{n}" for n, name in rounds(list(CONTENDERS), ROUNDS)],
 )
 def test_transfer_1000(
-    benchmark: Any, study_dir: Path, outputs: Path, round_: int, name: str
+    benchmark: Any, study_dir: Path, tmp_path: Path, round_: int, name: str
 ) -> None:
     benchmark.group = "transfer-1000"
-    workdir = outputs / f"{name}-{round_}"
-    workdir.mkdir()
     if name == "dcmtk":
         # storescu -> storescp: no encryption, no verification, no fsync.
-        port, out = free_port(), workdir / "storescp"
+        port, out = free_port(), tmp_path / "storescp"
         out.mkdir()
         files = sorted(str(p) for p in study_dir.iterdir())
         command = [str(DCMTK / "storescu"), "-aec", "STORESCP", "127.0.0.1", str(port), *files]
@@ -93,6 +80,7 @@ def test_transfer_1000(
         with listening(server, port):
             seconds = benchmark.pedantic(storescu, rounds=1, iterations=1)
         assert len(list(out.iterdir())) == len(files)
+        shutil.rmtree(out)  # the next round (another contender's) pays for the deletion
         record(name, len(files), seconds, benchmark.extra_info)
         return
     digest, plaintext = CONTENDERS[name]
@@ -100,8 +88,7 @@ def test_transfer_1000(
         source=study_dir,
         digest="blake3" if digest == "blake3" else "sha256",
         plaintext=plaintext,
-        workdir=workdir,
-        keep=True,  # until the module's last round (see outputs)
+        workdir=tmp_path,
     )
 
     def send() -> dict[str, Any]:
