@@ -26,7 +26,7 @@ from dicomrelay.claims import Leases, renew_interval
 from dicomrelay.config import DicomConfig, Limits, NodeConfig, Peer
 from dicomrelay.connection import Connection
 from dicomrelay.dicom import tls
-from dicomrelay.dicom.scp import StoredInstance, StoreScp
+from dicomrelay.dicom.scp import Refusal, StoredInstance, StoreScp
 from dicomrelay.errors import ConfigurationError, DicomrelayError, TlsError
 from dicomrelay.ledger import (
     Ledger,
@@ -493,6 +493,7 @@ class Node:
             quarantine_dir=root / "quarantine",
             allowed_calling=frozenset(dicom.allowed_calling),
             on_association_end=self._route_received,
+            on_refusal=self._audit_refusal,
             digest=None,  # routing digests each instance as it records it in the ledger
             tls=None
             if dicom.tls is None
@@ -508,6 +509,17 @@ class Node:
         )
         self.dicom_port = listener.extra(SocketAttribute.local_port)
         self._tg.start_soon(_serve, listener, scp.handle)
+
+    async def _audit_refusal(self, refused: Refusal) -> None:
+        """Every DICOM caller turned away is audited, as every wire peer is."""
+        who = f"{refused.calling_ae_title or '?'} at {refused.peer}"
+        if refused.what == "tls":
+            who = refused.peer
+        elif refused.what == "dataset":
+            who = f"{refused.sop_instance_uid} from {who}"
+        await self.ledger.audit(
+            self.config.org, f"dicom-{refused.what}-refused", None, f"{who}: {refused.reason}"
+        )
 
     async def _route_received(self, stored: list[StoredInstance]) -> None:
         """Send each study an association stored to the organisation its route names."""

@@ -14,6 +14,7 @@ for element (tag, VR, value, pixel data; group lengths and padding aside).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -25,6 +26,8 @@ from pydicom.data import get_testdata_file, get_testdata_files
 
 from dicomrelay import scan_file, synth
 from dicomrelay.config import DicomTls, Peer, Route
+from dicomrelay.dicom.dimse import Status
+from dicomrelay.dicom.scu import Client, contexts_for
 from dicomrelay.node import Node
 from tls_certificates import Pki as DicomPki
 from tls_certificates import make_pki
@@ -114,7 +117,9 @@ async def test_the_chain_over_dicom_tls(orgs: Pki, dicom_pki: DicomPki, tmp_path
             plain = await c.storescu(storescu_args(c.port, ["+sd", study], proposal=None))
             assert plain.returncode != 0, plain.stdout
             a_db = c.a.config.data_dir / "ledger.sqlite"
-            assert query(a_db, "SELECT action, detail FROM audit") == []
+            [(action, detail)] = query(a_db, "SELECT action, detail FROM audit")
+            assert action == "dicom-tls-refused"
+            assert detail.startswith("127.0.0.1:"), detail
             assert query(a_db, "SELECT count(*) FROM outgoing") == [(0,)]
             kept = [p for p in (c.a.config.data_dir / "dicom").rglob("*") if p.is_file()]
             assert kept == []
@@ -269,3 +274,37 @@ async def test_a_released_association_is_already_routed(orgs: Pki, tmp_path: Pat
         assert result.returncode == 0, result.stderr
         rows = query(tmp_path / "a" / "ledger.sqlite", "SELECT destination, total FROM outgoing")
         assert rows == [("RX2", 8)]
+
+
+async def test_callers_turned_away_are_audited(orgs: Pki, tmp_path: Path) -> None:
+    """Node A audits every DICOM caller it turns away, as it audits wire peers:
+    an association from an AE title it does not know, and a dataset it
+    quarantined (and routes nothing of either)."""
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 1)
+    [spoiled] = study.iterdir()
+    info = scan_file(spoiled)
+    spoiled.write_bytes(spoiled.read_bytes()[: info.size - 1000])  # pixel data cut short
+    with anyio.fail_after(120):
+        async with chain(orgs, tmp_path) as c:
+            echo = [str(DCMTK / "echoscu"), "-aet", "ROGUE", "-aec", "RELAYA"]
+            rogue = run([*echo, "127.0.0.1", str(c.port)])
+            assert rogue.returncode != 0
+            async with await Client.connect(
+                "127.0.0.1",
+                c.port,
+                calling_ae_title="PACSA",
+                called_ae_title="RELAYA",
+                contexts=contexts_for([info]),
+            ) as client:
+                status = await client.store(spoiled, info)
+            a_db = c.a.config.data_dir / "ledger.sqlite"
+            audit = query(a_db, "SELECT org, action, detail FROM audit ORDER BY id")
+            outgoing = query(a_db, "SELECT count(*) FROM outgoing")
+    assert status & 0xF000 == Status.CANNOT_UNDERSTAND
+    [(org, action, detail), (org2, action2, detail2)] = audit
+    assert (org, action) == ("RX1", "dicom-association-refused")
+    assert re.fullmatch(r"ROGUE at 127\.0\.0\.1:\d+: calling AE title not recognized", detail)
+    assert (org2, action2) == ("RX1", "dicom-dataset-refused")
+    assert detail2.startswith(f"{info.sop_instance_uid} from PACSA at 127.0.0.1:"), detail2
+    assert "malformed dataset" in detail2
+    assert outgoing == [(0,)]

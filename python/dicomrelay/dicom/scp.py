@@ -26,10 +26,10 @@ import os
 import re
 import socket
 import ssl
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.lowlevel
@@ -61,6 +61,7 @@ from dicomrelay.dicom.association import (
 from dicomrelay.dicom.dimse import CEchoRq, CEchoRsp, CStoreRq, CStoreRsp, Status
 from dicomrelay.dicom.messages import Message, MessageAssembler
 from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta
+from dicomrelay.dicom.spare_files import SpareFiles
 from dicomrelay.errors import DicomParseError
 from dicomrelay.groupcommit import GroupCommit
 
@@ -82,6 +83,20 @@ class StoredInstance:
     called_ae_title: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Refusal:
+    """Something the SCP turned away, for an audit trail: a TLS handshake that
+    failed (``tls``), an association it rejected (``association``), or a
+    dataset it quarantined (``dataset``)."""
+
+    what: Literal["tls", "association", "dataset"]
+    peer: str  # the caller's address
+    reason: str
+    calling_ae_title: str | None = None
+    called_ae_title: str | None = None
+    sop_instance_uid: str | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoreScp:
     """``allowed_calling``: calling AE titles accepted (None: any). Received
@@ -97,6 +112,8 @@ class StoreScp:
     # release is answered (or when it ends otherwise): routing works study by
     # study, and C-STORE says nothing of when a study is whole.
     on_association_end: Callable[[list[StoredInstance]], Awaitable[None]] | None = None
+    # Called with each refusal, after it is logged (a node audits it).
+    on_refusal: Callable[[Refusal], Awaitable[None]] | None = None
     digest: DigestName | None = "sha256"
     sync_each_instance: bool = False
     tls: ssl.SSLContext | None = None
@@ -127,21 +144,24 @@ class StoreScp:
             stream.extra(SocketAttribute.raw_socket).setsockopt(
                 socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
             )
+            peer = _address(stream)
             if self.tls is not None:
-                secured = await self._handshake(stream, self.tls)
+                secured = await self._handshake(stream, self.tls, peer)
                 if secured is None:
                     return
                 session = secured
-            await _Session(self, session).run()
+            await _Session(self, session, peer).run()
         except Exception:
             log.exception("association failed")
         finally:
             await session.aclose()
 
-    async def _handshake(self, stream: SocketStream, tls: ssl.SSLContext) -> TLSStream | None:
-        """The stream secured, or None (logged) if the handshake failed. (The
-        peer then sees the connection close: anyio drops the alert, such as
-        unknown_ca, that OpenSSL had ready for it.)"""
+    async def _handshake(
+        self, stream: SocketStream, tls: ssl.SSLContext, peer: str
+    ) -> TLSStream | None:
+        """The stream secured, or None (logged and reported) if the handshake
+        failed. (The peer then sees the connection close: anyio drops the
+        alert, such as unknown_ca, that OpenSSL had ready for it.)"""
         try:
             with anyio.fail_after(TLS_HANDSHAKE_SECONDS):
                 return await TLSStream.wrap(
@@ -149,9 +169,13 @@ class StoreScp:
                 )
         except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as e:
             # TimeoutError is an OSError. A plaintext caller lands here too.
-            peer = stream.extra(SocketAttribute.remote_address, None)
             log.warning("TLS handshake with %s failed: %s", peer, _reason(e))
+            await self.refused(Refusal(what="tls", peer=peer, reason=_reason(e)))
             return None
+
+    async def refused(self, refusal: Refusal) -> None:
+        if self.on_refusal is not None:
+            await self.on_refusal(refusal)
 
     def answer(self, rq: AssociateRq) -> AssociateAc | AssociateRj:
         """Accept or reject a request: our AE title, a known caller, contexts we serve."""
@@ -180,66 +204,23 @@ class StoreScp:
         )
 
 
+def _address(stream: SocketStream) -> str:
+    """``host:port`` of the caller, for logs and audits."""
+    address = stream.extra(SocketAttribute.remote_address, None)
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+_REJECT_REASONS = {3: "calling AE title not recognized", 7: "called AE title not recognized"}
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, ssl.SSLError):
         return getattr(e, "verify_message", None) or e.reason or str(e)
     if isinstance(e, TimeoutError):
         return f"no handshake within {TLS_HANDSHAKE_SECONDS:.0f} s"
     return str(e) or type(e).__name__
-
-
-class SpareFiles:
-    """Temporary files made ahead of need, off an association's path: creating a
-    file can wait behind a journal commit for longer than receiving an image."""
-
-    def __init__(self, directory: Path, digest: DigestName | None, keep: int = 8) -> None:
-        self.directory = directory  # on the output folder's filesystem, for renames
-        self.digest: DigestName | None = digest
-        self.keep = keep
-        self._spare: list[tuple[Path, StreamFile]] = []
-        self._refilling = False
-        directory.mkdir(exist_ok=True)
-        for stale in directory.glob("*.dcm"):  # left by a crash, never made durable
-            stale.unlink(missing_ok=True)
-
-    def take(self) -> tuple[Path, StreamFile]:
-        """A new empty file (made now if none is ready). Raises OSError."""
-        while self._spare:
-            path, file = self._spare.pop()
-            if path.exists():  # not removed behind the server's back
-                return path, file
-            file.finish(sync=False)
-        return self._create()
-
-    @property
-    def low(self) -> bool:
-        return not self._refilling and len(self._spare) < self.keep // 2
-
-    async def refill(self) -> None:
-        if self._refilling:
-            return
-        self._refilling = True
-        try:
-            with anyio.CancelScope(shield=True):  # a file made is never dropped
-                await anyio.to_thread.run_sync(self._make_spares, self.keep - len(self._spare))
-        finally:
-            self._refilling = False
-
-    def _make_spares(self, count: int) -> None:
-        """Files made in one go, off the event loop; ``take`` may use each at once."""
-        try:
-            for _ in range(count):
-                self._spare.append(self._create())
-        except OSError:
-            pass  # take() will say why
-
-    def _create(self) -> tuple[Path, StreamFile]:
-        path = self.directory / f"{uuid.uuid4().hex}.dcm"
-        try:
-            return path, StreamFile(path, digest=self.digest, direct=False)
-        except FileNotFoundError:  # the folder was removed: make it again
-            self.directory.mkdir(parents=True, exist_ok=True)
-            return path, StreamFile(path, digest=self.digest, direct=False)
 
 
 class _Incoming:
@@ -288,15 +269,17 @@ class _Incoming:
 
 
 class _Session:
-    def __init__(self, scp: StoreScp, stream: ByteStream) -> None:
+    def __init__(self, scp: StoreScp, stream: ByteStream, peer: str) -> None:
         self.scp = scp
         self.stream = stream
+        self.peer = peer
         self.association = Association(requestor=False, max_pdu_length=MAX_PDU)
         self.assembler = MessageAssembler(sink=self._fragment)
         self.contexts: dict[int, str] = {}  # accepted context id -> transfer syntax
         self.peer_max_pdu = MAX_PDU
         self.rq: AssociateRq | None = None
         self.incoming: _Incoming | None = None
+        self.quarantined: Refusal | None = None  # by _check, for _message to report
         # By final path, with its commit ticket: an instance stored again in the
         # same association replaces the earlier (its file does too).
         self.stored: dict[Path, tuple[int, StoredInstance]] = {}
@@ -396,13 +379,25 @@ class _Session:
             self.rq = indication.rq
             answer = self.scp.answer(indication.rq)
             if isinstance(answer, AssociateRj):
+                reason = _REJECT_REASONS.get(answer.reason, f"reason {answer.reason}")
                 log.warning(
-                    "refused association from %r to %r (reason %d)",
+                    "refused association from %r at %s to %r: %s",
                     indication.rq.calling_ae_title,
+                    self.peer,
                     indication.rq.called_ae_title,
-                    answer.reason,
+                    reason,
                 )
                 self.association.reject(answer)
+                await self._flush()  # the rejection goes out before anything is audited
+                await self.scp.refused(
+                    Refusal(
+                        what="association",
+                        peer=self.peer,
+                        reason=reason,
+                        calling_ae_title=indication.rq.calling_ae_title,
+                        called_ae_title=indication.rq.called_ae_title,
+                    )
+                )
                 return
             self.contexts = {
                 pc.context_id: pc.transfer_syntax
@@ -475,6 +470,9 @@ class _Session:
             status, comment, kept = self._check(incoming)
             if kept is not None:
                 status, comment = await self._commit(incoming, kept)
+            elif self.quarantined is not None:
+                refusal, self.quarantined = self.quarantined, None
+                await self.scp.refused(refusal)
         await self._respond(
             message.context_id,
             CStoreRsp(
@@ -516,18 +514,18 @@ class _Session:
         try:
             info = scan_file(incoming.path)  # the header only: the digest is already made
         except DicomParseError as e:
-            self._quarantine(incoming.path, f"malformed dataset: {e}")
+            self._quarantine(incoming, f"malformed dataset: {e}")
             return Status.CANNOT_UNDERSTAND, str(e)[:64], None
         if info.sop_instance_uid != command.sop_instance_uid or not _SAFE_UID.match(
             command.sop_instance_uid
         ):
-            self._quarantine(incoming.path, "SOP Instance UID differs from the command's")
+            self._quarantine(incoming, "SOP Instance UID differs from the command's")
             return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch", None
         if not info.study_instance_uid:  # type 1 in every composite IOD; routing needs it
-            self._quarantine(incoming.path, "no Study Instance UID")
+            self._quarantine(incoming, "no Study Instance UID")
             return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "no Study Instance UID", None
         if info.sop_class_uid not in (None, command.sop_class_uid):
-            self._quarantine(incoming.path, "SOP Class UID differs from the command's")
+            self._quarantine(incoming, "SOP Class UID differs from the command's")
             return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID mismatch", None
         assert self.rq is not None
         kept = StoredInstance(
@@ -539,7 +537,17 @@ class _Session:
         )
         return Status.SUCCESS, None, kept
 
-    def _quarantine(self, path: Path, reason: str) -> None:
+    def _quarantine(self, incoming: _Incoming, reason: str) -> None:
+        path = incoming.path
+        assert self.rq is not None
+        self.quarantined = Refusal(
+            what="dataset",
+            peer=self.peer,
+            reason=f"{reason}; kept as {path.name}",
+            calling_ae_title=self.rq.calling_ae_title,
+            called_ae_title=self.rq.called_ae_title,
+            sop_instance_uid=incoming.command.sop_instance_uid,
+        )
         target = self.scp.quarantine_dir / path.name.lstrip(".")
         try:
             os.replace(path, target)
