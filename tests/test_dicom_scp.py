@@ -78,6 +78,14 @@ def test_rogue_callers_are_refused_and_the_server_goes_on(
         dcmtk("echoscu", "-aet", "STORESCU", "-aec", "RELAY", "127.0.0.1", str(port)).returncode
         == 0
     )
+    refused = [orjson.loads(line) for line in (out / "refused.jsonl").read_bytes().splitlines()]
+    assert [
+        (r["what"], r["calling_ae_title"], r["called_ae_title"], r["reason"]) for r in refused
+    ] == [
+        ("association", "ROGUE", "RELAY", "calling AE title not recognized"),
+        ("association", "STORESCU", "OTHER", "called AE title not recognized"),
+    ]
+    assert all(r["peer"].startswith("127.0.0.1:") for r in refused)
 
 
 def test_a_malformed_dataset_is_refused_and_quarantined(
@@ -107,6 +115,9 @@ def test_a_malformed_dataset_is_refused_and_quarantined(
     quarantined = list((out / "quarantine").glob("*.reason"))
     assert len(quarantined) == 1
     assert "malformed" in quarantined[0].read_text()
+    [refused] = [orjson.loads(line) for line in (out / "refused.jsonl").read_bytes().splitlines()]
+    assert (refused["what"], refused["sop_instance_uid"]) == ("dataset", info.sop_instance_uid)
+    assert refused["reason"].startswith("malformed dataset")
 
 
 def test_pynetdicom_scu_into_our_scp(scp: tuple[int, Path], tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from dicomrelay import scan_file, synth
@@ -48,7 +49,7 @@ def dataset(path: Path) -> bytes:
 
 def stored(out: Path) -> dict[str, Path]:
     """Received instances by SOP Instance UID (ours names them .dcm, DCMTK's MR.<uid>)."""
-    files = [p for p in out.iterdir() if p.is_file() and p.name != "received.jsonl"]
+    files = [p for p in out.iterdir() if p.is_file() and p.suffix != ".jsonl"]  # not our logs
     return {scan_file(p).sop_instance_uid or "": p for p in files}
 
 
@@ -186,6 +187,9 @@ def test_without_required_client_certificates(pki: Pki, tmp_path: Path) -> None:
         assert_intact(study, out)
         rogue = dicomrelay_cli("echoscu", *to(server, "RELAY"), *pki.rogue_client.tls, *pki.trust)
         assert rogue.returncode == 1
+    [refused] = [orjson.loads(line) for line in (out / "refused.jsonl").read_bytes().splitlines()]
+    assert (refused["what"], refused["calling_ae_title"]) == ("tls", None)
+    assert "certificate" in refused["reason"], refused["reason"]
 
 
 # --- our SCU into DCMTK's SCP ------------------------------------------------

@@ -237,7 +237,7 @@ def run_store(args: argparse.Namespace) -> int:
 
 
 def run_scp(args: argparse.Namespace) -> int:
-    from dicomrelay.dicom.received_log import RECEIVED_LOG, ReceivedLog
+    from dicomrelay.dicom.received_log import RECEIVED_LOG, REFUSED_LOG, ReceivedLog, RefusedLog
     from dicomrelay.dicom.scp import StoreScp
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -252,6 +252,7 @@ def run_scp(args: argparse.Namespace) -> int:
         quarantine_dir=args.output_dir / "quarantine",
         allowed_calling=frozenset(args.allow) if args.allow else None,
         on_association_end=ReceivedLog(args.output_dir / RECEIVED_LOG, args.digest).append,
+        on_refusal=RefusedLog(args.output_dir / REFUSED_LOG).append,
         digest=args.digest,
         sync_each_instance=args.sync_each,
         tls=tls,

@@ -1,5 +1,6 @@
-"""The record a standalone storescp keeps: one JSON line per instance it made
-durable, with its digest, so what arrived can be proven and reconciled later."""
+"""The records a standalone storescp keeps: one JSON line per instance it made
+durable, with its digest, so what arrived can be proven and reconciled later;
+and one per caller it turned away, so every access is accounted for."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import anyio.to_thread
 import orjson
 
 from dicomrelay.config import DigestName
-from dicomrelay.dicom.scp import StoredInstance
+from dicomrelay.dicom.scp import Refusal, StoredInstance
 
 RECEIVED_LOG = "received.jsonl"
+REFUSED_LOG = "refused.jsonl"
 
 
 class ReceivedLog:
@@ -42,14 +44,37 @@ class ReceivedLog:
             )
             for s in instances
         )
-        await anyio.to_thread.run_sync(self._write, lines)
+        await anyio.to_thread.run_sync(append_durably, self.path, lines)
 
-    def _write(self, lines: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(lines)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+
+class RefusedLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def append(self, refused: Refusal) -> None:
+        """Record a failed TLS handshake, a rejected association or a
+        quarantined dataset (appended, then fsynced)."""
+        line = orjson.dumps(
+            {
+                "what": refused.what,
+                "peer": refused.peer,
+                "reason": refused.reason,
+                "calling_ae_title": refused.calling_ae_title,
+                "called_ae_title": refused.called_ae_title,
+                "sop_instance_uid": refused.sop_instance_uid,
+                "at": time.time(),
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+        await anyio.to_thread.run_sync(append_durably, self.path, line)
+
+
+def append_durably(path: Path, lines: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(lines)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)

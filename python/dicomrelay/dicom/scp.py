@@ -167,7 +167,12 @@ class StoreScp:
                 return await TLSStream.wrap(
                     stream, server_side=True, ssl_context=tls, standard_compatible=False
                 )
-        except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as e:
+        except anyio.EndOfStream:
+            # Connected and closed without a word (a port probe, a load
+            # balancer's health check): no access was attempted.
+            log.debug("%s closed before the TLS handshake", peer)
+            return None
+        except (ssl.SSLError, OSError, anyio.BrokenResourceError) as e:
             # TimeoutError is an OSError. A plaintext caller lands here too.
             log.warning("TLS handshake with %s failed: %s", peer, _reason(e))
             await self.refused(Refusal(what="tls", peer=peer, reason=_reason(e)))
