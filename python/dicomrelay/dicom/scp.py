@@ -179,6 +179,7 @@ class StoreScp:
             return None
 
     async def refused(self, refusal: Refusal) -> None:
+        """Report a refusal (already logged) to ``on_refusal``, if any."""
         if self.on_refusal is not None:
             await self.on_refusal(refusal)
 
