@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from dicomrelay import scan_file, synth
+from dicomrelay.errors import LedgerUnavailable
 from dicomrelay.node import Node
 from dicomrelay.transfer import Event, EventKind, TransferFailed
 from peers import dicomrelay_command, free_port, listening, run
@@ -405,3 +406,31 @@ async def test_full_disk_at_the_storage_scp(tmp_path: Path) -> None:
         again = await anyio.to_thread.run_sync(run, storescu)
         assert again.returncode == 0, again.stderr
         assert sorted(intact()) == sorted(sources)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its filesystem is full."""
+    block = b"\0" * (64 << 10)
+    with path.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(block)
+            f.flush()
+
+
+async def test_full_disk_under_the_ledger(orgs: Pki, tmp_path: Path) -> None:
+    """The disk under the sending node's ledger fills up: queuing a study
+    fails with LedgerUnavailable and records nothing of it; with room again,
+    the same study is queued and delivered whole, once."""
+    source = make_study(tmp_path / "study", 200, seed=12)  # more rows than the WAL holds
+    with small_filesystem(tmp_path / "sender", 8), anyio.fail_after(TIMEOUT):
+        async with linked_nodes(orgs, tmp_path) as (tx, rx):
+            filler = tmp_path / "sender" / "filler"
+            fill(filler)
+            full = r"^SQLite ledger: database or disk is full"
+            with pytest.raises(LedgerUnavailable, match=full):
+                await tx.send(source, to="RX2")
+            filler.unlink()
+            receipt = await (await tx.send(source, to="RX2")).wait()
+            await assert_delivered(rx, receipt, source_by_sop(study_files(source)))
+            queued = await tx.ledger.all_outgoing()
+    assert [t.id for t in queued] == [receipt.transfer_id]

@@ -12,6 +12,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
+from dicomrelay.errors import LedgerUnavailable
 from dicomrelay.ledger.base import (
     INSERT_OUTGOING_COLUMNS,
     INSERT_OUTGOING_INSTANCE_COLUMNS,
@@ -127,9 +128,31 @@ _ADDED_COLUMNS = (
 )
 
 
+# SQLite's codes for a database it cannot read or write (a full or failing
+# disk): the ledger is unavailable until the disk is back, as a PostgreSQL
+# ledger is while its server is away.
+_UNAVAILABLE = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+
+
+def _raise_unavailable(e: sqlite3.Error) -> None:
+    """LedgerUnavailable in place of ``e`` if it says the disk refused."""
+    if (getattr(e, "sqlite_errorname", None) or "").startswith(_UNAVAILABLE):
+        raise LedgerUnavailable(f"SQLite ledger: {e}") from e
+
+
 class SqliteLedger:
     def __init__(self, path: Path) -> None:
+        """Open (or create) the ledger. Raises LedgerUnavailable if its disk
+        refuses (full, failing)."""
         self.path = path
+        try:
+            self._open(path)
+        except sqlite3.OperationalError as e:
+            _raise_unavailable(e)
+            raise
+        self._limiter = anyio.CapacityLimiter(1)
+
+    def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -141,23 +164,29 @@ class SqliteLedger:
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        self._limiter = anyio.CapacityLimiter(1)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` as one transaction on the ledger's connection, off the event loop."""
+        """Run ``fn`` as one transaction on the ledger's connection, off the
+        event loop. A disk that refuses the write (full, failing) raises
+        LedgerUnavailable, the transaction rolled back."""
 
         def transaction() -> T:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
+                db.execute("COMMIT")  # a full disk can refuse the commit itself
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
             return result
 
-        return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
+        try:
+            return await anyio.to_thread.run_sync(transaction, limiter=self._limiter)
+        except sqlite3.OperationalError as e:
+            _raise_unavailable(e)
+            raise
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
