@@ -49,8 +49,8 @@ CONTENDERS: dict[str, tuple[str, bool]] = {
     "dicomrelay-plaintext": ("sha256", True),
 }
 # Round by round, every contender in turn (see peers.rounds): rounds of one
-# contender never run back to back, so whatever drifts during the session (here the disk slows as
-# it fills with rounds' files) falls on every contender alike.
+# contender never run back to back, so whatever drifts during the session
+# (here the disk slows as it fills with rounds' files) falls on every contender alike.
 ROUNDS = 3
 
 

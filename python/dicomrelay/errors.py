@@ -38,7 +38,8 @@ class ProtocolError(DicomrelayError):
 
 class LedgerUnavailable(DicomrelayError, ConnectionError):
     """The ledger's database cannot be reached or cannot record: a PostgreSQL
-    server down, restarting or failing over. What it recorded before stands;
+    server down, restarting or failing over, or a SQLite ledger's disk full or
+    failing. What it recorded before stands;
     a node that meets this stops, and work resumes from the ledger once the
     database is back (``dicomrelay serve`` starts its node again)."""
 

@@ -1,11 +1,12 @@
 """Keep a node serving through outages of its ledger's database.
 
 A node whose ledger becomes unavailable (``LedgerUnavailable``: PostgreSQL
-down, restarting or failing over) stops as it would after a crash, and what it
-had recorded stands. ``serve_forever`` starts it again after a pause that
-grows while the database stays away: the work in flight then resumes from the
-ledger, as after a restart, and nothing is sent twice (leases and the
-receiver's idempotent commit see to that, as they do after a kill).
+down, restarting or failing over, or a SQLite ledger's disk full) stops as it
+would after a crash, and what it had recorded stands. ``serve_forever`` starts
+it again after a pause that grows while the database stays away: the work in
+flight then resumes from the ledger, as after a restart, and nothing is sent
+twice (leases and the receiver's idempotent commit see to that, as they do
+after a kill).
 """
 
 from __future__ import annotations

@@ -59,6 +59,18 @@ def node_toml(
     return path
 
 
+def receiver_toml(root: Path, identity: Identity, port: int) -> Path:
+    """``root/receiver.toml``: a node listening on ``port`` (data in
+    ``root/receiver``), sending nowhere (its one peer is a placeholder)."""
+    return node_toml(
+        root / "receiver.toml",
+        identity,
+        data_dir=root / "receiver",
+        listen_port=port,
+        peer=("RX1", 1),
+    )
+
+
 class Child:
     """A child process; stdout and stderr merged and read into a queue of lines."""
 

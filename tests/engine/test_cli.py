@@ -13,7 +13,7 @@ import pytest
 from dicomrelay.receipt import Receipt
 
 from .helpers import Pki, closed_port, make_study, source_by_sop, study_files
-from .processes import Child, dicomrelay, last_json_line, node_toml
+from .processes import Child, dicomrelay, last_json_line, node_toml, receiver_toml
 
 SUMMARY_KEYS = {
     "images",
@@ -68,13 +68,7 @@ def test_loadtest(tmp_path: Path, flags: tuple[str, ...], expect: dict[str, obje
 def test_serve_send_and_status(tmp_path: Path) -> None:
     orgs = Pki(tmp_path / "pki")
     port = closed_port()
-    receiver_toml = node_toml(
-        tmp_path / "receiver.toml",
-        orgs.identity("RX2"),
-        data_dir=tmp_path / "receiver",
-        listen_port=port,
-        peer=("RX1", 1),
-    )
+    rx_toml = receiver_toml(tmp_path, orgs.identity("RX2"), port)
     sender_toml = node_toml(
         tmp_path / "sender.toml",
         orgs.identity("RX1"),
@@ -87,7 +81,7 @@ def test_serve_send_and_status(tmp_path: Path) -> None:
     assert set(empty["counts"].values()) == {0}
 
     source = make_study(tmp_path / "study", 5, seed=1)
-    receiver = Child.dicomrelay("serve", "--config", os.fspath(receiver_toml))
+    receiver = Child.dicomrelay("serve", "--config", os.fspath(rx_toml))
     try:
         receiver.expect(rf"serving \(port {port}\)", timeout=30)
         sent = dicomrelay(
@@ -110,7 +104,7 @@ def test_serve_send_and_status(tmp_path: Path) -> None:
     assert row["id"] == receipt.transfer_id
     assert (row["to"], row["state"], row["acked"], row["total"]) == ("RX2", "done", 5, 5)
 
-    received = last_json_line(dicomrelay("status", "--json", "--config", os.fspath(receiver_toml)))
+    received = last_json_line(dicomrelay("status", "--json", "--config", os.fspath(rx_toml)))
     assert received["counts"]["received_committed"] == 1
     assert received["counts"]["stored_instances"] == 5
 

@@ -22,7 +22,7 @@ import pytest
 from dicomrelay.receipt import Receipt, ReceiptError
 
 from .helpers import Pki, blob_files, closed_port, digest_of, incoming_files, make_study, query
-from .processes import Child, node_toml
+from .processes import Child, node_toml, receiver_toml
 
 KILLS = int(os.environ.get("DICOMRELAY_KILLS", "50"))
 SEED = int(os.environ.get("DICOMRELAY_KILL_SEED", "20261127"))
@@ -59,13 +59,7 @@ class KillRun:
         self.port = closed_port()
         self.sender_db = root / "sender" / "ledger.sqlite"
         self.receiver_db = root / "receiver" / "ledger.sqlite"
-        self.receiver_toml = node_toml(
-            root / "receiver.toml",
-            self.orgs.identity("RX2"),
-            data_dir=root / "receiver",
-            listen_port=self.port,
-            peer=("RX1", 1),
-        )
+        self.receiver_toml = receiver_toml(root, self.orgs.identity("RX2"), self.port)
         self.sender_toml = node_toml(
             root / "sender.toml",
             self.orgs.identity("RX1"),

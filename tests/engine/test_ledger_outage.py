@@ -19,7 +19,7 @@ from dicomrelay.node import Node
 from pg_server import private_cluster
 
 from .helpers import Pki, closed_port, make_study
-from .processes import Child, dicomrelay, last_json_line, node_toml
+from .processes import Child, dicomrelay, last_json_line, node_toml, receiver_toml
 
 LIMITS = {
     "max_attempts": 1000,  # the receiver is away for a while: no dead letter meanwhile
@@ -52,13 +52,7 @@ def test_serve_outlives_an_outage_of_its_ledger(tmp_path: Path) -> None:
     orgs = Pki(tmp_path / "pki")
     rx_port = closed_port()
     study = make_study(tmp_path / "study", 6, seed=41)
-    receiver_toml = node_toml(
-        tmp_path / "receiver.toml",
-        orgs.identity("RX2"),
-        data_dir=tmp_path / "receiver",
-        listen_port=rx_port,
-        peer=("RX1", 1),
-    )
+    rx_toml = receiver_toml(tmp_path, orgs.identity("RX2"), rx_port)
     with private_cluster(closed_port()) as pg:
         toml = node_toml(
             tmp_path / "w1.toml",
@@ -79,7 +73,7 @@ def test_serve_outlives_an_outage_of_its_ledger(tmp_path: Path) -> None:
             worker.expect(r"starting again in 2 s", 30)  # the database is still away
             assert worker.alive()
             pg.start()
-            receiver = Child.dicomrelay("serve", "--config", str(receiver_toml))
+            receiver = Child.dicomrelay("serve", "--config", str(rx_toml))
             receiver.expect(rf"serving \(port {rx_port}\)", 30)
             worker.expect("node RX1 serving", 60)
             deadline = time.monotonic() + 60
@@ -92,7 +86,7 @@ def test_serve_outlives_an_outage_of_its_ledger(tmp_path: Path) -> None:
             if receiver is not None:
                 receiver.stop()
     assert (row["id"], row["acked"], row["total"], row["worker"]) == (transfer_id, 6, 6, None)
-    received = status(receiver_toml)["counts"]
+    received = status(rx_toml)["counts"]
     assert (received["received_committed"], received["stored_instances"]) == (1, 6)
 
 

@@ -39,7 +39,7 @@ from .helpers import (
     study_files,
     wait_until,
 )
-from .processes import Child, dicomrelay, last_json_line, node_toml
+from .processes import Child, dicomrelay, last_json_line, node_toml, receiver_toml
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 90
@@ -202,17 +202,11 @@ def test_send_from_the_command_line_beside_a_serving_worker(tmp_path: Path) -> N
     url = postgres_url()
     orgs = Pki(tmp_path / "pki")
     port = closed_port()
-    receiver_toml = node_toml(
-        tmp_path / "receiver.toml",
-        orgs.identity("RX2"),
-        data_dir=tmp_path / "receiver",
-        listen_port=port,
-        peer=("RX1", 1),
-    )
+    rx_toml = receiver_toml(tmp_path, orgs.identity("RX2"), port)
     schema = f"test_{uuid.uuid4().hex[:16]}"
     toml = worker_toml(tmp_path / "w1.toml", orgs, name="w1", rx_port=port, url=url, schema=schema)
     source = make_study(tmp_path / "study", 5, seed=5)
-    receiver = Child.dicomrelay("serve", "--config", str(receiver_toml))
+    receiver = Child.dicomrelay("serve", "--config", str(rx_toml))
     worker = Child.dicomrelay("serve", "--config", str(toml))
     try:
         receiver.expect(rf"serving \(port {port}\)", timeout=30)

@@ -77,27 +77,24 @@ def run_send(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, worker=f"{config.worker}-send-{os.getpid()}")
 
     async def send() -> int:
-        async with Node(config) as node:
-            transfer = await node.send(args.path, to=args.to, priority=args.priority)
-            sys.stderr.write(f"transfer {transfer.id} queued\n")
-            try:
-                receipt = await transfer.wait()
-            except TransferFailed as e:
-                sys.stderr.write(f"{e}\n")
-                return 1
-            sys.stdout.write(receipt.to_json().decode() + "\n")
-            return 0
-
-    async def send_unless_unavailable() -> int:
         try:
-            return await send()
+            async with Node(config) as node:
+                transfer = await node.send(args.path, to=args.to, priority=args.priority)
+                sys.stderr.write(f"transfer {transfer.id} queued\n")
+                try:
+                    receipt = await transfer.wait()
+                except TransferFailed as e:
+                    sys.stderr.write(f"{e}\n")
+                    return 1
+                sys.stdout.write(receipt.to_json().decode() + "\n")
+                return 0
         except* LedgerUnavailable as group:
             unavailable = first_failure(group)
         # Whatever was queued stays in the ledger: `serve` sends it once it is back.
         sys.stderr.write(f"send: {unavailable}\n")
         return 1
 
-    result: int = anyio.run(send_unless_unavailable, backend_options=_uvloop())
+    result: int = anyio.run(send, backend_options=_uvloop())
     return result
 
 

@@ -285,7 +285,6 @@ class _Session:
         self.peer_max_pdu = MAX_PDU
         self.rq: AssociateRq | None = None
         self.incoming: _Incoming | None = None
-        self.quarantined: Refusal | None = None  # by _check, for _message to report
         # By final path, with its commit ticket: an instance stored again in the
         # same association replaces the earlier (its file does too).
         self.stored: dict[Path, tuple[int, StoredInstance]] = {}
@@ -473,12 +472,11 @@ class _Session:
         else:
             # Inline: what is left to write and the header scan take less
             # than a hand-over to a thread would.
-            status, comment, kept = self._check(incoming)
-            if kept is not None:
-                status, comment = await self._commit(incoming, kept)
-            elif self.quarantined is not None:
-                refusal, self.quarantined = self.quarantined, None
-                await self.scp.refused(refusal)
+            status, comment, outcome = self._check(incoming)
+            if isinstance(outcome, StoredInstance):
+                status, comment = await self._commit(incoming, outcome)
+            elif outcome is not None:
+                await self.scp.refused(outcome)
         await self._respond(
             message.context_id,
             CStoreRsp(
@@ -507,9 +505,11 @@ class _Session:
                 self.background.start_soon(self.scp.commits.flush_soon, FLUSH_INTERVAL)
         return Status.SUCCESS, None
 
-    def _check(self, incoming: _Incoming) -> tuple[int, str | None, StoredInstance | None]:
+    def _check(
+        self, incoming: _Incoming
+    ) -> tuple[int, str | None, StoredInstance | Refusal | None]:
         """Close and check the instance: the one to keep, or the status that
-        refuses it."""
+        refuses it (with the Refusal to report when it went to quarantine)."""
         command = incoming.command
         try:
             digest = incoming.finish()
@@ -520,19 +520,32 @@ class _Session:
         try:
             info = scan_file(incoming.path)  # the header only: the digest is already made
         except DicomParseError as e:
-            self._quarantine(incoming, f"malformed dataset: {e}")
-            return Status.CANNOT_UNDERSTAND, str(e)[:64], None
+            return self._quarantine(
+                incoming, Status.CANNOT_UNDERSTAND, str(e)[:64], f"malformed dataset: {e}"
+            )
         if info.sop_instance_uid != command.sop_instance_uid or not _SAFE_UID.match(
             command.sop_instance_uid
         ):
-            self._quarantine(incoming, "SOP Instance UID differs from the command's")
-            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch", None
+            return self._quarantine(
+                incoming,
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Instance UID mismatch",
+                "SOP Instance UID differs from the command's",
+            )
         if not info.study_instance_uid:  # type 1 in every composite IOD; routing needs it
-            self._quarantine(incoming, "no Study Instance UID")
-            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "no Study Instance UID", None
+            return self._quarantine(
+                incoming,
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "no Study Instance UID",
+                "no Study Instance UID",
+            )
         if info.sop_class_uid not in (None, command.sop_class_uid):
-            self._quarantine(incoming, "SOP Class UID differs from the command's")
-            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID mismatch", None
+            return self._quarantine(
+                incoming,
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Class UID mismatch",
+                "SOP Class UID differs from the command's",
+            )
         assert self.rq is not None
         kept = StoredInstance(
             path=self.scp.output_dir / f"{command.sop_instance_uid}.dcm",
@@ -543,17 +556,12 @@ class _Session:
         )
         return Status.SUCCESS, None, kept
 
-    def _quarantine(self, incoming: _Incoming, reason: str) -> None:
+    def _quarantine(
+        self, incoming: _Incoming, status: int, comment: str, reason: str
+    ) -> tuple[int, str, Refusal]:
+        """Move the instance to quarantine with its reason: ``status`` and
+        ``comment`` answer the C-STORE, and the Refusal is to report."""
         path = incoming.path
-        assert self.rq is not None
-        self.quarantined = Refusal(
-            what="dataset",
-            peer=self.peer,
-            reason=f"{reason}; kept as {path.name}",
-            calling_ae_title=self.rq.calling_ae_title,
-            called_ae_title=self.rq.called_ae_title,
-            sop_instance_uid=incoming.command.sop_instance_uid,
-        )
         target = self.scp.quarantine_dir / path.name.lstrip(".")
         try:
             os.replace(path, target)
@@ -561,3 +569,16 @@ class _Session:
         except OSError:
             log.exception("cannot quarantine %s", path)
         log.warning("quarantined %s: %s", target, reason)
+        assert self.rq is not None
+        return (
+            status,
+            comment,
+            Refusal(
+                what="dataset",
+                peer=self.peer,
+                reason=f"{reason}; kept as {path.name}",
+                calling_ae_title=self.rq.calling_ae_title,
+                called_ae_title=self.rq.called_ae_title,
+                sop_instance_uid=incoming.command.sop_instance_uid,
+            ),
+        )
