@@ -1,12 +1,20 @@
 # dicomrelay: every task a target; `make help` lists them.
-PYTHON ?= python3
+#
+# Outside an active virtual environment, every target uses the project's own
+# (.venv, made on first use), so nothing installed globally can help or hurt.
+ifdef VIRTUAL_ENV
+PYTHON ?= $(VIRTUAL_ENV)/bin/python
+else
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+endif
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps install postgres run test lint rust-test bench fuzz
+.PHONY: help deps venv install postgres run test lint rust-test bench fuzz wheel-check clean-venv
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 deps: ## Debian packages the tests use (DCMTK, PostgreSQL), when missing
 	@missing=; test -x /usr/bin/storescp || missing="dcmtk"; \
@@ -14,14 +22,15 @@ deps: ## Debian packages the tests use (DCMTK, PostgreSQL), when missing
 	test -z "$$missing" || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
-postgres: deps ## start the PostgreSQL server the tests use, unless DICOMRELAY_TEST_POSTGRES names one
-	@test -n "$$DICOMRELAY_TEST_POSTGRES" || bash .ci/postgres.sh start
+venv: ## the project's virtual environment (.venv), unless one is active
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	@$(PYTHON) -m pip install -q --upgrade pip
 
-install: ## build the Rust extension (release) and install dicomrelay with its test tools
+install: venv ## build the Rust extension (release) and install dicomrelay with its test tools
 	$(PYTHON) -m pip install -q -e '.[test,lint,postgres]'
 
 run: install ## the main job on its embedded default: a load test between two local organisations
-	dicomrelay loadtest
+	$(PYTHON) -m dicomrelay loadtest
 
 lint: ## rustfmt, clippy, ruff, mypy strict, stubtest of the native module
 	cargo fmt --all --check
@@ -34,15 +43,27 @@ lint: ## rustfmt, clippy, ruff, mypy strict, stubtest of the native module
 rust-test: ## cargo tests of the pure-Rust core
 	cargo test -p dicomrelay-core
 
-test: deps install postgres lint rust-test ## everything CI checks: lints, cargo test, pytest
-	DICOMRELAY_TEST_POSTGRES="$${DICOMRELAY_TEST_POSTGRES:-$$(bash .ci/postgres.sh url)}" \
-		$(PYTHON) -m pytest $(PYTEST_ARGS)
+# The PostgreSQL server the ledger tests use: DICOMRELAY_TEST_POSTGRES (a libpq
+# URL) when set, else a throwaway cluster that this target starts and stops.
+test: deps install lint rust-test ## everything CI checks: lints, cargo test, pytest
+	@set -e; url="$$DICOMRELAY_TEST_POSTGRES"; \
+	if [ -z "$$url" ]; then \
+		bash .ci/postgres.sh start; trap 'bash .ci/postgres.sh stop' EXIT; \
+		url="$$(bash .ci/postgres.sh url)"; \
+	fi; \
+	DICOMRELAY_TEST_POSTGRES="$$url" $(PYTHON) -m pytest $(PYTEST_ARGS)
 
 bench: deps install ## pytest-benchmark suites in short mode; JSON to build-artifacts/
 	mkdir -p build-artifacts
 	$(PYTHON) -m pytest benches --benchmark-min-rounds=3 --benchmark-max-time=0.2 \
 		--benchmark-json=build-artifacts/benchmarks.json
 
+wheel-check: ## build the wheel; install it with no extras in a fresh environment; run it
+	bash .ci/wheel-check.sh
+
 fuzz: ## build the cargo-fuzz targets (scan, pdu) and run each for FUZZ_SECONDS (default 60)
 	bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60} scan
 	bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60} pdu
+
+clean-venv: ## remove the project's virtual environment
+	rm -rf .venv
