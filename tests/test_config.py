@@ -21,6 +21,12 @@ allowed_calling = ["PACSA"]
 """
 
 
+def touch(*paths: Path) -> None:
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+
+
 def test_dicom_tls_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
@@ -34,6 +40,8 @@ private_key = "dicom/node.key"
 trusted_cas = ["dicom/pacs-ca.pem", "../shared/modalities-ca.pem"]
 """
     )
+    touch(etc / "dicom" / "node.pem", etc / "dicom" / "node.key", etc / "dicom" / "pacs-ca.pem")
+    touch(tmp_path / "shared" / "modalities-ca.pem")
     dicom = NodeConfig.from_toml(path).dicom
     assert dicom is not None
     assert dicom.tls == DicomTls(
@@ -58,6 +66,7 @@ trusted_cas = ["ca.pem"]
 require_client_certificate = false
 """
     )
+    touch(tmp_path / "node.pem", tmp_path / "node.key", tmp_path / "ca.pem")
     dicom = NodeConfig.from_toml(path).dicom
     assert dicom is not None
     assert dicom.tls is not None

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from dicomrelay.errors import ConfigurationError
 from dicomrelay.ledger import POSTGRES_SCHEMES
 from dicomrelay.pki import Identity, check_org_code
+
+if TYPE_CHECKING:
+    from dicomrelay.config_file import Table
 
 DigestName = Literal["sha256", "blake3"]
 
@@ -155,77 +157,127 @@ class NodeConfig:
 
     @classmethod
     def from_toml(cls, path: Path) -> NodeConfig:
-        """Read a node's TOML file; relative paths are relative to the file."""
+        """Read a node's TOML file; relative paths are relative to the file.
+        Every mistake is a ConfigurationError naming the file (line and column
+        for syntax), the table and the key."""
+        from dicomrelay import config_file
+
+        raw = config_file.load(path)
         try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigurationError(f"cannot read {path}: {e}") from e
-        base = path.parent
+            return _node_from_toml(cls, raw)
+        except ConfigurationError as e:
+            if str(e).startswith(f"{path}:"):
+                raise
+            raise ConfigurationError(f"{path}: {e}") from None
 
-        def rel(p: str) -> Path:
-            return (base / p).resolve()
 
-        try:
-            node: dict[str, Any] = raw["node"]
-            tls = raw.get("tls")
-            identity = (
-                Identity(
-                    code=node["org"], cert=rel(tls["cert"]), key=rel(tls["key"]), ca=rel(tls["ca"])
-                )
-                if tls
-                else None
+def _node_from_toml(cls: type[NodeConfig], raw: Table) -> NodeConfig:
+    node = raw.table("node", required=True)
+    assert node is not None
+    org = node.text("org")
+    tls = raw.table("tls")
+    identity = None
+    if tls is not None:
+        identity = Identity(
+            code=org,
+            cert=tls.path("cert", exists=True),
+            key=tls.path("key", exists=True),
+            ca=tls.path("ca", exists=True),
+        )
+        tls.finish()
+    peers = []
+    for p in raw.tables("peers"):
+        peers.append(
+            Peer(
+                code=p.text("org"),
+                host=p.text("host"),
+                port=p.port("port"),
+                ca=p.path("ca", None, exists=True),
             )
-            peers = tuple(
-                Peer(
-                    code=p["org"],
-                    host=p["host"],
-                    port=int(p["port"]),
-                    ca=rel(p["ca"]) if "ca" in p else None,
-                )
-                for p in raw.get("peers", [])
-            )
-            limits = Limits(**raw.get("limits", {}))
-            dicom = _dicom_from_toml(raw["dicom"], rel) if "dicom" in raw else None
-            return cls(
-                org=node["org"],
-                data_dir=rel(node.get("data_dir", "data")),
-                identity=identity,
-                listen_host=node.get("listen_host", "127.0.0.1"),
-                listen_port=node.get("listen_port"),
-                peers=peers,
-                digest=cast(DigestName, node.get("digest", "sha256")),
-                insecure_plaintext=bool(node.get("insecure_plaintext", False)),
-                limits=limits,
-                dicom=dicom,
-                ledger=node.get("ledger"),
-                ledger_schema=node.get("ledger_schema", "dicomrelay"),
-                worker=node.get("worker"),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigurationError(f"{path}: {e!r}") from e
+        )
+        p.finish()
+    limits = _limits_from_toml(raw.table("limits"))
+    dicom_table = raw.table("dicom")
+    config = cls(
+        org=org,
+        data_dir=node.path("data_dir", "data"),
+        identity=identity,
+        listen_host=node.text("listen_host", "127.0.0.1"),
+        listen_port=node.port("listen_port", None),
+        peers=tuple(peers),
+        digest=cast(DigestName, node.text("digest", "sha256")),
+        insecure_plaintext=node.flag("insecure_plaintext", False),
+        limits=limits,
+        dicom=_dicom_from_toml(dicom_table) if dicom_table is not None else None,
+        ledger=node.text("ledger", None),
+        ledger_schema=node.text("ledger_schema", "dicomrelay"),
+        worker=node.text("worker", None),
+    )
+    node.finish()
+    raw.finish()
+    return config
 
 
-def _dicom_from_toml(d: dict[str, Any], rel: Callable[[str], Path]) -> DicomConfig:
+def _limits_from_toml(t: Table | None) -> Limits:
+    if t is None:
+        return Limits()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Limits):
+        if f.name not in t:
+            continue
+        default = getattr(Limits(), f.name)
+        if isinstance(default, int):
+            values[f.name] = t.integer(f.name, low=1)
+        else:
+            values[f.name] = t.number(f.name, default)
+            if values[f.name] < 0:
+                raise t.error(f"{f.name} must not be negative, not {values[f.name]}")
+    t.finish()
+    return Limits(**values)
+
+
+def _dicom_from_toml(d: Table) -> DicomConfig:
     """``[dicom]``: ae_title, listen_host, listen_port, allowed_calling = [...],
     ``[[dicom.routes]]`` (to, calling_ae_title, called_ae_title, modality),
     ``[dicom.deliver_to]`` (ae_title, host, port) and ``[dicom.tls]``
     (certificate, private_key, trusted_cas = [...], require_client_certificate)."""
-    deliver = d.get("deliver_to")
-    tls = d.get("tls")
-    return DicomConfig(
-        ae_title=d.get("ae_title", "DICOMRELAY"),
-        listen_host=d.get("listen_host", "127.0.0.1"),
-        listen_port=d.get("listen_port"),
-        allowed_calling=tuple(d.get("allowed_calling", ())),
-        routes=tuple(Route(**r) for r in d.get("routes", ())),
-        deliver_to=Pacs(**deliver) if deliver else None,
-        delivery_attempts=int(d.get("delivery_attempts", 5)),
-        tls=DicomTls(
-            certificate=rel(tls["certificate"]),
-            private_key=rel(tls["private_key"]),
-            trusted_cas=tuple(rel(ca) for ca in tls["trusted_cas"]),
-            require_client_certificate=bool(tls.get("require_client_certificate", True)),
+    routes = []
+    for r in d.tables("routes"):
+        routes.append(
+            Route(
+                to=r.text("to"),
+                calling_ae_title=r.text("calling_ae_title", None),
+                called_ae_title=r.text("called_ae_title", None),
+                modality=r.text("modality", None),
+            )
         )
-        if tls
-        else None,
+        r.finish()
+    deliver = d.table("deliver_to")
+    pacs = None
+    if deliver is not None:
+        pacs = Pacs(
+            ae_title=deliver.text("ae_title"), host=deliver.text("host"), port=deliver.port("port")
+        )
+        deliver.finish()
+    tls = d.table("tls")
+    dicom_tls = None
+    if tls is not None:
+        dicom_tls = DicomTls(
+            certificate=tls.path("certificate", exists=True),
+            private_key=tls.path("private_key", exists=True),
+            trusted_cas=tls.paths("trusted_cas", exists=True),
+            require_client_certificate=tls.flag("require_client_certificate", True),
+        )
+        tls.finish()
+    config = DicomConfig(
+        ae_title=d.text("ae_title", "DICOMRELAY"),
+        listen_host=d.text("listen_host", "127.0.0.1"),
+        listen_port=d.port("listen_port", None),
+        allowed_calling=d.texts("allowed_calling"),
+        routes=tuple(routes),
+        deliver_to=pacs,
+        delivery_attempts=d.integer("delivery_attempts", 5, low=1, high=1000),
+        tls=dicom_tls,
     )
+    d.finish()
+    return config

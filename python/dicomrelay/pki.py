@@ -9,6 +9,7 @@ connecting organisation's code from the client certificate it verified.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,24 +138,50 @@ def ca_certificate(
     )
 
 
-def make_ca(directory: Path, name: str = "dicomrelay test CA", days: int = 30) -> Path:
-    """Write ``ca.pem`` and ``ca.key`` to ``directory``; returns the CA certificate path."""
+CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
+
+
+def make_ca(
+    directory: Path, name: str = "dicomrelay test CA", days: int = 30, *, replace: bool = True
+) -> Path:
+    """Write ``ca.pem`` and ``ca-key.pem`` to ``directory``; returns the CA
+    certificate's path. With ``replace=False`` existing files are an error."""
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = ca_certificate(key, _name(name), days)
-    (directory / "ca.key").write_bytes(pem_private_key(key))
-    path = directory / "ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path = directory / CA_CERT
+    _write_pair(path, cert, directory / CA_KEY, key, replace=replace)
     return path
 
 
-def issue_org(ca_dir: Path, code: str, directory: Path, days: int = 30) -> Identity:
-    """Issue an organisation certificate from the CA in ``ca_dir``."""
+def _write_pair(
+    cert_path: Path,
+    cert: x509.Certificate,
+    key_path: Path,
+    key: PrivateKeyTypes,
+    *,
+    replace: bool,
+) -> None:
+    """A certificate and its key (readable by the owner only), never
+    overwriting one unless asked: a CA key written over cannot be had back."""
+    if not replace:
+        for p in (cert_path, key_path):
+            if p.exists():
+                raise ConfigurationError(f"{p} already exists; not overwriting it")
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(pem_private_key(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def issue_org(
+    ca_dir: Path, code: str, directory: Path, days: int = 30, *, replace: bool = True
+) -> Identity:
+    """Issue an organisation certificate (``<code>.pem``, ``<code>-key.pem``)
+    from the CA in ``ca_dir`` (``ca.pem``, ``ca-key.pem``)."""
     code = check_org_code(code)
-    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ConfigurationError("the CA key must be an EC key")
+    ca_cert, ca_key = _load_ca(ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -178,8 +205,25 @@ def issue_org(ca_dir: Path, code: str, directory: Path, days: int = 30) -> Ident
     )
     directory.mkdir(parents=True, exist_ok=True)
     cert_path = directory / f"{code.lower()}.pem"
-    key_path = directory / f"{code.lower()}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(pem_private_key(key))
-    key_path.chmod(0o600)
-    return Identity(code=code, cert=cert_path, key=key_path, ca=ca_dir / "ca.pem")
+    key_path = directory / f"{code.lower()}-key.pem"
+    _write_pair(cert_path, cert, key_path, key, replace=replace)
+    return Identity(code=code, cert=cert_path, key=key_path, ca=ca_dir / CA_CERT)
+
+
+def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert_path, key_path = ca_dir / CA_CERT, ca_dir / CA_KEY
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except OSError as e:
+        raise ConfigurationError(
+            f"no CA in {ca_dir}: cannot read {e.filename} ({(e.strerror or '').lower()});"
+            " make one with `dicomrelay pki ca --out DIR`"
+        ) from e
+    except (ValueError, TypeError) as e:
+        raise ConfigurationError(
+            f"{ca_dir}: not an unencrypted PEM CA certificate and key: {e}"
+        ) from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigurationError(f"{key_path}: the CA key must be an EC key")
+    return cert, key

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from dicomrelay.loadtest import DEFAULT_COUNTS
+from dicomrelay.loadtest import DISK_BUDGET, PROFILE_NAMES
 
 ROWS = (
     ("images", "images"),
@@ -28,19 +28,56 @@ ROWS = (
 )
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "loadtest",
         help="send synthetic (or real) studies between two local organisations and measure",
     )
-    p.add_argument("--profile", choices=sorted(DEFAULT_COUNTS), default="ct")
-    p.add_argument("--count", type=int, default=None, help="images (default: ~20 s worth)")
-    p.add_argument("--study-size", type=int, default=500, help="images per study (transfer)")
-    p.add_argument("--from", dest="source", type=Path, default=None, metavar="DIR")
+    p.add_argument(
+        "--profile",
+        choices=PROFILE_NAMES,
+        default="ct",
+        help="synthetic images: ct 512x512 (513 KB), mr 256x256 (132 KB), cr 2048x2048"
+        " (8.4 MB), mixed (studies of ct, ct, mr, cr); default ct",
+    )
+    p.add_argument(
+        "--count",
+        type=positive_int,
+        default=None,
+        help=f"images to send (default: as many as fit in {DISK_BUDGET / 1e9:g} GB of"
+        " temporary files, counting the source and the received copy: about 1,900 for ct)",
+    )
+    p.add_argument(
+        "--study-size", type=positive_int, default=500, help="images per study (transfer)"
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="send the DICOM files under DIR (grouped by study) instead of synthetic ones",
+    )
     p.add_argument("--digest", choices=("sha256", "blake3"), default="sha256")
     p.add_argument("--insecure-plaintext", action="store_true", help="no TLS (measurement only)")
     p.add_argument("--in-process", action="store_true", help="both nodes in this process")
-    p.add_argument("--workdir", type=Path, default=None, help="where to put the temporary data")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to put the temporary data (default: the system's temporary folder)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary data")
     p.add_argument("--json", action="store_true", help="end with one JSON object")
     p.set_defaults(run=run)
@@ -55,8 +92,16 @@ def _progress_line(p: dict[str, Any]) -> None:
     sys.stderr.flush()
 
 
+def _notice(text: str) -> None:
+    sys.stderr.write(f"  {text}\n")
+
+
 def run(args: argparse.Namespace) -> int:
+    from dicomrelay.errors import UsageError
     from dicomrelay.loadtest.run import LoadtestOptions, run_loadtest
+
+    if args.source is not None and not args.source.is_dir():
+        raise UsageError(f"--from {args.source}: no such folder")
 
     options = LoadtestOptions(
         profile=args.profile,
@@ -74,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
         f"{'plaintext' if options.plaintext else 'mutual TLS'}, "
         f"{'one process' if options.in_process else 'two processes'}\n"
     )
-    summary = run_loadtest(options, progress=_progress_line)
+    try:
+        summary = run_loadtest(options, progress=_progress_line, notice=_notice)
+    except BaseException:
+        sys.stderr.write("\n")  # end the progress line before the error's
+        raise
     sys.stderr.write("\n")
     width = max(len(label) for label, _ in ROWS)
     for label, key in ROWS:

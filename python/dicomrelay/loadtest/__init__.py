@@ -1,8 +1,12 @@
 """``dicomrelay loadtest``: two organisations on loopback, a synthetic or real
 study set sent from one to the other, and the throughput, latency and cost of it.
 
-``run`` orchestrates; ``worker`` is one side, run as its own process.
+``plan`` sizes the run, ``run`` orchestrates; ``worker`` is one side, run as
+its own process.
 """
 
-# About twenty seconds of each profile at the rates this engine sustains on two cores.
-DEFAULT_COUNTS = {"ct": 10_000, "mr": 20_000, "cr": 800, "mixed": 6_000}
+PROFILE_NAMES = ("ct", "mr", "cr", "mixed")
+
+# Temporary files a default run may write: each image is there twice (the
+# source study and the receiver's stored copy).
+DISK_BUDGET = 2_000_000_000

@@ -22,9 +22,8 @@ import orjson
 from dicomrelay import pki, synth
 from dicomrelay._native import InstanceInfo, scan_many
 from dicomrelay.config import DigestName
-from dicomrelay.loadtest import DEFAULT_COUNTS, worker
-
-MIXED_CYCLE = ("ct", "ct", "mr", "cr")
+from dicomrelay.loadtest import worker
+from dicomrelay.loadtest.plan import check_room, footprint, plan_studies
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -32,7 +31,7 @@ Progress = Callable[[dict[str, Any]], None]
 @dataclass(frozen=True, kw_only=True)
 class LoadtestOptions:
     profile: str = "ct"
-    count: int | None = None  # None: about twenty seconds' worth for the profile
+    count: int | None = None  # None: as many as fit in DISK_BUDGET of temporary files
     study_size: int = 500
     source: Path | None = None  # real files instead of synthetic ones
     digest: DigestName = "sha256"
@@ -50,18 +49,12 @@ def prepare(options: LoadtestOptions, work: Path) -> int:
     source = work / "source"
     if options.source is not None:
         return _link_real_studies(options.source, source)
-    count = options.count or DEFAULT_COUNTS[options.profile]
-    n = 0
-    study = 0
-    while n < count:
-        name = (
-            MIXED_CYCLE[study % len(MIXED_CYCLE)] if options.profile == "mixed" else options.profile
+    plan = plan_studies(options.profile, options.count, options.study_size)
+    for n, study in enumerate(plan):
+        synth.write_study(
+            source / f"study-{n:05d}", synth.PROFILES[study.profile], study.images, seed=n
         )
-        size = min(options.study_size, count - n)
-        synth.write_study(source / f"study-{study:05d}", synth.PROFILES[name], size, seed=study)
-        n += size
-        study += 1
-    return count
+    return sum(s.images for s in plan)
 
 
 def _link_real_studies(directory: Path, source: Path) -> int:
@@ -85,6 +78,9 @@ def _spawn(role: str, work: Path, port: int, options: LoadtestOptions) -> subpro
         [sys.executable, "-m", "dicomrelay.loadtest.worker", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        # Out of the terminal's process group: Ctrl-C reaches this process
+        # alone, which then stops the workers itself (no traceback from them).
+        start_new_session=True,
     )
 
 
@@ -98,6 +94,7 @@ def _run_processes(
     options: LoadtestOptions, work: Path, progress: Progress | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     receiver = _spawn("receiver", work, 0, options)
+    sender: subprocess.Popen[bytes] | None = None
     try:
         messages = _messages(receiver)
         port = next(messages)["ready"]
@@ -120,8 +117,10 @@ def _run_processes(
             raise RuntimeError(f"the sending process failed (exit {sender.returncode})")
         return result, receiver_result
     finally:
-        if receiver.poll() is None:
-            receiver.kill()
+        for proc in (sender, receiver):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _run_in_process(
@@ -154,11 +153,24 @@ def _run_in_process(
     return dict(result), {}
 
 
-def run_loadtest(options: LoadtestOptions, progress: Progress | None = None) -> dict[str, Any]:
-    """Run a load test; returns its summary (see ``summarise``)."""
+def run_loadtest(
+    options: LoadtestOptions,
+    progress: Progress | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run a load test; returns its summary (see ``summarise``). ``notice``
+    hears where the temporary files go and how much they take."""
     parent = options.workdir or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
+    needed = 0
+    if options.source is None:
+        needed = footprint(plan_studies(options.profile, options.count, options.study_size))
+        check_room(parent, needed)
     work = Path(tempfile.mkdtemp(prefix="dicomrelay-loadtest-", dir=parent))
+    if notice is not None:
+        size = f"up to {needed / 1e9:.2f} GB" if needed else "the received copies"
+        keep = "kept (--keep)" if options.keep else "removed at exit"
+        notice(f"temporary files: {size} in {work}, {keep}")
     try:
         t0 = time.perf_counter()
         expected = prepare(options, work)

@@ -53,7 +53,7 @@ def node_config(
     identity = Identity(
         code=org,
         cert=certs / f"{org.lower()}.pem",
-        key=certs / f"{org.lower()}.key",
+        key=certs / f"{org.lower()}-key.pem",
         ca=certs / "ca" / "ca.pem",
     )
     return NodeConfig(
