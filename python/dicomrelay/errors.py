@@ -32,6 +32,11 @@ class ConfigurationError(DicomrelayError, ValueError):
     """A node's configuration cannot work: a bad certificate, key, peer or path."""
 
 
+class UsageError(DicomrelayError, ValueError):
+    """A command line asks for something that cannot be: an unknown
+    organisation, a path that does not exist. The CLI exits with status 2."""
+
+
 class ProtocolError(DicomrelayError):
     """A peer sent bytes that are not frames of the dicomrelay wire protocol."""
 
@@ -46,6 +51,11 @@ class LedgerUnavailable(DicomrelayError, ConnectionError):
 
 class TlsError(DicomrelayError, ConnectionError):
     """The TLS layer failed: an untrusted or misnamed certificate, or a broken record."""
+
+
+class PeerUnreachable(DicomrelayError, ConnectionError):
+    """No connection to a peer's host and port: refused, timed out, or an
+    unknown host. The message names the host, the port and why."""
 
 
 def first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
