@@ -75,10 +75,11 @@ def test_serve_send_and_status(tmp_path: Path) -> None:
         data_dir=tmp_path / "sender",
         peer=("RX2", port),
     )
-    # A node that has done nothing yet.
-    empty = last_json_line(dicomrelay("status", "--json", "--config", os.fspath(sender_toml)))
-    assert empty["transfers"] == []
-    assert set(empty["counts"].values()) == {0}
+    # A node that has never run has no ledger to report on, and reading makes none.
+    never_ran = dicomrelay("status", "--json", "--config", os.fspath(sender_toml))
+    assert never_ran.returncode == 1
+    assert "no ledger in" in never_ran.stderr
+    assert not (tmp_path / "sender").exists()
 
     source = make_study(tmp_path / "study", 5, seed=1)
     receiver = Child.dicomrelay("serve", "--config", os.fspath(rx_toml))

@@ -103,6 +103,14 @@ def run_status(args: argparse.Namespace) -> int:
     from dicomrelay.ledger import open_ledger
 
     config = NodeConfig.from_toml(args.config)
+    if config.ledger is None and not (config.data_dir / "ledger.sqlite").is_file():
+        # Reading must not create: a mistyped data_dir is not an empty node.
+        from dicomrelay.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"no ledger in {config.data_dir} (data_dir of {args.config}):"
+            " the node has not run there; check data_dir"
+        )
 
     async def status() -> tuple[dict[str, int], list[dict[str, object]]]:
         ledger = await open_ledger(
