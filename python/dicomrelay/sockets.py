@@ -18,6 +18,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from dicomrelay.errors import ConfigurationError
+
 log = logging.getLogger("dicomrelay.sockets")
 
 BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
@@ -64,6 +66,13 @@ async def connect(host: str, port: int) -> socket.socket:
     raise OSError(f"cannot connect to {host}:{port}: {'; '.join(map(str, errors))}")
 
 
+def cannot_listen(host: str, port: int, error: OSError) -> ConfigurationError:
+    """A listening address that cannot be had, as one line naming it."""
+    reason = (error.strerror or str(error)).lower()
+    hint = " (another process is listening there?)" if error.errno == errno.EADDRINUSE else ""
+    return ConfigurationError(f"cannot listen on {host}:{port}: {reason}{hint}")
+
+
 class Listener:
     """Listening sockets on every address of a host, all on one port."""
 
@@ -72,9 +81,12 @@ class Listener:
 
     @classmethod
     async def bind(cls, host: str, port: int) -> Listener:
-        found = await anyio.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
-        )
+        try:
+            found = await anyio.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+            )
+        except OSError as e:
+            raise cannot_listen(host, port, e) from e
         socks: list[socket.socket] = []
         try:
             for family, kind, proto, _name, address in sorted(set(found)):
@@ -89,9 +101,11 @@ class Listener:
                     address = (address[0], socks[0].getsockname()[1], *address[2:])
                 sock.bind(address)
                 sock.listen(BACKLOG)
-        except BaseException:
+        except BaseException as e:
             for sock in socks:
                 sock.close()
+            if isinstance(e, OSError):
+                raise cannot_listen(host, port, e) from e
             raise
         return cls(socks)
 

@@ -38,7 +38,7 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = operator_errors.Parser(
         prog="dicomrelay",
         description="Move DICOM studies between organisations, verified end to end.",
     )

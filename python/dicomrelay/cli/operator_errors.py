@@ -4,14 +4,24 @@ that says what and where, and an exit status; the traceback only on request
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import errno
 import os
+from typing import NoReturn
 
 from dicomrelay.errors import DicomrelayError, UsageError
 
 USAGE = 2  # the command line asks for something that cannot be
 FAILURE = 1  # the command ran and failed
 INTERRUPTED = 130  # Ctrl-C or SIGTERM: 128 + SIGINT, as shells report it
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake as one line (not the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def debug_requested(argv: list[str]) -> bool:
@@ -28,9 +38,8 @@ def innermost(error: BaseException) -> BaseException:
 
 
 def _is_cancellation(error: BaseException) -> bool:
-    import anyio
-
-    return isinstance(error, anyio.get_cancelled_exc_class())
+    # anyio's cancellation on asyncio (and uvloop); checked after the loop has gone.
+    return isinstance(error, asyncio.CancelledError)
 
 
 def describe(error: BaseException) -> tuple[str, int]:
