@@ -1,23 +1,17 @@
-//! Walking a dataset: every element header checked, undefined lengths followed
-//! through items and delimiters, nesting capped. Defined-length values are
-//! skipped, never copied.
+//! Walking a dataset: every element header checked, sequences of defined and
+//! undefined length followed through their items, nesting capped. Other
+//! defined-length values are skipped, never copied.
 
 use crate::element::{
     read_header, value_end, Encoding, Header, ITEM, ITEM_DELIMITER, SEQUENCE_DELIMITER,
 };
 use crate::error::{ErrorKind, Result, ScanError};
+use crate::sequences::is_sequence_tag;
 
 /// Deepest nesting of sequences the walker follows.
 pub const MAX_DEPTH: usize = 64;
 
 pub const PIXEL_DATA: u32 = 0x7FE0_0010;
-
-/// Where a dataset ends: at a byte limit, or at an item delimiter.
-#[derive(Debug, Clone, Copy)]
-enum Until {
-    Limit(usize),
-    ItemDelimiter,
-}
 
 /// What a walk hands to its caller for each top-level element.
 #[derive(Debug, Clone, Copy)]
@@ -38,24 +32,25 @@ pub fn walk_top_level(
     enc: Encoding,
     visit: &mut impl FnMut(&Element) -> Result<()>,
 ) -> Result<usize> {
-    walk(buf, pos, Until::Limit(buf.len()), enc, 0, visit)
+    walk(buf, pos, buf.len(), false, enc, 0, visit)
 }
 
+/// Walk elements up to `limit` (the end of the input, of a defined-length item
+/// or of the sequence around an undefined-length one). With `delimited`, the
+/// dataset must end at an item delimiter before `limit`; returns the offset
+/// after it. Otherwise it must end exactly at `limit`.
 fn walk(
     buf: &[u8],
     mut pos: usize,
-    until: Until,
+    limit: usize,
+    delimited: bool,
     enc: Encoding,
     depth: usize,
     visit: &mut impl FnMut(&Element) -> Result<()>,
 ) -> Result<usize> {
-    let limit = match until {
-        Until::Limit(limit) => limit,
-        Until::ItemDelimiter => buf.len(),
-    };
     loop {
         if pos >= limit {
-            if let Until::ItemDelimiter = until {
+            if delimited {
                 return Err(ScanError::new(
                     ErrorKind::Truncated,
                     pos,
@@ -67,20 +62,24 @@ fn walk(
         }
         let header = read_header(buf, pos, limit, enc)?;
         match header.tag {
-            ITEM_DELIMITER => {
-                if let Until::ItemDelimiter = until {
-                    return Ok(header.value_offset);
-                }
-                return Err(bad_item(&header, "item delimiter outside an item"));
-            }
-            ITEM | SEQUENCE_DELIMITER => {
+            ITEM_DELIMITER if delimited => return Ok(header.value_offset),
+            ITEM_DELIMITER => return Err(bad_item(&header, "item delimiter outside an item")),
+            t if t >> 16 == 0xFFFE => {
                 return Err(bad_item(&header, "item tag where an element belongs"));
             }
             _ => {}
         }
+        if enc.explicit_vr && header.vr.is_none() {
+            return Err(ScanError::new(
+                ErrorKind::EncodingMismatch,
+                header.offset,
+                Some(header.tag),
+                "no VR after the tag: implicit VR data under an explicit VR transfer syntax",
+            ));
+        }
         let element = if header.is_undefined() {
             if header.tag == PIXEL_DATA {
-                read_fragments(buf, &header, enc)?
+                read_fragments(buf, &header, limit, enc)?
             } else {
                 // UN of undefined length holds implicit VR little endian (PS3.5 6.2.2).
                 let inner = if header.vr == Some(*b"UN") {
@@ -88,12 +87,21 @@ fn walk(
                 } else {
                     enc
                 };
-                read_sequence(buf, &header, inner, depth + 1)?
+                read_sequence(buf, &header, limit, inner, depth + 1)?
             }
         } else {
+            // Private values of odd length occur in the wild and read the same
+            // everywhere (DCMTK warns); a standard one is refused.
+            if header.tag & 0x0001_0000 == 0 {
+                even(&header)?;
+            }
+            let end = value_end(&header, limit)?;
+            if is_sequence(buf, &header, enc) {
+                read_items(buf, &header, end, enc, depth + 1)?;
+            }
             Element {
                 header,
-                value_end: value_end(&header, limit)?,
+                value_end: end,
                 fragments: 0,
             }
         };
@@ -108,9 +116,39 @@ fn walk(
     }
 }
 
+/// Is this defined-length value a sequence whose items must be checked? In
+/// explicit VR its VR says so; in implicit VR the data dictionary does, and a
+/// private value that opens with an item tag is read as one (as pydicom and
+/// DCMTK read it).
+fn is_sequence(buf: &[u8], h: &Header, enc: Encoding) -> bool {
+    match h.vr {
+        Some(vr) => vr == *b"SQ",
+        None => {
+            is_sequence_tag(h.tag)
+                || (h.tag & 0x0001_0000 != 0
+                    && h.length >= 8
+                    && enc.tag_at(buf, h.value_offset) == ITEM)
+        }
+    }
+}
+
 #[cold]
 fn bad_item(h: &Header, what: &str) -> ScanError {
     ScanError::new(ErrorKind::BadItem, h.offset, Some(h.tag), what)
+}
+
+#[cold]
+fn not_an_item(seq: &Header, found: &Header) -> ScanError {
+    ScanError::new(
+        ErrorKind::BadItem,
+        found.offset,
+        Some(seq.tag),
+        format!(
+            "({:04X},{:04X}) where an item of the sequence belongs",
+            found.tag >> 16,
+            found.tag & 0xFFFF
+        ),
+    )
 }
 
 #[cold]
@@ -123,15 +161,86 @@ fn too_deep(h: &Header) -> ScanError {
     )
 }
 
-/// Follow an undefined-length sequence to its delimiter. Items of defined length
-/// are skipped whole; items of undefined length are walked to their delimiter.
-fn read_sequence(buf: &[u8], seq: &Header, enc: Encoding, depth: usize) -> Result<Element> {
+/// A defined length must be even (PS3.5 7.1.1).
+#[inline]
+fn even(h: &Header) -> Result<()> {
+    if h.length % 2 == 0 {
+        return Ok(());
+    }
+    Err(ScanError::new(
+        ErrorKind::OddLength,
+        h.offset,
+        Some(h.tag),
+        format!("length {} is odd", h.length),
+    ))
+}
+
+/// Check a defined-length sequence: items only, each one a dataset that ends
+/// exactly where the item does, the last one ending where the sequence does.
+fn read_items(buf: &[u8], seq: &Header, end: usize, enc: Encoding, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep(seq));
+    }
+    let mut pos = seq.value_offset;
+    while pos < end {
+        if end - pos < 8 {
+            return Err(ScanError::new(
+                ErrorKind::LengthOverflow,
+                pos,
+                Some(seq.tag),
+                format!("{} stray bytes at the end of a sequence", end - pos),
+            ));
+        }
+        let item = item_header(buf, pos, enc);
+        if item.tag != ITEM {
+            return Err(not_an_item(seq, &item));
+        }
+        pos = read_item(buf, seq, &item, end, enc, depth)?;
+    }
+    Ok(())
+}
+
+/// Walk one item's dataset (bounded by `limit`, the end of its sequence);
+/// returns the offset after the item. Errors in the item itself name the sequence.
+fn read_item(
+    buf: &[u8],
+    seq: &Header,
+    item: &Header,
+    limit: usize,
+    enc: Encoding,
+    depth: usize,
+) -> Result<usize> {
+    if item.is_undefined() {
+        return walk(buf, item.value_offset, limit, true, enc, depth, &mut |_| {
+            Ok(())
+        });
+    }
+    let named = |e: ScanError| ScanError {
+        tag: Some(seq.tag),
+        detail: format!("item at byte {}: {}", item.offset, e.detail),
+        ..e
+    };
+    even(item).map_err(named)?;
+    let end = value_end(item, limit).map_err(named)?;
+    walk(buf, item.value_offset, end, false, enc, depth, &mut |_| {
+        Ok(())
+    })
+}
+
+/// Follow an undefined-length sequence to its delimiter, walking every item.
+fn read_sequence(
+    buf: &[u8],
+    seq: &Header,
+    limit: usize,
+    enc: Encoding,
+    depth: usize,
+) -> Result<Element> {
     if depth > MAX_DEPTH {
         return Err(too_deep(seq));
     }
     let mut pos = seq.value_offset;
     loop {
-        let item = read_item_header(buf, pos, enc, seq)?;
+        let item = read_item_header(buf, pos, limit, enc, seq)?;
         match item.tag {
             SEQUENCE_DELIMITER => {
                 return Ok(Element {
@@ -140,25 +249,33 @@ fn read_sequence(buf: &[u8], seq: &Header, enc: Encoding, depth: usize) -> Resul
                     fragments: 0,
                 })
             }
-            ITEM if item.is_undefined() => {
-                pos = walk(
-                    buf,
-                    item.value_offset,
-                    Until::ItemDelimiter,
-                    enc,
-                    depth,
-                    &mut |_| Ok(()),
-                )?;
-            }
-            ITEM => pos = value_end(&item, buf.len())?,
-            _ => return Err(bad_item(&item, "expected an item or a sequence delimiter")),
+            ITEM => pos = read_item(buf, seq, &item, limit, enc, depth)?,
+            _ => return Err(not_an_item(seq, &item)),
         }
     }
 }
 
 /// Item and delimiter headers: tag and 32-bit length, no VR, in every encoding.
-fn read_item_header(buf: &[u8], pos: usize, enc: Encoding, parent: &Header) -> Result<Header> {
-    if pos.checked_add(8).is_none_or(|end| end > buf.len()) {
+/// The caller has checked that eight bytes are left.
+fn item_header(buf: &[u8], pos: usize, enc: Encoding) -> Header {
+    Header {
+        tag: enc.tag_at(buf, pos),
+        vr: None,
+        length: enc.u32_at(buf, pos + 4),
+        offset: pos,
+        value_offset: pos + 8,
+    }
+}
+
+/// An item or delimiter header inside a value of undefined length.
+fn read_item_header(
+    buf: &[u8],
+    pos: usize,
+    limit: usize,
+    enc: Encoding,
+    parent: &Header,
+) -> Result<Header> {
+    if pos.checked_add(8).is_none_or(|end| end > limit) {
         return Err(ScanError::new(
             ErrorKind::Truncated,
             pos,
@@ -166,22 +283,16 @@ fn read_item_header(buf: &[u8], pos: usize, enc: Encoding, parent: &Header) -> R
             "undefined length without a sequence delimiter",
         ));
     }
-    Ok(Header {
-        tag: enc.tag_at(buf, pos),
-        vr: None,
-        length: enc.u32_at(buf, pos + 4),
-        offset: pos,
-        value_offset: pos + 8,
-    })
+    Ok(item_header(buf, pos, enc))
 }
 
 /// Follow encapsulated pixel data (PS3.5 A.4): a basic offset table item, then
-/// fragment items of defined length, then a sequence delimiter.
-fn read_fragments(buf: &[u8], pixel: &Header, enc: Encoding) -> Result<Element> {
+/// fragment items of defined, even length, then a sequence delimiter.
+fn read_fragments(buf: &[u8], pixel: &Header, limit: usize, enc: Encoding) -> Result<Element> {
     let mut pos = pixel.value_offset;
     let mut fragments: u32 = 0;
     loop {
-        let item = read_item_header(buf, pos, enc, pixel)?;
+        let item = read_item_header(buf, pos, limit, enc, pixel)?;
         match item.tag {
             SEQUENCE_DELIMITER => {
                 if fragments == 0 {
@@ -205,7 +316,11 @@ fn read_fragments(buf: &[u8], pixel: &Header, enc: Encoding) -> Result<Element> 
                 ))
             }
             ITEM => {
-                pos = value_end(&item, buf.len())?;
+                even(&item).map_err(|e| ScanError {
+                    tag: Some(pixel.tag),
+                    ..e
+                })?;
+                pos = value_end(&item, limit)?;
                 fragments += 1;
             }
             _ => {

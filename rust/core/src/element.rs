@@ -136,9 +136,9 @@ fn truncated(pos: usize, tag: Option<u32>, what: &str) -> ScanError {
 /// Read the header at `pos`; the header must end at or before `limit`.
 ///
 /// Item and delimiter tags (group FFFE) have no VR in any encoding. In explicit VR,
-/// two bytes that are not upper-case letters are read as an implicit-VR header,
-/// and an unrecognised pair of letters takes the 16-bit length form (as pydicom
-/// and DCMTK read them).
+/// two bytes that are not upper-case letters are read as an implicit-VR header
+/// with `vr: None` (which the dataset walk refuses), and an unrecognised pair of
+/// letters takes the 16-bit length form (as pydicom and DCMTK read them).
 #[inline]
 pub fn read_header(buf: &[u8], pos: usize, limit: usize, enc: Encoding) -> Result<Header> {
     let end8 = pos.checked_add(8).filter(|&e| e <= limit);

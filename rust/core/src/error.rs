@@ -21,6 +21,11 @@ pub enum ErrorKind {
     UndefinedLength,
     /// The input is empty or holds no dataset at all.
     Empty,
+    /// A value or item of odd length (PS3.5 7.1.1: every length is even).
+    OddLength,
+    /// The dataset is not encoded as its transfer syntax says (implicit VR
+    /// data under an explicit VR syntax, or the reverse).
+    EncodingMismatch,
 }
 
 impl ErrorKind {
@@ -34,6 +39,8 @@ impl ErrorKind {
             ErrorKind::BadDeflate => "cannot inflate deflated dataset",
             ErrorKind::UndefinedLength => "undefined length not allowed here",
             ErrorKind::Empty => "no dataset",
+            ErrorKind::OddLength => "odd value length",
+            ErrorKind::EncodingMismatch => "dataset encoding does not match its transfer syntax",
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::dataset::{walk_top_level, Element, PIXEL_DATA};
 use crate::digest::{digest, DigestAlgorithm};
 use crate::element::{read_header, value_end, Encoding};
 use crate::error::{ErrorKind, Result, ScanError};
-use crate::syntax::{correct_vr_axis, DatasetSyntax};
+use crate::syntax::{check_vr_axis, DatasetSyntax};
 
 /// The largest inflated dataset a deflated file may expand to by default.
 pub const DEFAULT_MAX_INFLATED: usize = 256 << 20;
@@ -91,14 +91,14 @@ pub fn scan(data: &[u8], options: &ScanOptions) -> Result<InstanceInfo> {
 
     let mut info = if syntax.deflated {
         let inflated = inflate(data, dataset_start, options.max_inflated)?;
-        let enc = correct_vr_axis(&inflated, 0, syntax.encoding);
-        let mut info = scan_dataset(&inflated, 0, enc)?;
+        check_vr_axis(&inflated, 0, syntax.encoding)?;
+        let mut info = scan_dataset(&inflated, 0, syntax.encoding)?;
         info.pixel_data_offset = None;
         info.deflated = true;
         info
     } else {
-        let enc = correct_vr_axis(data, dataset_start, syntax.encoding);
-        scan_dataset(data, dataset_start, enc)?
+        check_vr_axis(data, dataset_start, syntax.encoding)?;
+        scan_dataset(data, dataset_start, syntax.encoding)?
     };
     info.has_meta = meta.present;
     info.size = data.len() as u64;

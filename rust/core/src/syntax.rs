@@ -2,6 +2,7 @@
 //! the file meta group does not say.
 
 use crate::element::{is_known_vr, Encoding};
+use crate::error::{ErrorKind, Result, ScanError};
 
 pub const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
 pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
@@ -59,16 +60,23 @@ impl DatasetSyntax {
     }
 }
 
-/// Correct the VR axis from the first element, as readers must for files whose
-/// meta group names the wrong syntax: a pair of upper-case letters after the tag
-/// means explicit VR. (A first implicit value of 16 KB or more could fool this;
-/// such a first element does not occur.)
-pub fn correct_vr_axis(buf: &[u8], pos: usize, enc: Encoding) -> Encoding {
-    match buf.get(pos + 4..pos + 6) {
-        Some(&[a, b]) => Encoding {
-            explicit_vr: a.is_ascii_uppercase() && b.is_ascii_uppercase(),
-            ..enc
-        },
-        _ => enc,
+/// Refuse explicit VR data under an implicit VR syntax: a known VR after the
+/// first tag. (Its reverse, no VR where one belongs, the walk refuses element
+/// by element.) An implicit first value of 16 KB or more could look like this;
+/// such a first element does not occur.
+pub fn check_vr_axis(buf: &[u8], pos: usize, enc: Encoding) -> Result<()> {
+    match buf.get(pos..pos.saturating_add(6)) {
+        Some(&[_, _, _, _, a, b]) if !enc.explicit_vr && is_known_vr([a, b]) => {
+            Err(ScanError::new(
+                ErrorKind::EncodingMismatch,
+                pos,
+                Some(enc.tag_at(buf, pos)),
+                format!(
+                    "VR {} after the tag: explicit VR data under an implicit VR transfer syntax",
+                    String::from_utf8_lossy(&[a, b])
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
