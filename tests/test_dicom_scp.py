@@ -5,10 +5,14 @@ keeps serving."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import anyio
 import blake3
@@ -17,8 +21,10 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
 
-from dicomrelay import scan_file, synth
+from dicomrelay import InstanceInfo, scan_file, synth
 from dicomrelay.dicom.dimse import Status
+from dicomrelay.dicom.part10 import file_meta
+from dicomrelay.dicom.scp import StoreScp
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
 from peers import DCMTK, dicomrelay_command, free_port, listening, run
 
@@ -27,10 +33,12 @@ pytestmark = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK
 
 @pytest.fixture
 def scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """``dicomrelay storescp`` accepting calling AE titles STORESCU and DICOMRELAY."""
+    """``dicomrelay storescp`` RELAY, accepting calling AE titles STORESCU,
+    DICOMRELAY and PYNETDICOM, and only associations addressed to it."""
     port, out = free_port(), tmp_path / "received"
     command = dicomrelay_command("storescp", str(port), "-od", str(out), "-aet", "RELAY")
     command += ["--allow", "STORESCU", "--allow", "DICOMRELAY", "--allow", "PYNETDICOM"]
+    command += ["--require-called-aet"]
     with listening([*command, "--host", "127.0.0.1"], port):
         yield port, out
 
@@ -192,3 +200,109 @@ def test_output_folder_removed_between_associations(scp: tuple[int, Path], tmp_p
     result = dcmtk("storescu", *calling)
     assert result.returncode == 0, result.stderr
     assert len(stored(out)) == 6
+
+
+def test_our_storescu_into_our_storescp_with_defaults(tmp_path: Path) -> None:
+    """Neither side told an AE title: storescp (DICOMRELAY) accepts storescu's
+    ANY-SCP, as DCMTK's storescp accepts any called AE title."""
+    port, out = free_port(), tmp_path / "received"
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 5)
+    command = [*dicomrelay_command("storescp", str(port), "-od", str(out)), "--host", "127.0.0.1"]
+    with listening(command, port):
+        result = run(dicomrelay_command("storescu", "127.0.0.1", str(port), str(study)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("sent 5 of 5 ")
+    assert sorted(dataset(p) for p in stored(out)) == sorted(dataset(p) for p in study.iterdir())
+
+
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def store_crafted(port: int, called: str, dataset: bytes, tmp_path: Path) -> int:
+    """C-STORE of ``dataset`` (any bytes, even none) as instance 1.2.3.4 of
+    MR Image Storage, by our SCU: the status answered."""
+    meta = file_meta(
+        sop_class_uid=MR_STORAGE, sop_instance_uid="1.2.3.4", transfer_syntax_uid=EXPLICIT_LE
+    )
+    path = tmp_path / "crafted.dcm"
+    path.write_bytes(meta + dataset)
+    info = cast(  # what scan_file cannot make of a dataset without UIDs
+        InstanceInfo,
+        SimpleNamespace(
+            sop_class_uid=MR_STORAGE,
+            sop_instance_uid="1.2.3.4",
+            transfer_syntax_uid=EXPLICIT_LE,
+            size=len(meta) + len(dataset),
+            dataset_offset=len(meta),
+        ),
+    )
+
+    async def send() -> int:
+        async with await Client.connect(
+            "127.0.0.1", port, called_ae_title=called, contexts=contexts_for([info])
+        ) as client:
+            return await client.store(path, info)
+
+    return anyio.run(send)
+
+
+def test_an_empty_dataset_is_answered_cannot_understand(
+    scp: tuple[int, Path], tmp_path: Path
+) -> None:
+    """PS3.4 Table B.2-1: C000 (cannot understand), not A900 (does not match the
+    SOP class, for a dataset naming another instance). DCMTK's storescp answers
+    C000 to a dataset without SOP Instance UID, as we do."""
+    port, out = scp
+    patient_only = struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", 6) + b"DOE^J "
+    assert store_crafted(port, "RELAY", b"", tmp_path) == Status.CANNOT_UNDERSTAND
+    assert store_crafted(port, "RELAY", patient_only, tmp_path) == Status.CANNOT_UNDERSTAND
+    reasons = sorted(p.read_text() for p in (out / "quarantine").glob("*.reason"))
+    assert reasons == ["empty dataset\n", "no SOP Instance UID\n"]
+    assert stored(out) == []
+    dcmtk_port, dcmtk_out = free_port(), tmp_path / "dcmtk"
+    dcmtk_out.mkdir()
+    with listening([str(DCMTK / "storescp"), "-od", str(dcmtk_out), str(dcmtk_port)], dcmtk_port):
+        theirs = store_crafted(dcmtk_port, "STORESCP", patient_only, tmp_path)
+    assert theirs == Status.CANNOT_UNDERSTAND
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_a_stopped_scp_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """Served and stopped five times in one process, as ``serve`` restarts a
+    node, after an association each time: as many descriptors open as before."""
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 2)
+    infos = [(p, scan_file(p)) for p in sorted(study.iterdir())]
+
+    async def cycle() -> None:
+        scp = StoreScp(ae_title="RELAY", output_dir=tmp_path / "out", quarantine_dir=tmp_path / "q")
+        up = anyio.Event()
+        ports: list[int] = []
+
+        def ready(port: int) -> None:
+            ports.append(port)
+            up.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: scp.serve("127.0.0.1", 0, ready=ready))
+            await up.wait()
+            contexts = contexts_for([i for _, i in infos])
+            async with await Client.connect("127.0.0.1", ports[0], contexts=contexts) as client:
+                for path, info in infos:
+                    assert await client.store(path, info) == Status.SUCCESS
+            tg.cancel_scope.cancel()
+
+    async def cycles() -> tuple[int, int]:
+        await cycle()  # the loop's and the thread pool's own, once
+        before = open_descriptors()
+        for _ in range(5):
+            await cycle()
+        return before, open_descriptors()
+
+    before, after = anyio.run(cycles)
+    assert after == before
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 2

@@ -3,14 +3,17 @@ and of every pydicom test file storescp accepts, datasets byte-identical."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom.data
 import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from dicomrelay import InstanceInfo, scan_file, scan_many, synth
 from peers import DCMTK, dicomrelay_command, free_port, listening, run
@@ -45,10 +48,61 @@ def test_echoscu(storescp: tuple[int, Path]) -> None:
     assert "0x0000" in result.stdout
 
 
-def test_echoscu_to_nothing_fails_cleanly() -> None:
-    result = dicomrelay_cli("echoscu", "127.0.0.1", str(free_port()), "-to", "3")
-    assert result.returncode == 1
-    assert "echoscu:" in result.stderr
+def one_line(result: subprocess.CompletedProcess[str], command: str) -> str:
+    """The single line a failed command printed, without its prefix; exit status 1."""
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"dicomrelay {command}: "), line
+    return line.removeprefix(f"dicomrelay {command}: ")
+
+
+@pytest.mark.parametrize("command", ["echoscu", "storescu"])
+def test_nothing_listening_is_one_line_naming_host_port_and_refusal(
+    command: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 2)
+    paths = [str(study)] if command == "storescu" else []
+    line = one_line(dicomrelay_cli(command, "127.0.0.1", str(port), *paths), command)
+    assert line.startswith(f"cannot connect to 127.0.0.1:{port}: connection refused"), line
+
+
+def test_a_connection_never_accepted_times_out_in_one_line() -> None:
+    """A listener whose backlog is full drops the SYN: the connect hangs."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        waiting = []
+        for _ in range(3):  # fill the accept queue, never accepted
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            waiting.append(s)
+        try:
+            result = dicomrelay_cli("echoscu", "127.0.0.1", str(port), "-to", "1")
+        finally:
+            for s in waiting:
+                s.close()
+    line = one_line(result, "echoscu")
+    assert line == f"cannot connect to 127.0.0.1:{port}: no answer within 1 s"
+
+
+def test_an_unknown_host_is_named() -> None:
+    line = one_line(dicomrelay_cli("echoscu", "no-such-host.invalid", "104"), "echoscu")
+    assert line.startswith("cannot connect to no-such-host.invalid:104: "), line
+
+
+def test_a_listener_that_never_answers_the_association_times_out(tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        result = dicomrelay_cli("echoscu", "127.0.0.1", str(port), "-to", "1")
+    line = one_line(result, "echoscu")
+    assert line == f"127.0.0.1:{port} did not answer the association within 1 s"
 
 
 def received_by_sop(out: Path) -> dict[str, Path]:
@@ -89,3 +143,35 @@ def test_storescu_sends_every_pydicom_file_storescp_takes(
         sent = dataset_bytes(Path(path), info)
         sent += b"\0" * (len(sent) % 2)  # an odd (deflated) stream travels padded
         assert dataset_bytes(received[uid or ""]) == sent, path
+
+
+def test_storescu_says_where_an_aborted_batch_stopped(tmp_path: Path) -> None:
+    """A peer (pynetdicom) that aborts the association at the fourth C-STORE:
+    storescu names that file, how many were sent and how many not, exits 1."""
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 10)
+    stores: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        stores.append(str(event.dataset.SOPInstanceUID))
+        if len(stores) == 4:
+            event.assoc.abort()
+        return 0x0000
+
+    ae = AE(ae_title="ABORTING")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    try:
+        result = dicomrelay_cli("storescu", "127.0.0.1", str(port), str(study))
+    finally:
+        server.shutdown()
+    fourth = sorted(study.iterdir())[3]
+    assert scan_file(fourth).sop_instance_uid == stores[3]
+    line = one_line(result, "storescu")
+    assert line == (
+        f"the peer aborted the association (source 0, reason 0) while sending {fourth}:"
+        " 3 of 10 sent, 7 not sent"
+    )

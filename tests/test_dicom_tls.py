@@ -127,7 +127,7 @@ def test_a_plaintext_caller_is_refused_cleanly(our_scp: Server, pki: Pki, tmp_pa
     assert plain.returncode != 0
     ours = dicomrelay_cli("echoscu", *to(our_scp, "RELAY"), "-to", "10")
     assert ours.returncode == 1
-    assert ours.stderr.startswith("echoscu: ")
+    assert ours.stderr.startswith("dicomrelay echoscu: ")
     assert "Traceback" not in ours.stderr
     assert stored(our_scp.out) == {}
     good = dicomrelay_cli("echoscu", *to(our_scp, "RELAY"), *pki.client.tls, *pki.trust)
@@ -211,7 +211,7 @@ def test_our_storescu_and_echoscu_into_dcmtk_tls_storescp(
 def test_dcmtk_refuses_our_scu_without_a_certificate(their_scp: Server, pki: Pki) -> None:
     result = dicomrelay_cli("echoscu", *to(their_scp, "STORESCP"), "+tla", *pki.trust)
     assert result.returncode == 1
-    assert result.stderr.startswith("echoscu: ")
+    assert result.stderr.startswith("dicomrelay echoscu: ")
     assert "Traceback" not in result.stderr
 
 

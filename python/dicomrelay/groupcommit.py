@@ -121,4 +121,8 @@ class GroupCommit:
         return True, failed
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close the directory's descriptor (once). A flush after this fails
+        with EBADF: -1 never names a file, where a reused number could."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)

@@ -14,11 +14,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import anyio
 import anyio.to_thread
-from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, TaskGroup
 
 from dicomrelay import pki, sockets
 from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
@@ -46,13 +46,6 @@ from dicomrelay.store import BlobStore
 from dicomrelay.transfer import Event, EventKind, Transfer
 
 log = logging.getLogger("dicomrelay.node")
-
-
-async def _serve(listener: Listener[SocketStream], handler: Callable[[SocketStream], Any]) -> None:
-    """Serve until cancelled, then close the listening socket (anyio's serve does
-    not), so a node restarted in the same process can listen on the same port."""
-    async with listener:
-        await listener.serve(handler)
 
 
 class Node:
@@ -492,6 +485,9 @@ class Node:
             output_dir=root / "received",
             quarantine_dir=root / "quarantine",
             allowed_calling=frozenset(dicom.allowed_calling),
+            # The PACS addresses the node by its configured AE title; a
+            # caller addressing another has been misconfigured.
+            require_called_ae_title=True,
             on_association_end=self._route_received,
             on_refusal=self._audit_refusal,
             digest=None,  # routing digests each instance as it records it in the ledger
@@ -504,11 +500,15 @@ class Node:
                 require_peer_certificate=dicom.tls.require_client_certificate,
             ),
         )
-        listener = await anyio.create_tcp_listener(
-            local_host=dicom.listen_host, local_port=dicom.listen_port or 0
-        )
+        try:
+            listener = await anyio.create_tcp_listener(
+                local_host=dicom.listen_host, local_port=dicom.listen_port or 0
+            )
+        except BaseException:
+            scp.close()
+            raise
         self.dicom_port = listener.extra(SocketAttribute.local_port)
-        self._tg.start_soon(_serve, listener, scp.handle)
+        self._tg.start_soon(scp.serve_on, listener)  # closes the listener and the SCP
 
     async def _audit_refusal(self, refused: Refusal) -> None:
         """Every DICOM caller turned away is audited, as every wire peer is."""

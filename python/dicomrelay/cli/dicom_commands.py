@@ -43,6 +43,12 @@ def register(sub: Any) -> None:
     scp.add_argument(
         "--allow", action="append", metavar="AE", help="accept only these calling AE titles"
     )
+    scp.add_argument(
+        "--require-called-aet",
+        action="store_true",
+        help="refuse associations not addressed to -aet (default: accept any called AE "
+        "title, as DCMTK's storescp does)",
+    )
     scp.add_argument("--host", default="0.0.0.0", help="address to listen on")
     scp.add_argument(
         "--sync-each",
@@ -177,11 +183,8 @@ def run_echo(args: argparse.Namespace) -> int:
         ) as client:
             return await client.echo()
 
-    try:
-        status = anyio.run(echo, backend_options=_uvloop())
-    except (AssociationError, OSError, TimeoutError, anyio.BrokenResourceError) as e:
-        sys.stderr.write(f"echoscu: {e}\n")
-        return 1
+    # A failure (PeerUnreachable, AssociationError, TlsError) is one line, by main.
+    status = anyio.run(echo, backend_options=_uvloop())
     sys.stdout.write(f"C-ECHO status {status:#06x}\n")
     return 0 if status == Status.SUCCESS else 1
 
@@ -205,7 +208,7 @@ def run_store(args: argparse.Namespace) -> int:
         return 1
 
     async def store() -> int:
-        failed = 0
+        answered = failed = 0
         async with await Client.connect(
             args.host,
             args.port,
@@ -215,21 +218,27 @@ def run_store(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             tls=tls,
         ) as client:
-            async for path, status in client.store_many(files):
-                if isinstance(status, Exception):
-                    sys.stderr.write(f"storescu: {os.path.basename(path)}: {status}\n")
-                    failed += 1
-                elif status != Status.SUCCESS:
-                    failed += 1
-                    sys.stderr.write(f"storescu: {path}: status {status:#06x}\n")
+            try:
+                async for path, status in client.store_many(files):
+                    answered += 1
+                    if isinstance(status, Exception):
+                        sys.stderr.write(f"storescu: {os.path.basename(path)}: {status}\n")
+                        failed += 1
+                    elif status != Status.SUCCESS:
+                        failed += 1
+                        sys.stderr.write(f"storescu: {path}: status {status:#06x}\n")
+            except AssociationError as e:
+                # One request is outstanding at a time: the association ended
+                # on the first file not answered.
+                raise AssociationError(
+                    f"{e} while sending {files[answered][0]}: {answered} of {len(files)}"
+                    f" sent, {len(files) - answered} not sent"
+                ) from e
         return failed
 
+    # A failure (PeerUnreachable, AssociationError, TlsError) is one line, by main.
     t0 = time.perf_counter()
-    try:
-        failed = anyio.run(store, backend_options=_uvloop())
-    except (AssociationError, OSError, TimeoutError, anyio.BrokenResourceError) as e:
-        sys.stderr.write(f"storescu: {e}\n")
-        return 1
+    failed = anyio.run(store, backend_options=_uvloop())
     seconds = time.perf_counter() - t0
     sent = len(files) - failed
     sys.stdout.write(f"sent {sent} of {len(files)} in {seconds:.2f} s\n")
@@ -251,6 +260,7 @@ def run_scp(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         quarantine_dir=args.output_dir / "quarantine",
         allowed_calling=frozenset(args.allow) if args.allow else None,
+        require_called_ae_title=args.require_called_aet,
         on_association_end=ReceivedLog(args.output_dir / RECEIVED_LOG, args.digest).append,
         on_refusal=RefusedLog(args.output_dir / REFUSED_LOG).append,
         digest=args.digest,

@@ -34,7 +34,7 @@ from typing import Literal
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.abc import ByteStream, SocketAttribute, SocketStream
+from anyio.abc import ByteStream, Listener, SocketAttribute, SocketStream
 from anyio.streams.tls import TLSStream
 
 from dicomrelay._native import (
@@ -59,8 +59,9 @@ from dicomrelay.dicom.association import (
     ReleaseRequested,
 )
 from dicomrelay.dicom.dimse import CEchoRq, CEchoRsp, CStoreRq, CStoreRsp, Status
+from dicomrelay.dicom.incoming import Incoming
 from dicomrelay.dicom.messages import Message, MessageAssembler
-from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta
+from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from dicomrelay.dicom.spare_files import SpareFiles
 from dicomrelay.errors import DicomParseError
 from dicomrelay.groupcommit import GroupCommit
@@ -99,15 +100,21 @@ class Refusal:
 
 @dataclass(frozen=True, kw_only=True)
 class StoreScp:
-    """``allowed_calling``: calling AE titles accepted (None: any). Received
-    instances go to ``output_dir``; refused ones to ``quarantine_dir``. With
-    ``tls`` (see ``dicomrelay.dicom.tls.server_context``) every connection must
-    first complete a TLS handshake; one that fails is logged and closed."""
+    """``allowed_calling``: calling AE titles accepted (None: any). Any called
+    AE title is accepted, as by DCMTK's storescp, unless
+    ``require_called_ae_title`` (then only ``ae_title``). Received instances
+    go to ``output_dir``; refused ones to ``quarantine_dir``. With ``tls``
+    (see ``dicomrelay.dicom.tls.server_context``) every connection must first
+    complete a TLS handshake; one that fails is logged and closed.
+
+    ``serve`` and ``serve_on`` close what the SCP holds open when they end: an
+    SCP serves once."""
 
     ae_title: str
     output_dir: Path
     quarantine_dir: Path
     allowed_calling: frozenset[str] | None = None
+    require_called_ae_title: bool = False
     # Called with the instances an association stored, durable, before its
     # release is answered (or when it ends otherwise): routing works study by
     # study, and C-STORE says nothing of when a study is whole.
@@ -124,18 +131,34 @@ class StoreScp:
     def __post_init__(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        object.__setattr__(self, "commits", GroupCommit(self.output_dir))
         spares = SpareFiles(self.output_dir / ".incoming", self.digest)
         object.__setattr__(self, "spares", spares)
+        object.__setattr__(self, "commits", GroupCommit(self.output_dir))  # holds an fd
 
     async def serve(
         self, host: str, port: int, *, ready: Callable[[int], None] | None = None
     ) -> None:
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        async with listener:
-            if ready is not None:
-                ready(listener.extra(SocketAttribute.local_port))
-            await listener.serve(self.handle)
+        try:
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except BaseException:
+            self.close()
+            raise
+        if ready is not None:
+            ready(listener.extra(SocketAttribute.local_port))
+        await self.serve_on(listener)
+
+    async def serve_on(self, listener: Listener[SocketStream]) -> None:
+        """Serve on ``listener`` until cancelled; then close it and the SCP."""
+        try:
+            async with listener:
+                await listener.serve(self.handle)
+        finally:
+            self.close()  # every association has ended: nothing flushes any more
+
+    def close(self) -> None:
+        """Close the output folder's descriptor and the spare files; again: nothing."""
+        self.commits.close()
+        self.spares.close()
 
     async def handle(self, stream: SocketStream) -> None:
         """One association; never raises."""
@@ -184,8 +207,9 @@ class StoreScp:
             await self.on_refusal(refusal)
 
     def answer(self, rq: AssociateRq) -> AssociateAc | AssociateRj:
-        """Accept or reject a request: our AE title, a known caller, contexts we serve."""
-        if rq.called_ae_title != self.ae_title:
+        """Accept or reject a request: a known caller (addressing our AE title,
+        if required), contexts we serve."""
+        if self.require_called_ae_title and rq.called_ae_title != self.ae_title:
             return AssociateRj(result=1, source=1, reason=7)  # called AE title not recognized
         if self.allowed_calling is not None and rq.calling_ae_title not in self.allowed_calling:
             return AssociateRj(result=1, source=1, reason=3)  # calling AE title not recognized
@@ -229,51 +253,6 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-class _Incoming:
-    """A C-STORE dataset being written to a temporary Part 10 file as it arrives
-    (through the page cache, for the group commit to flush; digested on the way)."""
-
-    def __init__(self, scp: StoreScp, command: CStoreRq, syntax: str, calling: str) -> None:
-        self.command = command
-        self.error: OSError | None = None
-        self.file: StreamFile | None
-        try:
-            self.path, self.file = scp.spares.take()
-        except OSError as e:
-            self.path, self.file, self.error = Path(os.devnull), None, e
-        self.write(
-            file_meta(
-                sop_class_uid=command.sop_class_uid,
-                sop_instance_uid=command.sop_instance_uid,
-                transfer_syntax_uid=syntax,
-                source_ae_title=calling,
-            )
-        )
-
-    def write(self, data: bytes) -> None:
-        if self.file is not None and self.error is None:
-            try:
-                self.file.write(data)
-            except OSError as e:
-                self.error = e
-
-    def finish(self) -> str | None:
-        """Write the rest (not yet durable); returns the digest. Raises OSError."""
-        if self.error is not None:
-            raise self.error
-        assert self.file is not None
-        _, digest = self.file.finish(sync=False)
-        return digest
-
-    def discard(self) -> None:
-        if self.file is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            self.file.finish(sync=False)
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-
-
 class _Session:
     def __init__(self, scp: StoreScp, stream: ByteStream, peer: str) -> None:
         self.scp = scp
@@ -284,7 +263,7 @@ class _Session:
         self.contexts: dict[int, str] = {}  # accepted context id -> transfer syntax
         self.peer_max_pdu = MAX_PDU
         self.rq: AssociateRq | None = None
-        self.incoming: _Incoming | None = None
+        self.incoming: Incoming | None = None
         # By final path, with its commit ticket: an instance stored again in the
         # same association replaces the earlier (its file does too).
         self.stored: dict[Path, tuple[int, StoredInstance]] = {}
@@ -446,8 +425,8 @@ class _Session:
         assert pending is not None
         assert isinstance(pending.command, CStoreRq)
         assert self.rq is not None
-        self.incoming = _Incoming(
-            self.scp, pending.command, self.contexts[context_id], self.rq.calling_ae_title
+        self.incoming = Incoming(
+            self.scp.spares, pending.command, self.contexts[context_id], self.rq.calling_ae_title
         )
         if self.background is not None and self.scp.spares.low:
             self.background.start_soon(self.scp.spares.refill)
@@ -488,9 +467,7 @@ class _Session:
             ),
         )
 
-    async def _commit(
-        self, incoming: _Incoming, instance: StoredInstance
-    ) -> tuple[int, str | None]:
+    async def _commit(self, incoming: Incoming, instance: StoredInstance) -> tuple[int, str | None]:
         ticket = self.scp.commits.add(incoming.path, instance.path)
         if self.scp.sync_each_instance:
             try:
@@ -505,9 +482,7 @@ class _Session:
                 self.background.start_soon(self.scp.commits.flush_soon, FLUSH_INTERVAL)
         return Status.SUCCESS, None
 
-    def _check(
-        self, incoming: _Incoming
-    ) -> tuple[int, str | None, StoredInstance | Refusal | None]:
+    def _check(self, incoming: Incoming) -> tuple[int, str | None, StoredInstance | Refusal | None]:
         """Close and check the instance: the one to keep, or the status that
         refuses it (with the Refusal to report when it went to quarantine)."""
         command = incoming.command
@@ -523,6 +498,16 @@ class _Session:
             return self._quarantine(
                 incoming, Status.CANNOT_UNDERSTAND, str(e)[:64], f"malformed dataset: {e}"
             )
+        if not info.sop_instance_uid:
+            # No SOP Instance UID at all (an empty dataset has none): the SCP
+            # "cannot understand the Data Set", C000 (PS3.4 Table B.2-1), as
+            # DCMTK's storescp answers a dataset without SOP Class or Instance
+            # UID; A900 is for one naming another instance. (DCMTK answers an
+            # empty one A700, Out of Resources, as its writer fails on it: a
+            # transient refusal, which a sender would retry.)
+            empty = info.size == info.dataset_offset
+            comment = "empty dataset" if empty else "no SOP Instance UID"
+            return self._quarantine(incoming, Status.CANNOT_UNDERSTAND, comment, comment)
         if info.sop_instance_uid != command.sop_instance_uid or not _SAFE_UID.match(
             command.sop_instance_uid
         ):
@@ -557,7 +542,7 @@ class _Session:
         return Status.SUCCESS, None, kept
 
     def _quarantine(
-        self, incoming: _Incoming, status: int, comment: str, reason: str
+        self, incoming: Incoming, status: int, comment: str, reason: str
     ) -> tuple[int, str, Refusal]:
         """Move the instance to quarantine with its reason: ``status`` and
         ``comment`` answer the C-STORE, and the Refusal is to report."""

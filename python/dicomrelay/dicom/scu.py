@@ -10,6 +10,7 @@ pieces, never held whole.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import ssl
@@ -24,6 +25,7 @@ from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.tls import TLSStream
 
 from dicomrelay._native import (
+    AssociateRj,
     AssociateRq,
     InstanceInfo,
     PresentationContextRq,
@@ -44,7 +46,7 @@ from dicomrelay.dicom.association import (
 from dicomrelay.dicom.dimse import CEchoRq, CEchoRsp, Command, CStoreRq, CStoreRsp
 from dicomrelay.dicom.messages import MessageAssembler
 from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from dicomrelay.errors import DicomrelayError, TlsError
+from dicomrelay.errors import DicomrelayError, PeerUnreachable, TlsError
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -88,6 +90,90 @@ def _tls_reason(e: ssl.SSLError) -> str:
     return getattr(e, "verify_message", None) or e.reason or str(e)
 
 
+async def _open(
+    host: str, port: int, tls: ssl.SSLContext | None, timeout: float
+) -> SocketStream | TLSStream:
+    """A connection to ``host:port`` (TLS handshake done, if ``tls``). Raises
+    PeerUnreachable or TlsError, each naming the host and port."""
+    try:
+        with anyio.fail_after(timeout):
+            if tls is None:
+                return await anyio.connect_tcp(host, port)
+            return await anyio.connect_tcp(
+                host, port, ssl_context=tls, tls_standard_compatible=False
+            )
+    except ssl.SSLError as e:
+        raise TlsError(f"TLS handshake with {host}:{port} failed: {_tls_reason(e)}") from e
+    except (anyio.EndOfStream, anyio.BrokenResourceError):  # a handshake cut short
+        raise TlsError(f"{host}:{port} closed the connection in TLS handshake") from None
+    except TimeoutError:
+        raise PeerUnreachable(
+            f"cannot connect to {host}:{port}: no answer within {timeout:g} s"
+        ) from None
+    except OSError as e:
+        raise PeerUnreachable(f"cannot connect to {host}:{port}: {_why(e)}") from e
+
+
+def _why(e: OSError) -> str:
+    """Why a connection failed, in a few words. (anyio's "All connection
+    attempts failed" carries the reason in its cause.)"""
+    if isinstance(e, socket.gaierror):
+        return f"unknown host ({e.strerror})" if e.errno != socket.EAI_AGAIN else str(e.strerror)
+    if e.errno is None and isinstance(e.__cause__, OSError):
+        e = e.__cause__
+    if e.errno is None and isinstance(e.__cause__, BaseExceptionGroup):
+        e = next((x for x in e.__cause__.exceptions if isinstance(x, OSError)), e)
+    if e.errno is not None:
+        return _ERRNO_WORDS.get(e.errno, os.strerror(e.errno).lower())
+    return str(e)
+
+
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused (is anything listening there?)",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+}
+
+# PS3.8 Table 9-21: A-ASSOCIATE-RJ reasons by source.
+_REJECTED = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognized",
+    (1, 7): "called AE title not recognized",
+    (2, 1): "no reason given",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+# PS3.8 Table 9-26: A-ABORT reasons when the source is the service provider (2).
+_ABORTED = {
+    0: "reason not specified",
+    1: "unrecognized PDU",
+    2: "unexpected PDU",
+    4: "unrecognized PDU parameter",
+    5: "unexpected PDU parameter",
+    6: "invalid PDU parameter value",
+}
+
+
+def rejection(rj: AssociateRj) -> str:
+    said = _REJECTED.get((rj.source, rj.reason), "reason unknown")
+    kind = "permanently" if rj.result == 1 else "transiently"
+    return (
+        f"association rejected {kind}: {said} (result {rj.result}, source {rj.source},"
+        f" reason {rj.reason})"
+    )
+
+
+def abortion(source: int, reason: int) -> str:
+    """An A-ABORT in words: by the peer (source 0) or its Upper Layer (source 2)."""
+    if source == 2:
+        said = _ABORTED.get(reason, "reason unknown")
+        return f"the peer's DICOM layer aborted the association: {said} (source 2, reason {reason})"
+    return f"the peer aborted the association (source {source}, reason {reason})"
+
+
 class Client:
     """An established association; use ``async with await Client.connect(...)``."""
 
@@ -127,7 +213,9 @@ class Client:
         """Connect and associate within ``timeout`` seconds; a response that
         takes longer than ``dimse_timeout`` aborts the association. With ``tls`` (see
         ``dicomrelay.dicom.tls.client_context``) the connection is TLS first; a
-        failed handshake or a peer that refuses our certificate raises TlsError."""
+        failed handshake or a peer that refuses our certificate raises TlsError.
+        No connection raises PeerUnreachable; a rejected association, or no
+        answer to ours, AssociationError (each naming the host and port)."""
         proposed = [Context(abstract_syntax=VERIFICATION, transfer_syntaxes=(IMPLICIT_LE,))]
         proposed += [c for c in contexts if c not in proposed]
         rq = AssociateRq(
@@ -149,53 +237,58 @@ class Client:
         )
         association = Association(requestor=True, max_pdu_length=MAX_PDU)
         association.request(rq)
-        with anyio.fail_after(timeout):
-            stream: SocketStream | TLSStream
+        deadline = anyio.current_time() + timeout
+        stream = await _open(host, port, tls, timeout)
+        with anyio.move_on_after(max(deadline - anyio.current_time(), 0.0)):
             try:
-                if tls is None:
-                    stream = await anyio.connect_tcp(host, port)
-                else:
-                    stream = await anyio.connect_tcp(
-                        host, port, ssl_context=tls, tls_standard_compatible=False
-                    )
-            except ssl.SSLError as e:
-                raise TlsError(f"TLS handshake with {host}:{port} failed: {_tls_reason(e)}") from e
-            except (anyio.EndOfStream, anyio.BrokenResourceError):  # a handshake cut short
-                raise TlsError(f"{host}:{port} closed the connection in TLS handshake") from None
-            raw = stream.extra(SocketAttribute.raw_socket)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            association.connected()
-            await stream.send(association.data_to_send())
-            while True:
-                try:
-                    data = await stream.receive(1 << 20)
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    await stream.aclose()
-                    why = " (after TLS: has it refused our certificate?)" if tls else ""
-                    raise AssociationError(f"the peer closed the connection{why}") from None
-                except ssl.SSLError as e:  # as a TLS 1.3 server refuses our certificate
-                    await stream.aclose()
-                    raise TlsError(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from e
-                for indication in association.receive(data):
-                    if isinstance(indication, AssociationAccepted):
-                        ac = indication.ac
-                        max_pdu = ac.user_information.max_length or 0
-                        client = cls(stream, association, max_pdu, dimse_timeout)
-                        for pc in ac.presentation_contexts:
-                            if pc.result == 0 and pc.transfer_syntax is not None:
-                                n = (pc.context_id - 1) // 2
-                                if 0 <= n < len(proposed):
-                                    key = (proposed[n].abstract_syntax, pc.transfer_syntax)
-                                    client._accepted[key] = pc.context_id
-                        return client
-                    await stream.aclose()
-                    if isinstance(indication, AssociationRejected):
-                        rj = indication.rj
-                        raise AssociationError(
-                            f"association rejected (result {rj.result}, source {rj.source},"
-                            f" reason {rj.reason})"
-                        )
-                    raise AssociationError(f"association failed: {indication}")
+                return await cls._negotiate(stream, association, proposed, dimse_timeout, tls)
+            except AssociationError as e:  # rejected or aborted: before OSError, its base
+                await stream.aclose()
+                raise AssociationError(f"{host}:{port}: {e}") from None
+            except ssl.SSLError as e:  # as a TLS 1.3 server refuses our certificate
+                await stream.aclose()
+                raise TlsError(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from e
+            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream):
+                await stream.aclose()
+                why = " (after TLS: has it refused our certificate?)" if tls else ""
+                raise AssociationError(f"{host}:{port} closed the connection{why}") from None
+        await stream.aclose()
+        raise AssociationError(f"{host}:{port} did not answer the association within {timeout:g} s")
+
+    @classmethod
+    async def _negotiate(
+        cls,
+        stream: ByteStream,
+        association: Association,
+        proposed: list[Context],
+        dimse_timeout: float,
+        tls: ssl.SSLContext | None,
+    ) -> Client:
+        """Send the A-ASSOCIATE-RQ and wait for the answer. Raises
+        AssociationError (rejected), or what the stream raises."""
+        raw = stream.extra(SocketAttribute.raw_socket)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        association.connected()
+        await stream.send(association.data_to_send())
+        while True:
+            data = await stream.receive(1 << 20)
+            for indication in association.receive(data):
+                if isinstance(indication, AssociationAccepted):
+                    ac = indication.ac
+                    max_pdu = ac.user_information.max_length or 0
+                    client = cls(stream, association, max_pdu, dimse_timeout)
+                    for pc in ac.presentation_contexts:
+                        if pc.result == 0 and pc.transfer_syntax is not None:
+                            n = (pc.context_id - 1) // 2
+                            if 0 <= n < len(proposed):
+                                key = (proposed[n].abstract_syntax, pc.transfer_syntax)
+                                client._accepted[key] = pc.context_id
+                    return client
+                if isinstance(indication, AssociationRejected):
+                    raise AssociationError(rejection(indication.rj))
+                if isinstance(indication, Aborted):
+                    raise AssociationError(abortion(indication.source, indication.reason))
+                raise AssociationError(f"association failed: {indication}")
 
     async def __aenter__(self) -> Self:
         self._tg = anyio.create_task_group()
@@ -237,7 +330,7 @@ class Client:
                 await self._flush()
         finally:
             if self._closed is None:
-                self._closed = AssociationError("the association ended")
+                self._closed = AssociationError("the peer closed the connection")
             self._response_ready.set()
 
     def _handle(self, indications: list[Indication]) -> None:
@@ -253,12 +346,24 @@ class Client:
             elif isinstance(indication, Released):
                 self._closed = AssociationError("released")
             elif isinstance(indication, Aborted):
-                self._closed = AssociationError(
-                    f"association aborted (source {indication.source}, reason {indication.reason})"
-                )
+                self._closed = AssociationError(abortion(indication.source, indication.reason))
             elif isinstance(indication, ReleaseRequested):
                 self._association.release_response()  # a peer releasing first: agree
             self._response_ready.set()
+
+    async def _send(self, data: bytes) -> None:
+        """Send a request's PDUs; a connection that breaks raises why the
+        association ended (the reader hears the peer's A-ABORT, if any, at once)."""
+        try:
+            await self._stream.send(data)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as e:
+            with anyio.move_on_after(1):
+                while self._closed is None:
+                    self._response_ready = anyio.Event()
+                    await self._response_ready.wait()
+            raise self._closed or AssociationError(
+                f"connection lost: {e or type(e).__name__}"
+            ) from e
 
     async def _flush(self) -> None:
         data = self._association.data_to_send()
@@ -306,7 +411,7 @@ class Client:
                     context, True, CEchoRq(message_id=message_id).encode(), self._peer_max_pdu
                 )
             )
-            await self._stream.send(self._association.data_to_send())
+            await self._send(self._association.data_to_send())
         response = await self._response(message_id)
         assert isinstance(response, CEchoRsp)
         return response.status
@@ -388,10 +493,10 @@ class Client:
     async def _send_store(self, request: _StoreRequest) -> None:
         async with self._send_lock:
             self._association.send_pdata(request.command)
-            await self._stream.send(self._association.data_to_send())
+            await self._send(self._association.data_to_send())
             if request.dataset is not None:
                 self._association.send_pdata(request.dataset)
-                await self._stream.send(self._association.data_to_send())
+                await self._send(self._association.data_to_send())
                 return
             with open(request.path, "rb") as f:
                 f.seek(request.info.dataset_offset)
@@ -403,7 +508,7 @@ class Client:
                     self._association.send_pdata(
                         self._dataset_pdata(request.context, piece, last=last)
                     )
-                    await self._stream.send(self._association.data_to_send())
+                    await self._send(self._association.data_to_send())
                     if last:
                         break
 
@@ -415,7 +520,7 @@ class Client:
     async def release(self) -> None:
         async with self._send_lock:
             self._association.release()
-            await self._stream.send(self._association.data_to_send())
+            await self._send(self._association.data_to_send())
         while self._closed is None:
             self._response_ready = anyio.Event()
             await self._response_ready.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -56,6 +57,14 @@ class SpareFiles:
                 self._spare.append(self._create())
         except OSError:
             pass  # take() will say why
+
+    def close(self) -> None:
+        """Close and remove the spare files (each holds a descriptor)."""
+        spare, self._spare = self._spare, []
+        for path, file in spare:
+            with contextlib.suppress(OSError, ValueError):
+                file.finish(sync=False)
+            path.unlink(missing_ok=True)
 
     def _create(self) -> tuple[Path, StreamFile]:
         path = self.directory / f"{uuid.uuid4().hex}.dcm"
