@@ -169,11 +169,57 @@ def assert_delivered_intact(pacs: Path, files: list[Sendable]) -> None:
             assert_same_elements(s.source, final)
 
 
+# The files of pydicom 3.0's test data that DCMTK 3.6.7's storescu does not
+# send: it finds no SOP Class or Instance UID to put in the C-STORE request.
+DCMTK_CANNOT_SEND = {
+    # Not DICOM at all.
+    "README.txt",
+    "crayons.icc",
+    "dicomdirtests/README.txt",
+    "dicomdirtests/TINY_ALPHA/README",
+    "rtplan.dump",
+    "rtstruct.dump",
+    "test1.json",
+    "test_PN.json",
+    "zipMR.gz",
+    # Media directories, not instances.
+    "dicomdirtests/DICOMDIR",
+    "dicomdirtests/DICOMDIR-bigEnd",
+    "dicomdirtests/DICOMDIR-empty.dcm",
+    "dicomdirtests/DICOMDIR-implicit",
+    "dicomdirtests/DICOMDIR-nooffset",
+    "dicomdirtests/DICOMDIR-nopatient",
+    "dicomdirtests/DICOMDIR-reordered",
+    "dicomdirtests/TINY_ALPHA/DICOMDIR",
+    # Datasets without SOP Class and Instance UID.
+    "UN_sequence.dcm",
+    "empty_charset_LEI.dcm",
+    "meta_missing_tsyntax.dcm",
+    "nested_priv_SQ.dcm",
+    "no_meta_group_length.dcm",
+    "priv_SQ.dcm",
+    # SOP Class and Instance UID with VR UN, which DCMTK does not read as UIDs.
+    "rtdose_rle.dcm",
+    "rtdose_rle_1frame.dcm",
+    # Cut short.
+    "MR_truncated.dcm",
+    "rtplan_truncated.dcm",
+    # A stray byte before the first element, and no file meta.
+    "no_meta.dcm",
+    # Implicit VR data labelled with an explicit VR transfer syntax.
+    "SC_rgb_jpeg.dcm",
+}
+
+
 def test_what_dcmtk_cannot_send_is_reported(dcmtk: Verdict) -> None:
-    assert dcmtk.sendable, "DCMTK sent none of pydicom's files"
+    """The files DCMTK storescu refuses, exactly, each for want of a SOP Class
+    or Instance UID (DCMTK's own words); every other one it sent and storescp
+    stored, for the tests below to carry through the chain."""
+    assert sorted(dcmtk.refused) == sorted(DCMTK_CANNOT_SEND)
+    for name, why in dcmtk.refused.items():
+        assert why.endswith("F: missing SOP class (or instance) in file"), f"{name}: {why}"
     assert not dcmtk.refused.keys() & {s.name for s in dcmtk.sendable}
-    reasons = "; ".join(f"{name}: {why}" for name, why in dcmtk.refused.items())
-    pytest.skip(f"DCMTK cannot send {len(dcmtk.refused)} of pydicom's files. {reasons}")
+    assert len(dcmtk.sendable) > 100
 
 
 async def test_every_pydicom_file_dcmtk_can_send(orgs: Pki, tmp_path: Path, dcmtk: Verdict) -> None:
