@@ -13,6 +13,7 @@ for element (tag, VR, value, pixel data; group lengths and padding aside).
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -354,3 +355,33 @@ async def test_callers_turned_away_are_audited(orgs: Pki, tmp_path: Path) -> Non
     assert detail2.startswith(f"{info.sop_instance_uid} from PACSA at 127.0.0.1:"), detail2
     assert "malformed dataset" in detail2
     assert outgoing == [(0,)]
+
+
+def open_descriptors() -> int:
+    """Descriptors open, once garbage that would close some is collected: what
+    is left open was never going to close."""
+    gc.collect()
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_a_restarted_node_leaves_no_descriptor_open(orgs: Pki, tmp_path: Path) -> None:
+    """Node A started and stopped five times in one process, as ``serve``
+    restarts it, each time taking a study from DCMTK storescu: as many
+    descriptors open at the end as after the first run."""
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 2)
+    config = routing_node(orgs, tmp_path / "a", closed_port(), (Route(to="RX2"),))
+
+    async def run_once() -> None:
+        async with Node(config) as a:
+            assert a.dicom_port is not None
+            args = storescu_args(a.dicom_port, sorted(study.glob("*.dcm")), proposal=None)
+            result = await anyio.to_thread.run_sync(run, args)
+            assert result.returncode == 0, result.stderr
+
+    with anyio.fail_after(120):
+        await run_once()  # what the process opens once (thread pools, the loop's own)
+        before = open_descriptors()
+        for _ in range(5):
+            await run_once()
+        assert open_descriptors() == before
