@@ -44,8 +44,19 @@ TEST_FILES_DIR = Path(os.path.dirname(cast(str, pydicom.data.get_testdata_file("
 CHARSET_FILES_DIR = TEST_FILES_DIR.parent / "charset_files"
 
 # Bundled pydicom files the scanner rejects on purpose: values run past the end
-# (pydicom reads them silently) or a stray first byte (pydicom needs force=True).
-MALFORMED = frozenset({"MR_truncated.dcm", "rtplan_truncated.dcm", "no_meta.dcm"})
+# (pydicom reads them silently), a stray first byte (pydicom needs force=True),
+# implicit VR data under an explicit VR transfer syntax (pydicom warns and reads
+# it as implicit; DCMTK cannot read it), and an item that overruns its
+# defined-length sequence (records removed, the item's length left as it was).
+MALFORMED = frozenset(
+    {
+        "MR_truncated.dcm",
+        "rtplan_truncated.dcm",
+        "no_meta.dcm",
+        "SC_rgb_jpeg.dcm",
+        "DICOMDIR-nooffset",
+    }
+)
 
 
 def _is_dicom(path: Path) -> bool:

@@ -78,7 +78,7 @@ def _small_dataset(enc: Encoding, pixel: bytes | None = None) -> bytes:
         + element(0x00091010, b"UN", b"", enc, length=0xFFFFFFFF)
         + item(element(0x00100020, b"LO", b"X ", IMPLICIT), IMPLICIT)
         + sequence_delimiter(IMPLICIT)
-        + element(0x00100010, b"PN", "Åström^Jöns".encode() + b" ", enc)
+        + element(0x00100010, b"PN", "Åström^Jöns".encode() + b"  ", enc)  # even length
         + element(0x00100020, b"LO", b"PID-1 ", enc)
         + element(0x00280008, b"IS", b"2 ", enc)
         + element(0x00280010, b"US", enc.u16(4), enc)

@@ -69,6 +69,21 @@ def test_malformed_file_is_rejected(path: Path) -> None:
         assert f"({err.tag >> 16:04X},{err.tag & 0xFFFF:04X})" in str(err)
 
 
+@pytest.mark.parametrize(
+    ("name", "kind", "tag"),
+    [
+        ("SC_rgb_jpeg.dcm", "dataset encoding does not match its transfer syntax", 0x00080008),
+        ("DICOMDIR-nooffset", "declared length runs past the end of its parent", 0x00041220),
+        ("rtplan_truncated.dcm", "declared length runs past the end of its parent", 0x300A00B0),
+    ],
+)
+def test_why_each_malformed_file_is_rejected(name: str, kind: str, tag: int) -> None:
+    [path] = [p for p in REJECTED if p.name == name]
+    with pytest.raises(dicomrelay.DicomParseError, match=kind) as caught:
+        dicomrelay.scan(path.read_bytes())
+    assert caught.value.tag == tag
+
+
 def _outcome(fn: object, *args: object, **kwargs: object) -> object:
     """The result of a call, or the (type, offset, tag) of the DicomParseError it raised."""
     try:

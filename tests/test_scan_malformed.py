@@ -130,7 +130,7 @@ PID = element(0x00100020, b"LO", b"ab")
         (HEAD + SEQUENCE + item(PID), 0x00081115),  # no sequence delimiter
         (HEAD + SEQUENCE + item(PID, length=UNDEFINED), None),  # no item delimiter
         (HEAD + SEQUENCE + item(PID, length=UNDEFINED) + sequence_delimiter(), 0xFFFEE0DD),
-        (HEAD + SEQUENCE + item(PID, length=1000) + sequence_delimiter(), 0xFFFEE000),
+        (HEAD + SEQUENCE + item(PID, length=1000) + sequence_delimiter(), 0x00081115),
         (HEAD + PIXELS + item(b"") + item(b"abcd"), 0x7FE00010),  # no sequence delimiter
         (HEAD + PIXELS + item(b"") + item(b"abcd", length=100) + sequence_delimiter(), 0xFFFEE000),
         (
@@ -199,15 +199,21 @@ def test_ordinary_nesting_is_followed_to_the_values_after_it(enc: Encoding) -> N
     assert dicomrelay.scan(data).patient_id == "after"
 
 
-def test_ten_thousand_nested_defined_length_sequences(tmp_path: Path) -> None:
-    # Defined lengths can be skipped without looking inside, at any depth.
+def _defined_nesting(depth: int) -> bytes:
     inner = element(0x00100020, b"LO", b"in")
-    for _ in range(10_000):
+    for _ in range(depth):
         inner = element(0x00081115, b"SQ", item(inner))
-    data = element(UID, b"UI", b"1.2\0") + inner + element(0x00100020, b"LO", b"top ")
+    return element(UID, b"UI", b"1.2\0") + inner + element(0x00100020, b"LO", b"top ")
+
+
+def test_ten_thousand_nested_defined_length_sequences_are_rejected(tmp_path: Path) -> None:
+    # Sequences of defined length are walked like the others, so capped like them.
+    data = _defined_nesting(10_000)
     result = scan_in_child(data, tmp_path)
-    assert result.returncode == 0, result.stderr[-500:]
-    assert dicomrelay.scan(data).patient_id == "top"
+    assert result.returncode == 0, f"child died: {result.returncode} {result.stderr[-500:]}"
+    assert result.stdout.startswith("DicomParseError")
+    assert "(0008,1115)" in result.stdout
+    assert dicomrelay.scan(_defined_nesting(32)).patient_id == "top"
 
 
 # --- VRs, preambles, deflate ---------------------------------------------------

@@ -308,34 +308,68 @@ def test_encapsulated_pixel_data_round_trips(
 # --- hand-encoded datasets: bytes pydicom would not write ----------------------
 
 
-def hand_encoded(enc: Encoding, patient_id: bytes, uid: bytes, nested: bytes) -> bytes:
-    """Odd-length values with no padding, and a defined-length sequence of
-    defined-length items holding decoys, between the values the scanner wants."""
-    inner = element(0x00080018, b"UI", b"9.9", enc) + element(0x00100020, b"LO", b"DECOY", enc)
-    items = item(inner, enc) + item(nested, enc)
-    return (
-        element(0x00080016, b"UI", uid, enc)
-        + element(0x00080018, b"UI", uid + b".1", enc)
-        + element(0x00081115, b"SQ", items, enc)
-        + element(0x00100020, b"LO", patient_id, enc)
-        + element(0x00280010, b"US", enc.u16(512), enc)
-        + element(0x7FE00010, b"OB", b"\1\2\3", enc)
+def _padded(value: bytes, pad: bytes) -> bytes:
+    return value + pad * (len(value) % 2)
+
+
+def hand_encoded(
+    enc: Encoding, patient_id: bytes, uid: bytes, nested: bytes, *, pad: bool
+) -> tuple[bytes, list[tuple[int, int, int]]]:
+    """Top-level values with or without their padding, and a defined-length
+    sequence of defined-length items holding decoys, between the values the
+    scanner wants. Returns the bytes and each top-level (offset, tag, length)."""
+    decoys = b"".join(
+        item(
+            element(0x00080018, b"UI", b"9.9\0", enc)
+            + element(0x00100020, b"LO", _padded(decoy, b" "), enc),
+            enc,
+        )
+        for decoy in (b"DECOY", nested)
     )
+    out, placed = bytearray(), []
+    for tag, vr, value, padding in [
+        (0x00080016, b"UI", uid, b"\0"),
+        (0x00080018, b"UI", uid + b".1", b"\0"),
+        (0x00081115, b"SQ", decoys, b""),
+        (0x00100020, b"LO", patient_id, b" "),
+        (0x00280010, b"US", enc.u16(512), b""),
+        (0x7FE00010, b"OB", b"\1\2\3", b"\0"),
+    ]:
+        value = _padded(value, padding) if pad else value
+        placed.append((len(out), tag, len(value)))
+        out += element(tag, vr, value, enc)
+    return bytes(out), placed
 
 
-@pytest.mark.parametrize("enc", [IMPLICIT, EXPLICIT, BIG], ids=["implicit", "explicit", "big"])
-@SETTINGS
-@given(
-    patient_id=st.text(ALPHABETS[None], min_size=1, max_size=63).filter(lambda s: s[-1] != " "),
-    uid=uids(),
-    nested=st.binary(max_size=64),
+TEXT = st.text(ALPHABETS[None], min_size=1, max_size=63).filter(lambda s: s[-1] != " ")
+ENCODINGS = pytest.mark.parametrize(
+    "enc", [IMPLICIT, EXPLICIT, BIG], ids=["implicit", "explicit", "big"]
 )
-def test_hand_encoded_odd_lengths(enc: Encoding, patient_id: str, uid: str, nested: bytes) -> None:
-    data = hand_encoded(enc, patient_id.encode(), uid.encode(), nested)
+
+
+@ENCODINGS
+@SETTINGS
+@given(patient_id=TEXT, uid=uids(), nested=TEXT)
+def test_hand_encoded_even_lengths(enc: Encoding, patient_id: str, uid: str, nested: str) -> None:
+    data, _ = hand_encoded(enc, patient_id.encode(), uid.encode(), nested.encode(), pad=True)
     info = dicomrelay.scan(data)
     assert info.patient_id == patient_id
     assert (info.sop_class_uid, info.sop_instance_uid) == (uid, uid + ".1")
     assert info.rows == 512
-    assert info.pixel_data_length == 3
-    assert data[info.pixel_data_offset or 0 :] == b"\1\2\3"
+    assert info.pixel_data_length == 4
+    assert data[info.pixel_data_offset or 0 :] == b"\1\2\3\0"
     check_against_pydicom(data, info)
+
+
+@ENCODINGS
+@SETTINGS
+@given(patient_id=TEXT, uid=uids(), nested=TEXT)
+def test_hand_encoded_odd_lengths_are_refused_at_the_first(
+    enc: Encoding, patient_id: str, uid: str, nested: str
+) -> None:
+    # The pixel data (3 bytes) is always odd, so some element always is.
+    data, placed = hand_encoded(enc, patient_id.encode(), uid.encode(), nested.encode(), pad=False)
+    offset, tag, length = next(p for p in placed if p[2] % 2)
+    with pytest.raises(dicomrelay.DicomParseError, match=f"length {length} is odd") as caught:
+        dicomrelay.scan(data)
+    assert (caught.value.offset, caught.value.tag) == (offset, tag)

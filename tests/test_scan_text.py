@@ -17,12 +17,13 @@ def check_against_pydicom(data: bytes) -> None:
 
 
 def _one_text_element(vr: bytes, value: bytes, charset: bytes = b"ISO_IR 192") -> bytes:
-    """A raw explicit VR LE dataset: a character set, a UID, and one text value."""
+    """A raw explicit VR LE dataset: a character set, a UID, and one text value
+    (padded to an even length with a space, as every length must be)."""
     tag = {b"PN": 0x00100010, b"LO": 0x00100020, b"IS": 0x00280008}[vr]
     return (
         element(0x00080005, b"CS", charset + b" " * (len(charset) % 2))
         + element(0x00080016, b"UI", b"1.2.3\0")
-        + element(tag, vr, value)
+        + element(tag, vr, value + b" " * (len(value) % 2))
     )
 
 
