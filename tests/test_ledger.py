@@ -329,12 +329,67 @@ async def test_an_expired_lease_is_claimable_again(backend: Backend) -> None:
     assert not await ledger.release_claim("w1", a.id)
     assert await ledger.renew_lease("w2", [a.id], now=116.0, lease_seconds=10.0) == {a.id}
 
-    # An active transfer sent by a node that claims nothing is never taken.
+    # An active transfer that no lease holds (left by a release whose nodes
+    # held none) is taken too: nobody else will ever finish it.
     await ledger.add_outgoing(transfer(id="n" * 32), instances())
     await ledger.set_outgoing_state("n" * 32, TransferState.ACTIVE)
-    assert await ledger.claim_outgoing("w3", now=1e12, lease_seconds=10.0, limit=5) == [
-        await ledger.outgoing(t) for t in (q.id, a.id)
-    ]
+    taken = await ledger.claim_outgoing("w3", now=1e12, lease_seconds=10.0, limit=5)
+    assert [t.id for t in taken] == ["n" * 32, q.id, a.id]
+    assert taken == [await ledger.outgoing(t) for t in ("n" * 32, q.id, a.id)]
+    await ledger.close()
+
+
+async def test_a_worker_claims_only_what_it_is_told_and_takes_back_its_own(
+    backend: Backend,
+) -> None:
+    """``only``: a sender of its own transfer claims nothing else; a worker
+    starting again gives back, at once, what it held when it stopped."""
+    ledger = await backend.open()
+    ids = [c * 32 for c in "abc"]
+    for n, i in enumerate(ids):
+        await ledger.add_outgoing(transfer(id=i, created=float(n)), instances())
+    assert await ledger.claim_outgoing("w1", now=10.0, lease_seconds=60, limit=5, only=[]) == []
+    [mine] = await ledger.claim_outgoing(
+        "w1", now=10.0, lease_seconds=60, limit=5, only=[ids[1], "f" * 32]
+    )
+    assert (mine.id, mine.claimed_by) == (ids[1], "w1")
+    rest = await ledger.claim_outgoing("w2", now=10.0, lease_seconds=60, limit=5)
+    assert [t.id for t in rest] == [ids[0], ids[2]]
+    await ledger.set_outgoing_state(ids[0], TransferState.ACTIVE)
+    # w2 dies and comes back (same name): everything it held is due again now.
+    assert await ledger.release_claims("w2") == 2
+    assert await ledger.release_claims("w2") == 0
+    back = {t.id: t for t in await ledger.all_outgoing()}
+    assert (back[ids[0]].state, back[ids[0]].claimed_by) == (TransferState.QUEUED, None)
+    assert (back[ids[2]].state, back[ids[2]].claimed_by) == (TransferState.QUEUED, None)
+    assert back[ids[1]].claimed_by == "w1", "another worker's claim stays"
+    await ledger.close()
+
+
+async def test_a_dead_letter_is_queued_again_with_a_fresh_budget(backend: Backend) -> None:
+    ledger = await backend.open()
+    await ledger.add_outgoing(transfer(id="d" * 32), instances())
+    await ledger.add_outgoing(transfer(id="q" * 32, created=2.0), instances())
+    await ledger.set_outgoing_state(
+        "d" * 32, TransferState.DEAD, attempts=9, attempts_without_progress=3, error="refused"
+    )
+    assert not await ledger.requeue_dead("q" * 32, now=50.0), "only a dead letter"
+    assert not await ledger.requeue_dead("f" * 32, now=50.0)
+    [dead] = await ledger.all_outgoing(state=TransferState.DEAD)
+    assert (dead.id, dead.last_error, dead.attempts_without_progress) == ("d" * 32, "refused", 3)
+    assert len(await ledger.all_outgoing(state=TransferState.QUEUED)) == 1
+    assert await ledger.requeue_dead("d" * 32, now=50.0)
+    again = await ledger.outgoing("d" * 32)
+    assert again is not None
+    assert (again.state, again.next_attempt, again.attempts_without_progress) == (
+        TransferState.QUEUED,
+        50.0,
+        0,
+    )
+    assert (again.attempts, again.last_error) == (9, "refused"), "its history stays"
+    assert await ledger.all_outgoing(state=TransferState.DEAD) == []
+    claimed = await ledger.claim_outgoing("w1", now=50.0, lease_seconds=10, limit=5)
+    assert [t.id for t in claimed] == ["d" * 32, "q" * 32]
     await ledger.close()
 
 
@@ -401,5 +456,8 @@ async def test_an_older_sqlite_ledger_gains_the_claim_columns(tmp_path: Path) ->
 
     ledger = SqliteLedger(path)
     [t] = await ledger.claim_outgoing("w1", now=5.0, lease_seconds=1.0, limit=5)
+    await ledger.set_outgoing_state(TID, TransferState.QUEUED, attempts_without_progress=2)
+    again = await ledger.outgoing(TID)
     await ledger.close()
     assert (t.id, t.claimed_by, t.lease_until) == (TID, "w1", 6.0)
+    assert (t.attempts_without_progress, again and again.attempts_without_progress) == (0, 2)

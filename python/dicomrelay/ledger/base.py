@@ -10,6 +10,14 @@ from typing import Any, Protocol
 # claim_outgoing hands out the most urgent, then the oldest (as the scheduler does).
 PRIORITY_ORDER = "CASE priority WHEN 'urgent' THEN 0 WHEN 'routine' THEN 1 ELSE 2 END, created, id"
 
+# What claim_outgoing may take: due queued transfers nobody holds, and active
+# ones whose holder stopped renewing (or, left by a release that held no
+# lease, never had one). Parameters by name, in each backend's style.
+CLAIMABLE = (
+    "((state = {queued} AND next_attempt <= {now} AND (claimed_by IS NULL OR lease_until <= {now}))"
+    " OR (state = {active} AND (claimed_by IS NULL OR lease_until <= {now})))"
+)
+
 
 class TransferState(enum.StrEnum):
     QUEUED = "queued"  # waiting for a slot or for its next attempt
@@ -47,6 +55,9 @@ class OutgoingTransfer:
     receipt: bytes | None = None
     claimed_by: str | None = None  # the worker holding it (claim_outgoing), if any
     lease_until: float | None = None  # until when that worker's claim holds
+    # Failed attempts in a row that delivered nothing: the retry budget
+    # (``attempts`` counts every failed attempt).
+    attempts_without_progress: int = 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,6 +97,7 @@ def outgoing_from_row(row: Sequence[Any]) -> OutgoingTransfer:
         rec,
         claimed_by,
         lease_until,
+        without_progress,
         acked,
     ) = row
     return OutgoingTransfer(
@@ -105,6 +117,7 @@ def outgoing_from_row(row: Sequence[Any]) -> OutgoingTransfer:
         receipt=None if rec is None else bytes(rec),
         claimed_by=claimed_by,
         lease_until=lease_until,
+        attempts_without_progress=without_progress,
     )
 
 
@@ -180,6 +193,7 @@ def incoming_from_row(sender: str, transfer_id: str, row: Sequence[Any]) -> Inco
 OUTGOING_COLUMNS = (
     "id, destination, study_uid, priority, digest, chunk_size, state, attempts,"
     " next_attempt, created, total, last_error, receipt, claimed_by, lease_until,"
+    " attempts_without_progress,"
     " (SELECT count(*) FROM outgoing_instances i"
     " WHERE i.transfer_id = o.id AND i.acked IS NOT NULL)"
 )
@@ -196,7 +210,12 @@ class Ledger(Protocol):
     ) -> None: ...
     async def outgoing(self, transfer_id: str) -> OutgoingTransfer | None: ...
     async def unfinished_outgoing(self) -> list[OutgoingTransfer]: ...
-    async def all_outgoing(self, limit: int = 1000) -> list[OutgoingTransfer]: ...
+    async def all_outgoing(
+        self, limit: int = 1000, *, state: TransferState | None = None
+    ) -> list[OutgoingTransfer]:
+        """The newest transfers first; only those in ``state``, if given."""
+        ...
+
     async def pending_instances(self, transfer_id: str) -> list[OutgoingInstance]: ...
     async def mark_acked(self, transfer_id: str, indexes: Sequence[int], at: float) -> None: ...
     async def set_outgoing_state(
@@ -205,20 +224,37 @@ class Ledger(Protocol):
         state: TransferState,
         *,
         attempts: int | None = None,
+        attempts_without_progress: int | None = None,
         next_attempt: float | None = None,
         error: str | None = None,
         receipt: bytes | None = None,
     ) -> None: ...
+    async def requeue_dead(self, transfer_id: str, *, now: float) -> bool:
+        """A dead letter queued again, due ``now``, with a fresh retry budget;
+        false if the transfer is not a dead letter."""
+        ...
 
     # Several workers (processes, machines) sharing one ledger's sending work.
     async def claim_outgoing(
-        self, worker: str, *, now: float, lease_seconds: float, limit: int
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        only: Sequence[str] | None = None,
     ) -> list[OutgoingTransfer]:
         """Claim, atomically, up to ``limit`` transfers for ``worker`` until
         ``now + lease_seconds``: queued ones that are due (``next_attempt <= now``)
         and unclaimed or whose lease has expired, and active ones whose lease has
-        expired (their worker died mid-attempt). The most urgent, then the oldest,
-        first. No two workers ever hold the same transfer's lease at once."""
+        expired (their worker died mid-attempt) or that no lease holds. The most
+        urgent, then the oldest, first; of ``only``'s ids alone, if given. No two
+        workers ever hold the same transfer's lease at once."""
+        ...
+
+    async def release_claims(self, worker: str) -> int:
+        """Give back every claim ``worker`` holds (a worker starting again: what
+        it held when it stopped is due at once); how many there were."""
         ...
 
     async def renew_lease(

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from dicomrelay.errors import LedgerUnavailable
 from dicomrelay.ledger.base import (
+    CLAIMABLE,
     INSERT_OUTGOING_COLUMNS,
     INSERT_OUTGOING_INSTANCE_COLUMNS,
     OUTGOING_COLUMNS,
@@ -39,98 +40,10 @@ from dicomrelay.ledger.base import (
     outgoing_instance_from_row,
     outgoing_instance_insert_row,
 )
+from dicomrelay.ledger.schema import POSTGRES_SCHEMA
 
 T = TypeVar("T")
 Cursor = AsyncCursor[TupleRow]
-
-# Times are seconds since the epoch, as double precision (SQLite's REAL), so a
-# stamp handed out (add_delivery) compares equal when it comes back.
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS outgoing (
-        id TEXT PRIMARY KEY,
-        destination TEXT NOT NULL,
-        study_uid TEXT NOT NULL,
-        priority TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        chunk_size INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0,
-        created DOUBLE PRECISION NOT NULL,
-        updated DOUBLE PRECISION NOT NULL,
-        total INTEGER NOT NULL,
-        last_error TEXT,
-        receipt BYTEA,
-        claimed_by TEXT,
-        lease_until DOUBLE PRECISION
-    )""",
-    "CREATE INDEX IF NOT EXISTS outgoing_state ON outgoing (state, next_attempt)",
-    """CREATE TABLE IF NOT EXISTS outgoing_instances (
-        transfer_id TEXT NOT NULL REFERENCES outgoing (id),
-        idx INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        sop_uid TEXT NOT NULL,
-        size BIGINT NOT NULL,
-        digest TEXT NOT NULL,
-        chunk_digests TEXT NOT NULL,
-        acked DOUBLE PRECISION,
-        PRIMARY KEY (transfer_id, idx)
-    )""",
-    """CREATE TABLE IF NOT EXISTS incoming (
-        sender TEXT NOT NULL,
-        transfer_id TEXT NOT NULL,
-        study_uid TEXT NOT NULL,
-        total INTEGER NOT NULL,
-        digest TEXT NOT NULL,
-        first_seen DOUBLE PRECISION NOT NULL,
-        committed DOUBLE PRECISION,
-        receipt BYTEA,
-        PRIMARY KEY (sender, transfer_id)
-    )""",
-    """CREATE TABLE IF NOT EXISTS incoming_instances (
-        sender TEXT NOT NULL,
-        transfer_id TEXT NOT NULL,
-        idx INTEGER NOT NULL,
-        sop_uid TEXT NOT NULL,
-        size BIGINT NOT NULL,
-        digest TEXT NOT NULL,
-        stored DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (sender, transfer_id, idx)
-    )""",
-    "CREATE INDEX IF NOT EXISTS incoming_digest ON incoming_instances (sender, digest)",
-    """CREATE TABLE IF NOT EXISTS incoming_partials (
-        sender TEXT NOT NULL,
-        transfer_id TEXT NOT NULL,
-        idx INTEGER NOT NULL,
-        durable BIGINT NOT NULL,
-        PRIMARY KEY (sender, transfer_id, idx)
-    )""",
-    """CREATE TABLE IF NOT EXISTS store (
-        study_uid TEXT NOT NULL,
-        sop_uid TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        size BIGINT NOT NULL,
-        sender TEXT NOT NULL,
-        transfer_id TEXT NOT NULL,
-        committed DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (study_uid, sop_uid)
-    )""",
-    """CREATE TABLE IF NOT EXISTS deliveries (
-        study_uid TEXT PRIMARY KEY,
-        state TEXT NOT NULL,
-        queued DOUBLE PRECISION NOT NULL,
-        finished DOUBLE PRECISION,
-        last_error TEXT
-    )""",
-    """CREATE TABLE IF NOT EXISTS audit (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        at DOUBLE PRECISION NOT NULL,
-        org TEXT NOT NULL,
-        action TEXT NOT NULL,
-        transfer_id TEXT,
-        detail TEXT NOT NULL
-    )""",
-)
 
 _ATTEMPTS = 5  # a transaction PostgreSQL aborts for a deadlock is run again, this often
 # How long a call waits for a pooled connection (while the pool reconnects to a
@@ -174,7 +87,7 @@ class PostgresLedger:
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
             )
             await conn.execute(search_path)
-            for statement in SCHEMA:
+            for statement in POSTGRES_SCHEMA:
                 await conn.execute(statement)
 
         async def configure(conn: AsyncConnection[TupleRow]) -> None:
@@ -260,11 +173,15 @@ class PostgresLedger:
 
         return await self._run(get)
 
-    async def all_outgoing(self, limit: int = 1000) -> list[OutgoingTransfer]:
+    async def all_outgoing(
+        self, limit: int = 1000, *, state: TransferState | None = None
+    ) -> list[OutgoingTransfer]:
         async def get(cur: Cursor) -> list[OutgoingTransfer]:
             await cur.execute(
-                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o ORDER BY created DESC LIMIT %s",
-                (limit,),
+                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o"
+                " WHERE %(state)s::text IS NULL OR state = %(state)s"
+                " ORDER BY created DESC LIMIT %(limit)s",
+                {"state": None if state is None else state.value, "limit": limit},
             )
             return [outgoing_from_row(r) for r in await cur.fetchall()]
 
@@ -297,37 +214,74 @@ class PostgresLedger:
         state: TransferState,
         *,
         attempts: int | None = None,
+        attempts_without_progress: int | None = None,
         next_attempt: float | None = None,
         error: str | None = None,
         receipt: bytes | None = None,
     ) -> None:
         async def update(cur: Cursor) -> None:
             await cur.execute(
-                "UPDATE outgoing SET state = %s, updated = %s,"
-                " attempts = coalesce(%s, attempts), next_attempt = coalesce(%s, next_attempt),"
+                "UPDATE outgoing SET state = %s, updated = %s, attempts = coalesce(%s, attempts),"
+                " attempts_without_progress = coalesce(%s::integer, attempts_without_progress),"
+                " next_attempt = coalesce(%s, next_attempt),"
                 " last_error = coalesce(%s, last_error), receipt = coalesce(%s, receipt)"
                 " WHERE id = %s",
-                (state.value, time.time(), attempts, next_attempt, error, receipt, transfer_id),
+                (
+                    state.value,
+                    time.time(),
+                    attempts,
+                    attempts_without_progress,
+                    next_attempt,
+                    error,
+                    receipt,
+                    transfer_id,
+                ),
             )
 
         await self._run(update)
 
+    async def requeue_dead(self, transfer_id: str, *, now: float) -> bool:
+        async def requeue(cur: Cursor) -> bool:
+            await cur.execute(
+                "UPDATE outgoing SET state = %s, attempts_without_progress = 0,"
+                " next_attempt = %s, updated = %s, claimed_by = NULL, lease_until = NULL"
+                " WHERE id = %s AND state = %s",
+                (
+                    TransferState.QUEUED.value,
+                    now,
+                    time.time(),
+                    transfer_id,
+                    TransferState.DEAD.value,
+                ),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(requeue)
+
     # Several workers sharing the sending work: row locks, and SKIP LOCKED so
     # that claimers pass over each other's candidates instead of queueing on them.
     async def claim_outgoing(
-        self, worker: str, *, now: float, lease_seconds: float, limit: int
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        only: Sequence[str] | None = None,
     ) -> list[OutgoingTransfer]:
+        claimable = CLAIMABLE.format(queued="%(queued)s", active="%(active)s", now="%(now)s")
+        among = "" if only is None else " AND id = ANY(%(only)s::text[])"
+
         async def claim(cur: Cursor) -> list[OutgoingTransfer]:
             await cur.execute(
-                "SELECT id FROM outgoing WHERE (state = %(queued)s AND next_attempt <= %(now)s"
-                " AND (claimed_by IS NULL OR lease_until <= %(now)s))"
-                " OR (state = %(active)s AND claimed_by IS NOT NULL AND lease_until <= %(now)s)"
+                f"SELECT id FROM outgoing WHERE {claimable}{among}"
                 f" ORDER BY {PRIORITY_ORDER} LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
                 {
                     "queued": TransferState.QUEUED.value,
                     "active": TransferState.ACTIVE.value,
                     "now": now,
                     "limit": limit,
+                    "only": list(only or ()),
                 },
             )
             ids = [r[0] for r in await cur.fetchall()]
@@ -346,6 +300,17 @@ class PostgresLedger:
             return sorted((outgoing_from_row(r) for r in rows), key=lambda t: order[t.id])
 
         return await self._run(claim)
+
+    async def release_claims(self, worker: str) -> int:
+        async def release(cur: Cursor) -> int:
+            await cur.execute(
+                "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = %s,"
+                " state = CASE WHEN state = %s THEN %s ELSE state END WHERE claimed_by = %s",
+                (time.time(), TransferState.ACTIVE.value, TransferState.QUEUED.value, worker),
+            )
+            return cur.rowcount
+
+        return await self._run(release)
 
     async def renew_lease(
         self, worker: str, transfer_ids: Sequence[str], *, now: float, lease_seconds: float

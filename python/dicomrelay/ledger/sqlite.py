@@ -3,6 +3,7 @@ driven from worker threads one call at a time."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ import anyio.to_thread
 
 from dicomrelay.errors import LedgerUnavailable
 from dicomrelay.ledger.base import (
+    CLAIMABLE,
     INSERT_OUTGOING_COLUMNS,
     INSERT_OUTGOING_INSTANCE_COLUMNS,
     OUTGOING_COLUMNS,
@@ -30,102 +32,10 @@ from dicomrelay.ledger.base import (
     outgoing_instance_from_row,
     outgoing_instance_insert_row,
 )
+from dicomrelay.ledger.schema import SQLITE_ADDED_COLUMNS, SQLITE_SCHEMA
 
 T = TypeVar("T")
 SQL_BATCH = 500  # values bound to one IN (...), well under SQLite's limit
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outgoing (
-    id TEXT PRIMARY KEY,
-    destination TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    priority TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    chunk_size INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    total INTEGER NOT NULL,
-    last_error TEXT,
-    receipt BLOB,
-    claimed_by TEXT,
-    lease_until REAL
-);
-CREATE INDEX IF NOT EXISTS outgoing_state ON outgoing (state);
-CREATE TABLE IF NOT EXISTS outgoing_instances (
-    transfer_id TEXT NOT NULL REFERENCES outgoing (id),
-    idx INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    sop_uid TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    chunk_digests TEXT NOT NULL,
-    acked REAL,
-    PRIMARY KEY (transfer_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS incoming (
-    sender TEXT NOT NULL,
-    transfer_id TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    total INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    first_seen REAL NOT NULL,
-    committed REAL,
-    receipt BLOB,
-    PRIMARY KEY (sender, transfer_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS incoming_instances (
-    sender TEXT NOT NULL,
-    transfer_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    sop_uid TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    stored REAL NOT NULL,
-    PRIMARY KEY (sender, transfer_id, idx)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS incoming_digest ON incoming_instances (sender, digest);
-CREATE TABLE IF NOT EXISTS incoming_partials (
-    sender TEXT NOT NULL,
-    transfer_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    durable INTEGER NOT NULL,
-    PRIMARY KEY (sender, transfer_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS store (
-    study_uid TEXT NOT NULL,
-    sop_uid TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sender TEXT NOT NULL,
-    transfer_id TEXT NOT NULL,
-    committed REAL NOT NULL,
-    PRIMARY KEY (study_uid, sop_uid)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS deliveries (
-    study_uid TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    queued REAL NOT NULL,
-    finished REAL,
-    last_error TEXT
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    org TEXT NOT NULL,
-    action TEXT NOT NULL,
-    transfer_id TEXT,
-    detail TEXT NOT NULL
-);
-"""
-
-# Columns added since the first release: (table, column, type) for older files.
-_ADDED_COLUMNS = (
-    ("outgoing", "claimed_by", "TEXT"),
-    ("outgoing", "lease_until", "REAL"),
-)
 
 
 # SQLite's codes for a database it cannot read or write (a full or failing
@@ -159,8 +69,8 @@ class SqliteLedger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(SCHEMA)
-        for table, column, kind in _ADDED_COLUMNS:
+        self._db.executescript(SQLITE_SCHEMA)
+        for table, column, kind in SQLITE_ADDED_COLUMNS:
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
@@ -230,11 +140,14 @@ class SqliteLedger:
 
         return await self._run(get)
 
-    async def all_outgoing(self, limit: int = 1000) -> list[OutgoingTransfer]:
+    async def all_outgoing(
+        self, limit: int = 1000, *, state: TransferState | None = None
+    ) -> list[OutgoingTransfer]:
         def get(db: sqlite3.Connection) -> list[OutgoingTransfer]:
             rows = db.execute(
-                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o ORDER BY created DESC LIMIT ?",
-                (limit,),
+                f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE ?1 IS NULL OR state = ?1"
+                " ORDER BY created DESC LIMIT ?2",
+                (None if state is None else state.value, limit),
             ).fetchall()
             return [outgoing_from_row(r) for r in rows]
 
@@ -266,41 +179,75 @@ class SqliteLedger:
         state: TransferState,
         *,
         attempts: int | None = None,
+        attempts_without_progress: int | None = None,
         next_attempt: float | None = None,
         error: str | None = None,
         receipt: bytes | None = None,
     ) -> None:
         def update(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE outgoing SET state = ?, updated = ?,"
-                " attempts = coalesce(?, attempts), next_attempt = coalesce(?, next_attempt),"
+                "UPDATE outgoing SET state = ?, updated = ?, attempts = coalesce(?, attempts),"
+                " attempts_without_progress = coalesce(?, attempts_without_progress),"
+                " next_attempt = coalesce(?, next_attempt),"
                 " last_error = coalesce(?, last_error), receipt = coalesce(?, receipt)"
                 " WHERE id = ?",
-                (state.value, time.time(), attempts, next_attempt, error, receipt, transfer_id),
+                (
+                    state.value,
+                    time.time(),
+                    attempts,
+                    attempts_without_progress,
+                    next_attempt,
+                    error,
+                    receipt,
+                    transfer_id,
+                ),
             )
 
         await self._run(update)
 
+    async def requeue_dead(self, transfer_id: str, *, now: float) -> bool:
+        def requeue(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE outgoing SET state = ?, attempts_without_progress = 0, next_attempt = ?,"
+                " updated = ?, claimed_by = NULL, lease_until = NULL WHERE id = ? AND state = ?",
+                (
+                    TransferState.QUEUED.value,
+                    now,
+                    time.time(),
+                    transfer_id,
+                    TransferState.DEAD.value,
+                ),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(requeue)
+
     # Several workers sharing the sending work (one writer at a time: BEGIN IMMEDIATE).
     async def claim_outgoing(
-        self, worker: str, *, now: float, lease_seconds: float, limit: int
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        only: Sequence[str] | None = None,
     ) -> list[OutgoingTransfer]:
+        claimable = CLAIMABLE.format(queued=":queued", active=":active", now=":now")
+        among = "" if only is None else " AND id IN (SELECT value FROM json_each(:only))"
+
         def claim(db: sqlite3.Connection) -> list[OutgoingTransfer]:
             ids = [
                 r[0]
                 for r in db.execute(
-                    "SELECT id FROM outgoing WHERE (state = ? AND next_attempt <= ?"
-                    " AND (claimed_by IS NULL OR lease_until <= ?))"
-                    " OR (state = ? AND claimed_by IS NOT NULL AND lease_until <= ?)"
-                    f" ORDER BY {PRIORITY_ORDER} LIMIT ?",
-                    (
-                        TransferState.QUEUED.value,
-                        now,
-                        now,
-                        TransferState.ACTIVE.value,
-                        now,
-                        limit,
-                    ),
+                    f"SELECT id FROM outgoing WHERE {claimable}{among}"
+                    f" ORDER BY {PRIORITY_ORDER} LIMIT :limit",
+                    {
+                        "queued": TransferState.QUEUED.value,
+                        "active": TransferState.ACTIVE.value,
+                        "now": now,
+                        "limit": limit,
+                        "only": json.dumps(list(only or ())),
+                    },
                 )
             ]
             db.executemany(
@@ -316,6 +263,16 @@ class SqliteLedger:
             return sorted((outgoing_from_row(r) for r in rows), key=lambda t: order[t.id])
 
         return await self._run(claim)
+
+    async def release_claims(self, worker: str) -> int:
+        def release(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = ?,"
+                " state = CASE WHEN state = ? THEN ? ELSE state END WHERE claimed_by = ?",
+                (time.time(), TransferState.ACTIVE.value, TransferState.QUEUED.value, worker),
+            ).rowcount
+
+        return await self._run(release)
 
     async def renew_lease(
         self, worker: str, transfer_ids: Sequence[str], *, now: float, lease_seconds: float
