@@ -19,6 +19,14 @@ class TransferFailed(DicomrelayError):
     """The transfer is a dead letter: out of attempts, or refused for good."""
 
 
+class UnknownTransfer(DicomrelayError):
+    """No transfer of that id in the ledger."""
+
+
+class NotADeadLetter(DicomrelayError):
+    """Only a dead letter can be queued again (``dicomrelay retry``)."""
+
+
 class EventKind(enum.StrEnum):
     QUEUED = "queued"
     STARTED = "started"
@@ -48,6 +56,9 @@ class Transfer:
         self._receipt: Receipt | None = None
         self._error: str | None = None
         self._subscribers: list[MemoryObjectSendStream[Event]] = []
+        # Every event so far, until the transfer ends: a subscriber that starts
+        # after ``send`` returned still sees its ``queued`` event first.
+        self._history: list[Event] = []
 
     def __repr__(self) -> str:
         return f"Transfer({self.id!r})"
@@ -63,11 +74,14 @@ class Transfer:
         return self._done.is_set()
 
     async def events(self) -> AsyncIterator[Event]:
-        """Every event from now until the transfer is committed or failed."""
+        """Every event of the transfer, from the first (``queued`` for one this
+        node queued) until it is committed or failed; nothing once it ended."""
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         if self.done:
             send.close()
         else:
+            for event in self._history:
+                send.send_nowait(event)
             self._subscribers.append(send)
         async with receive:
             async for event in receive:
@@ -80,6 +94,9 @@ class Transfer:
             for s in self._subscribers:
                 s.close()
             self._subscribers.clear()
+            self._history.clear()
+        else:
+            self._history.append(event)
 
     def finish(self, receipt: Receipt | None, error: str | None = None) -> None:
         self._receipt = receipt

@@ -213,8 +213,11 @@ async def test_in_memory_instances(orgs: Pki, tmp_path: Path) -> None:
             # Written (and kept) in the sender's outbox, so a restart could resume them.
             kept = sorted(p.read_bytes() for p in study_files(tx.outbox / transfer.id))
             assert kept == sorted(blobs)
-    # A subscriber's stream ends with the commit, having seen every instance verified.
+    # A subscriber that starts after send returned sees the whole story, from
+    # queued to the commit, every instance sent and verified.
+    assert seen[:2] == [EventKind.QUEUED, EventKind.STARTED]
     assert seen[-1] is EventKind.COMMITTED
+    assert seen.count(EventKind.INSTANCE_SENT) == len(blobs)
     assert seen.count(EventKind.VERIFIED) == len(blobs)
 
 
