@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import re
 import socket
 import time
 import uuid
@@ -47,12 +48,32 @@ from dicomrelay.store import BlobStore, StorageError
 
 log = logging.getLogger("dicomrelay.receiver")
 
+_ORG_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")  # an organisation code: nothing to escape
+
 # Large instances are made durable (and their offset recorded) every this many bytes.
 CHECKPOINT_BYTES = 64 << 20
 
 
 class Refused(DicomrelayError):
     """A peer this node will not talk to."""
+
+
+CLAIM_SHOWN = 64  # characters of a name a peer claims that an audit row keeps
+
+
+def claimed(name: str) -> str:
+    """A name a peer sent, fit for an audit row: quoted, escaped (no forged
+    lines), and cut short."""
+    shown = repr(name[:CLAIM_SHOWN])
+    return shown if len(name) <= CLAIM_SHOWN else f"{shown}... ({len(name)} characters)"
+
+
+def _address(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
 
 
 @dataclass(slots=True)
@@ -174,10 +195,19 @@ class Receiver:
     async def handle(self, sock: socket.socket) -> None:
         """Serve one accepted connection until it closes; never raises."""
         conn: Connection | None = None
+        address = _address(sock)
         try:
-            with anyio.fail_after(self.config.limits.connect_timeout):
-                conn = await Connection.open(sock, self.tls)
-            await _Session(self, conn).run()
+            timeout = self.config.limits.connect_timeout
+            try:
+                with anyio.fail_after(timeout):
+                    conn = await Connection.open(sock, self.tls)
+            except TlsError as e:
+                await self._audit_handshake(address, str(e))
+                raise
+            except TimeoutError:
+                await self._audit_handshake(address, f"no TLS handshake within {timeout:g} s")
+                raise
+            await _Session(self, conn, address).run()
         except Refused as e:
             log.warning("refused connection: %s", e)
         except (ConnectionResetError, DicomrelayError, OSError, TimeoutError) as e:
@@ -189,10 +219,23 @@ class Receiver:
             if conn is not None:
                 await conn.aclose()
 
-    def check_peer(self, conn: Connection, claimed: str) -> str:
+    async def _audit_handshake(self, address: str, reason: str) -> None:
+        """A failed handshake on the wire port: nobody proven, so the row is this
+        node's, with the caller's address."""
+        await self.ledger.audit(self.config.org, "tls-refused", None, f"{address}: {reason}")
+
+    def proven_org(self, conn: Connection, name: str) -> str:
+        """Who is on the other end, for the audit: the organisation the peer's
+        certificate proves; without TLS, the name it claimed (escaped, cut
+        short); "?" for a certificate that names none."""
+        if self.tls is None:
+            return name.upper() if _ORG_CODE.fullmatch(name) else claimed(name)
+        return conn.peer_org or "?"
+
+    def check_peer(self, conn: Connection, name: str) -> str:
         """The organisation on the other end, or Refused."""
         if self.tls is None:
-            org = claimed.upper()
+            org = name.upper()
         else:
             if conn.peer_org is None or conn.peer_certificate is None:
                 raise Refused("certificate names no organisation")
@@ -200,7 +243,7 @@ class Receiver:
         try:
             peer = self.config.peer(org)
         except DicomrelayError:
-            raise Refused(f"unknown organisation {org}") from None
+            raise Refused(f"unknown organisation {claimed(org)}") from None
         if self.tls is not None:
             try:
                 pki.require_issuer(conn.peer_certificate, peer.ca, org)
@@ -212,9 +255,10 @@ class Receiver:
 class _Session:
     """One connection's protocol state on the receiving side."""
 
-    def __init__(self, receiver: Receiver, conn: Connection) -> None:
+    def __init__(self, receiver: Receiver, conn: Connection, address: str) -> None:
         self.r = receiver
         self.conn = conn
+        self.address = address
         self.sender = ""
         self.slots: dict[int, InboundInstance] = {}
         self.hashers: dict[int, Hasher] = {}  # whole-instance digests of multi-chunk slots
@@ -261,7 +305,9 @@ class _Session:
         try:
             self.sender = self.r.check_peer(self.conn, hello.org)
         except Refused as e:
-            await self.r.ledger.audit(hello.org, "refused", None, str(e))
+            org = self.r.proven_org(self.conn, hello.org)
+            detail = f"{self.address}: {e}; HELLO claimed {claimed(hello.org)}"
+            await self.r.ledger.audit(org, "refused", None, detail)
             await self._fail("refused", str(e), retriable=False)
             raise
         if hello.protocol != PROTOCOL_VERSION:
