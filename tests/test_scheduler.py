@@ -53,15 +53,19 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
 
 @given(
     attempts=st.integers(0, 20),
+    without=st.integers(0, 20),
+    progressed=st.booleans(),
     retriable=st.booleans(),
     max_attempts=st.integers(1, 10),
     unit=st.floats(0, 0.999999),
 )
 def test_failure_requeues_with_a_later_attempt_or_dead_letters(
-    attempts: int, retriable: bool, max_attempts: int, unit: float
+    attempts: int, without: int, progressed: bool, retriable: bool, max_attempts: int, unit: float
 ) -> None:
     out = after_failure(
         attempts=attempts,
+        attempts_without_progress=without,
+        progressed=progressed,
         retriable=retriable,
         max_attempts=max_attempts,
         now=1000.0,
@@ -70,11 +74,42 @@ def test_failure_requeues_with_a_later_attempt_or_dead_letters(
         unit=unit,
     )
     assert out.attempts == attempts + 1
-    if not retriable or attempts + 1 >= max_attempts:
+    expected_without = 0 if progressed else without + 1
+    assert out.attempts_without_progress == expected_without
+    if not retriable or expected_without >= max_attempts:
         assert out.state is TransferState.DEAD
     else:
         assert out.state is TransferState.QUEUED
         assert 1000.0 < out.next_attempt <= 1060.0
+
+
+def test_only_attempts_without_progress_spend_the_budget() -> None:
+    """Eight failures in a row that each delivered something never dead-letter
+    (a receiver restarted eight times mid-study); the budget counts the
+    fruitless ones since the last that delivered, and progress starts it again."""
+    common = {"retriable": True, "max_attempts": 3, "now": 0.0, "base": 1.0, "cap": 8.0}
+    attempts, without = 0, 0
+    for _ in range(8):
+        out = after_failure(
+            attempts=attempts, attempts_without_progress=without, progressed=True, unit=0.0,
+            **common,  # type: ignore[arg-type]
+        )  # fmt: skip
+        attempts, without = out.attempts, out.attempts_without_progress
+        assert (out.state, without, out.next_attempt) == (TransferState.QUEUED, 0, 0.5)
+    states = []
+    for _ in range(3):
+        out = after_failure(
+            attempts=attempts, attempts_without_progress=without, progressed=False, unit=0.0,
+            **common,  # type: ignore[arg-type]
+        )  # fmt: skip
+        attempts, without = out.attempts, out.attempts_without_progress
+        states.append((out.state, without))
+    assert states == [
+        (TransferState.QUEUED, 1),
+        (TransferState.QUEUED, 2),
+        (TransferState.DEAD, 3),
+    ]
+    assert attempts == 11
 
 
 @given(
@@ -88,17 +123,28 @@ def test_failure_requeues_with_a_later_attempt_or_dead_letters(
         max_size=30,
     ),
     st.integers(1, 4),
+    st.dictionaries(st.sampled_from(["A", "B", "C"]), st.integers(0, 6)),
 )
-def test_plan_never_exceeds_limits_and_starts_only_due_work(
-    rows: list[tuple[str, str, float, float]], limit: int
+def test_plan_fills_each_destination_exactly_to_its_limit(
+    rows: list[tuple[str, str, float, float]], limit: int, active: dict[str, int]
 ) -> None:
+    """Routine and bulk work fills a destination up to its limit and no further;
+    urgent work alone may take the one slot beyond it; and nothing due is left
+    waiting while its destination has room for it."""
     queued = [cand(f"t{i}", d, p, c, n) for i, (d, p, c, n) in enumerate(rows)]
     by_id = {c.id: c for c in queued}
-    decision = plan(queued, {}, limit=limit, now=50)
-    started: dict[str, int] = {}
-    for tid in decision.start:
-        c = by_id[tid]
-        assert c.next_attempt <= 50
-        started[c.destination] = started.get(c.destination, 0) + 1
-    for count in started.values():
-        assert count <= limit + 1
+    decision = plan(queued, active, limit=limit, now=50)
+    started = [by_id[tid] for tid in decision.start]
+    assert len(set(decision.start)) == len(started)
+    assert all(c.next_attempt <= 50 for c in started)
+    for dest in ("A", "B", "C"):
+        mine = [c for c in started if c.destination == dest]
+        running = active.get(dest, 0) + len(mine)
+        if any(c.priority != "urgent" for c in mine):
+            assert running <= limit, (dest, running)
+        elif mine:
+            assert running <= limit + 1, (dest, running)
+        for c in queued:
+            if c.destination == dest and c.next_attempt <= 50 and c not in started:
+                room = limit + 1 if c.priority == "urgent" else limit
+                assert running >= room, f"{c.id} left waiting with room at {dest}"

@@ -24,20 +24,31 @@ def renew_interval(lease_seconds: float, poll_seconds: float) -> float:
 class Leases:
     """One worker's claims on a shared ledger's outgoing transfers."""
 
-    def __init__(self, ledger: Ledger, worker: str, *, lease_seconds: float, budget: int) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        worker: str,
+        *,
+        lease_seconds: float,
+        budget: int,
+        only: set[str] | None = None,
+    ) -> None:
+        """``only``: claim none but these transfers (it may grow); None: any."""
         self.ledger = ledger
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.budget = budget  # transfers held at once, queued here or running
+        self.only = only
         self.held: set[str] = set()
 
     async def claim(self, now: float) -> list[OutgoingTransfer]:
         """Claim due transfers (any worker's, the most urgent first) up to the budget."""
         room = self.budget - len(self.held)
-        if room <= 0:
+        wanted = None if self.only is None else sorted(self.only - self.held)
+        if room <= 0 or wanted == []:
             return []
         claimed = await self.ledger.claim_outgoing(
-            self.worker, now=now, lease_seconds=self.lease_seconds, limit=room
+            self.worker, now=now, lease_seconds=self.lease_seconds, limit=room, only=wanted
         )
         self.held.update(t.id for t in claimed)
         return claimed

@@ -4,12 +4,12 @@ all inside one task group."""
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
-import os
 import random
+import socket
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -28,24 +28,23 @@ from dicomrelay.connection import Connection
 from dicomrelay.dicom import tls
 from dicomrelay.dicom.scp import Refusal, StoredInstance, StoreScp
 from dicomrelay.errors import ConfigurationError, DicomrelayError, TlsError
-from dicomrelay.ledger import (
-    Ledger,
-    OutgoingInstance,
-    OutgoingTransfer,
-    TransferState,
-    open_ledger,
-)
+from dicomrelay.intake import queue_study
+from dicomrelay.ledger import Ledger, OutgoingTransfer, TransferState, open_ledger
 from dicomrelay.pacs_delivery import deliver_files
-from dicomrelay.protocol import PRIORITIES
 from dicomrelay.receipt import Receipt
 from dicomrelay.receiver import Committer, Receiver
 from dicomrelay.scheduler import Candidate, after_failure, plan
 from dicomrelay.sender import Attempt, AttemptFailed, greet
-from dicomrelay.sources import Source, materialise
+from dicomrelay.sources import Source
 from dicomrelay.store import BlobStore
 from dicomrelay.transfer import Event, EventKind, Transfer
+from dicomrelay.wakeup import WakeSocket
 
 log = logging.getLogger("dicomrelay.node")
+
+# Transfers a node that is not one of several named workers claims at once: all
+# that are due (the scheduler then applies each destination's limit).
+CLAIM_ALL = 10_000
 
 
 class Node:
@@ -55,9 +54,13 @@ class Node:
         *,
         ledger: Ledger | None = None,
         observer: Callable[[Event], None] | None = None,
+        share_work: bool = True,
     ) -> None:
-        """``observer``, if given, sees every event of every transfer (for metrics)."""
+        """``observer``, if given, sees every event of every transfer (for metrics).
+        ``share_work`` False: send only the transfers queued through this node
+        (``dicomrelay send`` while no node serves its ledger), and hear no wake-ups."""
         self.config = config
+        self._share = share_work
         self._observer = observer
         self._ledger = ledger
         self._tg: TaskGroup | None = None
@@ -69,8 +72,10 @@ class Node:
         self._acks_ready = anyio.Event()
         self._random = random.Random()
         self._deliveries: dict[str, anyio.Lock] = {}  # a lock per study being delivered
-        self._leases: Leases | None = None  # set when workers share the ledger's sending
+        self._leases: Leases | None = None  # this node's claims on the ledger's transfers
         self._claim_now = anyio.Event()
+        self._retries: list[float] = []  # heap: when transfers given back after failing are due
+        self._delivered: dict[str, int] = {}  # instances acknowledged, by running attempt
         self._attempts: dict[str, anyio.CancelScope] = {}  # running, by transfer
         self._peer_codes = frozenset(p.code for p in config.peers)
         self._not_ours: set[str] = set()  # claimed, for a peer this worker does not know
@@ -105,7 +110,7 @@ class Node:
     async def _start(self) -> None:
         cfg = self.config
         self.store = BlobStore(cfg.data_dir / "store")
-        self.outbox = cfg.data_dir / "outbox"
+        self.outbox = cfg.data_dir / "outbox"  # in-memory instances, written before sending
         self.outbox.mkdir(exist_ok=True)
         self._client_tls, server_tls, key_pem = self._tls()
         self._committer = Committer(self.ledger, self.store)
@@ -131,16 +136,7 @@ class Node:
             if cfg.dicom is not None and cfg.dicom.deliver_to is not None:
                 for study, requested in await self.ledger.pending_deliveries():
                     self._tg.start_soon(self._deliver_to_pacs, study, requested, cfg.dicom)
-            if cfg.worker is None:
-                await self._resume()
-            else:
-                self._leases = Leases(
-                    self.ledger,
-                    cfg.worker,
-                    lease_seconds=cfg.limits.lease_seconds,
-                    budget=cfg.limits.transfers_per_peer * max(1, len(cfg.peers)),
-                )
-                self._tg.start_soon(self._share_work, self._leases)
+            await self._start_claiming()
             self._tg.start_soon(self._schedule)
             self._tg.start_soon(self._record_acks)
         except BaseException:
@@ -179,11 +175,44 @@ class Node:
             return None, None, key
         return TlsConfig.client(trusted, cert, key), TlsConfig.server(trusted, cert, key), key
 
-    async def _resume(self) -> None:
-        """Queue every transfer the ledger holds unfinished (after a restart or a kill)."""
-        for t in await self.ledger.unfinished_outgoing():
-            self._transfers.setdefault(t.id, Transfer(t.id))
-            self._enqueue(t, next_attempt=t.next_attempt)
+    async def _start_claiming(self) -> None:
+        """Every node sends what it claims, on leases it renews while it works: a
+        transfer queued by ``dicomrelay send`` beside a serving node, or left
+        by a process that died mid-attempt, goes to the node that claims it.
+        Without a worker name of its own, a node is the one worker of its data
+        directory: it claims everything due, and takes back at start whatever
+        it held when it stopped (a restart resumes at once)."""
+        assert self._tg is not None
+        cfg = self.config
+        worker = cfg.worker or f"{socket.gethostname()}:{cfg.data_dir}"
+        budget = CLAIM_ALL
+        if cfg.worker is not None:  # several workers: hold no more than this one can send
+            budget = cfg.limits.transfers_per_peer * max(1, len(cfg.peers))
+        self._leases = Leases(
+            self.ledger,
+            worker,
+            lease_seconds=cfg.limits.lease_seconds,
+            budget=budget,
+            only=None if self._share else set(),
+        )
+        if self._share:
+            await self.ledger.release_claims(worker)
+        if self._share and cfg.worker is None:
+            for t in await self.ledger.unfinished_outgoing():  # its handles: node.transfer(id)
+                self._transfers.setdefault(t.id, Transfer(t.id))
+            wake = WakeSocket(cfg.data_dir)
+            if wake.open():
+                self._tg.start_soon(self._hear_wakeups, wake)
+        self._tg.start_soon(self._share_work, self._leases)
+
+    async def _hear_wakeups(self, wake: WakeSocket) -> None:
+        """``dicomrelay send`` queued something: claim it now, not at the next poll."""
+        try:
+            while True:
+                await wake.wait()
+                self._claim_now.set()
+        finally:
+            wake.close()
 
     def _enqueue(self, t: OutgoingTransfer, *, next_attempt: float) -> None:
         """Put a transfer before the scheduler, due at ``next_attempt``."""
@@ -198,60 +227,20 @@ class Node:
     # Sending.
     async def send(self, source: Source, *, to: str, priority: str = "routine") -> Transfer:
         """Queue a study for ``to``; the returned Transfer yields its receipt."""
-        if priority not in PRIORITIES:
-            raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
-        peer = self.config.peer(to)
-        transfer_id = uuid.uuid4().hex
-        paths = await anyio.to_thread.run_sync(materialise, source, self.outbox / transfer_id)
-        if not paths:
-            raise ValueError("nothing to send: the source holds no files")
-        limits = self.config.limits
-        results = await anyio.to_thread.run_sync(
-            lambda: scan_many(paths, digest=self.config.digest, chunk_size=limits.chunk_size)
-        )
-        infos: list[InstanceInfo] = []
-        for path, result in zip(paths, results, strict=True):
-            if not isinstance(result, InstanceInfo):
-                raise type(result)(f"{path}: {result}")
-            infos.append(result)
-        studies = {i.study_instance_uid for i in infos}
-        if len(studies) != 1 or None in studies:
-            raise ValueError(f"a transfer carries one study; the source holds {len(studies)}")
-        study = infos[0].study_instance_uid
-        assert study is not None
-        now = time.time()
-        transfer = OutgoingTransfer(
-            id=transfer_id,
-            destination=peer.code,
-            study_instance_uid=study,
-            priority=priority,
-            digest=self.config.digest,
-            chunk_size=limits.chunk_size,
-            state=TransferState.QUEUED,
-            attempts=0,
-            next_attempt=now,
-            created=now,
-            total=len(infos),
-        )
-        instances = [
-            OutgoingInstance(
-                index=n,
-                path=os.fspath(path),
-                sop_instance_uid=info.sop_instance_uid or "",
-                size=info.size,
-                digest=info.digest or "",
-                chunk_digests=info.chunk_digests,
-            )
-            for n, (path, info) in enumerate(zip(paths, infos, strict=True))
-        ]
-        await self.ledger.add_outgoing(transfer, instances)
-        handle = self._transfers[transfer_id] = Transfer(transfer_id)
-        self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer_id))
-        if self._leases is not None:
-            self._claim_now.set()  # queued for every worker: whichever claims it sends it
-            return handle
-        self._enqueue(transfer, next_attempt=now)
-        self._wake.set()
+        transfer = await queue_study(self.config, self.ledger, source, to=to, priority=priority)
+        handle = self._transfers[transfer.id] = Transfer(transfer.id)
+        self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer.id))
+        return self.take(transfer.id)
+
+    def take(self, transfer_id: str) -> Transfer:
+        """A transfer in the ledger, sent by this node once it claims it (at
+        once, unless another worker holds it): one this node queued, or one
+        ``dicomrelay send`` queued for a node that is not there to send it."""
+        assert self._leases is not None
+        handle = self._transfers.setdefault(transfer_id, Transfer(transfer_id))
+        if self._leases.only is not None:
+            self._leases.only.add(transfer_id)
+        self._claim_now.set()  # whichever worker claims it sends it
         return handle
 
     def _publish(self, handle: Transfer, event: Event) -> None:
@@ -315,11 +304,14 @@ class Node:
                 self._enqueue(t, next_attempt=now)
                 self._wake.set()
             await self._finish_handles_done_elsewhere(leases)
-            with anyio.move_on_after(
-                renew_interval(limits.lease_seconds, limits.claim_poll_seconds)
-            ):
+            delay = renew_interval(limits.lease_seconds, limits.claim_poll_seconds)
+            if self._retries:  # a transfer given back after failing falls due
+                delay = min(delay, max(0.0, self._retries[0] - time.time()))
+            with anyio.move_on_after(delay):
                 await self._claim_now.wait()
             self._claim_now = anyio.Event()
+            while self._retries and self._retries[0] <= time.time():
+                heapq.heappop(self._retries)
 
     async def _finish_handles_done_elsewhere(self, leases: Leases) -> None:
         waiting = [
@@ -352,9 +344,10 @@ class Node:
             del self._attempts[transfer_id]
             self._active[candidate.destination] -= 1
             self._wake.set()
-            if self._leases is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._leases.release(transfer_id)
+            assert self._leases is not None
+            with anyio.CancelScope(shield=True):
+                await self._leases.release(transfer_id)
+            self._claim_now.set()  # room for another claim
 
     async def _attempt_once(self, transfer_id: str, handle: Transfer) -> None:
         transfer = await self.ledger.outgoing(transfer_id)
@@ -362,11 +355,14 @@ class Node:
             return
         await self.ledger.set_outgoing_state(transfer_id, TransferState.ACTIVE)
         self._publish(handle, Event(kind=EventKind.STARTED, transfer_id=transfer_id))
+        self._delivered[transfer_id] = 0
         try:
             receipt = await self._deliver(transfer, self.config.peer(transfer.destination))
         except (AttemptFailed, DicomrelayError, OSError, TimeoutError) as e:
-            await self._failed(transfer, handle, e)
+            await self._failed(transfer, handle, e, progressed=self._delivered[transfer_id] > 0)
             return
+        finally:
+            del self._delivered[transfer_id]
         await self.ledger.set_outgoing_state(
             transfer_id, TransferState.DONE, receipt=receipt.to_json()
         )
@@ -395,6 +391,7 @@ class Node:
             handle = self._transfers[transfer.id]
 
             def acked(indexes: list[tuple[int, float]]) -> None:
+                self._delivered[transfer.id] += len(indexes)
                 self._acks[transfer.id].extend(i for i, _ in indexes)
                 self._acks_ready.set()
                 for i, latency in indexes:
@@ -426,12 +423,19 @@ class Node:
         pki.require_issuer(conn.peer_certificate, peer.ca, peer.code)
 
     async def _failed(
-        self, transfer: OutgoingTransfer, handle: Transfer, error: BaseException
+        self,
+        transfer: OutgoingTransfer,
+        handle: Transfer,
+        error: BaseException,
+        *,
+        progressed: bool,
     ) -> None:
         limits = self.config.limits
         retriable = getattr(error, "retriable", not isinstance(error, ConfigurationError))
         outcome = after_failure(
             attempts=transfer.attempts,
+            attempts_without_progress=transfer.attempts_without_progress,
+            progressed=progressed,
             retriable=retriable,
             max_attempts=limits.max_attempts,
             now=time.time(),
@@ -444,6 +448,7 @@ class Node:
             transfer.id,
             outcome.state,
             attempts=outcome.attempts,
+            attempts_without_progress=outcome.attempts_without_progress,
             next_attempt=outcome.next_attempt,
             error=message,
         )
@@ -457,9 +462,8 @@ class Node:
         self._publish(
             handle, Event(kind=EventKind.RETRYING, transfer_id=transfer.id, detail=message)
         )
-        if self._leases is not None:
-            return  # given back when the attempt ends: any worker retries it when due
-        self._enqueue(transfer, next_attempt=outcome.next_attempt)
+        # Given back when the attempt ends: any worker (this one too) retries it when due.
+        heapq.heappush(self._retries, outcome.next_attempt)
 
     async def _record_acks(self) -> None:
         """Coalesce acknowledgements into one ledger transaction per batch."""
@@ -540,11 +544,23 @@ class Node:
                 await self.ledger.audit(self.config.org, "unrouted", None, detail)
                 continue
             try:
-                transfer = await self.send([str(s.path) for s in instances], to=to)
+                # Content-addressed copies: a later store of the same SOP Instance
+                # UID replaces the received file, not what this transfer sends.
+                blobs = await anyio.to_thread.run_sync(self._adopt, [s.path for s in instances])
+                transfer = await self.send([str(b) for b in blobs], to=to)
             except (DicomrelayError, OSError, ValueError) as e:
                 await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
                 continue
             await self.ledger.audit(self.config.org, "routed", transfer.id, f"{detail} to {to}")
+
+    def _adopt(self, paths: list[Path]) -> list[Path]:
+        def digest_of(path: Path) -> str:
+            [info] = scan_many([path], digest=self.config.digest)
+            if not isinstance(info, InstanceInfo) or info.digest is None:
+                raise DicomrelayError(f"{path}: cannot read what was stored: {info}")
+            return info.digest
+
+        return [self.store.adopt(path, digest_of) for path in paths]
 
     def _committed(self, study_instance_uid: str) -> None:
         dicom = self.config.dicom

@@ -63,12 +63,15 @@ def retry_delay(attempt: int, *, base: float, cap: float, unit: float) -> float:
 class Outcome:
     state: TransferState
     attempts: int
+    attempts_without_progress: int
     next_attempt: float
 
 
 def after_failure(
     *,
     attempts: int,
+    attempts_without_progress: int,
+    progressed: bool,
     retriable: bool,
     max_attempts: int,
     now: float,
@@ -77,9 +80,23 @@ def after_failure(
     unit: float,
 ) -> Outcome:
     """A failed attempt: queue the transfer again after a backoff, or make it a
-    dead letter when it is out of attempts or the failure will not go away."""
+    dead letter when the failure will not go away or ``max_attempts`` attempts
+    in a row delivered nothing. An attempt that delivered instances (the
+    receiver restarting mid-study, a flaky link) spends none of that budget and
+    is retried after the shortest backoff."""
     attempts += 1
-    if not retriable or attempts >= max_attempts:
-        return Outcome(state=TransferState.DEAD, attempts=attempts, next_attempt=now)
-    delay = retry_delay(attempts, base=base, cap=cap, unit=unit)
-    return Outcome(state=TransferState.QUEUED, attempts=attempts, next_attempt=now + delay)
+    without = 0 if progressed else attempts_without_progress + 1
+    if not retriable or without >= max_attempts:
+        return Outcome(
+            state=TransferState.DEAD,
+            attempts=attempts,
+            attempts_without_progress=without,
+            next_attempt=now,
+        )
+    delay = retry_delay(max(1, without), base=base, cap=cap, unit=unit)
+    return Outcome(
+        state=TransferState.QUEUED,
+        attempts=attempts,
+        attempts_without_progress=without,
+        next_attempt=now + delay,
+    )

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dicomrelay._native import Hasher
@@ -131,6 +133,32 @@ class BlobStore:
             return final
         except OSError as e:
             raise _storage_error(e, digest) from e
+
+    def adopt(self, path: Path, digest_of: Callable[[Path], str]) -> Path:
+        """Keep the file at ``path`` as a blob, durably, named by ``digest_of``
+        its bytes as they are now: a hard link (a copy on another file system),
+        so that a file later written to ``path`` (by rename, never in place)
+        leaves the blob as it was. Returns the blob's path."""
+        temp = self.incoming / f"adopted.{uuid.uuid4().hex}.tmp"
+        try:
+            try:
+                os.link(path, temp)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                shutil.copyfile(path, temp)
+                fd = os.open(temp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            final = self.path_of(digest_of(temp))
+            self.sync([self._publish(temp, final), self.incoming])
+            return final
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise _storage_error(e, os.fspath(path)) from e
 
     def discard_partial(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

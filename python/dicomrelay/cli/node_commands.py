@@ -1,9 +1,13 @@
-"""``dicomrelay serve``, ``send`` and ``status``: a node for real use, from a TOML file.
+"""``dicomrelay serve``, ``send``, ``retry`` and ``status``: a node for real
+use, from a TOML file.
 
 ``serve`` runs the node (listener, scheduler, resumption of unfinished work),
-and starts it again whenever its ledger's database was unavailable;
-``send`` queues a study in the node's ledger and waits for its receipt (running
-the node for the duration); ``status`` reads the ledger.
+and starts it again whenever its ledger's database was unavailable. ``send``
+never listens: it queues a study in the node's ledger, wakes the node serving
+it, and tells the transfer's progress until its receipt comes; with no node
+serving (or none taking it up), it sends the transfer itself, on a lease that a
+serving node takes over should ``send`` die. ``retry`` queues a dead letter
+again; ``status`` reads the ledger.
 """
 
 from __future__ import annotations
@@ -13,14 +17,30 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import orjson
 
-from dicomrelay.errors import LedgerUnavailable, first_failure
+from dicomrelay import wakeup
+from dicomrelay.errors import DicomrelayError, LedgerUnavailable, first_failure
+
+if TYPE_CHECKING:  # imported where used: a command loads only what it runs
+    from dicomrelay.config import NodeConfig
+    from dicomrelay.ledger import Ledger, OutgoingTransfer
+    from dicomrelay.receipt import Receipt
+    from dicomrelay.transfer import Event
+
+T = TypeVar("T")
+FOLLOW_INTERVAL = 0.2  # seconds between readings of a transfer another process sends
+FOLLOW_GRACE = 3.0  # due and held by no worker this long: no node is there to send it
+PROGRESS_EVERY = 0.5  # seconds between progress lines
+Rows = list[dict[str, object]]
 
 
 def register(sub: Any) -> None:
@@ -34,6 +54,11 @@ def register(sub: Any) -> None:
     send.add_argument("--priority", choices=("urgent", "routine", "bulk"), default="routine")
     send.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
     send.set_defaults(run=run_send)
+
+    retry = sub.add_parser("retry", help="queue a dead letter again")
+    retry.add_argument("transfer_id", metavar="TRANSFER_ID", help="as status lists it")
+    retry.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
+    retry.set_defaults(run=run_retry)
 
     status = sub.add_parser("status", help="transfers in flight, done and dead")
     status.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
@@ -68,39 +93,166 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_send(args: argparse.Namespace) -> int:
     from dicomrelay.config import NodeConfig
-    from dicomrelay.node import Node
-    from dicomrelay.transfer import TransferFailed
+    from dicomrelay.intake import queue_study
+    from dicomrelay.ledger import open_ledger
 
     config = NodeConfig.from_toml(args.config)
-    if config.worker is not None:
-        # A worker of its own while it waits: never one that `serve` already is.
-        config = dataclasses.replace(config, worker=f"{config.worker}-send-{os.getpid()}")
 
-    async def send() -> int:
+    async def send() -> Receipt:
+        ledger = await open_ledger(
+            config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
+        )
         try:
-            async with Node(config) as node:
-                transfer = await node.send(args.path, to=args.to, priority=args.priority)
-                sys.stderr.write(f"transfer {transfer.id} queued\n")
-                try:
-                    receipt = await transfer.wait()
-                except TransferFailed as e:
-                    sys.stderr.write(f"{e}\n")
-                    return 1
-                sys.stdout.write(receipt.to_json().decode() + "\n")
-                return 0
-        except* LedgerUnavailable as group:
-            unavailable = first_failure(group)
-        # Whatever was queued stays in the ledger: `serve` sends it once it is back.
-        sys.stderr.write(f"send: {unavailable}\n")
-        return 1
+            transfer = await queue_study(
+                config, ledger, args.path, to=args.to, priority=args.priority
+            )
+            progress = Progress(transfer.id, transfer.total)
+            progress.say(
+                f"queued: {transfer.total} instances of {transfer.study_instance_uid}"
+                f" for {transfer.destination}"
+            )
+            if wakeup.poke(config.data_dir):
+                receipt = await _follow(config, ledger, transfer, progress)
+                if receipt is not None:
+                    return receipt
+                progress.say("no node is sending it: sending it from here")
+            else:
+                progress.say("no node serves this ledger here: sending it from here")
+        finally:
+            await ledger.close()
+        return await _send_alone(config, transfer.id, progress)
 
-    result: int = anyio.run(send, backend_options=_uvloop())
-    return result
+    receipt = _run(send)
+    sys.stdout.write(receipt.to_json().decode() + "\n")
+    return 0
+
+
+def _run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main``; a node's failure (raised in a task group) as itself, for
+    the one-line report every DicomrelayError gets."""
+    try:
+        return anyio.run(main, backend_options=_uvloop())
+    except BaseExceptionGroup as group:
+        failure = first_failure(group)
+        if isinstance(failure, DicomrelayError):
+            raise failure from None
+        raise
+
+
+async def _follow(
+    config: NodeConfig, ledger: Ledger, transfer: OutgoingTransfer, progress: Progress
+) -> Receipt | None:
+    """Wait while the serving node sends the transfer, telling its progress;
+    None if no node takes it up (then this process sends it)."""
+    from dicomrelay.follow import Follower
+    from dicomrelay.receipt import Receipt
+    from dicomrelay.transfer import TransferFailed
+
+    follower = Follower(ledger, transfer)
+    grace = max(FOLLOW_GRACE, 3 * config.limits.claim_poll_seconds)
+    while True:
+        for event in await follower.poll():
+            progress(event)
+        row = follower.row
+        if row.state == "done":
+            assert row.receipt is not None
+            return Receipt.from_json(row.receipt)
+        if row.state == "dead":
+            raise TransferFailed(f"transfer {row.id} failed: {row.last_error}")
+        if follower.unattended_for() > grace:
+            return None
+        await anyio.sleep(FOLLOW_INTERVAL)
+
+
+async def _send_alone(config: NodeConfig, transfer_id: str, progress: Progress) -> Receipt:
+    """Send the queued transfer with a node of this process's own: it listens
+    nowhere, sends this transfer only, and holds it on a lease, so that a
+    node serving the ledger takes it over if this process dies."""
+    from dicomrelay.node import Node
+
+    worker = f"send-{os.getpid()}@{socket.gethostname()}"
+    alone = dataclasses.replace(config, listen_port=None, dicom=None, worker=worker)
+    async with Node(alone, share_work=False) as node:
+        transfer = node.take(transfer_id)
+        async with anyio.create_task_group() as tg:
+
+            async def tell() -> None:
+                async for event in transfer.events():
+                    progress(event)
+
+            tg.start_soon(tell)
+            receipt = await transfer.wait()
+        return receipt
+
+
+class Progress:
+    """What ``send`` tells on stderr while it waits: each stage, each retry with
+    its reason, and how many instances the receiver holds (a few times a second)."""
+
+    def __init__(self, transfer_id: str, total: int) -> None:
+        self.transfer_id = transfer_id
+        self.total = total
+        self.verified = 0
+        self._told = 0.0
+
+    def say(self, line: str) -> None:
+        sys.stderr.write(f"transfer {self.transfer_id} {line}\n")
+        sys.stderr.flush()
+
+    def __call__(self, event: Event) -> None:
+        kind = event.kind.value
+        if kind == "verified":
+            self.verified += 1
+            now = time.monotonic()
+            if self.verified == self.total or now - self._told >= PROGRESS_EVERY:
+                self._told = now
+                self.say(f"verified: {self.verified}/{self.total} instances held by the receiver")
+        elif kind in ("retrying", "failed"):
+            self.say(f"{kind}: {event.detail}")
+        elif kind in ("started", "committed"):
+            self.say(kind)
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    from dicomrelay.config import NodeConfig
+    from dicomrelay.ledger import open_ledger
+    from dicomrelay.transfer import NotADeadLetter, UnknownTransfer
+
+    config = NodeConfig.from_toml(args.config)
+
+    async def retry() -> None:
+        ledger = await open_ledger(
+            config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
+        )
+        try:
+            t = await ledger.outgoing(args.transfer_id)
+            if t is None:
+                raise UnknownTransfer(
+                    f"no transfer {args.transfer_id!r} in the ledger of {args.config}"
+                )
+            if not await ledger.requeue_dead(t.id, now=time.time()):
+                raise NotADeadLetter(
+                    f"transfer {t.id} is {t.state.value}, not a dead letter:"
+                    " only dead letters are queued again"
+                )
+            await ledger.audit(config.org, "requeued", t.id, f"dead letter ({t.last_error})")
+        finally:
+            await ledger.close()
+
+    anyio.run(retry)
+    if wakeup.poke(config.data_dir):
+        sys.stderr.write(f"transfer {args.transfer_id} queued again\n")
+    else:
+        sys.stderr.write(
+            f"transfer {args.transfer_id} queued again; no node serves this ledger here:"
+            f" `dicomrelay serve --config {args.config}` sends it\n"
+        )
+    return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
     from dicomrelay.config import NodeConfig
-    from dicomrelay.ledger import open_ledger
+    from dicomrelay.ledger import TransferState, open_ledger
 
     config = NodeConfig.from_toml(args.config)
     if config.ledger is None and not (config.data_dir / "ledger.sqlite").is_file():
@@ -112,13 +264,14 @@ def run_status(args: argparse.Namespace) -> int:
             " the node has not run there; check data_dir"
         )
 
-    async def status() -> tuple[dict[str, int], list[dict[str, object]]]:
+    async def status() -> tuple[dict[str, int], Rows, Rows]:
         ledger = await open_ledger(
             config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
         )
         try:
             counts = await ledger.counts()
             transfers = await ledger.all_outgoing(limit=50)
+            dead = await ledger.all_outgoing(limit=10_000, state=TransferState.DEAD)
         finally:
             await ledger.close()
         rows: list[dict[str, object]] = [
@@ -135,15 +288,27 @@ def run_status(args: argparse.Namespace) -> int:
             }
             for t in transfers
         ]
-        return counts, rows
+        # Every dead letter, however old, with why it died: each waits for `retry`.
+        dead_letters: Rows = [
+            {
+                "id": t.id,
+                "to": t.destination,
+                "study": t.study_instance_uid,
+                "attempts": t.attempts,
+                "reason": t.last_error,
+            }
+            for t in dead
+        ]
+        return counts, rows, dead_letters
 
     try:
-        counts, rows = anyio.run(status)
+        counts, rows, dead_letters = anyio.run(status)
     except LedgerUnavailable as e:
         sys.stderr.write(f"status: {e}\n")
         return 1
     if args.json:
-        sys.stdout.write(orjson.dumps({"counts": counts, "transfers": rows}).decode() + "\n")
+        report = {"counts": counts, "transfers": rows, "dead_letters": dead_letters}
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
     sys.stdout.write("  ".join(f"{k}: {v}" for k, v in counts.items()) + "\n")
     for r in rows:
@@ -153,4 +318,8 @@ def run_status(args: argparse.Namespace) -> int:
             f"{r['id']}  {r['to']:<8} {r['state']:<7} {r['priority']:<8}"
             f" {r['acked']}/{r['total']}  attempts {r['attempts']}{worker}{error}\n"
         )
+    if dead_letters:
+        sys.stdout.write("dead letters (`dicomrelay retry TRANSFER_ID` queues one again):\n")
+    for d in dead_letters:
+        sys.stdout.write(f"{d['id']}  {d['to']:<8} {d['study']}  {d['reason']}\n")
     return 0

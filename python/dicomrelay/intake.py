@@ -1,0 +1,87 @@
+"""A study becomes a queued transfer: its files found (in-memory instances
+written to the outbox first), scanned, and recorded in the ledger, where
+whichever node or worker claims it sends it."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import anyio.to_thread
+
+from dicomrelay._native import InstanceInfo, scan_many
+from dicomrelay.config import NodeConfig
+from dicomrelay.errors import DicomrelayError
+from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
+from dicomrelay.protocol import PRIORITIES
+from dicomrelay.sources import Source, materialise
+
+
+class NotAStudy(DicomrelayError, ValueError):
+    """What was given to send is not one study: no files, or several studies."""
+
+
+def _describe(source: Source) -> str:
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return "the instances given"
+
+
+async def queue_study(
+    config: NodeConfig, ledger: Ledger, source: Source, *, to: str, priority: str
+) -> OutgoingTransfer:
+    """Record ``source`` as a transfer to ``to``, queued and due now."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
+    peer = config.peer(to)
+    if isinstance(source, str | os.PathLike) and not os.path.exists(source):
+        raise NotAStudy(f"nothing to send: {os.fspath(source)} does not exist")
+    transfer_id = uuid.uuid4().hex
+    outbox = config.data_dir / "outbox" / transfer_id
+    if not isinstance(source, str | os.PathLike):
+        outbox.parent.mkdir(parents=True, exist_ok=True)
+    paths = await anyio.to_thread.run_sync(materialise, source, outbox)
+    if not paths:
+        raise NotAStudy(f"nothing to send: {_describe(source)} holds no files")
+    limits = config.limits
+    results = await anyio.to_thread.run_sync(
+        lambda: scan_many(paths, digest=config.digest, chunk_size=limits.chunk_size)
+    )
+    infos: list[InstanceInfo] = []
+    for path, result in zip(paths, results, strict=True):
+        if not isinstance(result, InstanceInfo):
+            raise type(result)(f"{path}: {result}")
+        infos.append(result)
+    studies = {i.study_instance_uid for i in infos}
+    if len(studies) != 1 or None in studies:
+        raise NotAStudy(f"a transfer carries one study; {_describe(source)} holds {len(studies)}")
+    study = infos[0].study_instance_uid
+    assert study is not None
+    now = time.time()
+    transfer = OutgoingTransfer(
+        id=transfer_id,
+        destination=peer.code,
+        study_instance_uid=study,
+        priority=priority,
+        digest=config.digest,
+        chunk_size=limits.chunk_size,
+        state=TransferState.QUEUED,
+        attempts=0,
+        next_attempt=now,
+        created=now,
+        total=len(infos),
+    )
+    instances = [
+        OutgoingInstance(
+            index=n,
+            path=os.fspath(path),
+            sop_instance_uid=info.sop_instance_uid or "",
+            size=info.size,
+            digest=info.digest or "",
+            chunk_digests=info.chunk_digests,
+        )
+        for n, (path, info) in enumerate(zip(paths, infos, strict=True))
+    ]
+    await ledger.add_outgoing(transfer, instances)
+    return transfer
