@@ -129,6 +129,11 @@ class SenderControl:
         else:
             raise ProtocolError(f"unexpected {kind.name} from a receiver")
 
+    def take_acknowledged(self) -> list[tuple[int, float]]:
+        """The acknowledgements not yet reported, now (rather than with the next effects)."""
+        acked, self._acked = self._acked, []
+        return acked
+
     def streamed(self, nbytes: int, now: float) -> None:
         """A chunk went out: progress, as far as a stalled peer is concerned."""
         self.last_progress = now
