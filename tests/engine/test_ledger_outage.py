@@ -109,5 +109,7 @@ def test_an_unreachable_ledger_is_a_typed_error(tmp_path: Path) -> None:
     for command in (["status"], ["send", str(study), "--to", "RX2"]):
         result = dicomrelay(*command, "--config", str(toml))
         assert result.returncode == 1
-        assert result.stderr.startswith(f"{command[0]}: PostgreSQL ledger: connection failed")
+        assert result.stderr.startswith(
+            f"dicomrelay {command[0]}: PostgreSQL ledger: connection failed"
+        )
         assert "Traceback" not in result.stderr

@@ -28,7 +28,7 @@ import anyio
 import orjson
 
 from dicomrelay import wakeup
-from dicomrelay.errors import DicomrelayError, LedgerUnavailable, first_failure
+from dicomrelay.errors import DicomrelayError, first_failure
 
 if TYPE_CHECKING:  # imported where used: a command loads only what it runs
     from dicomrelay.config import NodeConfig
@@ -301,11 +301,7 @@ def run_status(args: argparse.Namespace) -> int:
         ]
         return counts, rows, dead_letters
 
-    try:
-        counts, rows, dead_letters = anyio.run(status)
-    except LedgerUnavailable as e:
-        sys.stderr.write(f"status: {e}\n")
-        return 1
+    counts, rows, dead_letters = anyio.run(status)
     if args.json:
         report = {"counts": counts, "transfers": rows, "dead_letters": dead_letters}
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
