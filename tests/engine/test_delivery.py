@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from dicomrelay.errors import ConfigurationError
 from dicomrelay.ledger import SqliteLedger
 from dicomrelay.node import Node
 from dicomrelay.receipt import ReceiptError
@@ -321,7 +322,7 @@ async def test_a_node_that_cannot_start_closes_its_ledger(orgs: Pki, tmp_path: P
             "RX2", tmp_path / "rx", identity=orgs.identity("RX2"), listen_port=port
         )
         ledger = SqliteLedger(tmp_path / "rx" / "ledger.sqlite")
-        with pytest.raises(OSError, match="in use"):
+        with pytest.raises(ConfigurationError, match=f"cannot listen on 127.0.0.1:{port}.*in use"):
             async with Node(config, ledger=ledger):
                 pass
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
