@@ -118,8 +118,8 @@ fn walk(
 
 /// Is this defined-length value a sequence whose items must be checked? In
 /// explicit VR its VR says so; in implicit VR the data dictionary does, and a
-/// private value that opens with an item tag is read as one (as pydicom and
-/// DCMTK read it).
+/// private value that opens with an item tag is read as one (as pydicom reads
+/// it). A standard value that is not a sequence is never read as one.
 fn is_sequence(buf: &[u8], h: &Header, enc: Encoding) -> bool {
     match h.vr {
         Some(vr) => vr == *b"SQ",
