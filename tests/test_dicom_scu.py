@@ -175,3 +175,26 @@ def test_storescu_says_where_an_aborted_batch_stopped(tmp_path: Path) -> None:
         f"the peer aborted the association (source 0, reason 0) while sending {fourth}:"
         " 3 of 10 sent, 7 not sent"
     )
+
+
+def test_storescu_with_nothing_to_send_says_so_in_one_line(tmp_path: Path) -> None:
+    port = str(free_port())
+    missing = dicomrelay_cli("storescu", "127.0.0.1", port, str(tmp_path / "absent"))
+    assert missing.returncode == 2
+    assert (
+        missing.stderr == f"dicomrelay storescu: {tmp_path / 'absent'}: no such file or directory\n"
+    )
+    (tmp_path / "notes.txt").write_text("not DICOM\n")
+    nothing = dicomrelay_cli("storescu", "127.0.0.1", port, str(tmp_path / "notes.txt"))
+    assert nothing.returncode == 1
+    skipped, last = nothing.stderr.splitlines()
+    assert skipped.startswith(f"dicomrelay storescu: skipping {tmp_path / 'notes.txt'}: ")
+    assert (
+        last
+        == f"dicomrelay storescu: nothing to send: no DICOM instance in {tmp_path / 'notes.txt'}"
+    )
+    no_tls = dicomrelay_cli("echoscu", "127.0.0.1", port, "+cf", str(tmp_path / "ca.pem"))
+    assert (no_tls.returncode, no_tls.stderr) == (
+        2,
+        "dicomrelay echoscu: +cf and --check-hostname need +tls or +tla\n",
+    )

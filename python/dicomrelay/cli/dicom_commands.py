@@ -21,7 +21,7 @@ from dicomrelay.cli.scan_command import files_under
 from dicomrelay.dicom.dimse import Status
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
 from dicomrelay.dicom.tls import client_context, server_context
-from dicomrelay.errors import ConfigurationError
+from dicomrelay.errors import ConfigurationError, DicomrelayError, UsageError
 
 
 def register(sub: Any) -> None:
@@ -169,8 +169,7 @@ def run_echo(args: argparse.Namespace) -> int:
     try:
         tls = _client_tls(args)
     except ConfigurationError as e:
-        sys.stderr.write(f"echoscu: {e}\n")
-        return 2
+        raise UsageError(str(e)) from e  # exit status 2
 
     async def echo() -> int:
         async with await Client.connect(
@@ -193,8 +192,10 @@ def run_store(args: argparse.Namespace) -> int:
     try:
         tls = _client_tls(args)
     except ConfigurationError as e:
-        sys.stderr.write(f"storescu: {e}\n")
-        return 2
+        raise UsageError(str(e)) from e  # exit status 2
+    for given in args.paths:
+        if not os.path.exists(given):
+            raise UsageError(f"{given}: no such file or directory")
     paths = list(files_under(args.paths))
     scanned = scan_many(paths)
     files: list[tuple[str, InstanceInfo]] = []
@@ -202,10 +203,11 @@ def run_store(args: argparse.Namespace) -> int:
         if isinstance(info, InstanceInfo) and info.sop_class_uid and info.sop_instance_uid:
             files.append((path, info))
         else:
-            sys.stderr.write(f"storescu: skipping {path}: not a DICOM instance ({info})\n")
+            sys.stderr.write(
+                f"dicomrelay storescu: skipping {path}: not a DICOM instance ({info})\n"
+            )
     if not files:
-        sys.stderr.write("storescu: nothing to send\n")
-        return 1
+        raise DicomrelayError(f"nothing to send: no DICOM instance in {' '.join(args.paths)}")
 
     async def store() -> int:
         answered = failed = 0
@@ -222,11 +224,13 @@ def run_store(args: argparse.Namespace) -> int:
                 async for path, status in client.store_many(files):
                     answered += 1
                     if isinstance(status, Exception):
-                        sys.stderr.write(f"storescu: {os.path.basename(path)}: {status}\n")
+                        sys.stderr.write(
+                            f"dicomrelay storescu: {os.path.basename(path)}: {status}\n"
+                        )
                         failed += 1
                     elif status != Status.SUCCESS:
                         failed += 1
-                        sys.stderr.write(f"storescu: {path}: status {status:#06x}\n")
+                        sys.stderr.write(f"dicomrelay storescu: {path}: status {status:#06x}\n")
             except AssociationError as e:
                 # One request is outstanding at a time: the association ended
                 # on the first file not answered.
@@ -253,8 +257,7 @@ def run_scp(args: argparse.Namespace) -> int:
     try:
         tls = _server_tls(args)
     except ConfigurationError as e:
-        sys.stderr.write(f"storescp: {e}\n")
-        return 2
+        raise UsageError(str(e)) from e  # exit status 2
     scp = StoreScp(
         ae_title=args.aetitle,
         output_dir=args.output_dir,
