@@ -15,20 +15,20 @@ from dicomrelay.transfer import Event, EventKind, UnknownTransfer
 
 
 def changes(before: OutgoingTransfer | None, now: OutgoingTransfer) -> list[Event]:
-    """The events between two readings of a transfer's row."""
+    """The events between two readings of a transfer's row: each attempt begun
+    (a reading can miss a whole attempt), each failed one, the instances the
+    receiver came to hold, and how it ended."""
     tid = now.id
     events: list[Event] = []
-    attempts_before = 0 if before is None else before.attempts
-    if now.attempts > attempts_before:
-        failed = now.state is TransferState.DEAD
-        for _ in range(now.attempts - attempts_before - failed):
-            events.append(
-                Event(kind=EventKind.RETRYING, transfer_id=tid, detail=now.last_error or "")
-            )
-    started = now.state is TransferState.ACTIVE and (
-        before is None or before.state is not TransferState.ACTIVE or now.attempts > attempts_before
-    )
-    if started:
+    was_running = before is not None and before.state is TransferState.ACTIVE
+    failed = now.attempts - (0 if before is None else before.attempts)
+    for n in range(failed):
+        if n or not was_running:
+            events.append(Event(kind=EventKind.STARTED, transfer_id=tid))
+        dead = n == failed - 1 and now.state is TransferState.DEAD
+        kind = EventKind.FAILED if dead else EventKind.RETRYING
+        events.append(Event(kind=kind, transfer_id=tid, detail=now.last_error or ""))
+    if now.state in (TransferState.ACTIVE, TransferState.DONE) and (failed or not was_running):
         events.append(Event(kind=EventKind.STARTED, transfer_id=tid, detail=now.claimed_by or ""))
     acked_before = 0 if before is None else before.acked
     events.extend(
@@ -36,7 +36,7 @@ def changes(before: OutgoingTransfer | None, now: OutgoingTransfer) -> list[Even
     )
     if now.state is TransferState.DONE:
         events.append(Event(kind=EventKind.COMMITTED, transfer_id=tid))
-    elif now.state is TransferState.DEAD:
+    elif now.state is TransferState.DEAD and not failed:
         events.append(Event(kind=EventKind.FAILED, transfer_id=tid, detail=now.last_error or ""))
     return events
 

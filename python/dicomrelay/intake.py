@@ -7,15 +7,17 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from pathlib import Path
 
 import anyio.to_thread
 
 from dicomrelay._native import InstanceInfo, scan_many
-from dicomrelay.config import NodeConfig
+from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.errors import DicomrelayError
 from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
 from dicomrelay.protocol import PRIORITIES
 from dicomrelay.sources import Source, materialise
+from dicomrelay.store import BlobStore
 
 
 class NotAStudy(DicomrelayError, ValueError):
@@ -85,3 +87,17 @@ async def queue_study(
     ]
     await ledger.add_outgoing(transfer, instances)
     return transfer
+
+
+def adopt(store: BlobStore, paths: list[Path], digest: DigestName) -> list[Path]:
+    """Files that a later file may replace (a DICOM store of the same SOP
+    Instance UID), kept as blobs of the bytes they hold now: what a transfer
+    sends must stay what its ledger rows name."""
+
+    def digest_of(path: Path) -> str:
+        [info] = scan_many([path], digest=digest)
+        if not isinstance(info, InstanceInfo) or info.digest is None:
+            raise DicomrelayError(f"{path}: cannot read what was stored: {info}")
+        return info.digest
+
+    return [store.adopt(path, digest_of) for path in paths]

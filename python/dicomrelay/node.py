@@ -21,14 +21,14 @@ import anyio.to_thread
 from anyio.abc import SocketAttribute, TaskGroup
 
 from dicomrelay import pki, sockets
-from dicomrelay._native import InstanceInfo, TlsConfig, scan_many
+from dicomrelay._native import TlsConfig
 from dicomrelay.claims import Leases, renew_interval
 from dicomrelay.config import DicomConfig, Limits, NodeConfig, Peer
 from dicomrelay.connection import Connection
 from dicomrelay.dicom import tls
 from dicomrelay.dicom.scp import Refusal, StoredInstance, StoreScp
 from dicomrelay.errors import ConfigurationError, DicomrelayError, TlsError
-from dicomrelay.intake import queue_study
+from dicomrelay.intake import adopt, queue_study
 from dicomrelay.ledger import Ledger, OutgoingTransfer, TransferState, open_ledger
 from dicomrelay.pacs_delivery import deliver_files
 from dicomrelay.receipt import Receipt
@@ -73,6 +73,7 @@ class Node:
         self._random = random.Random()
         self._deliveries: dict[str, anyio.Lock] = {}  # a lock per study being delivered
         self._leases: Leases | None = None  # this node's claims on the ledger's transfers
+        self._wake_socket = WakeSocket(config.data_dir)  # bound while serving, if sharing work
         self._claim_now = anyio.Event()
         self._retries: list[float] = []  # heap: when transfers given back after failing are due
         self._delivered: dict[str, int] = {}  # instances acknowledged, by running attempt
@@ -143,6 +144,7 @@ class Node:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._committer.close()
+            self._wake_socket.close()
             raise
 
     async def __aexit__(
@@ -158,6 +160,7 @@ class Node:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._committer.close()
+            self._wake_socket.close()
             await self._flush_acks()
             await self.ledger.close()
 
@@ -185,44 +188,26 @@ class Node:
         assert self._tg is not None
         cfg = self.config
         worker = cfg.worker or f"{socket.gethostname()}:{cfg.data_dir}"
-        budget = CLAIM_ALL
-        if cfg.worker is not None:  # several workers: hold no more than this one can send
-            budget = cfg.limits.transfers_per_peer * max(1, len(cfg.peers))
+        # Several workers: each holds no more than it can send.
+        budget = cfg.limits.transfers_per_peer * max(1, len(cfg.peers)) if cfg.worker else CLAIM_ALL
+        only = None if self._share else set[str]()
         self._leases = Leases(
-            self.ledger,
-            worker,
-            lease_seconds=cfg.limits.lease_seconds,
-            budget=budget,
-            only=None if self._share else set(),
+            self.ledger, worker, lease_seconds=cfg.limits.lease_seconds, budget=budget, only=only
         )
         if self._share:
             await self.ledger.release_claims(worker)
+            if self._wake_socket.open():
+                self._tg.start_soon(self._hear_wakeups, self._wake_socket)
         if self._share and cfg.worker is None:
             for t in await self.ledger.unfinished_outgoing():  # its handles: node.transfer(id)
                 self._transfers.setdefault(t.id, Transfer(t.id))
-            wake = WakeSocket(cfg.data_dir)
-            if wake.open():
-                self._tg.start_soon(self._hear_wakeups, wake)
         self._tg.start_soon(self._share_work, self._leases)
 
     async def _hear_wakeups(self, wake: WakeSocket) -> None:
         """``dicomrelay send`` queued something: claim it now, not at the next poll."""
-        try:
-            while True:
-                await wake.wait()
-                self._claim_now.set()
-        finally:
-            wake.close()
-
-    def _enqueue(self, t: OutgoingTransfer, *, next_attempt: float) -> None:
-        """Put a transfer before the scheduler, due at ``next_attempt``."""
-        self._queued[t.id] = Candidate(
-            id=t.id,
-            destination=t.destination,
-            priority=t.priority,
-            created=t.created,
-            next_attempt=next_attempt,
-        )
+        while True:
+            await wake.wait()
+            self._claim_now.set()
 
     # Sending.
     async def send(self, source: Source, *, to: str, priority: str = "routine") -> Transfer:
@@ -301,7 +286,7 @@ class Node:
                     await leases.release(t.id)
                     continue
                 self._transfers.setdefault(t.id, Transfer(t.id))
-                self._enqueue(t, next_attempt=now)
+                self._queued[t.id] = Candidate.of(t, next_attempt=now)  # before the scheduler
                 self._wake.set()
             await self._finish_handles_done_elsewhere(leases)
             delay = renew_interval(limits.lease_seconds, limits.claim_poll_seconds)
@@ -546,21 +531,13 @@ class Node:
             try:
                 # Content-addressed copies: a later store of the same SOP Instance
                 # UID replaces the received file, not what this transfer sends.
-                blobs = await anyio.to_thread.run_sync(self._adopt, [s.path for s in instances])
+                paths = [s.path for s in instances]
+                blobs = await anyio.to_thread.run_sync(adopt, self.store, paths, self.config.digest)
                 transfer = await self.send([str(b) for b in blobs], to=to)
             except (DicomrelayError, OSError, ValueError) as e:
                 await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
                 continue
             await self.ledger.audit(self.config.org, "routed", transfer.id, f"{detail} to {to}")
-
-    def _adopt(self, paths: list[Path]) -> list[Path]:
-        def digest_of(path: Path) -> str:
-            [info] = scan_many([path], digest=self.config.digest)
-            if not isinstance(info, InstanceInfo) or info.digest is None:
-                raise DicomrelayError(f"{path}: cannot read what was stored: {info}")
-            return info.digest
-
-        return [self.store.adopt(path, digest_of) for path in paths]
 
     def _committed(self, study_instance_uid: str) -> None:
         dicom = self.config.dicom

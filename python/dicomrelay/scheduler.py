@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from dicomrelay.ledger import TransferState
+from dicomrelay.ledger import OutgoingTransfer, TransferState
 
 PRIORITY_RANK = {"urgent": 0, "routine": 1, "bulk": 2}
 
@@ -21,6 +21,17 @@ class Candidate:
     priority: str
     created: float
     next_attempt: float
+
+    @classmethod
+    def of(cls, t: OutgoingTransfer, *, next_attempt: float) -> Candidate:
+        """A transfer from the ledger, due at ``next_attempt``."""
+        return cls(
+            id=t.id,
+            destination=t.destination,
+            priority=t.priority,
+            created=t.created,
+            next_attempt=next_attempt,
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

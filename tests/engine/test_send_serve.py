@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from anyio.from_thread import start_blocking_portal
 
 from dicomrelay.receipt import Receipt
@@ -23,7 +24,13 @@ SERVE_TIMEOUT = 30
 PICKUP_LIMIT = 1.0  # seconds from queued to claimed by the serving node
 
 
-def sender_toml(root: Path, orgs: Pki, rx2_port: int, limits: dict[str, float]) -> Path:
+def sender_toml(
+    root: Path,
+    orgs: Pki,
+    rx2_port: int,
+    limits: dict[str, float],
+    node: dict[str, str] | None = None,
+) -> Path:
     """RX1, listening on a port of its own (as ``serve`` does), sending to RX2."""
     return node_toml(
         root / "rx1.toml",
@@ -32,6 +39,7 @@ def sender_toml(root: Path, orgs: Pki, rx2_port: int, limits: dict[str, float]) 
         peer=("RX2", rx2_port),
         listen_port=closed_port(),
         limits=limits,
+        node=node,
     )
 
 
@@ -69,13 +77,18 @@ def serving_worker(toml: Path) -> str:
     return f"{socket.gethostname()}:{toml.parent / 'rx1'}"
 
 
-def test_send_beside_a_running_serve_is_sent_by_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker", [None, "relay-1"], ids=["lone-node", "named-worker"])
+def test_send_beside_a_running_serve_is_sent_by_it(tmp_path: Path, worker: str | None) -> None:
     orgs = Pki(tmp_path / "pki")
     rx2_port = closed_port()
     rx2_toml = receiver_toml(tmp_path, orgs.identity("RX2"), rx2_port)
     # Polls so rare that only the wake-up can explain a prompt start.
     rx1_toml = sender_toml(
-        tmp_path, orgs, rx2_port, {"claim_poll_seconds": 120.0, "lease_seconds": 600.0}
+        tmp_path,
+        orgs,
+        rx2_port,
+        {"claim_poll_seconds": 120.0, "lease_seconds": 600.0},
+        node=None if worker is None else {"worker": worker},
     )
     db = tmp_path / "rx1" / "ledger.sqlite"
     source = make_study(tmp_path / "study", 5, seed=1)
