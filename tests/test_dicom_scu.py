@@ -145,16 +145,28 @@ def test_storescu_sends_every_pydicom_file_storescp_takes(
         assert dataset_bytes(received[uid or ""]) == sent, path
 
 
-def test_storescu_says_where_an_aborted_batch_stopped(tmp_path: Path) -> None:
-    """A peer (pynetdicom) that aborts the association at the fourth C-STORE:
-    storescu names that file, how many were sent and how many not, exits 1."""
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        ("abort", "the peer aborted the association (source 0, reason 0)"),
+        ("close", "the peer closed the connection"),
+    ],
+)
+def test_storescu_says_where_an_aborted_batch_stopped(how: str, said: str, tmp_path: Path) -> None:
+    """A peer (pynetdicom) that aborts the association, or closes the
+    connection, at the fourth C-STORE: storescu names that file, how many were
+    sent and how many not, and exits 1."""
     study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 10)
     stores: list[str] = []
 
     def on_store(event: evt.Event) -> int:
         stores.append(str(event.dataset.SOPInstanceUID))
         if len(stores) == 4:
-            event.assoc.abort()
+            if how == "abort":
+                event.assoc.abort()
+            else:
+                assert event.assoc.dul.socket is not None
+                event.assoc.dul.socket.close()
         return 0x0000
 
     ae = AE(ae_title="ABORTING")
@@ -171,10 +183,7 @@ def test_storescu_says_where_an_aborted_batch_stopped(tmp_path: Path) -> None:
     fourth = sorted(study.iterdir())[3]
     assert scan_file(fourth).sop_instance_uid == stores[3]
     line = one_line(result, "storescu")
-    assert line == (
-        f"the peer aborted the association (source 0, reason 0) while sending {fourth}:"
-        " 3 of 10 sent, 7 not sent"
-    )
+    assert line == f"{said} while sending {fourth}: 3 of 10 sent, 7 not sent"
 
 
 def test_storescu_with_nothing_to_send_says_so_in_one_line(tmp_path: Path) -> None:

@@ -167,10 +167,11 @@ def rejection(rj: AssociateRj) -> str:
 
 
 def abortion(source: int, reason: int) -> str:
-    """An A-ABORT in words: by the peer (source 0) or its Upper Layer (source 2)."""
+    """An abort in words: the peer's application's (source 0, only ever from
+    the peer), or an Upper Layer's (source 2: either side's, on a bad PDU)."""
     if source == 2:
         said = _ABORTED.get(reason, "reason unknown")
-        return f"the peer's DICOM layer aborted the association: {said} (source 2, reason {reason})"
+        return f"association aborted by the DICOM Upper Layer: {said} (source 2, reason {reason})"
     return f"the peer aborted the association (source {source}, reason {reason})"
 
 
@@ -322,9 +323,12 @@ class Client:
                 try:
                     data = await self._stream.receive(1 << 20)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError) as e:
+                    before = self._closed
                     self._handle(self._association.transport_closed())
                     if isinstance(e, ssl.SSLError):
                         self._closed = TlsError(f"TLS: {_tls_reason(e)}")
+                    elif before is None:  # says more than the A-P-ABORT (AA-4) it caused
+                        self._closed = AssociationError("the peer closed the connection")
                     break
                 self._handle(self._association.receive(data))
                 await self._flush()
