@@ -133,7 +133,8 @@ class StoreScp:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         spares = SpareFiles(self.output_dir / ".incoming", self.digest)
         object.__setattr__(self, "spares", spares)
-        object.__setattr__(self, "commits", GroupCommit(self.output_dir))  # holds an fd
+        # Last: it holds a descriptor, which a failure after it would leak.
+        object.__setattr__(self, "commits", GroupCommit(self.output_dir))
 
     async def serve(
         self, host: str, port: int, *, ready: Callable[[int], None] | None = None
