@@ -155,7 +155,7 @@ def test_storescu_sends_every_pydicom_file_storescp_takes(
 def test_storescu_says_where_an_aborted_batch_stopped(how: str, said: str, tmp_path: Path) -> None:
     """A peer (pynetdicom) that aborts the association, or closes the
     connection, at the fourth C-STORE: storescu names that file, how many were
-    sent and how many not, and exits 1."""
+    sent (and refused) and how many not, and exits 1."""
     study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 10)
     stores: list[str] = []
 
@@ -167,7 +167,7 @@ def test_storescu_says_where_an_aborted_batch_stopped(how: str, said: str, tmp_p
             else:
                 assert event.assoc.dul.socket is not None
                 event.assoc.dul.socket.close()
-        return 0x0000
+        return 0xA700 if len(stores) == 2 else 0x0000  # the second: out of resources
 
     ae = AE(ae_title="ABORTING")
     ae.supported_contexts = AllStoragePresentationContexts
@@ -180,10 +180,13 @@ def test_storescu_says_where_an_aborted_batch_stopped(how: str, said: str, tmp_p
         result = dicomrelay_cli("storescu", "127.0.0.1", str(port), str(study))
     finally:
         server.shutdown()
-    fourth = sorted(study.iterdir())[3]
+    second, _, fourth = sorted(study.iterdir())[1:4]
     assert scan_file(fourth).sop_instance_uid == stores[3]
-    line = one_line(result, "storescu")
-    assert line == f"{said} while sending {fourth}: 3 of 10 sent, 7 not sent"
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"dicomrelay storescu: {second}: status 0xa700",
+        f"dicomrelay storescu: {said} while sending {fourth}: 3 of 10 sent (1 refused), 7 not sent",
+    ]
 
 
 def test_storescu_with_nothing_to_send_says_so_in_one_line(tmp_path: Path) -> None:

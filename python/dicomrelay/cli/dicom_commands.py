@@ -234,9 +234,10 @@ def run_store(args: argparse.Namespace) -> int:
             except AssociationError as e:
                 # One request is outstanding at a time: the association ended
                 # on the first file not answered.
+                refused = f" ({failed} refused)" if failed else ""
                 raise AssociationError(
                     f"{e} while sending {files[answered][0]}: {answered} of {len(files)}"
-                    f" sent, {len(files) - answered} not sent"
+                    f" sent{refused}, {len(files) - answered} not sent"
                 ) from e
         return failed
 
