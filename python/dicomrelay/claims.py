@@ -1,8 +1,10 @@
-"""Sending work shared by several workers (processes or machines) on one
-ledger: each holds leases on the transfers it claimed, renews them while it
-works, and gives each back after its attempt. A worker that dies stops
-renewing; once its leases run out, another worker claims those transfers and
-resumes them from what the receiver already holds.
+"""Sending work shared by the workers (processes or machines) of one ledger:
+each holds leases on the transfers it claimed, renews them while it works,
+and gives each back after its attempt. A worker that dies stops renewing;
+once its leases run out, another worker claims those transfers and resumes
+them from what the receiver already holds. Every node is such a worker: a
+serving node and a ``dicomrelay send`` that sends its transfer itself share
+one ledger this way.
 
 A worker may lose a lease it still uses (it stalled past the lease, and
 another worker took the transfer over): ``renew`` reports those so that the
