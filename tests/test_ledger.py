@@ -461,3 +461,37 @@ async def test_an_older_sqlite_ledger_gains_the_claim_columns(tmp_path: Path) ->
     await ledger.close()
     assert (t.id, t.claimed_by, t.lease_until) == (TID, "w1", 6.0)
     assert (t.attempts_without_progress, again and again.attempts_without_progress) == (0, 2)
+
+
+async def test_an_older_postgres_ledger_gains_the_retry_budget_column() -> None:
+    url = postgres_url()
+    import psycopg
+    from psycopg import sql
+
+    from dicomrelay.ledger.postgres import PostgresLedger
+
+    async with fresh_schema(url) as schema:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            await conn.execute(
+                "CREATE TABLE outgoing (id TEXT PRIMARY KEY, destination TEXT NOT NULL,"
+                " study_uid TEXT NOT NULL, priority TEXT NOT NULL, digest TEXT NOT NULL,"
+                " chunk_size INTEGER NOT NULL, state TEXT NOT NULL,"
+                " attempts INTEGER NOT NULL DEFAULT 0,"
+                " next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0,"
+                " created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL,"
+                " total INTEGER NOT NULL, last_error TEXT, receipt BYTEA, claimed_by TEXT,"
+                " lease_until DOUBLE PRECISION)"
+            )
+            await conn.execute(
+                "INSERT INTO outgoing (id, destination, study_uid, priority, digest, chunk_size,"
+                " state, created, updated, total) VALUES (%s, 'RX2', '1.2.3', 'routine',"
+                " 'sha256', 1, 'dead', 1, 1, 0)",
+                (TID,),
+            )
+        for _ in range(2):  # the second open finds the column there
+            ledger = await PostgresLedger.open(url, schema=schema)
+            [t] = await ledger.all_outgoing(state=TransferState.DEAD)
+            await ledger.close()
+            assert (t.id, t.attempts_without_progress) == (TID, 0)

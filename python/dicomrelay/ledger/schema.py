@@ -187,7 +187,13 @@ POSTGRES_SCHEMA = (
         transfer_id TEXT,
         detail TEXT NOT NULL
     )""",
-    # Columns added since the first release, for older schemas.
-    "ALTER TABLE outgoing ADD COLUMN IF NOT EXISTS attempts_without_progress"
-    " INTEGER NOT NULL DEFAULT 0",
+    # Columns added since the first release, for older schemas (looked up
+    # first: ALTER TABLE locks the table even when there is nothing to add).
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+            WHERE table_schema = current_schema() AND table_name = 'outgoing'
+            AND column_name = 'attempts_without_progress') THEN
+            ALTER TABLE outgoing ADD COLUMN attempts_without_progress INTEGER NOT NULL DEFAULT 0;
+        END IF;
+    END $$""",
 )
