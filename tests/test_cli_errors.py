@@ -151,7 +151,7 @@ def test_a_busy_port_names_the_address(site: Path, busy_port: int) -> None:
     assert f"cannot listen on 127.0.0.1:{busy_port}: address already in use" in line, line
     assert code == FAILURE
     code, stderr = dicomrelay(site, "storescp", str(busy_port), "--output-dir", "scp-out")
-    assert f"127.0.0.1:{busy_port}" in one_line(stderr) or str(busy_port) in stderr, stderr
+    assert f"cannot listen on 0.0.0.0:{busy_port}: address already in use" in one_line(stderr)
     assert code == FAILURE
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
+import anyio.abc
 from anyio.abc import TaskGroup
 
 from dicomrelay.errors import ConfigurationError
@@ -71,6 +72,16 @@ def cannot_listen(host: str, port: int, error: OSError) -> ConfigurationError:
     reason = (error.strerror or str(error)).lower()
     hint = " (another process is listening there?)" if error.errno == errno.EADDRINUSE else ""
     return ConfigurationError(f"cannot listen on {host}:{port}: {reason}{hint}")
+
+
+async def tcp_listener(host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:
+    """anyio's TCP listener, with an address that cannot be had as one line naming it."""
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: ports are 0 to 65535")
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as e:
+        raise cannot_listen(host, port, e) from e
 
 
 class Listener:

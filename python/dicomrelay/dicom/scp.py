@@ -37,6 +37,7 @@ import anyio.to_thread
 from anyio.abc import ByteStream, Listener, SocketAttribute, SocketStream
 from anyio.streams.tls import TLSStream
 
+from dicomrelay import sockets
 from dicomrelay._native import (
     AssociateAc,
     AssociateRj,
@@ -140,7 +141,7 @@ class StoreScp:
         self, host: str, port: int, *, ready: Callable[[int], None] | None = None
     ) -> None:
         try:
-            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+            listener = await sockets.tcp_listener(host, port)
         except BaseException:
             self.close()
             raise
