@@ -175,7 +175,7 @@ def test_a_send_killed_mid_transfer_is_finished_by_the_running_serve(tmp_path: P
             wait_for("taken over", lease + 10, lambda: row(db, transfer_id)[1] == worker)
             takeover = time.monotonic() - killed
             wait_for("committed", 60, lambda: row(db, transfer_id)[0] == "done")
-        assert takeover <= lease + poll + 1.0, f"taken over {takeover:.2f}s after the kill"
+        assert takeover <= lease + poll + 1.5, f"taken over {takeover:.2f}s after the kill"
         print(f"kill -> taken over by serve: {takeover:.2f} s (lease {lease} s)")
         assert node.alive()
     finally:
