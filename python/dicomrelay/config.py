@@ -34,7 +34,7 @@ class Peer:
 @dataclass(frozen=True, kw_only=True)
 class Limits:
     transfers_per_peer: int = 4  # concurrent transfers (connections) to one destination
-    max_attempts: int = 8  # then the transfer is a dead letter
+    max_attempts: int = 8  # failed attempts in a row that delivered nothing: a dead letter
     backoff_base: float = 0.5  # seconds before the first retry (full jitter)
     backoff_cap: float = 300.0
     connect_timeout: float = 10.0
@@ -126,9 +126,10 @@ class NodeConfig:
     ledger: str | None = field(default=None, repr=False)
     ledger_schema: str = "dicomrelay"
     # A name unique among the workers that share this ledger's sending work
-    # (with the same peers, and the files they send on paths all can read):
-    # the node then claims, with leases, any due transfer, whoever queued it.
-    # None: it sends the transfers queued through it alone.
+    # (with the same peers, and the files they send on paths all can read).
+    # Every node claims, with leases, any due transfer, whoever queued it;
+    # None names it after its host and data_dir, so a shared ledger should
+    # name every worker.
     worker: str | None = None
 
     def __post_init__(self) -> None:

@@ -490,9 +490,7 @@ class Node:
             ),
         )
         try:
-            listener = await anyio.create_tcp_listener(
-                local_host=dicom.listen_host, local_port=dicom.listen_port or 0
-            )
+            listener = await sockets.tcp_listener(dicom.listen_host, dicom.listen_port or 0)
         except BaseException:
             scp.close()
             raise

@@ -97,6 +97,7 @@ def run_send(args: argparse.Namespace) -> int:
     from dicomrelay.ledger import open_ledger
 
     config = NodeConfig.from_toml(args.config)
+    _check_send_arguments(config, args)
 
     async def send() -> Receipt:
         ledger = await open_ledger(
@@ -125,6 +126,20 @@ def run_send(args: argparse.Namespace) -> int:
     receipt = _run(send)
     sys.stdout.write(receipt.to_json().decode() + "\n")
     return 0
+
+
+def _check_send_arguments(config: NodeConfig, args: argparse.Namespace) -> None:
+    """What the command line asks that cannot be, before anything is recorded."""
+    from dicomrelay.errors import UsageError
+
+    peers = [p.code for p in config.peers]
+    if args.to.upper() not in peers:
+        known = ", ".join(peers) or "none"
+        raise UsageError(
+            f"unknown organisation {args.to!r}: not among the peers in {args.config} ({known})"
+        )
+    if not args.path.exists():
+        raise UsageError(f"{args.path}: no such file or folder")
 
 
 def _run(main: Callable[[], Awaitable[T]]) -> T:
