@@ -212,7 +212,9 @@ async def test_in_memory_instances(orgs: Pki, tmp_path: Path) -> None:
                 receipt = await transfer.wait()
             await assert_delivered(rx, receipt, sources)
             # Written (and kept) in the sender's outbox, so a restart could resume them.
-            kept = sorted(p.read_bytes() for p in study_files(tx.outbox / transfer.id))
+            kept = sorted(
+                p.read_bytes() for p in study_files(tx.config.data_dir / "outbox" / transfer.id)
+            )
             assert kept == sorted(blobs)
     # A subscriber that starts after send returned sees the whole story, from
     # queued to the commit, every instance sent and verified.

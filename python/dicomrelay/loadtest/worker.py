@@ -114,7 +114,7 @@ async def run_sender(
                             "acked": tally.acked,
                             "seconds": time.perf_counter() - started,
                             "retries": tally.retries,
-                            "in_flight": sum(node._active.values()),
+                            "in_flight": node.outbox.in_flight,
                         }
                     }
                 )

@@ -1,0 +1,201 @@
+"""``DicomGateway``: a node's DICOM face. Its storage SCP takes studies from
+the local PACS and modalities and routes each to the organisation its route
+names (through a ``StudySender``: the outbox); studies committed from other
+organisations (a stream of UIDs: the inbox's) are delivered into the PACS by
+C-STORE, with retries, each delivery kept in the ledger until done. Every
+caller turned away, route and delivery is audited."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.to_thread
+from anyio.abc import SocketAttribute, TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from dicomrelay import sockets
+from dicomrelay.config import DicomConfig, NodeConfig
+from dicomrelay.dicom import tls
+from dicomrelay.dicom.scp import Refusal, StoredInstance, StoreScp
+from dicomrelay.errors import DicomrelayError
+from dicomrelay.intake import adopt
+from dicomrelay.ledger import Ledger
+from dicomrelay.pacs_delivery import deliver_files
+from dicomrelay.sources import Source
+from dicomrelay.store import BlobStore
+from dicomrelay.transfer import Transfer
+
+
+class StudySender(Protocol):
+    """Where routed studies go: the node's outbox."""
+
+    async def send(self, source: Source, *, to: str, priority: str = ...) -> Transfer: ...
+
+
+class DicomGateway:
+    def __init__(
+        self,
+        config: NodeConfig,
+        dicom: DicomConfig,
+        ledger: Ledger,
+        store: BlobStore,
+        sender: StudySender,
+        committed: MemoryObjectReceiveStream[str] | None,
+    ) -> None:
+        """``committed``: UIDs of studies committed from other organisations, to
+        deliver into ``dicom.deliver_to`` (None when there is no PACS to feed)."""
+        self.config = config
+        self.dicom = dicom
+        self.ledger = ledger
+        self.store = store
+        self.sender = sender
+        self.committed = committed
+        self._random = random.Random()
+        self._deliveries: dict[str, anyio.Lock] = {}  # a lock per study being delivered
+        self._pacs_tls = (
+            None
+            if dicom.tls is None
+            else tls.client_context(
+                certificate=dicom.tls.certificate,
+                private_key=dicom.tls.private_key,
+                trusted_cas=dicom.tls.trusted_cas,
+            )
+        )
+        self.port: int | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the SCP (if it listens) and deliver (if there is a PACS) until
+        cancelled; started once listening, with unfinished deliveries resumed."""
+        scp = self._scp() if self.dicom.listen_port is not None else None
+        try:
+            listener = None
+            if scp is not None:
+                listener = await sockets.tcp_listener(
+                    self.dicom.listen_host, self.dicom.listen_port or 0
+                )
+                self.port = listener.extra(SocketAttribute.local_port)
+        except BaseException:
+            if scp is not None:
+                scp.close()
+            raise
+        async with anyio.create_task_group() as tg:
+            if scp is not None and listener is not None:
+                tg.start_soon(scp.serve_on, listener)  # closes the listener and the SCP
+            if self.dicom.deliver_to is not None:
+                for study, requested in await self.ledger.pending_deliveries():
+                    tg.start_soon(self._deliver_to_pacs, study, requested)
+                if self.committed is not None:
+                    tg.start_soon(self._deliver_committed, tg, self.committed)
+            task_status.started()
+
+    def _scp(self) -> StoreScp:
+        dicom = self.dicom
+        root = self.config.data_dir / "dicom"
+        return StoreScp(
+            ae_title=dicom.ae_title,
+            output_dir=root / "received",
+            quarantine_dir=root / "quarantine",
+            allowed_calling=frozenset(dicom.allowed_calling),
+            # The PACS addresses the node by its configured AE title; a
+            # caller addressing another has been misconfigured.
+            require_called_ae_title=True,
+            on_association_end=self._route_received,
+            on_refusal=self._audit_refusal,
+            digest=None,  # routing digests each instance as it records it in the ledger
+            tls=None
+            if dicom.tls is None
+            else tls.server_context(
+                certificate=dicom.tls.certificate,
+                private_key=dicom.tls.private_key,
+                trusted_cas=dicom.tls.trusted_cas,
+                require_peer_certificate=dicom.tls.require_client_certificate,
+            ),
+        )
+
+    # In: from the PACS to other organisations.
+    async def _audit_refusal(self, refused: Refusal) -> None:
+        """Every DICOM caller turned away is audited, as every wire peer is."""
+        who = f"{refused.calling_ae_title or '?'} at {refused.peer}"
+        if refused.what == "tls":
+            who = refused.peer
+        elif refused.what == "dataset":
+            who = f"{refused.sop_instance_uid} from {who}"
+        await self.ledger.audit(
+            self.config.org, f"dicom-{refused.what}-refused", None, f"{who}: {refused.reason}"
+        )
+
+    async def _route_received(self, stored: list[StoredInstance]) -> None:
+        """Send each study an association stored to the organisation its route names."""
+        studies: dict[str, list[StoredInstance]] = defaultdict(list)
+        for s in stored:
+            studies[s.info.study_instance_uid or ""].append(s)
+        for study, instances in studies.items():
+            first = instances[0]
+            to = self.dicom.route(
+                calling=first.calling_ae_title,
+                called=first.called_ae_title,
+                modality=first.info.modality,
+            )
+            detail = f"{len(instances)} instances of {study} from {first.calling_ae_title}"
+            if to is None:
+                await self.ledger.audit(self.config.org, "unrouted", None, detail)
+                continue
+            try:
+                # Content-addressed copies: a later store of the same SOP Instance
+                # UID replaces the received file, not what this transfer sends.
+                paths = [s.path for s in instances]
+                blobs = await anyio.to_thread.run_sync(adopt, self.store, paths, self.config.digest)
+                transfer = await self.sender.send([str(b) for b in blobs], to=to)
+            except (DicomrelayError, OSError, ValueError) as e:
+                await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
+                continue
+            await self.ledger.audit(self.config.org, "routed", transfer.id, f"{detail} to {to}")
+
+    # Out: studies committed here, into the PACS.
+    async def _deliver_committed(
+        self, tg: TaskGroup, committed: MemoryObjectReceiveStream[str]
+    ) -> None:
+        async for study in committed:
+            requested = await self.ledger.add_delivery(study)  # survives a restart until done
+            tg.start_soon(self._deliver_to_pacs, study, requested)
+
+    async def _deliver_to_pacs(self, study: str, requested: float) -> None:
+        """C-STORE a committed study into the local PACS, retrying with backoff;
+        the ledger says which deliveries a restarted node must pick up again.
+        Deliveries of one study go one after another, each of what the study
+        holds when it starts, so the PACS ends with the latest versions."""
+        lock = self._deliveries.setdefault(study, anyio.Lock())
+        try:
+            async with lock:
+                await self._deliver_study(study, requested)
+        finally:
+            if not lock.statistics().tasks_waiting and not lock.locked():
+                self._deliveries.pop(study, None)
+
+    async def _deliver_study(self, study: str, requested: float) -> None:
+        pacs = self.dicom.deliver_to
+        assert pacs is not None
+        rows = await self.ledger.study(study)
+        paths = [str(path) for _uid, path in study_paths(self.store, rows)]
+        error = await deliver_files(
+            paths, self.dicom, tls=self._pacs_tls, limits=self.config.limits, rng=self._random
+        )
+        delivered = not error
+        await self.ledger.finish_delivery(
+            study, requested=requested, delivered=delivered, error=error
+        )
+        if delivered:
+            detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
+            await self.ledger.audit(self.config.org, "delivered", None, detail)
+        else:
+            detail = f"{study} to {pacs.ae_title}: {error}"
+            await self.ledger.audit(self.config.org, "delivery-dead", None, detail)
+
+
+def study_paths(store: BlobStore, rows: list[tuple[str, str, int]]) -> list[tuple[str, Path]]:
+    """A study's ledger rows (SOP Instance UID, digest, size) as blob paths."""
+    return [(uid, store.path_of(digest)) for uid, digest, _size in rows]

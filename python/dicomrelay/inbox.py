@@ -1,0 +1,68 @@
+"""``Inbox``: a node's receiving side. It listens for other organisations'
+nodes, stores what they send through the group committer, and reports each
+study it commits on a memory stream (``committed``), for whoever delivers
+studies onwards."""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from dicomrelay import sockets
+from dicomrelay._native import TlsConfig
+from dicomrelay.config import NodeConfig
+from dicomrelay.ledger import Ledger
+from dicomrelay.receiver import Committer, Receiver
+from dicomrelay.store import BlobStore
+
+
+class Inbox:
+    def __init__(
+        self,
+        config: NodeConfig,
+        ledger: Ledger,
+        store: BlobStore,
+        server_tls: TlsConfig | None,
+        key_pem: bytes | None,
+        *,
+        report_commits: bool = False,
+    ) -> None:
+        """``report_commits``: put each committed study's UID on ``committed``
+        (unbounded: a commit never waits for a delivery; studies are few)."""
+        self.config = config
+        self.committer = Committer(ledger, store)
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        self.committed: MemoryObjectReceiveStream[str] = receive
+        self._receiver = Receiver(
+            config,
+            ledger,
+            store,
+            self.committer,
+            server_tls,
+            key_pem,
+            on_committed=send.send_nowait if report_commits else None,
+        )
+        self._commits = send
+        self.port: int | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Commit, and serve the wire port if the node listens, until cancelled;
+        started once listening."""
+        cfg = self.config
+        try:
+            # Bound before any task starts: a busy port is the one error raised.
+            listener = None
+            if cfg.listen_port is not None:
+                listener = await sockets.Listener.bind(cfg.listen_host, cfg.listen_port)
+                self.port = listener.port
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.committer.run)
+                if listener is not None:
+                    tg.start_soon(listener.serve, self._receiver.handle)
+                task_status.started()
+        finally:
+            self._commits.close()
+            self.committer.close()
