@@ -18,54 +18,45 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import anyio
 import anyio.to_thread
 
 from dicomrelay import pki
 from dicomrelay._native import DurableWriter, Hasher, Payload, TlsConfig
-from dicomrelay.config import DigestName, NodeConfig
-from dicomrelay.connection import Connection, Frame
-from dicomrelay.errors import DicomrelayError, ProtocolError, TlsError, first_failure
+from dicomrelay.config import NodeConfig
+from dicomrelay.connection import Connection
+from dicomrelay.errors import DicomrelayError, TlsError, first_failure
 from dicomrelay.ledger import IncomingInstance, Ledger
-from dicomrelay.protocol import (
-    PROTOCOL_VERSION,
-    Ack,
-    Commit,
-    Failure,
-    Have,
-    Hello,
-    InboundInstance,
-    Kind,
-    Nack,
-    Offer,
-    Verdict,
-    Welcome,
+from dicomrelay.protocol import Kind, Offer
+from dicomrelay.receipt import Receipt
+from dicomrelay.receiver_control import (
+    AppendChunk,
+    Audit,
+    CheckPeer,
+    Close,
+    CommitTransfer,
+    DiscardPartial,
+    Effect,
+    Held,
+    LookUpCommit,
+    LookUpHeld,
+    PublishPartial,
+    ReceiverControl,
+    RecordCheckpoint,
+    RecordHeld,
+    Refused,
+    ResumePartial,
+    SendFrame,
+    StudyCommitted,
+    WriteInstance,
+    claimed,
 )
-from dicomrelay.receipt import Receipt, ReceivedInstance
 from dicomrelay.store import BlobStore, StorageError
 
 log = logging.getLogger("dicomrelay.receiver")
 
 _ORG_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")  # an organisation code: nothing to escape
-
-# Large instances are made durable (and their offset recorded) every this many bytes.
-CHECKPOINT_BYTES = 64 << 20
-
-
-class Refused(DicomrelayError):
-    """A peer this node will not talk to."""
-
-
-CLAIM_SHOWN = 64  # characters of a name a peer claims that an audit row keeps
-
-
-def claimed(name: str) -> str:
-    """A name a peer sent, fit for an audit row: quoted, escaped (no forged
-    lines), and cut short."""
-    shown = repr(name[:CLAIM_SHOWN])
-    return shown if len(name) <= CLAIM_SHOWN else f"{shown}... ({len(name)} characters)"
 
 
 def _address(sock: socket.socket) -> str:
@@ -253,28 +244,28 @@ class Receiver:
 
 
 class _Session:
-    """One connection's protocol state on the receiving side."""
+    """One connection on the receiving side: the async driver of a
+    ``ReceiverControl``, which decides every step. Frames are fed in order, each
+    one's effects performed (and its questions answered) before the next."""
 
     def __init__(self, receiver: Receiver, conn: Connection, address: str) -> None:
         self.r = receiver
         self.conn = conn
-        self.address = address
-        self.sender = ""
-        self.slots: dict[int, InboundInstance] = {}
-        self.hashers: dict[int, Hasher] = {}  # whole-instance digests of multi-chunk slots
-        self.algorithms: dict[int, DigestName] = {}
-        self.acks: list[tuple[int, float]] = []
+        self.control = ReceiverControl(
+            org=receiver.config.org,
+            address=address,
+            write_buffer_bytes=receiver.config.limits.write_buffer_bytes,
+        )
+        self.durable: list[tuple[int, float]] = []  # from the committer, not yet answered
         self.failures: list[tuple[int, BaseException]] = []
-        self.acks_ready = anyio.Event()
-        self.buffered = 0  # bytes handed to the writer, not yet durable
-        self.writing: dict[int, int] = {}  # slot -> bytes being written
-        self.buffer_free = anyio.Event()
+        self.stored = anyio.Event()
+        self.room = anyio.Event()
 
     async def run(self) -> None:
         """Raises the session's first failure itself, not wrapped in a group."""
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._send_acks)
+                tg.start_soon(self._answer_storage)
                 try:
                     await self._serve()
                 finally:
@@ -283,281 +274,173 @@ class _Session:
             raise first_failure(group) from None
 
     async def _serve(self) -> None:
-        hello_seen = False
+        control = self.control
         async for frames in self.conn.frames():
+            now = time.time()
             for frame in frames:
-                if not hello_seen:
-                    await self._hello(frame)
-                    hello_seen = True
-                elif frame.kind is Kind.CHUNK:
-                    await self._chunk(frame)
-                elif frame.kind is Kind.OFFER:
-                    await self._offer(Offer.parse(frame.payload))
-                elif frame.kind is Kind.COMMIT:
-                    await self._commit(Commit.parse(frame.payload))
+                if frame.kind is Kind.CHUNK:
+                    assert frame.data is not None
+                    effects = control.chunk(
+                        frame.stream, frame.offset, frame.data, frame.digest_ok, frame.digest, now
+                    )
                 else:
-                    raise ProtocolError(f"unexpected {frame.kind.name} from a sender")
+                    effects = control.receive(frame.kind, frame.payload)
+                if effects:
+                    await self._perform(effects)
+                # Backpressure: read nothing more while too many bytes wait to become durable.
+                while control.waiting_for_room:
+                    self.room = anyio.Event()
+                    await self.room.wait()
 
-    async def _hello(self, frame: Frame) -> None:
-        if frame.kind is not Kind.HELLO:
-            raise ProtocolError(f"expected HELLO, got {frame.kind.name}")
-        hello = Hello.parse(frame.payload)
-        try:
-            self.sender = self.r.check_peer(self.conn, hello.org)
-        except Refused as e:
-            org = self.r.proven_org(self.conn, hello.org)
-            detail = f"{self.address}: {e}; HELLO claimed {claimed(hello.org)}"
-            await self.r.ledger.audit(org, "refused", None, detail)
-            await self._fail("refused", str(e), retriable=False)
-            raise
-        if hello.protocol != PROTOCOL_VERSION:
-            await self._fail("version", f"this node speaks protocol {PROTOCOL_VERSION}", False)
-            raise ProtocolError(f"peer speaks protocol {hello.protocol}")
-        welcome = Welcome(protocol=PROTOCOL_VERSION, org=self.r.config.org)
-        await self.conn.send(Kind.WELCOME, welcome.payload())
+    async def _perform(self, effects: list[Effect]) -> None:
+        """Each effect in order; a question's answer's effects before the next."""
+        for effect in effects:
+            if isinstance(effect, WriteInstance):
+                self.r.committer.write(
+                    self._stored(effect.slot, effect.transfer_id, effect.instance), effect.data
+                )
+            elif isinstance(effect, SendFrame):
+                await self.conn.send(effect.kind, effect.payload)
+            elif isinstance(effect, AppendChunk):
+                await self._append(effect)
+            elif isinstance(effect, Close):
+                raise effect.error
+            else:
+                await self._perform_rarely(effect)
 
-    async def _fail(
-        self, code: str, message: str, retriable: bool, transfer: str | None = None
-    ) -> None:
-        failure = Failure(code=code, message=message, retriable=retriable, transfer_id=transfer)
-        await self.conn.send(Kind.ERROR, failure.payload())
+    async def _perform_rarely(self, effect: Effect) -> None:
+        """The effects met once per offer, commit, connection or large instance."""
+        control, ledger, sender = self.control, self.r.ledger, self.control.sender
+        if isinstance(effect, LookUpHeld):
+            await self._perform(control.held(await self._held(effect.offer), time.time()))
+        elif isinstance(effect, ResumePartial):
+            offset, hasher = await self._resume(effect)
+            await self._perform(control.partial_resumed(effect.slot, offset, hasher))
+        elif isinstance(effect, RecordHeld):
+            await ledger.record_received(sender, effect.transfer_id, effect.instances)
+        elif isinstance(effect, RecordCheckpoint):
+            await ledger.record_partial(sender, effect.transfer_id, effect.index, effect.offset)
+        elif isinstance(effect, DiscardPartial):
+            await anyio.to_thread.run_sync(self.r.store.discard_partial, effect.key)
+        elif isinstance(effect, PublishPartial):
+            try:
+                await anyio.to_thread.run_sync(
+                    self.r.store.publish_partial, effect.key, effect.instance.digest
+                )
+            except StorageError as e:
+                await self._perform(control.write_failed(effect.slot, str(e)))
+            else:
+                self.r.committer.durable(
+                    self._stored(effect.slot, effect.transfer_id, effect.instance)
+                )
+        elif isinstance(effect, CheckPeer):
+            try:
+                org = self.r.check_peer(self.conn, effect.claimed)
+            except Refused as e:
+                proven = self.r.proven_org(self.conn, effect.claimed)
+                await self._perform(control.peer_refused(proven, str(e)))
+            else:
+                await self._perform(control.peer_admitted(org))
+        elif isinstance(effect, LookUpCommit):
+            incoming = await ledger.incoming(sender, effect.transfer_id)
+            committable = incoming is not None and incoming.receipt is None
+            received = await ledger.received(sender, effect.transfer_id) if committable else {}
+            await self._perform(control.commit_looked_up(incoming, received, time.time()))
+        elif isinstance(effect, CommitTransfer):
+            await self._perform(control.committed(await self._commit(effect.receipt)))
+        elif isinstance(effect, Audit):
+            await ledger.audit(effect.org, effect.action, effect.transfer_id, effect.detail)
+        elif isinstance(effect, StudyCommitted):
+            if self.r.on_committed is not None:
+                self.r.on_committed(effect.study_instance_uid)
+        else:
+            raise AssertionError(f"unhandled effect {effect!r}")
 
-    async def _offer(self, offer: Offer) -> None:
-        receipt = await self.r.ledger.note_incoming(
-            self.sender, offer.transfer_id, offer.study_instance_uid, offer.total, offer.digest
+    async def _held(self, offer: Offer) -> Held:
+        """What is held for an offer: its receipt if committed; else what the
+        transfer holds, and the sizes of the blobs among the offered digests that
+        this sender delivered before."""
+        ledger, sender = self.r.ledger, self.control.sender
+        receipt = await ledger.note_incoming(
+            sender, offer.transfer_id, offer.study_instance_uid, offer.total, offer.digest
         )
         if receipt is not None:
-            have = Have(transfer_id=offer.transfer_id, offsets={}, receipt=receipt)
-            await self.conn.send(Kind.HAVE, have.payload())
-            return
-        held = await self.r.ledger.received(self.sender, offer.transfer_id)
-        offsets: dict[int, int] = {}
-        already: list[IncomingInstance] = []
-        now = time.time()
-        fresh = []
-        for item in offer.instances:
-            if item.slot in self.slots:
-                raise ProtocolError(f"slot {item.slot} offered twice")
-            got = held.get(item.index)
-            if got is not None and got.digest == item.digest:
-                offsets[item.slot] = item.size
-            else:
-                fresh.append(item)
-        # Content this sender delivered before, in any transfer, need not travel
-        # again. (Only its own: a digest alone must not let one organisation claim
-        # bytes that another sent.)
-        delivered = await self.r.ledger.digests_from(self.sender, [i.digest for i in fresh])
-        candidates = [i for i in fresh if i.digest in delivered]
+            return Held(receipt=receipt)
+        received = await ledger.received(sender, offer.transfer_id)
+        delivered = await ledger.digests_from(sender, [i.digest for i in offer.instances])
+        if not delivered:
+            return Held(received=received)
         sizes = await anyio.to_thread.run_sync(
-            lambda: {i.digest: self.r.store.size_of(i.digest) for i in candidates}
+            lambda: {d: self.r.store.size_of(d) for d in delivered}
         )
-        for item in fresh:
-            if sizes.get(item.digest) == item.size:
-                offsets[item.slot] = item.size
-                already.append(
-                    IncomingInstance(
-                        index=item.index,
-                        sop_instance_uid=item.sop_instance_uid,
-                        size=item.size,
-                        digest=item.digest,
-                        stored=now,
-                    )
-                )
-                continue
-            inbound = InboundInstance(transfer_id=offer.transfer_id, offered=item)
-            self.slots[item.slot] = inbound
-            if item.size > offer.chunk_size:
-                algorithm = cast(DigestName, offer.digest)  # Offer.parse checked the name
-                self.algorithms[item.slot] = algorithm
-                self.hashers[item.slot] = await self._resume_partial(item.slot, inbound, algorithm)
-                if inbound.received:
-                    offsets[item.slot] = inbound.received
-        if already:
-            await self.r.ledger.record_received(self.sender, offer.transfer_id, already)
-        have = Have(transfer_id=offer.transfer_id, offsets=offsets)
-        await self.conn.send(Kind.HAVE, have.payload())
+        return Held(received=received, sizes=sizes)
 
-    async def _chunk(self, frame: Frame) -> None:
-        inbound = self.slots.get(frame.stream)
-        assert frame.data is not None
-        data = memoryview(frame.data)
-        if inbound is None:
-            raise ProtocolError(f"chunk for slot {frame.stream}, which was not offered")
-        verdict = inbound.judge(frame.offset, len(data), frame.digest_ok)
-        if verdict is Verdict.OVERRUN:
-            raise ProtocolError(f"slot {frame.stream}: more bytes than offered")
-        if verdict in (Verdict.BAD_DIGEST, Verdict.OUT_OF_ORDER):
-            # Chunks sent after the refused one are already on the way: one NACK is enough.
-            if not (verdict is Verdict.OUT_OF_ORDER and inbound.refused):
-                inbound.refused = True
-                nack = Nack(slot=frame.stream, offset=inbound.received, reason=verdict.value)
-                await self.conn.send(Kind.NACK, nack.payload())
-            return
-        inbound.refused = False
-        offered = inbound.offered
-        hasher = self.hashers.get(frame.stream)
-        if hasher is None:
-            # The whole instance in one chunk: the chunk's verified digest is the instance's.
-            if frame.digest is None or frame.digest.hex() != offered.digest:
-                await self._refuse_instance(frame.stream, inbound, "instance digest mismatch")
-                return
-            await self._reserve(len(data))
-            del self.slots[frame.stream]
-            self._store_whole(frame.stream, inbound, frame.data)
-            return
-        hasher.update(data)
-        key = self._partial_key(inbound)
-        # A checkpoint makes the bytes so far durable, so a later attempt resumes there.
-        checkpoint = verdict is Verdict.APPEND and inbound.received % CHECKPOINT_BYTES < len(data)
-        await anyio.to_thread.run_sync(
-            lambda: self.r.store.append_partial(key, frame.offset, data, sync=checkpoint),
-            limiter=self.r._write_limit,
-        )
-        if checkpoint:
-            await self.r.ledger.record_partial(
-                self.sender, inbound.transfer_id, offered.index, inbound.received
-            )
-        if verdict is Verdict.COMPLETE:
-            del self.slots[frame.stream]
-            del self.hashers[frame.stream]
-            if hasher.hexdigest() != offered.digest:
-                await anyio.to_thread.run_sync(self.r.store.discard_partial, key)
-                await self.r.ledger.record_partial(
-                    self.sender, inbound.transfer_id, offered.index, 0
-                )
-                await self._refuse_instance(frame.stream, inbound, "instance digest mismatch")
-                return
-            self.algorithms.pop(frame.stream, None)
-            await anyio.to_thread.run_sync(self.r.store.publish_partial, key, offered.digest)
-            self.r.committer.durable(self._stored(frame.stream, inbound))
-
-    def _partial_key(self, inbound: InboundInstance) -> str:
-        return f"{self.sender}-{inbound.transfer_id}-{inbound.offered.index}"
-
-    async def _resume_partial(
-        self, slot: int, inbound: InboundInstance, algorithm: DigestName
-    ) -> Hasher:
-        """A large instance's durable prefix from an earlier attempt, if any: cut the
-        partial file back to its last checkpoint and hash that prefix again."""
-        offset = await self.r.ledger.partial(
-            self.sender, inbound.transfer_id, inbound.offered.index
-        )
-        key = self._partial_key(inbound)
+    async def _resume(self, effect: ResumePartial) -> tuple[int, Hasher | None]:
+        """A large instance's durable prefix from an earlier attempt, if any: the
+        partial file cut back to its last checkpoint and that prefix hashed again."""
+        offset = await self.r.ledger.partial(self.control.sender, effect.transfer_id, effect.index)
         if not offset:
-            return Hasher(algorithm)
+            return 0, None
         try:
             hasher = await anyio.to_thread.run_sync(
-                self.r.store.hash_partial, key, offset, Hasher(algorithm)
+                self.r.store.hash_partial, effect.key, offset, Hasher(effect.algorithm)
             )
         except (OSError, ValueError):
-            return Hasher(algorithm)
-        inbound.received = offset
-        return hasher
+            return 0, None
+        return offset, hasher
 
-    async def _refuse_instance(self, slot: int, inbound: InboundInstance, reason: str) -> None:
-        """Ask for the whole instance again; the slot stays open from byte 0."""
-        inbound.received = 0
-        inbound.refused = True
-        self.slots[slot] = inbound
-        if slot in self.algorithms:
-            self.hashers[slot] = Hasher(self.algorithms[slot])
-        nack = Nack(slot=slot, offset=0, reason=reason)
-        await self.conn.send(Kind.NACK, nack.payload())
+    async def _append(self, effect: AppendChunk) -> None:
+        data = memoryview(effect.data)
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self.r.store.append_partial(
+                    effect.key, effect.offset, data, sync=effect.checkpoint
+                ),
+                limiter=self.r._write_limit,
+            )
+        except StorageError as e:
+            await self._perform(self.control.write_failed(effect.slot, str(e)))
+        else:
+            await self._perform(self.control.appended())
 
-    async def _reserve(self, size: int) -> None:
-        """Backpressure: stop reading while too many bytes wait to become durable."""
-        while self.buffered and self.buffered + size > self.r.config.limits.write_buffer_bytes:
-            self.buffer_free = anyio.Event()
-            await self.buffer_free.wait()
-        self.buffered += size
-
-    def _store_whole(self, slot: int, inbound: InboundInstance, data: Payload) -> None:
-        self.writing[slot] = len(data)
-        self.r.committer.write(self._stored(slot, inbound), data)
-
-    def _stored(self, slot: int, inbound: InboundInstance) -> Stored:
-        o = inbound.offered
-        instance = IncomingInstance(
-            index=o.index,
-            sop_instance_uid=o.sop_instance_uid,
-            size=o.size,
-            digest=o.digest,
-            stored=time.time(),
+    async def _commit(self, receipt: Receipt) -> bytes:
+        """Sign the receipt, then make the study visible and keep the receipt: the
+        one the ledger keeps (an earlier one, if committed before)."""
+        if self.r.key_pem is not None:
+            receipt = receipt.signed(self.r.key_pem)
+        return await self.r.ledger.commit_incoming(
+            receipt.sender,
+            receipt.transfer_id,
+            receipt.study_instance_uid,
+            receipt.to_json(),
+            receipt.committed_at,
         )
+
+    def _stored(self, slot: int, transfer_id: str, instance: IncomingInstance) -> Stored:
         return Stored(
-            sender=self.sender,
-            transfer_id=inbound.transfer_id,
+            sender=self.control.sender,
+            transfer_id=transfer_id,
             instance=instance,
             acknowledge=self._acknowledge,
             slot=slot,
         )
 
     def _acknowledge(self, slot: int, stored_at: float, error: BaseException | None) -> None:
-        self.buffered -= self.writing.pop(slot, 0)
-        self.buffer_free.set()
+        """The committer's word on one instance, answered to the control in batches."""
         if error is None:
-            self.acks.append((slot, stored_at))
+            self.durable.append((slot, stored_at))
         else:
             self.failures.append((slot, error))
-        self.acks_ready.set()
+        self.stored.set()
 
-    async def _send_acks(self) -> None:
+    async def _answer_storage(self) -> None:
         while True:
-            await self.acks_ready.wait()
-            self.acks_ready = anyio.Event()
-            acks, self.acks = self.acks, []
+            await self.stored.wait()
+            self.stored = anyio.Event()
+            durable, self.durable = self.durable, []
             failures, self.failures = self.failures, []
-            if acks:
-                await self.conn.send(Kind.ACK, Ack(stored=tuple(acks)).payload())
-            for _slot, error in failures:
-                await self._fail("storage", str(error), retriable=True)
-
-    async def _commit(self, commit: Commit) -> None:
-        ledger = self.r.ledger
-        incoming = await ledger.incoming(self.sender, commit.transfer_id)
-        if incoming is None:
-            raise ProtocolError(f"commit of transfer {commit.transfer_id}, which was not offered")
-        if incoming.receipt is not None:
-            await self.conn.send(Kind.RECEIPT, incoming.receipt)
-            return
-        received = await ledger.received(self.sender, commit.transfer_id)
-        total = incoming.total
-        study = incoming.study_instance_uid
-        digest = incoming.digest
-        if len(received) < total:
-            await self._fail(
-                "incomplete",
-                f"{len(received)} of {total} instances held",
-                retriable=True,
-                transfer=commit.transfer_id,
-            )
-            return
-        now = time.time()
-        receipt = Receipt(
-            transfer_id=commit.transfer_id,
-            sender=self.sender,
-            receiver=self.r.config.org,
-            study_instance_uid=study,
-            digest_algorithm=digest,
-            committed_at=now,
-            instances=tuple(
-                ReceivedInstance(
-                    sop_instance_uid=i.sop_instance_uid,
-                    digest=i.digest,
-                    size=i.size,
-                    stored_at=i.stored,
-                )
-                for i in sorted(received.values(), key=lambda i: i.index)
-            ),
-        )
-        if self.r.key_pem is not None:
-            receipt = receipt.signed(self.r.key_pem)
-        stored = await ledger.commit_incoming(
-            self.sender, commit.transfer_id, study, receipt.to_json(), now
-        )
-        await ledger.audit(
-            self.sender, "received", commit.transfer_id, f"{total} instances of {study}"
-        )
-        await self.conn.send(Kind.RECEIPT, stored)
-        if self.r.on_committed is not None:
-            self.r.on_committed(study)
+            if durable:
+                await self._perform(self.control.durable(durable))
+            for slot, error in failures:
+                await self._perform(self.control.write_failed(slot, str(error)))
+            self.room.set()

@@ -16,7 +16,7 @@ from dicomrelay.connection import Connection
 from dicomrelay.errors import TlsError
 from dicomrelay.node import Node
 from dicomrelay.protocol import PROTOCOL_VERSION, Failure, Hello, Kind
-from dicomrelay.receiver import CLAIM_SHOWN
+from dicomrelay.receiver_control import CLAIM_SHOWN
 
 from .helpers import LOCALHOST, Pki, node_config, peer, query
 
