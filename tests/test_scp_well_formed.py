@@ -312,8 +312,8 @@ def test_our_storescu_and_scan_refuse_each_malformed_file(tmp_path: Path) -> Non
     assert result.returncode != 0
     lines = result.stderr.splitlines()
     for path in paths:
-        [line] = [ln for ln in lines if path in ln]
-        assert line.startswith(f"storescu: skipping {path}: not a DICOM instance (")
+        [line] = [ln for ln in lines if f" {path}: " in ln]
+        assert line.startswith(f"dicomrelay storescu: skipping {path}: not a DICOM instance (")
     assert "nothing to send" in result.stderr
     assert "Traceback" not in result.stderr
 

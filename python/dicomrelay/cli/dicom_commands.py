@@ -207,7 +207,8 @@ def run_store(args: argparse.Namespace) -> int:
                 f"dicomrelay storescu: skipping {path}: not a DICOM instance ({info})\n"
             )
     if not files:
-        raise DicomrelayError(f"nothing to send: no DICOM instance in {' '.join(args.paths)}")
+        given = args.paths[0] if len(args.paths) == 1 else f"the {len(args.paths)} paths given"
+        raise DicomrelayError(f"nothing to send: no DICOM instance in {given}")
 
     async def store() -> int:
         answered = failed = 0
