@@ -15,6 +15,9 @@ UID_ROOT = "2.25."
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, For Presentation
+US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+SECONDARY_CAPTURE_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
@@ -25,16 +28,47 @@ class Profile:
     rows: int
     columns: int
     bits: int = 16
+    samples_per_pixel: int = 1  # 3: colour, interleaved (planar configuration 0)
+    photometric: str = "MONOCHROME2"
+    # Further elements the SOP class asks for: (tag, VR, text value).
+    extra: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def pixel_bytes(self) -> int:
-        return self.rows * self.columns * self.bits // 8
+        return self.rows * self.columns * self.samples_per_pixel * self.bits // 8
 
 
 PROFILES = {
     "ct": Profile(modality="CT", sop_class_uid=CT_IMAGE_STORAGE, rows=512, columns=512),
     "mr": Profile(modality="MR", sop_class_uid=MR_IMAGE_STORAGE, rows=256, columns=256),
     "cr": Profile(modality="CR", sop_class_uid=CR_IMAGE_STORAGE, rows=2048, columns=2048),
+    # A 43 x 35 cm flat-panel detector at 150 um.
+    "dx": Profile(
+        modality="DX",
+        sop_class_uid=DX_IMAGE_STORAGE,
+        rows=2880,
+        columns=2304,
+        extra=((0x00080068, "CS", "FOR PRESENTATION"),),
+    ),
+    # Ultrasound: 640x480 RGB, 8 bits a sample.
+    "us": Profile(
+        modality="US",
+        sop_class_uid=US_IMAGE_STORAGE,
+        rows=480,
+        columns=640,
+        bits=8,
+        samples_per_pixel=3,
+        photometric="RGB",
+    ),
+    # A small object (16 KiB of pixel data), like a key image, a scanned form or
+    # a dose report's screenshot: a secondary capture.
+    "small": Profile(
+        modality="OT",
+        sop_class_uid=SECONDARY_CAPTURE_IMAGE_STORAGE,
+        rows=128,
+        columns=64,
+        extra=((0x00080064, "CS", "WSD"),),  # Conversion Type: workstation
+    ),
 }
 
 
@@ -81,30 +115,34 @@ def instance(
         ]
     )
     meta = _element(0x00020000, b"UL", struct.pack("<I", len(meta_body))) + meta_body
-    dataset = b"".join(
-        [
-            _text(0x00080016, b"UI", profile.sop_class_uid),
-            _text(0x00080018, b"UI", sop_uid),
-            _text(0x00080020, b"DA", "20261127"),
-            _text(0x00080050, b"SH", "ACC" + patient_id[-6:]),
-            _text(0x00080060, b"CS", profile.modality),
-            _text(0x00100010, b"PN", "Synthetic^Patient"),
-            _text(0x00100020, b"LO", patient_id),
-            _text(0x00100021, b"LO", "DICOMRELAY"),
-            _text(0x0020000D, b"UI", study_uid),
-            _text(0x0020000E, b"UI", series_uid),
-            _text(0x00200013, b"IS", str(number)),
-            _us(0x00280002, 1),
-            _text(0x00280004, b"CS", "MONOCHROME2"),
-            _us(0x00280010, profile.rows),
-            _us(0x00280011, profile.columns),
-            _us(0x00280100, profile.bits),
-            _us(0x00280101, profile.bits),
-            _us(0x00280102, profile.bits - 1),
-            _us(0x00280103, 0),
-            _element(0x7FE00010, b"OW", pixels),
-        ]
-    )
+    elements = {
+        0x00080016: _text(0x00080016, b"UI", profile.sop_class_uid),
+        0x00080018: _text(0x00080018, b"UI", sop_uid),
+        0x00080020: _text(0x00080020, b"DA", "20261127"),
+        0x00080050: _text(0x00080050, b"SH", "ACC" + patient_id[-6:]),
+        0x00080060: _text(0x00080060, b"CS", profile.modality),
+        0x00100010: _text(0x00100010, b"PN", "Synthetic^Patient"),
+        0x00100020: _text(0x00100020, b"LO", patient_id),
+        0x00100021: _text(0x00100021, b"LO", "DICOMRELAY"),
+        0x0020000D: _text(0x0020000D, b"UI", study_uid),
+        0x0020000E: _text(0x0020000E, b"UI", series_uid),
+        0x00200013: _text(0x00200013, b"IS", str(number)),
+        0x00280002: _us(0x00280002, profile.samples_per_pixel),
+        0x00280004: _text(0x00280004, b"CS", profile.photometric),
+        0x00280010: _us(0x00280010, profile.rows),
+        0x00280011: _us(0x00280011, profile.columns),
+        0x00280100: _us(0x00280100, profile.bits),
+        0x00280101: _us(0x00280101, profile.bits),
+        0x00280102: _us(0x00280102, profile.bits - 1),
+        0x00280103: _us(0x00280103, 0),
+        # 8-bit samples are OB; wider ones OW (PS3.5 8.2).
+        0x7FE00010: _element(0x7FE00010, b"OB" if profile.bits <= 8 else b"OW", pixels),
+    }
+    if profile.samples_per_pixel > 1:
+        elements[0x00280006] = _us(0x00280006, 0)  # Planar Configuration: R1G1B1 R2G2B2 ...
+    for tag, vr, text in profile.extra:
+        elements[tag] = _text(tag, vr.encode("ascii"), text)
+    dataset = b"".join(elements[tag] for tag in sorted(elements))
     return b"\0" * 128 + b"DICM" + meta + dataset
 
 
