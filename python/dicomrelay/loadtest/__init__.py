@@ -5,7 +5,7 @@ study set sent from one to the other, and the throughput, latency and cost of it
 its own process.
 """
 
-PROFILE_NAMES = ("ct", "mr", "cr", "mixed")
+PROFILE_NAMES = ("ct", "mr", "cr", "dx", "us", "small", "mixed")
 
 # Temporary files a default run may write: each image is there twice (the
 # source study and the receiver's stored copy).

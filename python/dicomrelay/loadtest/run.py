@@ -220,4 +220,20 @@ def summarise(
         "sender_peak_rss_mb": round(sender["peak_rss_mb"], 1),
         "receiver_cpu_seconds": round(receiver.get("cpu_seconds", 0.0), 2),
         "receiver_peak_rss_mb": round(receiver.get("peak_rss_mb", 0.0), 1),
+        **_cpu_split("sender", sender, sender["images"]),
+        **_cpu_split("receiver", receiver, sender["images"]),
     }
+
+
+def _cpu_split(side: str, result: dict[str, Any], images: int) -> dict[str, float]:
+    """A side's CPU as user and system: seconds for the whole process, and
+    milliseconds per image sent during the transfer (first send to last receipt
+    for the sender, listening to the end of the run for the receiver; with
+    ``--in-process`` the sender's figures are both sides')."""
+    out: dict[str, float] = {}
+    for kind in ("user", "system"):
+        out[f"{side}_{kind}_cpu_seconds"] = round(result.get(f"{kind}_cpu_seconds", 0.0), 2)
+    for kind in ("user", "system"):
+        spent = result.get(f"transfer_{kind}_cpu_seconds", 0.0)
+        out[f"{side}_{kind}_cpu_ms_per_image"] = round(1000 * spent / images, 3) if images else 0.0
+    return out

@@ -26,9 +26,24 @@ RECEIVER, SENDER = "RX2", "RX1"
 
 
 def usage() -> dict[str, float]:
-    """CPU seconds and peak RSS (MB) of this process so far."""
+    """CPU seconds (user and system, and their sum) and peak RSS (MB) of this
+    process so far."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu_seconds": r.ru_utime + r.ru_stime, "peak_rss_mb": peak_rss_kb() / 1024}
+    return {
+        "cpu_seconds": r.ru_utime + r.ru_stime,
+        "user_cpu_seconds": r.ru_utime,
+        "system_cpu_seconds": r.ru_stime,
+        "peak_rss_mb": peak_rss_kb() / 1024,
+    }
+
+
+def transfer_cpu(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """User and system CPU seconds spent between two ``usage()`` readings: the
+    transfer's own cost, without the interpreter's start-up or the node's."""
+    return {
+        f"transfer_{kind}_cpu_seconds": after[f"{kind}_cpu_seconds"] - before[f"{kind}_cpu_seconds"]
+        for kind in ("user", "system")
+    }
 
 
 def peak_rss_kb() -> float:
@@ -90,8 +105,10 @@ async def run_receiver(config: NodeConfig, emit: Callable[[dict[str, object]], N
     """Serve until stdin closes (the parent's signal to stop)."""
     async with Node(config) as node:
         emit({"ready": node.port})
+        before = usage()
         await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
-    emit({"result": usage()})
+        during = transfer_cpu(before, usage())
+    emit({"result": {**usage(), **during}})
 
 
 async def run_sender(
@@ -103,6 +120,7 @@ async def run_sender(
     tally = Tally()
     async with Node(config, observer=tally.observe) as node:
         started = time.perf_counter()
+        before = usage()
         failed_instances = 0
 
         async def progress() -> None:
@@ -134,6 +152,7 @@ async def run_sender(
                     sends.start_soon(one, study)
             tg.cancel_scope.cancel()
         seconds = time.perf_counter() - started
+        during = transfer_cpu(before, usage())
     total_bytes = sum(sizes.values())
     return {
         "seconds": seconds,
@@ -143,6 +162,7 @@ async def run_sender(
         "bytes": total_bytes,
         "latencies": tally.latencies,
         **usage(),
+        **during,
     }
 
 
