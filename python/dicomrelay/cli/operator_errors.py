@@ -24,6 +24,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """An argument type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("DICOMRELAY_DEBUG", "") not in ("", "0")
 

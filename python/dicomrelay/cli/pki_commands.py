@@ -13,15 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _days(text: str) -> int:
-    try:
-        days = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
-    if days <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {days}")
-    return days
+from dicomrelay.cli.operator_errors import positive_int
 
 
 def register(sub: Any) -> None:
@@ -38,7 +30,7 @@ def register(sub: Any) -> None:
     )
     ca.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write")
     ca.add_argument("--name", default="dicomrelay CA", help="the CA's common name")
-    ca.add_argument("--days", type=_days, default=3650, help="validity (default 3650)")
+    ca.add_argument("--days", type=positive_int, default=3650, help="validity (default 3650)")
     ca.set_defaults(run=run_ca)
 
     issue = commands.add_parser(
@@ -52,7 +44,7 @@ def register(sub: Any) -> None:
     issue.add_argument("org", metavar="ORG", help="the organisation's code, e.g. RX1")
     issue.add_argument("--ca", type=Path, required=True, metavar="DIR", help="from `pki ca`")
     issue.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write")
-    issue.add_argument("--days", type=_days, default=825, help="validity (default 825)")
+    issue.add_argument("--days", type=positive_int, default=825, help="validity (default 825)")
     issue.set_defaults(run=run_issue)
 
 
