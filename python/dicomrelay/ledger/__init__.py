@@ -1,9 +1,13 @@
 """The ledger: every transfer, instance, attempt and receipt, durable.
 
-``Ledger`` is the interface the engine uses; ``SqliteLedger`` the embedded
-default, ``dicomrelay.ledger.postgres.PostgresLedger`` the shared one (for
-several workers or machines); ``open_ledger`` opens the one a node is
-configured with. Nothing outside this package may assume which backend is in use.
+``Ledger`` is the interface the engine uses. One implementation
+(``ledger.py``) runs the same statements (``statements.py``) and migrations
+(``migrations.py``) on either backend, their SQL differing only where
+``dialect.py`` says: ``SqliteLedger`` the embedded default,
+``dicomrelay.ledger.postgres.PostgresLedger`` the shared one (for several
+workers or machines), ``memory_ledger()`` SQLite in memory, for tests.
+``open_ledger`` opens the one a node is configured with. Nothing outside this
+package may assume which backend is in use.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dicomrelay.ledger.base import (
     OutgoingTransfer,
     TransferState,
 )
-from dicomrelay.ledger.sqlite import SqliteLedger
+from dicomrelay.ledger.sqlite import SqliteLedger, memory_ledger
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -32,6 +36,7 @@ __all__ = [
     "OutgoingTransfer",
     "SqliteLedger",
     "TransferState",
+    "memory_ledger",
     "open_ledger",
 ]
 

@@ -5,18 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-# claim_outgoing hands out the most urgent, then the oldest (as the scheduler does).
-PRIORITY_ORDER = "CASE priority WHEN 'urgent' THEN 0 WHEN 'routine' THEN 1 ELSE 2 END, created, id"
-
-# What claim_outgoing may take: due queued transfers nobody holds, and active
-# ones whose holder stopped renewing (or, left by a release that held no
-# lease, never had one). Parameters by name, in each backend's style.
-CLAIMABLE = (
-    "((state = {queued} AND next_attempt <= {now} AND (claimed_by IS NULL OR lease_until <= {now}))"
-    " OR (state = {active} AND (claimed_by IS NULL OR lease_until <= {now})))"
-)
+from typing import Protocol
 
 
 class TransferState(enum.StrEnum):
@@ -77,126 +66,6 @@ class IncomingTransfer:
     total: int
     digest: str
     receipt: bytes | None
-
-
-def outgoing_from_row(row: Sequence[Any]) -> OutgoingTransfer:
-    """An outgoing transfer from a row of ``OUTGOING_COLUMNS`` (both backends)."""
-    (
-        id_,
-        dest,
-        study,
-        prio,
-        digest,
-        chunk,
-        state,
-        attempts,
-        nxt,
-        created,
-        total,
-        err,
-        rec,
-        claimed_by,
-        lease_until,
-        without_progress,
-        acked,
-    ) = row
-    return OutgoingTransfer(
-        id=id_,
-        destination=dest,
-        study_instance_uid=study,
-        priority=prio,
-        digest=digest,
-        chunk_size=chunk,
-        state=TransferState(state),
-        attempts=attempts,
-        next_attempt=nxt,
-        created=created,
-        total=total,
-        acked=acked,
-        last_error=err,
-        receipt=None if rec is None else bytes(rec),
-        claimed_by=claimed_by,
-        lease_until=lease_until,
-        attempts_without_progress=without_progress,
-    )
-
-
-def outgoing_instance_from_row(row: Sequence[Any]) -> OutgoingInstance:
-    """An outgoing instance from a row of ``OUTGOING_INSTANCE_COLUMNS``."""
-    idx, path, uid, size, digest, chunks = row
-    return OutgoingInstance(
-        index=idx,
-        path=path,
-        sop_instance_uid=uid,
-        size=size,
-        digest=digest,
-        chunk_digests=tuple(chunks.split(",")) if chunks else (),
-    )
-
-
-OUTGOING_INSTANCE_COLUMNS = "idx, path, sop_uid, size, digest, chunk_digests"
-
-
-# Inserts, the same columns for both backends (each with its own placeholders).
-INSERT_OUTGOING_COLUMNS = (
-    "id, destination, study_uid, priority, digest, chunk_size,"
-    " state, attempts, next_attempt, created, updated, total"
-)
-INSERT_OUTGOING_INSTANCE_COLUMNS = f"transfer_id, {OUTGOING_INSTANCE_COLUMNS}"
-
-
-def outgoing_insert_row(transfer: OutgoingTransfer, updated: float) -> tuple[Any, ...]:
-    """The values of ``INSERT_OUTGOING_COLUMNS`` for a new transfer."""
-    t = transfer
-    return (
-        t.id,
-        t.destination,
-        t.study_instance_uid,
-        t.priority,
-        t.digest,
-        t.chunk_size,
-        t.state.value,
-        t.attempts,
-        t.next_attempt,
-        t.created,
-        updated,
-        t.total,
-    )
-
-
-def outgoing_instance_insert_row(transfer_id: str, i: OutgoingInstance) -> tuple[Any, ...]:
-    """The values of ``INSERT_OUTGOING_INSTANCE_COLUMNS`` for one instance."""
-    return (
-        transfer_id,
-        i.index,
-        i.path,
-        i.sop_instance_uid,
-        i.size,
-        i.digest,
-        ",".join(i.chunk_digests),
-    )
-
-
-def incoming_from_row(sender: str, transfer_id: str, row: Sequence[Any]) -> IncomingTransfer:
-    """An incoming transfer from a row of ``study_uid, total, digest, receipt``."""
-    study, total, digest, receipt = row
-    return IncomingTransfer(
-        sender=sender,
-        transfer_id=transfer_id,
-        study_instance_uid=study,
-        total=total,
-        digest=digest,
-        receipt=None if receipt is None else bytes(receipt),
-    )
-
-
-OUTGOING_COLUMNS = (
-    "id, destination, study_uid, priority, digest, chunk_size, state, attempts,"
-    " next_attempt, created, total, last_error, receipt, claimed_by, lease_until,"
-    " attempts_without_progress,"
-    " (SELECT count(*) FROM outgoing_instances i"
-    " WHERE i.transfer_id = o.id AND i.acked IS NOT NULL)"
-)
 
 
 class Ledger(Protocol):

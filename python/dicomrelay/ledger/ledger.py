@@ -1,0 +1,295 @@
+"""The ledger, once for both backends: each call one transaction, its body a
+``Work`` of statements that a driver (``sqlite.py``, ``postgres.py``) runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+from dicomrelay.ledger.base import (
+    IncomingInstance,
+    IncomingTransfer,
+    OutgoingInstance,
+    OutgoingTransfer,
+    TransferState,
+)
+from dicomrelay.ledger.dialect import Dialect
+from dicomrelay.ledger.statements import (
+    Statements,
+    incoming_from_row,
+    incoming_instance_from_row,
+    outgoing_from_row,
+    outgoing_insert_row,
+    outgoing_instance_from_row,
+    outgoing_instance_insert_row,
+)
+from dicomrelay.ledger.work import Query, Row, Work
+
+T = TypeVar("T")
+
+# How much later than the last a repeated delivery request is stamped, at least.
+STAMP_STEP = 1e-6
+
+
+class Driver(Protocol):
+    """Runs transactions on one backend."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def run(self, work: Callable[[], Work[T]]) -> T:
+        """Run ``work()`` as one transaction. ``work`` makes a fresh body each
+        call: a driver may run it again (PostgreSQL, after a deadlock)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SqlLedger:
+    """The ``Ledger`` over any driver."""
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+        self._sql = Statements(driver.dialect)
+        self._array = driver.dialect.array
+
+    async def close(self) -> None:
+        await self._driver.close()
+
+    async def _one(self, query: Query) -> list[Row]:
+        """The rows of one statement, run as a transaction of its own."""
+
+        def work() -> Work[list[Row]]:
+            return (yield query).rows
+
+        return await self._driver.run(work)
+
+    # Sending side.
+    async def add_outgoing(
+        self, transfer: OutgoingTransfer, instances: Sequence[OutgoingInstance]
+    ) -> None:
+        q = self._sql
+        row = outgoing_insert_row(transfer, time.time())
+        rows = [outgoing_instance_insert_row(transfer.id, i) for i in instances]
+
+        def work() -> Work[None]:
+            yield Query(q.insert_outgoing, row)
+            yield Query(q.insert_outgoing_instance, rows, many=True)
+
+        await self._driver.run(work)
+
+    async def outgoing(self, transfer_id: str) -> OutgoingTransfer | None:
+        rows = await self._one(Query(self._sql.outgoing, (transfer_id,)))
+        return outgoing_from_row(rows[0]) if rows else None
+
+    async def unfinished_outgoing(self) -> list[OutgoingTransfer]:
+        rows = await self._one(Query(self._sql.unfinished_outgoing))
+        return [outgoing_from_row(r) for r in rows]
+
+    async def all_outgoing(
+        self, limit: int = 1000, *, state: TransferState | None = None
+    ) -> list[OutgoingTransfer]:
+        if state is None:
+            query = Query(self._sql.all_outgoing, (limit,))
+        else:
+            query = Query(self._sql.all_outgoing_in_state, (state.value, limit))
+        return [outgoing_from_row(r) for r in await self._one(query)]
+
+    async def pending_instances(self, transfer_id: str) -> list[OutgoingInstance]:
+        rows = await self._one(Query(self._sql.pending_instances, (transfer_id,)))
+        return [outgoing_instance_from_row(r) for r in rows]
+
+    async def mark_acked(self, transfer_id: str, indexes: Sequence[int], at: float) -> None:
+        await self._one(Query(self._sql.mark_acked, (at, transfer_id, self._array(indexes))))
+
+    async def set_outgoing_state(
+        self,
+        transfer_id: str,
+        state: TransferState,
+        *,
+        attempts: int | None = None,
+        attempts_without_progress: int | None = None,
+        next_attempt: float | None = None,
+        error: str | None = None,
+        receipt: bytes | None = None,
+    ) -> None:
+        params = (
+            state.value,
+            time.time(),
+            attempts,
+            attempts_without_progress,
+            next_attempt,
+            error,
+            receipt,
+            transfer_id,
+        )
+        await self._one(Query(self._sql.set_outgoing_state, params))
+
+    async def requeue_dead(self, transfer_id: str, *, now: float) -> bool:
+        query = Query(self._sql.requeue_dead, (now, time.time(), transfer_id))
+
+        def work() -> Work[bool]:
+            return (yield query).rowcount == 1
+
+        return await self._driver.run(work)
+
+    # Several workers sharing one ledger's sending work.
+    async def claim_outgoing(
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        only: Sequence[str] | None = None,
+    ) -> list[OutgoingTransfer]:
+        q = self._sql
+        claimable = (TransferState.QUEUED.value, now, now, TransferState.ACTIVE.value, now)
+        if only is None:
+            candidates = Query(q.claimable, (*claimable, limit))
+        else:
+            candidates = Query(q.claimable_among, (*claimable, self._array(only), limit))
+
+        def work() -> Work[list[OutgoingTransfer]]:
+            ids = [r[0] for r in (yield candidates).rows]
+            if not ids:
+                return []
+            among = self._array(ids)
+            yield Query(q.claim, (worker, now + lease_seconds, time.time(), among))
+            rows = (yield Query(q.outgoing_among, (among,))).rows
+            order = {i: n for n, i in enumerate(ids)}
+            return sorted((outgoing_from_row(r) for r in rows), key=lambda t: order[t.id])
+
+        return await self._driver.run(work)
+
+    async def release_claims(self, worker: str) -> int:
+        query = Query(self._sql.release_claims, (time.time(), worker))
+
+        def work() -> Work[int]:
+            return (yield query).rowcount
+
+        return await self._driver.run(work)
+
+    async def renew_lease(
+        self, worker: str, transfer_ids: Sequence[str], *, now: float, lease_seconds: float
+    ) -> set[str]:
+        params = (now + lease_seconds, worker, self._array(transfer_ids))
+        return {str(r[0]) for r in await self._one(Query(self._sql.renew_lease, params))}
+
+    async def finished_outgoing(self, transfer_ids: Sequence[str]) -> list[OutgoingTransfer]:
+        query = Query(self._sql.finished_outgoing, (self._array(transfer_ids),))
+        return [outgoing_from_row(r) for r in await self._one(query)]
+
+    async def release_claim(self, worker: str, transfer_id: str) -> bool:
+        query = Query(self._sql.release_claim, (time.time(), transfer_id, worker))
+
+        def work() -> Work[bool]:
+            return (yield query).rowcount == 1
+
+        return await self._driver.run(work)
+
+    # Receiving side.
+    async def note_incoming(
+        self, sender: str, transfer_id: str, study_instance_uid: str, total: int, digest: str
+    ) -> bytes | None:
+        q = self._sql
+        params = (sender, transfer_id, study_instance_uid, total, digest, time.time())
+
+        def work() -> Work[bytes | None]:
+            yield Query(q.note_incoming, params)
+            receipt = (yield Query(q.incoming, (sender, transfer_id))).rows[0][3]
+            return None if receipt is None else bytes(receipt)
+
+        return await self._driver.run(work)
+
+    async def incoming(self, sender: str, transfer_id: str) -> IncomingTransfer | None:
+        rows = await self._one(Query(self._sql.incoming, (sender, transfer_id)))
+        return incoming_from_row(sender, transfer_id, rows[0]) if rows else None
+
+    async def record_received(
+        self, sender: str, transfer_id: str, instances: Sequence[IncomingInstance]
+    ) -> None:
+        # Inline, not a call per row: this is the receiver's busiest call.
+        rows = [
+            (sender, transfer_id, i.index, i.sop_instance_uid, i.size, i.digest, i.stored)
+            for i in instances
+        ]
+        await self._one(Query(self._sql.record_received, rows, many=True))
+
+    async def received(self, sender: str, transfer_id: str) -> dict[int, IncomingInstance]:
+        rows = await self._one(Query(self._sql.received, (sender, transfer_id)))
+        return {i.index: i for i in map(incoming_instance_from_row, rows)}
+
+    async def digests_from(self, sender: str, digests: Sequence[str]) -> set[str]:
+        query = Query(self._sql.digests_from, (sender, self._array(digests)))
+        return {str(r[0]) for r in await self._one(query)}
+
+    async def record_partial(self, sender: str, transfer_id: str, index: int, offset: int) -> None:
+        await self._one(Query(self._sql.record_partial, (sender, transfer_id, index, offset)))
+
+    async def partial(self, sender: str, transfer_id: str, index: int) -> int:
+        rows = await self._one(Query(self._sql.partial, (sender, transfer_id, index)))
+        return int(rows[0][0]) if rows else 0
+
+    async def commit_incoming(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_instance_uid: str,
+        receipt: bytes,
+        committed: float,
+    ) -> bytes:
+        q = self._sql
+        key = (sender, transfer_id)
+
+        def work() -> Work[bytes]:
+            rows = (yield Query(q.receipt_for_commit, key)).rows
+            if rows and rows[0][0] is not None:
+                return bytes(rows[0][0])
+            yield Query(q.commit_to_store, (study_instance_uid, committed, *key))
+            yield Query(q.commit_incoming, (committed, receipt, *key))
+            return receipt
+
+        return await self._driver.run(work)
+
+    async def study(self, study_instance_uid: str) -> list[tuple[str, str, int]]:
+        rows = await self._one(Query(self._sql.study, (study_instance_uid,)))
+        return [(str(uid), str(digest), int(size)) for uid, digest, size in rows]
+
+    # Delivery of committed studies into the local PACS.
+    async def add_delivery(self, study_instance_uid: str) -> float:
+        params = (study_instance_uid, time.time(), STAMP_STEP)
+        rows = await self._one(Query(self._sql.add_delivery, params))
+        return float(rows[0][0])
+
+    async def pending_deliveries(self) -> list[tuple[str, float]]:
+        rows = await self._one(Query(self._sql.pending_deliveries))
+        return [(str(uid), float(queued)) for uid, queued in rows]
+
+    async def finish_delivery(
+        self, study_instance_uid: str, *, requested: float, delivered: bool, error: str
+    ) -> None:
+        state = "done" if delivered else "dead"
+        params = (state, time.time(), error or None, study_instance_uid, requested)
+        await self._one(Query(self._sql.finish_delivery, params))
+
+    # Both sides.
+    async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None:
+        params = (time.time(), org, action, transfer_id, detail)
+        await self._one(Query(self._sql.audit, params))
+
+    async def counts(self) -> dict[str, int]:
+        q = self._sql
+
+        def work() -> Work[dict[str, int]]:
+            out = {s.value: 0 for s in TransferState}
+            for state, n in (yield Query(q.outgoing_by_state)).rows:
+                out[state] = n
+            out["received_committed"] = (yield Query(q.committed_incoming)).scalar()
+            out["stored_instances"] = (yield Query(q.stored_instances)).scalar()
+            for state, n in (yield Query(q.deliveries_by_state)).rows:
+                out[f"deliveries_{state}"] = n
+            return out
+
+        return await self._driver.run(work)

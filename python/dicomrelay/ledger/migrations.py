@@ -1,0 +1,183 @@
+"""The ledger's tables, for both backends, as a list of numbered migrations
+applied when a ledger opens.
+
+A ledger records the migrations it has had in ``schema_version``; opening one
+runs, in one transaction, those it lacks. The first stands for every release
+before the list began: its tables are created only where missing and its
+columns added only where missing, so any ledger those releases made (a SQLite
+file or a PostgreSQL schema) opens as if it had been made by this list.
+
+A migration, once released, never changes: the tables change by appending one.
+Types and fragments in braces are the dialect's (``dialect.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from dicomrelay.ledger.dialect import Dialect
+from dicomrelay.ledger.work import Query, Work
+
+
+@dataclass(frozen=True, slots=True)
+class AddColumn:
+    """A column added to a table that lacks it (looked up first: on PostgreSQL,
+    ALTER TABLE locks the table even when there is nothing to add)."""
+
+    table: str
+    column: str
+    definition: str
+
+
+Step = str | AddColumn
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    steps: tuple[Step, ...]
+
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "the tables of the releases before migrations were numbered",
+        (
+            """CREATE TABLE IF NOT EXISTS outgoing (
+                id TEXT PRIMARY KEY,
+                destination TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                priority TEXT NOT NULL,
+                digest TEXT NOT NULL,
+                chunk_size INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                attempts_without_progress INTEGER NOT NULL DEFAULT 0,
+                next_attempt {real} NOT NULL DEFAULT 0,
+                created {real} NOT NULL,
+                updated {real} NOT NULL,
+                total INTEGER NOT NULL,
+                last_error TEXT,
+                receipt {blob},
+                claimed_by TEXT,
+                lease_until {real}
+            )""",
+            # Added to the first releases' outgoing table since.
+            AddColumn("outgoing", "claimed_by", "TEXT"),
+            AddColumn("outgoing", "lease_until", "{real}"),
+            AddColumn("outgoing", "attempts_without_progress", "INTEGER NOT NULL DEFAULT 0"),
+            # (SQLite's had only state; migration 2 makes them one.)
+            "CREATE INDEX IF NOT EXISTS outgoing_state ON outgoing (state)",
+            """CREATE TABLE IF NOT EXISTS outgoing_instances (
+                transfer_id TEXT NOT NULL REFERENCES outgoing (id),
+                idx INTEGER NOT NULL,
+                path TEXT NOT NULL,
+                sop_uid TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                digest TEXT NOT NULL,
+                chunk_digests TEXT NOT NULL,
+                acked {real},
+                PRIMARY KEY (transfer_id, idx)
+            ){without_rowid}""",
+            """CREATE TABLE IF NOT EXISTS incoming (
+                sender TEXT NOT NULL,
+                transfer_id TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                total INTEGER NOT NULL,
+                digest TEXT NOT NULL,
+                first_seen {real} NOT NULL,
+                committed {real},
+                receipt {blob},
+                PRIMARY KEY (sender, transfer_id)
+            ){without_rowid}""",
+            """CREATE TABLE IF NOT EXISTS incoming_instances (
+                sender TEXT NOT NULL,
+                transfer_id TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                sop_uid TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                digest TEXT NOT NULL,
+                stored {real} NOT NULL,
+                PRIMARY KEY (sender, transfer_id, idx)
+            ){without_rowid}""",
+            "CREATE INDEX IF NOT EXISTS incoming_digest ON incoming_instances (sender, digest)",
+            """CREATE TABLE IF NOT EXISTS incoming_partials (
+                sender TEXT NOT NULL,
+                transfer_id TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                durable BIGINT NOT NULL,
+                PRIMARY KEY (sender, transfer_id, idx)
+            ){without_rowid}""",
+            """CREATE TABLE IF NOT EXISTS store (
+                study_uid TEXT NOT NULL,
+                sop_uid TEXT NOT NULL,
+                digest TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                sender TEXT NOT NULL,
+                transfer_id TEXT NOT NULL,
+                committed {real} NOT NULL,
+                PRIMARY KEY (study_uid, sop_uid)
+            ){without_rowid}""",
+            """CREATE TABLE IF NOT EXISTS deliveries (
+                study_uid TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                queued {real} NOT NULL,
+                finished {real},
+                last_error TEXT
+            ){without_rowid}""",
+            """CREATE TABLE IF NOT EXISTS audit (
+                id {serial_key},
+                at {real} NOT NULL,
+                org TEXT NOT NULL,
+                action TEXT NOT NULL,
+                transfer_id TEXT,
+                detail TEXT NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "one index of due transfers on both backends (claims look up state and next attempt)",
+        (
+            "DROP INDEX IF EXISTS outgoing_state",
+            "CREATE INDEX outgoing_due ON outgoing (state, next_attempt)",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied {real} NOT NULL
+)"""
+
+
+def migrate(dialect: Dialect) -> Work[list[int]]:
+    """Apply the migrations the ledger lacks; the versions applied. Run as one
+    transaction, by one opener at a time (the drivers see to that)."""
+    sql = dialect.render
+    yield Query(sql(VERSION_TABLE))
+    have = int((yield Query("SELECT coalesce(max(version), 0) FROM schema_version")).scalar())
+    # A ledger migrated by a newer release is used as it is: its migrations
+    # only ever add, so a worker not yet upgraded keeps working beside it.
+    applied: list[int] = []
+    for migration in MIGRATIONS[have:]:
+        for step in migration.steps:
+            if isinstance(step, AddColumn):
+                columns = (yield Query(sql("{columns_of_table}"), (step.table,))).rows
+                if step.column not in {c[0] for c in columns}:
+                    yield Query(
+                        sql(f"ALTER TABLE {step.table} ADD COLUMN {step.column} {step.definition}")
+                    )
+            else:
+                yield Query(sql(step))
+        yield Query(
+            sql("INSERT INTO schema_version (version, description, applied) VALUES (?, ?, ?)"),
+            (migration.version, migration.description, time.time()),
+        )
+        applied.append(migration.version)
+    return applied

@@ -1,0 +1,302 @@
+"""Every statement the ledger runs, written once for both backends, and the
+records built from their rows.
+
+``?`` marks a parameter and ``{name}`` a fragment that differs between
+backends (see ``dialect.py``); ``Statements(dialect)`` holds them rendered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dicomrelay.ledger.base import (
+    IncomingInstance,
+    IncomingTransfer,
+    OutgoingInstance,
+    OutgoingTransfer,
+    TransferState,
+)
+from dicomrelay.ledger.dialect import Dialect
+
+OUTGOING_COLUMNS = (
+    "id, destination, study_uid, priority, digest, chunk_size, state, attempts,"
+    " next_attempt, created, total, last_error, receipt, claimed_by, lease_until,"
+    " attempts_without_progress,"
+    " (SELECT count(*) FROM outgoing_instances i"
+    " WHERE i.transfer_id = o.id AND i.acked IS NOT NULL)"
+)
+OUTGOING_INSTANCE_COLUMNS = "idx, path, sop_uid, size, digest, chunk_digests"
+INCOMING_INSTANCE_COLUMNS = "idx, sop_uid, size, digest, stored"
+
+# claim_outgoing hands out the most urgent, then the oldest (as the scheduler does).
+PRIORITY_ORDER = "CASE priority WHEN 'urgent' THEN 0 WHEN 'routine' THEN 1 ELSE 2 END, created, id"
+
+# What claim_outgoing may take: due queued transfers nobody holds, and active
+# ones whose holder stopped renewing (or, left by a release that held no
+# lease, never had one). Parameters: queued, now, now, active, now.
+CLAIMABLE = (
+    "((state = ? AND next_attempt <= ? AND (claimed_by IS NULL OR lease_until <= ?))"
+    " OR (state = ? AND (claimed_by IS NULL OR lease_until <= ?)))"
+)
+
+# Given back, an attempt cut short (still active) is queued again, due as it was.
+RELEASE = (
+    "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = ?,"
+    " state = CASE WHEN state = 'active' THEN 'queued' ELSE state END"
+)
+
+
+class Statements:
+    """The ledger's statements in one dialect. States appear as TransferState's
+    values: they are stored, so they never change."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        sql = dialect.render
+        # Sending side.
+        self.insert_outgoing = sql(
+            "INSERT INTO outgoing (id, destination, study_uid, priority, digest, chunk_size,"
+            " state, attempts, next_attempt, created, updated, total)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self.insert_outgoing_instance = sql(
+            f"INSERT INTO outgoing_instances (transfer_id, {OUTGOING_INSTANCE_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        self.outgoing = sql(f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE id = ?")
+        self.unfinished_outgoing = sql(
+            f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE state IN ('queued', 'active')"
+            " ORDER BY created"
+        )
+        self.all_outgoing = sql(
+            f"SELECT {OUTGOING_COLUMNS} FROM outgoing o ORDER BY created DESC LIMIT ?"
+        )
+        self.all_outgoing_in_state = sql(
+            f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE state = ?"
+            " ORDER BY created DESC LIMIT ?"
+        )
+        self.pending_instances = sql(
+            f"SELECT {OUTGOING_INSTANCE_COLUMNS} FROM outgoing_instances"
+            " WHERE transfer_id = ? AND acked IS NULL ORDER BY idx"
+        )
+        self.mark_acked = sql(
+            "UPDATE outgoing_instances SET acked = ? WHERE transfer_id = ? AND idx {in_integers}"
+        )
+        # The casts type a NULL parameter for PostgreSQL (coalesce keeps the column then).
+        self.set_outgoing_state = sql(
+            "UPDATE outgoing SET state = ?, updated = ?,"
+            " attempts = coalesce(CAST(? AS INTEGER), attempts),"
+            " attempts_without_progress = coalesce(CAST(? AS INTEGER), attempts_without_progress),"
+            " next_attempt = coalesce(CAST(? AS {real}), next_attempt),"
+            " last_error = coalesce(CAST(? AS TEXT), last_error),"
+            " receipt = coalesce(CAST(? AS {blob}), receipt)"
+            " WHERE id = ?"
+        )
+        self.requeue_dead = sql(
+            "UPDATE outgoing SET state = 'queued', attempts_without_progress = 0,"
+            " next_attempt = ?, updated = ?, claimed_by = NULL, lease_until = NULL"
+            " WHERE id = ? AND state = 'dead'"
+        )
+
+        # Several workers sharing the sending work.
+        claim = f"SELECT id FROM outgoing WHERE {CLAIMABLE}"
+        locked = f" ORDER BY {PRIORITY_ORDER} LIMIT ?{{for_update_skip_locked}}"
+        self.claimable = sql(claim + locked)
+        self.claimable_among = sql(claim + " AND id {in_texts}" + locked)
+        self.claim = sql(
+            "UPDATE outgoing SET claimed_by = ?, lease_until = ?, updated = ? WHERE id {in_texts}"
+        )
+        self.outgoing_among = sql(
+            f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE id {{in_texts}}"
+        )
+        self.release_claims = sql(RELEASE + " WHERE claimed_by = ?")
+        self.release_claim = sql(RELEASE + " WHERE id = ? AND claimed_by = ?")
+        self.renew_lease = sql(
+            "UPDATE outgoing SET lease_until = ? WHERE claimed_by = ? AND id {in_texts}"
+            " RETURNING id"
+        )
+        self.finished_outgoing = sql(
+            f"SELECT {OUTGOING_COLUMNS} FROM outgoing o"
+            " WHERE state IN ('done', 'dead') AND id {in_texts}"
+        )
+
+        # Receiving side.
+        self.note_incoming = sql(
+            "INSERT INTO incoming (sender, transfer_id, study_uid, total, digest, first_seen)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, transfer_id) DO NOTHING"
+        )
+        self.incoming = sql(
+            "SELECT study_uid, total, digest, receipt FROM incoming"
+            " WHERE sender = ? AND transfer_id = ?"
+        )
+        self.receipt_for_commit = sql(
+            "SELECT receipt FROM incoming WHERE sender = ? AND transfer_id = ?{for_update}"
+        )
+        self.record_received = sql(
+            f"INSERT INTO incoming_instances (sender, transfer_id, {INCOMING_INSTANCE_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sender, transfer_id, idx) DO NOTHING"
+        )
+        self.received = sql(
+            f"SELECT {INCOMING_INSTANCE_COLUMNS} FROM incoming_instances"
+            " WHERE sender = ? AND transfer_id = ?"
+        )
+        self.digests_from = sql(
+            "SELECT DISTINCT digest FROM incoming_instances WHERE sender = ? AND digest {in_texts}"
+        )
+        self.record_partial = sql(
+            "INSERT INTO incoming_partials (sender, transfer_id, idx, durable) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (sender, transfer_id, idx) DO UPDATE SET durable = excluded.durable"
+        )
+        self.partial = sql(
+            "SELECT durable FROM incoming_partials WHERE sender = ? AND transfer_id = ? AND idx = ?"
+        )
+        # A version committed later replaces the one held (a corrected instance
+        # re-sent under its UID): the store is what the receipt names. Within one
+        # transfer the last index of a UID wins (how: ``dialect.py``).
+        self.commit_to_store = sql(
+            "INSERT INTO store (study_uid, sop_uid, digest, size, sender, transfer_id, committed)"
+            " SELECT ?, sop_uid, digest, size, sender, transfer_id, ?"
+            " FROM {received_in_commit_order}"
+            " ON CONFLICT (study_uid, sop_uid) DO UPDATE SET digest = excluded.digest,"
+            " size = excluded.size, sender = excluded.sender,"
+            " transfer_id = excluded.transfer_id, committed = excluded.committed"
+        )
+        self.commit_incoming = sql(
+            "UPDATE incoming SET committed = ?, receipt = ? WHERE sender = ? AND transfer_id = ?"
+        )
+        self.study = sql(
+            "SELECT sop_uid, digest, size FROM store WHERE study_uid = ? ORDER BY sop_uid"
+        )
+
+        # Delivery into the local PACS. Stamps only increase (by the parameter,
+        # a microsecond, at least), so a finished delivery can tell a later request.
+        self.add_delivery = sql(
+            "INSERT INTO deliveries (study_uid, state, queued) VALUES (?, 'pending', ?)"
+            " ON CONFLICT (study_uid) DO UPDATE SET state = 'pending', finished = NULL,"
+            " queued = {greatest}(excluded.queued, deliveries.queued + ?) RETURNING queued"
+        )
+        self.pending_deliveries = sql(
+            "SELECT study_uid, queued FROM deliveries WHERE state = 'pending' ORDER BY queued"
+        )
+        self.finish_delivery = sql(
+            "UPDATE deliveries SET state = ?, finished = ?, last_error = ?"
+            " WHERE study_uid = ? AND queued = ?"
+        )
+
+        # Both sides.
+        self.audit = sql(
+            "INSERT INTO audit (at, org, action, transfer_id, detail) VALUES (?, ?, ?, ?, ?)"
+        )
+        self.outgoing_by_state = sql("SELECT state, count(*) FROM outgoing GROUP BY state")
+        self.committed_incoming = sql("SELECT count(*) FROM incoming WHERE committed IS NOT NULL")
+        self.stored_instances = sql("SELECT count(*) FROM store")
+        self.deliveries_by_state = sql("SELECT state, count(*) FROM deliveries GROUP BY state")
+
+
+# Records from rows, and rows from records.
+def outgoing_from_row(row: Sequence[Any]) -> OutgoingTransfer:
+    """An outgoing transfer from a row of ``OUTGOING_COLUMNS``."""
+    (
+        id_,
+        dest,
+        study,
+        prio,
+        digest,
+        chunk,
+        state,
+        attempts,
+        nxt,
+        created,
+        total,
+        err,
+        rec,
+        claimed_by,
+        lease_until,
+        without_progress,
+        acked,
+    ) = row
+    return OutgoingTransfer(
+        id=id_,
+        destination=dest,
+        study_instance_uid=study,
+        priority=prio,
+        digest=digest,
+        chunk_size=chunk,
+        state=TransferState(state),
+        attempts=attempts,
+        next_attempt=nxt,
+        created=created,
+        total=total,
+        acked=acked,
+        last_error=err,
+        receipt=None if rec is None else bytes(rec),
+        claimed_by=claimed_by,
+        lease_until=lease_until,
+        attempts_without_progress=without_progress,
+    )
+
+
+def outgoing_instance_from_row(row: Sequence[Any]) -> OutgoingInstance:
+    """An outgoing instance from a row of ``OUTGOING_INSTANCE_COLUMNS``."""
+    idx, path, uid, size, digest, chunks = row
+    return OutgoingInstance(
+        index=idx,
+        path=path,
+        sop_instance_uid=uid,
+        size=size,
+        digest=digest,
+        chunk_digests=tuple(chunks.split(",")) if chunks else (),
+    )
+
+
+def incoming_from_row(sender: str, transfer_id: str, row: Sequence[Any]) -> IncomingTransfer:
+    """An incoming transfer from a row of ``Statements.incoming``."""
+    study, total, digest, receipt = row
+    return IncomingTransfer(
+        sender=sender,
+        transfer_id=transfer_id,
+        study_instance_uid=study,
+        total=total,
+        digest=digest,
+        receipt=None if receipt is None else bytes(receipt),
+    )
+
+
+def incoming_instance_from_row(row: Sequence[Any]) -> IncomingInstance:
+    """An incoming instance from a row of ``INCOMING_INSTANCE_COLUMNS``."""
+    idx, uid, size, digest, stored = row
+    return IncomingInstance(
+        index=idx, sop_instance_uid=uid, size=size, digest=digest, stored=stored
+    )
+
+
+def outgoing_insert_row(transfer: OutgoingTransfer, updated: float) -> tuple[Any, ...]:
+    """The parameters of ``Statements.insert_outgoing`` for a new transfer."""
+    t = transfer
+    return (
+        t.id,
+        t.destination,
+        t.study_instance_uid,
+        t.priority,
+        t.digest,
+        t.chunk_size,
+        t.state.value,
+        t.attempts,
+        t.next_attempt,
+        t.created,
+        updated,
+        t.total,
+    )
+
+
+def outgoing_instance_insert_row(transfer_id: str, i: OutgoingInstance) -> tuple[Any, ...]:
+    """The parameters of ``Statements.insert_outgoing_instance`` for one instance."""
+    return (
+        transfer_id,
+        i.index,
+        i.path,
+        i.sop_instance_uid,
+        i.size,
+        i.digest,
+        ",".join(i.chunk_digests),
+    )
