@@ -43,9 +43,15 @@ class SqliteDriver:
         Raises LedgerUnavailable if its disk refuses (full, failing)."""
         try:
             self._db = self._connect(path)
-            self._transaction(lambda: migrate(SQLITE))
         except sqlite3.OperationalError as e:
             _raise_unavailable(e)
+            raise
+        try:
+            self._transaction(lambda: migrate(SQLITE))
+        except BaseException as e:
+            self._db.close()
+            if isinstance(e, sqlite3.OperationalError):
+                _raise_unavailable(e)
             raise
         self._limiter = anyio.CapacityLimiter(1)
 
