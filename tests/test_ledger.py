@@ -1,6 +1,7 @@
 """The ledger, on each backend (SQLite, PostgreSQL): what it records survives
 reopening; commits are atomic and idempotent; delivery stamps; claims of
-sending work by several workers at once."""
+sending work by several workers at once. And the same ledger in memory, for
+tests of what uses one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dicomrelay.ledger import (
     OutgoingTransfer,
     SqliteLedger,
     TransferState,
+    memory_ledger,
 )
 from pg_server import fresh_schema, postgres_url
 
@@ -495,3 +497,24 @@ async def test_an_older_postgres_ledger_gains_the_retry_budget_column() -> None:
             [t] = await ledger.all_outgoing(state=TransferState.DEAD)
             await ledger.close()
             assert (t.id, t.attempts_without_progress) == (TID, 0)
+
+
+async def test_a_memory_ledger_is_the_same_ledger_without_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ledger, other = memory_ledger(), memory_ledger()
+    await ledger.add_outgoing(transfer(), instances())
+    [claimed] = await ledger.claim_outgoing("w1", now=1.0, lease_seconds=5.0, limit=5)
+    assert (claimed.id, claimed.claimed_by) == (TID, "w1")
+    await ledger.mark_acked(TID, [0, 1], at=2.0)
+    assert [i.index for i in await ledger.pending_instances(TID)] == [2]
+    assert await ledger.note_incoming("RX1", TID, "1.2.3", 1, "sha256") is None
+    await ledger.record_received("RX1", TID, received([("u0", "a" * 64)]))
+    assert await ledger.commit_incoming("RX1", TID, "1.2.3", b"r", 2.0) == b"r"
+    assert await ledger.study("1.2.3") == [("u0", "a" * 64, 9)]
+    assert await other.outgoing(TID) is None, "each memory ledger is its own"
+    assert await ledger.outgoing(TID) is not None
+    await ledger.close()
+    await other.close()
+    assert list(tmp_path.iterdir()) == [], "nothing written to disk"
