@@ -329,6 +329,8 @@ class ReceiverControl:
         if self._question is not None:
             raise RuntimeError(f"a frame before the answer to {self._question}")
         size = len(data)
+        if offset + size <= inbound.received:
+            return []  # bytes held already (a repeat): asking again would only repeat them
         verdict = inbound.judge(offset, size, digest_ok)
         if verdict is Verdict.OVERRUN:
             raise ProtocolError(f"slot {slot}: more bytes than offered")
