@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from benches import ratios, synth
+from benches import ratios, rounds, synth
 from benches.synth import Payload
+from dicomrelay import synth as dicomrelay_synth
+
+# The small-object transfer: 16 KiB secondary captures, studies of the loadtest's
+# default size (500), 5,000 in all.
+SMALL_STUDIES, SMALL_STUDY_SIZE = 10, 500
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +46,18 @@ def study_paths(ct_slice: bytes, tmp_path_factory: pytest.TempPathFactory) -> li
     return synth.write_study(ct_slice, tmp_path_factory.mktemp("study"), synth.STUDY_SIZE)
 
 
+@pytest.fixture(scope="session")
+def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5,000 small objects (16 KiB of pixels, about 17 KB a file) in 10 studies
+    of 500, one folder each: the same files for every contender."""
+    root = tmp_path_factory.mktemp("small")
+    for n in range(SMALL_STUDIES):
+        dicomrelay_synth.write_study(
+            root / f"study-{n:02d}", dicomrelay_synth.PROFILES["small"], SMALL_STUDY_SIZE, seed=n
+        )
+    return root
+
+
 @pytest.fixture(params=["512KB", "64MB"])
 def digest_payload(request: pytest.FixtureRequest) -> Payload:
     fixture = {"512KB": "ct_slice", "64MB": "ct_multiframe_64mib"}[request.param]
@@ -58,12 +75,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
+    for path, lines in rounds.write_reports(ratios.report_path(config).parent):
+        terminalreporter.write_sep("-", f"whole transfers, dicomrelay and DCMTK -> {path}")
+        for line in lines:
+            terminalreporter.write_line(line)
     summary = ratios.summarise(config)
     if summary is None:
         return
     lines, document = summary
     path = ratios.report_path(config)
     ratios.write(path, document)
+    if not lines:
+        return
     terminalreporter.write_sep("-", f"dicomrelay ratios ({ratios.STATISTIC}) -> {path}")
     for line in lines:
         terminalreporter.write_line(line)

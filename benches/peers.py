@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+import psutil
 
 import dicomrelay
 
@@ -47,8 +51,52 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds, user and system."""
+
+    user: float
+    system: float
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.user - other.user, self.system - other.system)
+
+    def per_image_ms(self, images: int) -> dict[str, float]:
+        return {
+            "user": round(1000 * self.user / images, 3),
+            "system": round(1000 * self.system / images, 3),
+        }
+
+
+def children_cpu() -> Cpu:
+    """CPU of this process's children that have ended (and been waited for)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return Cpu(r.ru_utime, r.ru_stime)
+
+
+def run_client(command: Sequence[str]) -> tuple[float, Cpu]:
+    """Run a client to its end: its wall time, and its CPU (the whole process,
+    its start-up included)."""
+    before = children_cpu()
+    t0 = time.perf_counter()
+    subprocess.run(list(command), env=ENV, check=True, capture_output=True)
+    seconds = time.perf_counter() - t0
+    return seconds, children_cpu() - before
+
+
+@dataclass(frozen=True)
+class Server:
+    pid: int
+
+    def cpu(self) -> Cpu:
+        """The server's CPU so far (read between rounds of work: a difference
+        of two readings is what the work between them cost, without start-up)."""
+        times = psutil.Process(self.pid).cpu_times()
+        return Cpu(times.user, times.system)
+
+
 @contextmanager
-def listening(command: Sequence[str], port: int) -> Iterator[None]:
+def listening(command: Sequence[str], port: int) -> Iterator[Server]:
     """Run a server until the block ends; enter once it accepts connections."""
     proc = subprocess.Popen(
         list(command), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -63,7 +111,7 @@ def listening(command: Sequence[str], port: int) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"nothing listens on port {port}") from None
                 time.sleep(0.05)
-        yield
+        yield Server(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

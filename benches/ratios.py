@@ -188,19 +188,20 @@ def summarise(config: pytest.Config) -> tuple[list[str], dict[str, Any]] | None:
     ratios = compute(measured)
     lines = []
     for group in dict.fromkeys(m.group for m in measured):
-        lines.append(f"[{group}]")
-        lines.extend(
+        shown_lines = [
             f"  {ratio.label}: {ratio.describe(value)}"
             for ratio, value in ratios
             if ratio.group == group
-        )
+        ]
         for m in measured:
             if m.group == group and (rates := m.throughput()):
                 shown = ", ".join(
                     f"{v:.2f} GB/s" if k == "gb_per_s" else f"{v:,.0f} files/s"
                     for k, v in rates.items()
                 )
-                lines.append(f"  {m.name}: {shown}")
+                shown_lines.append(f"  {m.name}: {shown}")
+        if shown_lines:  # whole transfers have their own report (benches/rounds.py)
+            lines.extend([f"[{group}]", *shown_lines])
     for name, figures in targets.items():
         lines.append(
             f"[target] {name}: {figures['measured']:.2f}x (target >= {figures['target']:g}x)"
