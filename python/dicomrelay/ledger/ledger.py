@@ -145,7 +145,7 @@ class SqlLedger:
         only: Sequence[str] | None = None,
     ) -> list[OutgoingTransfer]:
         q = self._sql
-        claimable = (TransferState.QUEUED.value, now, now, TransferState.ACTIVE.value, now)
+        claimable = (now, now, now)
         if only is None:
             candidates = Query(q.claimable, (*claimable, limit))
         else:

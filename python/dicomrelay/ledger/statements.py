@@ -34,10 +34,10 @@ PRIORITY_ORDER = "CASE priority WHEN 'urgent' THEN 0 WHEN 'routine' THEN 1 ELSE 
 
 # What claim_outgoing may take: due queued transfers nobody holds, and active
 # ones whose holder stopped renewing (or, left by a release that held no
-# lease, never had one). Parameters: queued, now, now, active, now.
+# lease, never had one). Parameters: now, three times.
 CLAIMABLE = (
-    "((state = ? AND next_attempt <= ? AND (claimed_by IS NULL OR lease_until <= ?))"
-    " OR (state = ? AND (claimed_by IS NULL OR lease_until <= ?)))"
+    "((state = 'queued' AND next_attempt <= ? AND (claimed_by IS NULL OR lease_until <= ?))"
+    " OR (state = 'active' AND (claimed_by IS NULL OR lease_until <= ?)))"
 )
 
 # Given back, an attempt cut short (still active) is queued again, due as it was.
