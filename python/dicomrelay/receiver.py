@@ -287,6 +287,7 @@ class _Session:
                     effects = control.receive(frame.kind, frame.payload)
                 if effects:
                     await self._perform(effects)
+                    continue
                 # Backpressure: read nothing more while too many bytes wait to become durable.
                 while control.waiting_for_room:
                     self.room = anyio.Event()

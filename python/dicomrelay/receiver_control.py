@@ -289,7 +289,8 @@ class ReceiverControl:
 
     @property
     def waiting_for_room(self) -> bool:
-        """Backpressure: feed no frame until ``durable`` or ``write_failed`` makes room."""
+        """Backpressure: feed no frame until ``durable`` or ``write_failed`` makes
+        room. (It starts only with a chunk that returned no effects.)"""
         return bool(self._waiting)
 
     # Frames in.
@@ -301,9 +302,10 @@ class ReceiverControl:
         if not self._welcomed:
             if self._hello is not None or kind is not Kind.HELLO:
                 raise ProtocolError(f"expected HELLO, got {kind.name}")
-            return self._greet(Hello.parse(payload))
+            self._hello = Hello.parse(payload)
+            return self._ask(CheckPeer(self._hello.org))
         if kind is Kind.OFFER:
-            return self._offer(Offer.parse(payload))
+            return self._ask(LookUpHeld(Offer.parse(payload)))
         if kind is Kind.COMMIT:
             return self._ask(LookUpCommit(Commit.parse(payload).transfer_id))
         raise ProtocolError(f"unexpected {kind.name} from a sender")
@@ -348,9 +350,14 @@ class ReceiverControl:
             if digest is None or digest.hex() != offered.digest:
                 return [self._refuse_instance(slot, inbound)]
             del self._slots[slot]
-            return self._write(
-                WriteInstance(slot, inbound.transfer_id, _incoming(offered, now), data)
+            instance = IncomingInstance(  # not _incoming(): the hot path, a call saved
+                index=offered.index,
+                sop_instance_uid=offered.sop_instance_uid,
+                size=offered.size,
+                digest=offered.digest,
+                stored=now,
             )
+            return self._write(WriteInstance(slot, inbound.transfer_id, instance, data))
         large.hasher.update(memoryview(data))
         key = self._partial_key(inbound.transfer_id, offered.index)
         # A checkpoint makes the bytes so far durable, so a later attempt resumes there.
@@ -529,13 +536,6 @@ class ReceiverControl:
         ]
 
     # Decisions.
-    def _greet(self, hello: Hello) -> list[Effect]:
-        self._hello = hello
-        return self._ask(CheckPeer(hello.org))
-
-    def _offer(self, offer: Offer) -> list[Effect]:
-        return self._ask(LookUpHeld(offer))
-
     def _ask(self, question: Effect) -> list[Effect]:
         self._question = question
         return [question]
