@@ -1,6 +1,10 @@
 """The receiving side of the wire protocol: one task per connection, one shared
 group committer.
 
+``ReceiverControl`` (receiver_control) makes every decision of a connection;
+the session here only performs its effects: frames out, ledger and store calls,
+and the committer's answers fed back. Python never copies chunk bytes.
+
 An instance is acknowledged only after its blob is fsynced and renamed, its
 directory fsynced, and its row committed to the ledger; the committer batches
 those last two steps across every connection.
