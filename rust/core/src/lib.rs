@@ -14,6 +14,7 @@ pub mod element;
 pub mod error;
 pub mod pdu;
 pub mod scan;
+pub mod segment;
 pub mod sequences;
 pub mod socket;
 pub mod syntax;
