@@ -49,6 +49,19 @@ class LedgerUnavailable(DicomrelayError, ConnectionError):
     database is back (``dicomrelay serve`` starts its node again)."""
 
 
+class StorageError(DicomrelayError, OSError):
+    """Bytes could not be made durable or read back: a full disk, an I/O error,
+    a failed fdatasync (then what the round wrote may be lost: nothing of it is
+    acknowledged, and the store must be opened again at the durable end its
+    owner recorded). ``errno`` and ``filename`` say which, where known."""
+
+
+class CorruptRecord(StorageError):
+    """A stored record is not what its location promises: a damaged header,
+    data that does not hash to its digest, or another record than the one
+    asked for. Never served; the message names the segment file and offset."""
+
+
 class TlsError(DicomrelayError, ConnectionError):
     """The TLS layer failed: an untrusted or misnamed certificate, or a broken record."""
 

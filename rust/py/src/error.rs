@@ -3,10 +3,11 @@
 
 use dicomrelay_core::channel::ChannelError;
 use dicomrelay_core::pdu::PduError as CorePduError;
+use dicomrelay_core::segment::SegmentError;
 use dicomrelay_core::ScanError;
 use std::path::PathBuf;
 
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::PyErr;
 
 pyo3::import_exception!(dicomrelay.errors, DicomParseError);
@@ -14,6 +15,8 @@ pyo3::import_exception!(dicomrelay.errors, ProtocolError);
 pyo3::import_exception!(dicomrelay.errors, TlsError);
 pyo3::import_exception!(dicomrelay.errors, ConfigurationError);
 pyo3::import_exception!(dicomrelay.errors, PduError);
+pyo3::import_exception!(dicomrelay.errors, StorageError);
+pyo3::import_exception!(dicomrelay.errors, CorruptRecord);
 
 #[cold]
 pub fn channel_error(e: ChannelError) -> PyErr {
@@ -39,6 +42,36 @@ pub fn pdu_error(e: CorePduError) -> PyErr {
 #[cold]
 pub fn parse_error(e: ScanError) -> PyErr {
     DicomParseError::new_err((e.to_string(), e.offset, e.tag))
+}
+
+/// A segment store failure: CorruptRecord for bytes that are not the record
+/// asked for, ValueError for a request that cannot be (a location past the
+/// durable end, compacting the active segment), StorageError for the rest,
+/// each with its errno and file where it has them.
+#[cold]
+pub fn segment_error(e: SegmentError) -> PyErr {
+    let message = e.to_string();
+    let corrupt = matches!(
+        e,
+        SegmentError::Corrupt { .. }
+            | SegmentError::CorruptData { .. }
+            | SegmentError::WrongRecord { .. }
+    );
+    if matches!(
+        e,
+        SegmentError::BadLocation { .. } | SegmentError::Invalid(_)
+    ) {
+        return PyValueError::new_err(message);
+    }
+    // OSError(errno, strerror, filename): errno and filename as attributes.
+    let path = e.path().map(std::path::Path::to_path_buf);
+    match (corrupt, e.errno(), path) {
+        (true, Some(errno), Some(path)) => CorruptRecord::new_err((errno, message, path)),
+        (true, _, _) => CorruptRecord::new_err(message),
+        (false, Some(errno), Some(path)) => StorageError::new_err((errno, message, path)),
+        (false, Some(errno), None) => StorageError::new_err((errno, message)),
+        (false, None, _) => StorageError::new_err(message),
+    }
 }
 
 /// Why one input of a batch failed.

@@ -8,6 +8,7 @@ mod error;
 mod info;
 mod pdu;
 mod pdu_items;
+mod segments;
 mod writer;
 
 use std::num::NonZeroUsize;
@@ -205,6 +206,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<writer::DurableWriter>()?;
     m.add_class::<writer::StreamFile>()?;
     m.add_function(wrap_pyfunction!(writer::sync_filesystem, m)?)?;
+    m.add_class::<segments::SegmentStore>()?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;
