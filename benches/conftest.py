@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benches import ratios, rounds, synth
+from benches import races, ratios, synth
 from benches.synth import Payload
 from dicomrelay import synth as dicomrelay_synth
 
@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    for path, lines in rounds.write_reports(ratios.report_path(config).parent):
+    for path, lines in races.write_reports(ratios.report_path(config).parent):
         terminalreporter.write_sep("-", f"whole transfers, dicomrelay and DCMTK -> {path}")
         for line in lines:
             terminalreporter.write_line(line)

@@ -200,7 +200,7 @@ def summarise(config: pytest.Config) -> tuple[list[str], dict[str, Any]] | None:
                     for k, v in rates.items()
                 )
                 shown_lines.append(f"  {m.name}: {shown}")
-        if shown_lines:  # whole transfers have their own report (benches/rounds.py)
+        if shown_lines:  # whole transfers have their own report (benches/races.py)
             lines.extend([f"[{group}]", *shown_lines])
     for name, figures in targets.items():
         lines.append(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from benches import rounds as races
+from benches import races
 from benches.peers import DCMTK, free_port, listening, rounds, run_client, settle_disk
 from dicomrelay.dicom.received_log import RECEIVED_LOG
 

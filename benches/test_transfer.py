@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from benches import rounds as races
+from benches import races
 from benches.peers import DCMTK, free_port, listening, rounds, run_client, settle_disk
 from dicomrelay.loadtest.run import LoadtestOptions, run_loadtest
 
