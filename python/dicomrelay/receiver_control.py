@@ -350,14 +350,22 @@ class ReceiverControl:
             if digest is None or digest.hex() != offered.digest:
                 return [self._refuse_instance(slot, inbound)]
             del self._slots[slot]
-            instance = IncomingInstance(  # not _incoming(): the hot path, a call saved
+            # The hot path, one call per instance: the row and the write built here.
+            instance = IncomingInstance(
                 index=offered.index,
                 sop_instance_uid=offered.sop_instance_uid,
                 size=offered.size,
                 digest=offered.digest,
                 stored=now,
             )
-            return self._write(WriteInstance(slot, inbound.transfer_id, instance, data))
+            write = WriteInstance(slot, inbound.transfer_id, instance, data)
+            # Backpressure: past write_buffer_bytes it waits (one instance alone may pass).
+            if self._waiting or (self.buffered and self.buffered + size > self.write_buffer_bytes):
+                self._waiting.append(write)
+                return []
+            self.buffered += size
+            self._writing[slot] = size
+            return [write]
         large.hasher.update(memoryview(data))
         key = self._partial_key(inbound.transfer_id, offered.index)
         # A checkpoint makes the bytes so far durable, so a later attempt resumes there.
@@ -476,7 +484,8 @@ class ReceiverControl:
         at these times."""
         for slot, _ in stored:
             self.buffered -= self._writing.pop(slot, 0)
-        return [*self._make_room(), SendFrame(Kind.ACK, Ack(stored=tuple(stored)).payload())]
+        ack = SendFrame(Kind.ACK, Ack(stored=tuple(stored)).payload())
+        return [*self._make_room(), ack] if self._waiting else [ack]
 
     def write_failed(self, slot: int, reason: str) -> list[Effect]:
         """The store's answer: ``slot``'s bytes could not be made durable (a full
@@ -562,16 +571,6 @@ class ReceiverControl:
         inbound.refused = True
         self._slots[slot] = inbound
         return _nack(slot, 0, "instance digest mismatch")
-
-    def _write(self, write: WriteInstance) -> list[Effect]:
-        """Hand a whole instance to the writer, or keep it until there is room."""
-        size = len(write.data)
-        if self._waiting or (self.buffered and self.buffered + size > self.write_buffer_bytes):
-            self._waiting.append(write)
-            return []
-        self.buffered += size
-        self._writing[write.slot] = size
-        return [write]
 
     def _make_room(self) -> list[Effect]:
         out: list[Effect] = []
