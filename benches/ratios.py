@@ -119,6 +119,16 @@ RATIOS: tuple[Ratio, ...] = (
         peer="test_pydicom_loop",
         speedup=True,
     ),
+    *(
+        Ratio(
+            group=f"store-{size}",
+            label="segment store vs one file per instance (durable rounds of 64)",
+            subject="test_append_segments",
+            peer="test_append_files",
+            speedup=True,
+        )
+        for size in ("16KB", "513KB")
+    ),
 )
 
 

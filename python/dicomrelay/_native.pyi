@@ -241,10 +241,13 @@ class SegmentStore:
         buffer_size: int = 8388608,
     ) -> SegmentStore: ...
     def append(
-        self, data: _Buffer, digest: str, *, algorithm: _DigestName = "sha256"
+        self, data: _Buffer | Payload, digest: str, *, algorithm: _DigestName = "sha256"
     ) -> _Location: ...
     def append_many(
-        self, records: Iterable[tuple[_Buffer, str]], *, algorithm: _DigestName = "sha256"
+        self,
+        records: Iterable[tuple[_Buffer | Payload, str]],
+        *,
+        algorithm: _DigestName = "sha256",
     ) -> list[_Location]: ...
     def commit(self) -> tuple[int, int]: ...
     @property
