@@ -359,6 +359,30 @@ fn open_refuses_what_does_not_match_the_durable_end() {
     reopen(Some(end)).unwrap();
 }
 
+/// A store opened new, then again before its caller recorded any durable end
+/// (a crash in between): nothing was durable, so it starts over.
+#[test]
+fn a_new_store_reopened_before_any_end_was_recorded_starts_over() {
+    let dir = TempDir::new("unrecorded");
+    let (store, _) = SegmentStore::open(&dir.0, small(1 << 20), None).unwrap();
+    append(&store, b"appended, never committed"); // still in the append buffer
+    drop(store);
+    let (store, recovery) = SegmentStore::open(&dir.0, small(1 << 20), None).unwrap();
+    assert_eq!(recovery.removed_segments, vec![1]);
+    assert_eq!(
+        recovery.durable,
+        DurableEnd {
+            segment: 1,
+            end: FIRST_RECORD
+        }
+    );
+    assert!(store
+        .scan(1, FIRST_RECORD, false)
+        .unwrap()
+        .records
+        .is_empty());
+}
+
 #[test]
 fn corrupt_or_mismatched_records_are_refused() {
     let dir = TempDir::new("corrupt");
