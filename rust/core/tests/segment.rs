@@ -824,3 +824,103 @@ fn filesystems_without_direct_io_are_written_through_the_cache() {
     ledger.check(&store);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Compaction on one thread while another appends and commits rounds, both
+/// recording in one index: every record the index holds reads back whole,
+/// and the segments hold each of them exactly once.
+#[test]
+fn compaction_runs_beside_appending_rounds() {
+    use std::sync::Mutex;
+    let dir = TempDir::new("compact-live");
+    let (store, _) = SegmentStore::open(&dir.0, small(256 << 10), None).unwrap();
+    let store = Arc::new(store);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let record =
+        |ledger: &Mutex<Ledger>, end: DurableEnd, rows: Vec<([u8; 32], Location, Vec<u8>)>| {
+            let mut l = ledger.lock().unwrap();
+            l.end = Some(l.end.map_or(end, |e| e.max(end)));
+            for (digest, location, data) in rows {
+                l.rows.insert(digest, (location, data));
+            }
+        };
+    let appender = {
+        let (store, ledger) = (store.clone(), ledger.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng(9);
+            for _ in 0..60 {
+                let rows: Vec<_> = (0..6)
+                    .map(|_| {
+                        let data = record_data(&mut rng, 30_000);
+                        let (location, digest) = append(&store, &data);
+                        (digest, location, data)
+                    })
+                    .collect();
+                let end = store.commit().unwrap();
+                record(&ledger, end, rows);
+            }
+        })
+    };
+    let mut compacted = 0;
+    let mut rng = Rng(10);
+    while !appender.is_finished() || compacted == 0 {
+        let active = store.active_segment();
+        let Some(&oldest) = store.segments().unwrap().first() else {
+            continue;
+        };
+        if oldest + 1 >= active {
+            std::thread::yield_now();
+            continue;
+        }
+        // Retention drops some of the oldest segment's records; the rest move.
+        let live: Vec<(Location, [u8; 32])> = {
+            let mut l = ledger.lock().unwrap();
+            let in_oldest: Vec<_> = l
+                .rows
+                .iter()
+                .filter(|(_, (loc, _))| loc.segment == oldest)
+                .map(|(d, (loc, _))| (*loc, *d))
+                .collect();
+            let mut kept = Vec::new();
+            for (loc, d) in in_oldest {
+                if rng.below(2) == 0 {
+                    l.rows.remove(&d);
+                } else {
+                    kept.push((loc, d));
+                }
+            }
+            kept
+        };
+        let moved = store.compact(oldest, &live).unwrap();
+        let end = store.commit().unwrap();
+        let rows = live
+            .iter()
+            .zip(&moved)
+            .map(|((_, d), to)| (*d, *to, ledger.lock().unwrap().rows[d].1.clone()))
+            .collect();
+        record(&ledger, end, rows);
+        store.remove_segment(oldest).unwrap();
+        compacted += 1;
+    }
+    appender.join().unwrap();
+    assert!(compacted >= 1);
+    let ledger = ledger.lock().unwrap();
+    ledger.check(&store);
+    let mut on_disk = Vec::new();
+    for s in store.segments().unwrap() {
+        on_disk.extend(
+            store
+                .scan(s, FIRST_RECORD, false)
+                .unwrap()
+                .records
+                .into_iter()
+                .map(|r| (r.digest, r.location)),
+        );
+    }
+    on_disk.sort();
+    let mut indexed: Vec<_> = ledger.rows.iter().map(|(d, (loc, _))| (*d, *loc)).collect();
+    indexed.sort();
+    assert_eq!(
+        on_disk, indexed,
+        "each record the index holds is on disk once, and nothing else"
+    );
+}
