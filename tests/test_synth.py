@@ -130,7 +130,7 @@ def test_the_help_says_the_default_counts() -> None:
         assert said[name] == sum(s.images for s in plan_studies(name, None, 500)), name
 
 
-def test_mixed_comes_in_an_exchange_proportions() -> None:
+def test_mixed_is_an_exchanges_mix_of_studies() -> None:
     studies = Counter(s.profile for s in MIXED_CYCLE)
     assert set(studies) == {"cr", "dx", "ct", "mr", "us", "small"}
     xray = sum(n for name, n in studies.items() if name in XRAY)
