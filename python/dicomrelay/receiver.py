@@ -444,8 +444,10 @@ class _Session:
             self.stored = anyio.Event()
             durable, self.durable = self.durable, []
             failures, self.failures = self.failures, []
-            if durable:
-                await self._perform(self.control.durable(durable))
+            effects = self.control.durable(durable) if durable else []
             for slot, error in failures:
-                await self._perform(self.control.write_failed(slot, str(error)))
+                effects += self.control.write_failed(slot, str(error))
+            # Room is made now (writes that waited go out first, before any await),
+            # so frames need not wait for the acknowledgements to be sent.
             self.room.set()
+            await self._perform(effects)
