@@ -30,7 +30,7 @@ from dicomrelay import pki
 from dicomrelay._native import DurableWriter, Hasher, Payload, TlsConfig
 from dicomrelay.config import NodeConfig
 from dicomrelay.connection import Connection
-from dicomrelay.errors import DicomrelayError, TlsError, first_failure
+from dicomrelay.errors import DicomrelayError, StorageError, TlsError, first_failure
 from dicomrelay.ledger import IncomingInstance, Ledger
 from dicomrelay.protocol import Kind, Offer
 from dicomrelay.receipt import Receipt
@@ -56,7 +56,7 @@ from dicomrelay.receiver_control import (
     WriteInstance,
     claimed,
 )
-from dicomrelay.store import BlobStore, StorageError
+from dicomrelay.store import BlobStore
 
 log = logging.getLogger("dicomrelay.receiver")
 

@@ -21,12 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dicomrelay._native import Hasher
-from dicomrelay.errors import DicomrelayError
-
-
-class StorageError(DicomrelayError, OSError):
-    """Bytes could not be made durable (a full disk, an I/O error). Retriable:
-    nothing was acknowledged, and the sender will offer the instance again."""
+from dicomrelay.errors import StorageError
 
 
 def fsync_dir(path: Path) -> None:

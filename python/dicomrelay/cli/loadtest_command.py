@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from dicomrelay.cli.operator_errors import positive_int
 from dicomrelay.loadtest import DISK_BUDGET, PROFILE_NAMES
 
 ROWS = (
@@ -35,16 +36,6 @@ ROWS = (
 # What a run without --count sends (plan.plan_studies with the default study
 # size; a test keeps these in step).
 DEFAULT_COUNTS = "1,892 ct, 7,398 mr, 119 cr, 75 dx, 1,080 us, 48,828 small or 1,756 mixed images"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def register(sub: Any) -> None:
