@@ -33,7 +33,9 @@ from dicomrelay.transfer import Transfer
 class StudySender(Protocol):
     """Where routed studies go: the node's outbox."""
 
-    async def send(self, source: Source, *, to: str, priority: str = ...) -> Transfer: ...
+    async def send(
+        self, source: Source, *, to: str, priority: str = ..., source_ae: str | None = ...
+    ) -> Transfer: ...
 
 
 class DicomGateway:
@@ -149,7 +151,9 @@ class DicomGateway:
                 # UID replaces the received file, not what this transfer sends.
                 paths = [s.path for s in instances]
                 blobs = await anyio.to_thread.run_sync(adopt, self.store, paths, self.config.digest)
-                transfer = await self.sender.send([str(b) for b in blobs], to=to)
+                transfer = await self.sender.send(
+                    [str(b) for b in blobs], to=to, source_ae=first.calling_ae_title
+                )
             except (DicomrelayError, OSError, ValueError) as e:
                 await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
                 continue

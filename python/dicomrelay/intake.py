@@ -15,6 +15,7 @@ from dicomrelay._native import InstanceInfo, scan_many
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.errors import DicomrelayError
 from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
+from dicomrelay.policy import PolicyRefused, Subject, decide, study_refusal
 from dicomrelay.protocol import PRIORITIES
 from dicomrelay.sources import Source, materialise
 from dicomrelay.store import BlobStore
@@ -31,9 +32,18 @@ def _describe(source: Source) -> str:
 
 
 async def queue_study(
-    config: NodeConfig, ledger: Ledger, source: Source, *, to: str, priority: str
+    config: NodeConfig,
+    ledger: Ledger,
+    source: Source,
+    *,
+    to: str,
+    priority: str,
+    source_ae: str | None = None,
 ) -> OutgoingTransfer:
-    """Record ``source`` as a transfer to ``to``, queued and due now."""
+    """Record ``source`` as a transfer to ``to``, queued and due now, if the
+    node's policy allows every instance of it to go there (PolicyRefused, and
+    nothing queued, if not). ``source_ae``: the calling AE title that stored
+    the study here, for rules that name one."""
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
     peer = config.peer(to)
@@ -60,6 +70,7 @@ async def queue_study(
         raise NotAStudy(f"a transfer carries one study; {_describe(source)} holds {len(studies)}")
     study = infos[0].study_instance_uid
     assert study is not None
+    await _check_policy(config, ledger, infos, study, peer.code, priority, source_ae)
     now = time.time()
     transfer = OutgoingTransfer(
         id=transfer_id,
@@ -87,6 +98,53 @@ async def queue_study(
     ]
     await ledger.add_outgoing(transfer, instances)
     return transfer
+
+
+async def _check_policy(
+    config: NodeConfig,
+    ledger: Ledger,
+    infos: list[InstanceInfo],
+    study: str,
+    to: str,
+    priority: str,
+    source_ae: str | None,
+) -> None:
+    """Decide every instance; audit the study's outcome; refuse it whole."""
+    policy = config.policy
+    counterpart = policy.counterpart(to)
+    decisions = [
+        decide(
+            policy,
+            Subject(
+                modality=i.modality,
+                sop_class_uid=i.sop_class_uid,
+                source_ae=source_ae,
+                priority=priority,
+            ),
+            direction="send",
+            counterpart=counterpart,
+        )
+        for i in infos
+    ]
+    refusal = study_refusal(decisions)
+    if refusal is not None:
+        await ledger.audit(
+            config.org, "policy-refused", None, f"study {study} to {to}: {refusal.reason}"
+        )
+        raise PolicyRefused(f"study {study} may not go to {to}: {refusal.reason}")
+    if any(d.deidentify is not None for d in decisions):
+        # Refused until the transform runs here: identifiable data must never
+        # be queued for an organisation whose rule de-identifies.
+        raise PolicyRefused(
+            f"study {study} to {to}: de-identification is not available on this node"
+        )
+    rules = sorted({d.rule or "default" for d in decisions})
+    await ledger.audit(
+        config.org,
+        "policy-allowed",
+        None,
+        f"study {study} to {to}: {len(infos)} instances, by {', '.join(rules)}",
+    )
 
 
 def adopt(store: BlobStore, paths: list[Path], digest: DigestName) -> list[Path]:

@@ -128,9 +128,14 @@ class Outbox:
             self._claim_now.set()
 
     # Queueing.
-    async def send(self, source: Source, *, to: str, priority: str = "routine") -> Transfer:
-        """Queue a study for ``to``; the returned Transfer yields its receipt."""
-        transfer = await queue_study(self.config, self.ledger, source, to=to, priority=priority)
+    async def send(
+        self, source: Source, *, to: str, priority: str = "routine", source_ae: str | None = None
+    ) -> Transfer:
+        """Queue a study for ``to``, if the policy allows it (PolicyRefused if
+        not); the returned Transfer yields its receipt."""
+        transfer = await queue_study(
+            self.config, self.ledger, source, to=to, priority=priority, source_ae=source_ae
+        )
         handle = self._transfers[transfer.id] = Transfer(transfer.id)
         self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer.id))
         return self.take(transfer.id)
