@@ -144,7 +144,7 @@ class DicomGateway:
             )
             detail = f"{len(instances)} instances of {study} from {first.calling_ae_title}"
             if to is None:
-                await self.ledger.audit(self.config.org, "unrouted", None, detail)
+                await self.ledger.audit(self.config.org, "unrouted", None, detail, study_uid=study)
                 continue
             try:
                 # Content-addressed copies: a later store of the same SOP Instance
@@ -155,9 +155,13 @@ class DicomGateway:
                     [str(b) for b in blobs], to=to, source_ae=first.calling_ae_title
                 )
             except (DicomrelayError, OSError, ValueError) as e:
-                await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
+                await self.ledger.audit(
+                    self.config.org, "route-failed", None, f"{detail}: {e}", study_uid=study
+                )
                 continue
-            await self.ledger.audit(self.config.org, "routed", transfer.id, f"{detail} to {to}")
+            await self.ledger.audit(
+                self.config.org, "routed", transfer.id, f"{detail} to {to}", study_uid=study
+            )
 
     # Out: studies committed here, into the PACS.
     async def _deliver_committed(
@@ -194,10 +198,10 @@ class DicomGateway:
         )
         if delivered:
             detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
-            await self.ledger.audit(self.config.org, "delivered", None, detail)
+            await self.ledger.audit(self.config.org, "delivered", None, detail, study_uid=study)
         else:
             detail = f"{study} to {pacs.ae_title}: {error}"
-            await self.ledger.audit(self.config.org, "delivery-dead", None, detail)
+            await self.ledger.audit(self.config.org, "delivery-dead", None, detail, study_uid=study)
 
 
 def study_paths(store: BlobStore, rows: list[tuple[str, str, int]]) -> list[tuple[str, Path]]:

@@ -15,7 +15,7 @@ from dicomrelay._native import InstanceInfo, scan_many
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.errors import DicomrelayError
 from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
-from dicomrelay.policy import PolicyRefused, Subject, decide, study_refusal
+from dicomrelay.policy import Decision, PolicyRefused, Subject, decide, study_refusal
 from dicomrelay.protocol import PRIORITIES
 from dicomrelay.sources import Source, materialise
 from dicomrelay.store import BlobStore
@@ -127,24 +127,18 @@ async def _check_policy(
         for i in infos
     ]
     refusal = study_refusal(decisions)
-    if refusal is not None:
-        await ledger.audit(
-            config.org, "policy-refused", None, f"study {study} to {to}: {refusal.reason}"
-        )
-        raise PolicyRefused(f"study {study} may not go to {to}: {refusal.reason}")
-    if any(d.deidentify is not None for d in decisions):
+    if refusal is None and any(d.deidentify is not None for d in decisions):
         # Refused until the transform runs here: identifiable data must never
         # be queued for an organisation whose rule de-identifies.
-        raise PolicyRefused(
-            f"study {study} to {to}: de-identification is not available on this node"
-        )
+        refusal = Decision(allowed=False, reason="de-identification is not available on this node")
+    patient = infos[0].patient_id
+    if refusal is not None:
+        detail = f"study {study} to {to}: {refusal.reason}"
+        await ledger.audit(to, "policy-refused", None, detail, study_uid=study, patient_id=patient)
+        raise PolicyRefused(f"study {study} may not go to {to}: {refusal.reason}")
     rules = sorted({d.rule or "default" for d in decisions})
-    await ledger.audit(
-        config.org,
-        "policy-allowed",
-        None,
-        f"study {study} to {to}: {len(infos)} instances, by {', '.join(rules)}",
-    )
+    detail = f"study {study} to {to}: {len(infos)} instances, by {', '.join(rules)}"
+    await ledger.audit(to, "policy-allowed", None, detail, study_uid=study, patient_id=patient)
 
 
 def adopt(store: BlobStore, paths: list[Path], digest: DigestName) -> list[Path]:

@@ -145,6 +145,19 @@ MIGRATIONS = (
             "CREATE INDEX outgoing_due ON outgoing (state, next_attempt)",
         ),
     ),
+    Migration(
+        3,
+        "the audit trail names the study, patient, remote address and outcome, indexed",
+        (
+            AddColumn("audit", "study_uid", "TEXT"),
+            AddColumn("audit", "patient_id", "TEXT"),
+            AddColumn("audit", "remote", "TEXT"),
+            AddColumn("audit", "outcome", "INTEGER"),
+            "CREATE INDEX audit_at ON audit (at)",
+            "CREATE INDEX audit_study ON audit (study_uid)",
+            "CREATE INDEX audit_patient ON audit (patient_id)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
