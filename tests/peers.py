@@ -48,7 +48,9 @@ def listening(command: Sequence[str], port: int) -> Iterator[subprocess.Popen[by
         yield proc
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        # A loaded machine can take seconds to start Python's shutdown; a hang
+        # is still a failure, after a minute.
+        proc.wait(timeout=60)
 
 
 def run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
