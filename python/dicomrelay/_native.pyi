@@ -26,6 +26,8 @@ __all__ = [
     "ReleaseRp",
     "ReleaseRq",
     "RoleSelection",
+    "SegmentFaults",
+    "SegmentReader",
     "SegmentStore",
     "SopClassCommonExtended",
     "SopClassExtended",
@@ -104,7 +106,7 @@ class InstanceInfo:
     def __hash__(self) -> int: ...
 
 def scan(
-    data: _Buffer, *, digest: _DigestName | None = None, chunk_size: int | None = None
+    data: _Buffer | Payload, *, digest: _DigestName | None = None, chunk_size: int | None = None
 ) -> InstanceInfo: ...
 def scan_file(
     path: str | os.PathLike[str],
@@ -239,6 +241,7 @@ class SegmentStore:
         durable_end: tuple[int, int] | None,
         segment_size: int = 1073741824,
         buffer_size: int = 8388608,
+        faults: SegmentFaults | None = None,
     ) -> SegmentStore: ...
     def append(
         self, data: _Buffer | Payload, digest: str, *, algorithm: _DigestName = "sha256"
@@ -270,6 +273,24 @@ class SegmentStore:
     def close(self) -> None: ...
     def __enter__(self) -> SegmentStore: ...
     def __exit__(self, exc_type: object, exc: object, tb: object, /) -> None: ...
+
+@final
+class SegmentReader:
+    """Reads durable records, by locations from the ledger, while another
+    process appends: no lock, no recovery."""
+
+    def __new__(cls, root: str | os.PathLike[str]) -> SegmentReader: ...
+    def read(self, location: _Location, digest: str, *, verify: bool = False) -> Payload: ...
+
+@final
+class SegmentFaults:
+    """Failures injected into a SegmentStore's data writes and fdatasyncs (an errno; 0: none)."""
+
+    def __new__(cls) -> SegmentFaults: ...
+    def fail_writes(self, errno: int) -> None: ...
+    def fail_syncs(self, errno: int) -> None: ...
+    @property
+    def syncs(self) -> int: ...
 
 # DICOM Upper Layer PDUs (PS3.8 section 9.3). Constructors are keyword-only;
 # an A-ASSOCIATE PDU that cannot be encoded raises ValueError when built.

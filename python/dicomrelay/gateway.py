@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -22,9 +21,10 @@ from dicomrelay.config import DicomConfig, NodeConfig
 from dicomrelay.dicom import tls
 from dicomrelay.dicom.scp import Refusal, StoredInstance, StoreScp
 from dicomrelay.errors import DicomrelayError
+from dicomrelay.instance_store import InstanceStore
 from dicomrelay.intake import adopt
 from dicomrelay.ledger import Ledger
-from dicomrelay.pacs_delivery import deliver_files
+from dicomrelay.pacs_delivery import deliver_instances
 from dicomrelay.sources import Source
 from dicomrelay.store import BlobStore
 from dicomrelay.transfer import Transfer
@@ -42,7 +42,8 @@ class DicomGateway:
         config: NodeConfig,
         dicom: DicomConfig,
         ledger: Ledger,
-        store: BlobStore,
+        store: InstanceStore,
+        files: BlobStore,
         sender: StudySender,
         committed: MemoryObjectReceiveStream[str] | None,
     ) -> None:
@@ -52,6 +53,7 @@ class DicomGateway:
         self.dicom = dicom
         self.ledger = ledger
         self.store = store
+        self.files = files
         self.sender = sender
         self.committed = committed
         self._random = random.Random()
@@ -148,7 +150,7 @@ class DicomGateway:
                 # Content-addressed copies: a later store of the same SOP Instance
                 # UID replaces the received file, not what this transfer sends.
                 paths = [s.path for s in instances]
-                blobs = await anyio.to_thread.run_sync(adopt, self.store, paths, self.config.digest)
+                blobs = await anyio.to_thread.run_sync(adopt, self.files, paths, self.config.digest)
                 transfer = await self.sender.send([str(b) for b in blobs], to=to)
             except (DicomrelayError, OSError, ValueError) as e:
                 await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
@@ -179,23 +181,25 @@ class DicomGateway:
     async def _deliver_study(self, study: str, requested: float) -> None:
         pacs = self.dicom.deliver_to
         assert pacs is not None
-        rows = await self.ledger.study(study)
-        paths = [str(path) for _uid, path in study_paths(self.store, rows)]
-        error = await deliver_files(
-            paths, self.dicom, tls=self._pacs_tls, limits=self.config.limits, rng=self._random
+        digests = [digest for _uid, digest, _size in await self.ledger.study(study)]
+        error = await deliver_instances(
+            self.store,
+            digests,
+            self.dicom,
+            tls=self._pacs_tls,
+            limits=self.config.limits,
+            rng=self._random,
         )
         delivered = not error
         await self.ledger.finish_delivery(
             study, requested=requested, delivered=delivered, error=error
         )
         if delivered:
-            detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
+            detail = f"{len(digests)} instances of {study} to {pacs.ae_title}"
             await self.ledger.audit(self.config.org, "delivered", None, detail)
+            if self.config.store.drop_after_delivery:
+                await self.store.drop_studies([study])
+                await self.ledger.audit(self.config.org, "dropped", None, f"{study}: delivered")
         else:
             detail = f"{study} to {pacs.ae_title}: {error}"
             await self.ledger.audit(self.config.org, "delivery-dead", None, detail)
-
-
-def study_paths(store: BlobStore, rows: list[tuple[str, str, int]]) -> list[tuple[str, Path]]:
-    """A study's ledger rows (SOP Instance UID, digest, size) as blob paths."""
-    return [(uid, store.path_of(digest)) for uid, digest, _size in rows]

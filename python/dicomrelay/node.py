@@ -1,13 +1,13 @@
 """``Node``: one organisation's engine, wired once. It builds the ledger, the
-blob store, the outbox (sending), the inbox (receiving) and, when configured,
-the DICOM gateway, and owns their lifetimes through one exit stack; the parts
-talk through narrow interfaces and memory streams, never through the node."""
+instance store (and its keeper: retention, compaction), the outbox (sending),
+the inbox (receiving) and, when configured, the DICOM gateway, and owns their
+lifetimes through one exit stack; the parts talk through narrow interfaces
+and memory streams, never through the node."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -15,10 +15,12 @@ import anyio
 
 from dicomrelay._native import TlsConfig
 from dicomrelay.config import NodeConfig
-from dicomrelay.gateway import DicomGateway, study_paths
+from dicomrelay.gateway import DicomGateway
 from dicomrelay.inbox import Inbox
+from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger, open_ledger
 from dicomrelay.outbox import Outbox
+from dicomrelay.retention import StoreKeeper
 from dicomrelay.sources import Source
 from dicomrelay.store import BlobStore
 from dicomrelay.transfer import Event, Transfer
@@ -61,7 +63,12 @@ class Node:
             cfg.ledger, data_dir=cfg.data_dir, schema=cfg.ledger_schema
         )
         stack.push_async_callback(self.ledger.close)
-        self.store = BlobStore(cfg.data_dir / "store")
+        root = cfg.data_dir / "store"
+        self.files = BlobStore(root)
+        self.store = await InstanceStore.open(
+            root / "segments", self.ledger, segment_size=cfg.store.segment_mb << 20
+        )
+        stack.callback(self.store.close)
         client_tls, server_tls, key_pem = self._tls()
         self.outbox = Outbox(
             cfg, self.ledger, client_tls, observer=self._observer, share_work=self._share_work
@@ -69,7 +76,7 @@ class Node:
         dicom = cfg.dicom
         delivers = dicom is not None and dicom.deliver_to is not None
         self.inbox = Inbox(
-            cfg, self.ledger, self.store, server_tls, key_pem, report_commits=delivers
+            cfg, self.ledger, self.store, self.files, server_tls, key_pem, report_commits=delivers
         )
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)  # leaving: stop the parts, then wait for them
@@ -77,10 +84,13 @@ class Node:
         self.port = self.inbox.port
         if dicom is not None:
             committed = self.inbox.committed if delivers else None
-            gateway = DicomGateway(cfg, dicom, self.ledger, self.store, self.outbox, committed)
+            gateway = DicomGateway(
+                cfg, dicom, self.ledger, self.store, self.files, self.outbox, committed
+            )
             await tg.start(gateway.run)
             self.dicom_port = gateway.port
         await tg.start(self.outbox.run)
+        tg.start_soon(StoreKeeper(self.store, cfg.store).run)
 
     async def __aexit__(
         self,
@@ -126,6 +136,7 @@ class Node:
         counts["in_flight"] = self.outbox.in_flight
         return counts
 
-    async def study(self, study_instance_uid: str) -> list[tuple[str, Path]]:
-        """A committed study in this node's store: (SOP Instance UID, blob path)."""
-        return study_paths(self.store, await self.ledger.study(study_instance_uid))
+    async def study(self, study_instance_uid: str) -> list[tuple[str, str]]:
+        """A committed study in this node's store: (SOP Instance UID, digest);
+        ``node.store.open_instance(digest)`` reads one."""
+        return [(uid, digest) for uid, digest, _ in await self.ledger.study(study_instance_uid)]

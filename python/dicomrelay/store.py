@@ -1,19 +1,23 @@
-"""The blob store: instance files on disk, content-addressed by digest.
+"""Files beside the segment store: the partial files of large instances
+still arriving, and the content-addressed blobs of files the node sends on.
 
-A blob is written in ``incoming/`` first, made durable, then renamed to
-``blobs/<first two hex digits>/<digest>``, and the rename made durable, before
-anything is acknowledged: a blob at its final name is whole and verified.
-Whole instances are written by the native ``DurableWriter`` (direct I/O, one
-filesystem commit per round); this module names the paths and handles large
-instances, which arrive as checkpointed partial files. Which blobs make up a
-committed study is the ledger's business, not the file system's: that is what
-makes a study commit atomic.
+A large instance arrives as a partial file in ``incoming/``, made durable at
+each checkpoint so that a later attempt resumes there; once whole and
+verified it goes into the segment store (``instance_store``) as one record,
+and the file is removed. (A segment record is written whole, in one round,
+between other instances' records: it cannot be resumed part way, so the
+partial stays a file of its own until then.)
+
+A file the node sends on that a later file may replace (what the DICOM SCP
+stored) is kept as ``blobs/<first two hex digits>/<digest>``: written, made
+durable, renamed, the rename made durable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import shutil
 import uuid
@@ -109,25 +113,16 @@ class BlobStore:
                 left -= len(piece)
         return hasher
 
-    def publish_partial(self, key: str, digest: str) -> Path:
-        """Move a complete, verified partial file to its blob name, durably (the
-        file and both directories fsynced); returns the blob's path."""
-        temp = self.partial_path(key)
-        final = self.path_of(digest)
+    def map_partial(self, key: str) -> mmap.mmap:
+        """A complete, verified partial file, mapped to be read as one buffer
+        (into the segment store: nothing of it is copied through Python)."""
+        path = self.partial_path(key)
         try:
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if final.exists():
-                temp.unlink()
-            else:
-                self._publish(temp, final)
-            self.sync([final.parent, self.incoming])
-            return final
-        except OSError as e:
-            raise _storage_error(e, digest) from e
+            with open(path, "rb") as f:
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            oserror = e if isinstance(e, OSError) else OSError(errno.EINVAL, str(e))
+            raise _storage_error(oserror, key) from e
 
     def adopt(self, path: Path, digest_of: Callable[[Path], str]) -> Path:
         """Keep the file at ``path`` as a blob, durably, named by ``digest_of``

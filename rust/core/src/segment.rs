@@ -422,3 +422,36 @@ impl SegmentStore {
         sync_dir(&self.dir)
     }
 }
+
+/// Reads the durable records of a store that another process (or another
+/// open in this one) appends to: no lock, no recovery. Every location it is
+/// given must come from the caller's index, which names only records a
+/// commit made durable; each read is still checked against its header.
+pub struct SegmentReader {
+    readers: Readers,
+}
+
+impl SegmentReader {
+    pub fn new(dir: &Path) -> SegmentReader {
+        SegmentReader {
+            readers: Readers::new(dir),
+        }
+    }
+
+    /// The data of the record at `location`, which must hold `digest`; with
+    /// `verify`, hashed and checked too.
+    pub fn read(
+        &self,
+        location: &Location,
+        digest: &[u8; 32],
+        verify: bool,
+    ) -> Result<AlignedBytes> {
+        if record_size(location.length).is_none() {
+            return Err(SegmentError::BadLocation {
+                location: *location,
+                why: "declares a length larger than a record may be",
+            });
+        }
+        Ok(self.readers.read(location, digest, verify)?.1)
+    }
+}
