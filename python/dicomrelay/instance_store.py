@@ -30,6 +30,7 @@ record up again.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +57,7 @@ class Record:
     """One instance for a round: its bytes (a buffer, never copied), digest
     and the algorithm that digest was made with."""
 
-    data: Payload | bytes | memoryview
+    data: Payload | bytes | memoryview | mmap.mmap
     digest: str
     algorithm: DigestName
 

@@ -14,6 +14,7 @@ connection.
 from __future__ import annotations
 
 import logging
+import mmap
 import re
 import socket
 import time
@@ -98,7 +99,7 @@ class Committer:
         self._wake = anyio.Event()
 
     def write(
-        self, item: Stored, data: Payload | memoryview, after: Callable[[], None] | None = None
+        self, item: Stored, data: Payload | mmap.mmap, after: Callable[[], None] | None = None
     ) -> None:
         """Make ``data`` durable as the record of ``item``, record and acknowledge
         it; ``after`` runs (on a worker thread) once the round is over."""
@@ -385,7 +386,7 @@ class _Session:
             partials.discard_partial(key)
 
         stored = self._stored(effect.slot, effect.transfer_id, effect.instance)
-        self.r.committer.write(stored, memoryview(mapping), after)
+        self.r.committer.write(stored, mapping, after)
 
     async def _commit(self, receipt: Receipt) -> bytes:
         """Sign the receipt, then make the study visible and keep the receipt: the

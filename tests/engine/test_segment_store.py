@@ -1,0 +1,236 @@
+"""A node's segment store through whole transfers: a torn tail left by a crash
+is cut at start and never served; an fdatasync that fails acknowledges
+nothing and the store goes on from its recorded end; compaction rewrites
+sparse segments while a transfer runs, losing and duplicating nothing;
+retention drops what it is told to. (kill -9 of the receiving node, over and
+over, is test_kill.py's.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dicomrelay import instance_store
+from dicomrelay._native import SegmentFaults, SegmentStore
+from dicomrelay.config import StoreConfig
+from dicomrelay.instance_store import InstanceStore
+from dicomrelay.ledger import Ledger
+from dicomrelay.node import Node
+from dicomrelay.retention import DAY, StoreKeeper
+from dicomrelay.transfer import EventKind
+
+from .helpers import (
+    QUICK,
+    Pki,
+    Recorder,
+    assert_delivered,
+    corrupt_records,
+    linked_nodes,
+    make_study,
+    query,
+    receiver_config,
+    segment_dir,
+    source_by_sop,
+    stored_records,
+    study_files,
+)
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 90
+PATIENT = dataclasses.replace(QUICK, max_attempts=1000, backoff_base=0.05, backoff_cap=0.2)
+ONE_MB = StoreConfig(segment_mb=1)
+
+
+async def test_a_torn_tail_is_cut_at_start_and_never_served(orgs: Pki, tmp_path: Path) -> None:
+    first = make_study(tmp_path / "first", 6, seed=1)
+    second = make_study(tmp_path / "second", 6, seed=2)
+    sources = source_by_sop(study_files(first))
+    with anyio.fail_after(TIMEOUT):
+        async with linked_nodes(orgs, tmp_path) as (tx, rx):
+            receipt = await (await tx.send(first, to="RX2")).wait()
+            name, end = rx.store.name, rx.store.segments.durable_end
+    # What a crash leaves past the recorded end: a whole record that a round
+    # made durable but the ledger never recorded, then half of another.
+    root = segment_dir(tmp_path / "receiver")
+    ghost = b"never acknowledged" * 100
+    with SegmentStore(root, durable_end=end, segment_size=1 << 20) as store:
+        store.append(ghost, hashlib.sha256(ghost).hexdigest())
+        store.commit()
+        torn_at = store.durable_end[1]
+    with open(root / f"{end[0]:016x}.seg", "r+b") as f:
+        f.seek(torn_at)
+        f.write(os.urandom(6000))
+    with anyio.fail_after(TIMEOUT):
+        async with linked_nodes(orgs, tmp_path) as (tx, rx):
+            assert rx.store.segments.cut_records == 1
+            assert rx.store.segments.durable_end == end
+            records, stopped_at, stop = rx.store.segments.scan(end[0], end[1])
+            assert (records, stopped_at, stop) == ([], end[1], "end"), "the tail was not cut"
+            assert await rx.ledger.segment_end(name) == end
+            await assert_delivered(rx, receipt, sources)
+            # The store goes on from there.
+            again = await (await tx.send(second, to="RX2")).wait()
+            await assert_delivered(rx, again, source_by_sop(study_files(second)))
+            assert hashlib.sha256(ghost).hexdigest() not in stored_records(rx.config.data_dir)
+            assert corrupt_records(rx.config.data_dir) == []
+
+
+@asynccontextmanager
+async def injected_faults(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SegmentFaults]:
+    """Every instance store opened meanwhile writes and syncs through these faults."""
+    faults = SegmentFaults()
+    opened = InstanceStore.open.__func__  # type: ignore[attr-defined]
+
+    async def open_with_faults(
+        cls: type[InstanceStore], root: Path, ledger: Ledger, *, segment_size: int = 1 << 30
+    ) -> InstanceStore:
+        store: InstanceStore = await opened(
+            cls, root, ledger, segment_size=segment_size, faults=faults
+        )
+        return store
+
+    monkeypatch.setattr(instance_store.InstanceStore, "open", classmethod(open_with_faults))
+    yield faults
+
+
+async def test_a_failed_fdatasync_acknowledges_nothing_and_the_store_goes_on(
+    orgs: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_study(tmp_path / "study", 12, seed=3)
+    sources = source_by_sop(study_files(source))
+    events = Recorder()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            injected_faults(monkeypatch) as faults,
+            linked_nodes(orgs, tmp_path, limits=PATIENT, observer=events) as (tx, rx),
+        ):
+            faults.fail_syncs(errno.EIO)
+            transfer = await tx.send(source, to="RX2")
+            while len(events.of(EventKind.RETRYING, transfer.id)) < 3:
+                await anyio.sleep(0.05)
+            failures = [e.detail for e in events.of(EventKind.RETRYING, transfer.id)]
+            assert all("storage" in f for f in failures), failures
+            syncs = faults.syncs
+            assert syncs >= 3, "no round was tried"
+            # Lost: nothing of those rounds is acknowledged, recorded or served.
+            acked = query(
+                tx.config.data_dir / "ledger.sqlite",
+                "SELECT count(*) FROM outgoing_instances WHERE acked IS NOT NULL",
+            )
+            assert acked == [(0,)]
+            rows = query(
+                rx.config.data_dir / "ledger.sqlite", "SELECT count(*) FROM incoming_instances"
+            )
+            assert rows == [(0,)]
+            assert stored_records(rx.config.data_dir) == {}
+            end = await rx.ledger.segment_end(rx.store.name)
+            faults.fail_syncs(0)
+            receipt = await transfer.wait()
+            await assert_delivered(rx, receipt, sources)
+            # Opened again at the recorded end after each failed round: the
+            # records of the lost rounds were cut, not left to be found.
+            assert end is not None
+            segments = rx.store.segments
+            scanned = sum(len(segments.scan(s)[0]) for s in segments.segments())
+            assert scanned == len(sources), "a lost round's records are still there"
+            assert corrupt_records(rx.config.data_dir) == []
+
+
+async def test_compaction_while_a_transfer_runs_loses_and_duplicates_nothing(
+    orgs: Pki, tmp_path: Path
+) -> None:
+    studies = [make_study(tmp_path / f"s{n}", 10, seed=20 + n) for n in range(4)]
+    running = make_study(tmp_path / "running", 40, seed=30)
+    keep = StoreConfig(segment_mb=1, compact_below=0.95)
+    with anyio.fail_after(TIMEOUT * 2):
+        async with linked_nodes(orgs, tmp_path, store=keep) as (tx, rx):
+            receipts = [await (await tx.send(s, to="RX2")).wait() for s in studies]
+            # Drop every other study: their records become garbage between the
+            # live ones, and their segments sparse.
+            dropped = [receipts[0].study_instance_uid, receipts[2].study_instance_uid]
+            assert await rx.store.drop_studies(dropped) == 20
+            sealed_before = [
+                s for s in rx.store.segments.segments() if s < rx.store.segments.active_segment
+            ]
+            assert await rx.store.sparse_segments(keep.compact_below), "nothing to compact"
+
+            keeper = StoreKeeper(rx.store, keep)
+            transfer = await tx.send(running, to="RX2")
+            compacted_during = 0
+            moved_during = 0
+            while not transfer.done:
+                for segment in await rx.store.sparse_segments(keep.compact_below):
+                    moved_during += await rx.store.compact(segment, batch_bytes=256 << 10)
+                    compacted_during += 1
+                await anyio.sleep(0.01)
+            final = await transfer.wait()
+            await keeper.sweep(time.time())
+            assert compacted_during >= 1, "compaction never overlapped the transfer"
+            assert moved_during >= 1, "compaction moved nothing"
+
+            for kept, study in ((receipts[1], studies[1]), (receipts[3], studies[3])):
+                await assert_delivered(rx, kept, source_by_sop(study_files(study)))
+            await assert_delivered(rx, final, source_by_sop(study_files(running)))
+            for uid in dropped:
+                assert await rx.study(uid) == []
+            located = stored_records(rx.config.data_dir)
+            live = {
+                d
+                for r in (receipts[1], receipts[3], final)
+                for d in (i.digest for i in r.instances)
+            }
+            assert set(located) == live, "a record lost, or garbage still located"
+            assert corrupt_records(rx.config.data_dir) == []
+            gone = set(sealed_before) - set(rx.store.segments.segments())
+            assert gone, "no compacted segment was removed"
+            # Each live digest is in the store once (the index), and the
+            # segments' own records agree with the index where it points.
+            for digest, where in located.items():
+                records, _, _ = rx.store.segments.scan(where[0], where[1])
+                assert records[0][1] == digest
+
+
+async def test_retention_drops_expired_studies_and_their_records(orgs: Pki, tmp_path: Path) -> None:
+    source = make_study(tmp_path / "study", 5, seed=40)
+    with anyio.fail_after(TIMEOUT):
+        async with linked_nodes(orgs, tmp_path, store=ONE_MB) as (tx, rx):
+            receipt = await (await tx.send(source, to="RX2")).wait()
+            keeper = StoreKeeper(rx.store, StoreConfig(segment_mb=1, keep_days=2))
+            assert await keeper.sweep(time.time() + DAY) == (0, 0)
+            assert len(await rx.study(receipt.study_instance_uid)) == 5
+            dropped, _ = await keeper.sweep(time.time() + 3 * DAY)
+            assert dropped == 1
+            assert await rx.study(receipt.study_instance_uid) == []
+            assert stored_records(rx.config.data_dir) == {}
+            # Sent again, it is stored again (nothing claims the dropped bytes).
+            again = await (await tx.send(source, to="RX2")).wait()
+            await assert_delivered(rx, again, source_by_sop(study_files(source)))
+
+
+def test_store_settings_are_read_strictly(tmp_path: Path, orgs: Pki) -> None:
+    from dicomrelay.config import NodeConfig
+    from dicomrelay.errors import ConfigurationError
+
+    base = receiver_config(orgs, tmp_path)
+    assert base.store.segment_mb == 4
+    toml = tmp_path / "node.toml"
+    head = f'[node]\norg = "RX2"\ndata_dir = "{tmp_path}"\ninsecure_plaintext = true\n'
+    toml.write_text(head + "[store]\nkeep_days = 30\ndrop_after_delivery = true\nsegment_mb = 64\n")
+    store = NodeConfig.from_toml(toml).store
+    assert (store.keep_days, store.drop_after_delivery, store.segment_mb) == (30, True, 64)
+    toml.write_text(head + "[store]\nkeep_day = 30\n")
+    with pytest.raises(ConfigurationError, match=r"\[store\] has no setting 'keep_day'"):
+        NodeConfig.from_toml(toml)
+    toml.write_text(head + "[store]\nkeep_days = -1\n")
+    with pytest.raises(ConfigurationError, match=r"\[store\] keep_days must be positive"):
+        NodeConfig.from_toml(toml)
+    assert Node  # the node reads it as given
