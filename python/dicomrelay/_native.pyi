@@ -246,6 +246,10 @@ class SegmentStore:
     def append(
         self, data: _Buffer | Payload, digest: str, *, algorithm: _DigestName = "sha256"
     ) -> _Location: ...
+    def append_file(
+        self, path: str | os.PathLike[str], digest: str, *, algorithm: _DigestName = "sha256"
+    ) -> _Location:
+        """A record of the whole file, read a buffer at a time (for large instances)."""
     def append_many(
         self,
         records: Iterable[tuple[_Buffer | Payload, str]],

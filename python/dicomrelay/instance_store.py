@@ -30,7 +30,6 @@ record up again.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -54,10 +53,11 @@ CHUNK = 1 << 20  # what iterating an InstanceReader yields at a time
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One instance for a round: its bytes (a buffer, never copied), digest
-    and the algorithm that digest was made with."""
+    """One instance for a round: its bytes (a buffer, never copied, or a file
+    read a buffer at a time: a large instance), its digest and the algorithm
+    that digest was made with."""
 
-    data: Payload | bytes | memoryview | mmap.mmap
+    data: Payload | bytes | memoryview | Path
     digest: str
     algorithm: DigestName
 
@@ -180,10 +180,18 @@ class InstanceStore:
                 for r in fresh.values():
                     by_algorithm.setdefault(r.algorithm, []).append(r)
                 for algorithm, group in by_algorithm.items():
-                    places = segments.append_many(
-                        [(r.data, r.digest) for r in group], algorithm=algorithm
-                    )
-                    located.extend(zip((r.digest for r in group), places, strict=True))
+                    buffers: list[tuple[Payload | bytes | memoryview, str]] = []
+                    files: list[tuple[Path, str]] = []
+                    for r in group:
+                        if isinstance(r.data, Path):
+                            files.append((r.data, r.digest))
+                        else:
+                            buffers.append((r.data, r.digest))
+                    places = segments.append_many(buffers, algorithm=algorithm)
+                    located.extend(zip((d for _, d in buffers), places, strict=True))
+                    for path, digest in files:
+                        where = segments.append_file(path, digest, algorithm=algorithm)
+                        located.append((digest, where))
                 return segments.commit()
 
             self._broken = True  # until the ledger holds the round

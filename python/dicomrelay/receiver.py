@@ -14,12 +14,12 @@ connection.
 from __future__ import annotations
 
 import logging
-import mmap
 import re
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import anyio
@@ -99,7 +99,7 @@ class Committer:
         self._wake = anyio.Event()
 
     def write(
-        self, item: Stored, data: Payload | mmap.mmap, after: Callable[[], None] | None = None
+        self, item: Stored, data: Payload | Path, after: Callable[[], None] | None = None
     ) -> None:
         """Make ``data`` durable as the record of ``item``, record and acknowledge
         it; ``after`` runs (on a worker thread) once the round is over."""
@@ -372,21 +372,15 @@ class _Session:
     async def _publish(self, effect: PublishPartial) -> None:
         """A complete, verified large instance: its partial file (durable to its
         last checkpoint, kept until then for a later attempt to resume) goes
-        into the store as one record in the committer's next round, read
-        through a mapping of the file, which is removed once the round is over."""
+        into the store as one record in the committer's next round, read a
+        buffer at a time, and is removed once the round is over."""
         partials, key = self.r.partials, effect.key
-        try:
-            mapping = await anyio.to_thread.run_sync(partials.map_partial, key)
-        except StorageError as e:
-            await self._perform(self.control.write_failed(effect.slot, str(e)))
-            return
 
         def after() -> None:
-            mapping.close()
             partials.discard_partial(key)
 
         stored = self._stored(effect.slot, effect.transfer_id, effect.instance)
-        self.r.committer.write(stored, mapping, after)
+        self.r.committer.write(stored, partials.partial_path(key), after)
 
     async def _commit(self, receipt: Receipt) -> bytes:
         """Sign the receipt, then make the study visible and keep the receipt: the

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import shutil
 import uuid
@@ -112,17 +111,6 @@ class BlobStore:
                 hasher.update(piece)
                 left -= len(piece)
         return hasher
-
-    def map_partial(self, key: str) -> mmap.mmap:
-        """A complete, verified partial file, mapped to be read as one buffer
-        (into the segment store: nothing of it is copied through Python)."""
-        path = self.partial_path(key)
-        try:
-            with open(path, "rb") as f:
-                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as e:
-            oserror = e if isinstance(e, OSError) else OSError(errno.EINVAL, str(e))
-            raise _storage_error(oserror, key) from e
 
     def adopt(self, path: Path, digest_of: Callable[[Path], str]) -> Path:
         """Keep the file at ``path`` as a blob, durably, named by ``digest_of``

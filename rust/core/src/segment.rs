@@ -281,6 +281,18 @@ impl SegmentStore {
         lock(&self.writer).append(&self.dir, &*self.io, algorithm, digest, data)
     }
 
+    /// Append a record of the `length` bytes `source` holds (a file too large
+    /// to hold in memory), under `digest` (the caller has verified it).
+    pub fn append_from(
+        &self,
+        algorithm: DigestAlgorithm,
+        digest: &[u8; 32],
+        length: u64,
+        source: &mut dyn std::io::Read,
+    ) -> Result<Location> {
+        lock(&self.writer).append_from(&self.dir, &*self.io, algorithm, digest, length, source)
+    }
+
     /// Make every record appended so far durable: one fdatasync per segment
     /// written since the last commit. Returns the new durable end. On an error
     /// the round failed: none of its records is durable, the durable end stays

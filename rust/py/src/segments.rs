@@ -127,6 +127,30 @@ impl SegmentStore {
             .map_err(segment_error)
     }
 
+    /// Append a record of the whole file at `path` under `digest` (already
+    /// verified), read a buffer at a time: for an instance too large to hold.
+    #[pyo3(signature = (path, digest, *, algorithm="sha256"))]
+    fn append_file(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        digest: &str,
+        algorithm: &str,
+    ) -> PyResult<PyLocation> {
+        let algorithm = crate::channel::algorithm(algorithm)?;
+        let digest = digest_bytes(digest)?;
+        let store = self.store()?;
+        py.detach(|| {
+            let mut file = std::fs::File::open(&path)?;
+            let length = file.metadata()?.len();
+            Ok::<_, std::io::Error>((store.append_from(algorithm, &digest, length, &mut file), ()))
+        })
+        .map_err(PyErr::from)?
+        .0
+        .map(py_location)
+        .map_err(segment_error)
+    }
+
     /// Append `(data, digest)` records, in order: one call for a round.
     #[pyo3(signature = (records, *, algorithm="sha256"))]
     fn append_many(
