@@ -22,18 +22,18 @@ from dicomrelay.dicom import tls
 from dicomrelay.dicom.scp import Refusal, StoredInstance, StoreScp
 from dicomrelay.errors import DicomrelayError
 from dicomrelay.instance_store import InstanceStore
-from dicomrelay.intake import adopt
 from dicomrelay.ledger import Ledger
 from dicomrelay.pacs_delivery import deliver_instances
-from dicomrelay.sources import Source
-from dicomrelay.store import BlobStore
+from dicomrelay.scp_store import StoreCommit
 from dicomrelay.transfer import Transfer
 
 
 class StudySender(Protocol):
-    """Where routed studies go: the node's outbox."""
+    """Where routed studies go: the node's outbox, which sends them from the store."""
 
-    async def send(self, source: Source, *, to: str, priority: str = ...) -> Transfer: ...
+    async def send_stored(
+        self, digests: list[str], *, to: str, priority: str = ...
+    ) -> Transfer: ...
 
 
 class DicomGateway:
@@ -43,7 +43,6 @@ class DicomGateway:
         dicom: DicomConfig,
         ledger: Ledger,
         store: InstanceStore,
-        files: BlobStore,
         sender: StudySender,
         committed: MemoryObjectReceiveStream[str] | None,
     ) -> None:
@@ -53,7 +52,6 @@ class DicomGateway:
         self.dicom = dicom
         self.ledger = ledger
         self.store = store
-        self.files = files
         self.sender = sender
         self.committed = committed
         self._random = random.Random()
@@ -107,7 +105,9 @@ class DicomGateway:
             require_called_ae_title=True,
             on_association_end=self._route_received,
             on_refusal=self._audit_refusal,
-            digest=None,  # routing digests each instance as it records it in the ledger
+            # Into the node's store, by rounds (each file digested as it arrives).
+            digest=self.config.digest,
+            commits=StoreCommit(self.store, self.config.digest),
             tls=None
             if dicom.tls is None
             else tls.server_context(
@@ -147,11 +147,10 @@ class DicomGateway:
                 await self.ledger.audit(self.config.org, "unrouted", None, detail)
                 continue
             try:
-                # Content-addressed copies: a later store of the same SOP Instance
-                # UID replaces the received file, not what this transfer sends.
-                paths = [s.path for s in instances]
-                blobs = await anyio.to_thread.run_sync(adopt, self.files, paths, self.config.digest)
-                transfer = await self.sender.send([str(b) for b in blobs], to=to)
+                # Sent from the store, by digest: a later store of the same SOP
+                # Instance UID is another record, and changes nothing this sends.
+                digests = [s.digest for s in instances if s.digest is not None]
+                transfer = await self.sender.send_stored(digests, to=to)
             except (DicomrelayError, OSError, ValueError) as e:
                 await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
                 continue

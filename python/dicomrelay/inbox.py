@@ -18,7 +18,7 @@ from dicomrelay.config import NodeConfig
 from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger
 from dicomrelay.receiver import Committer, Receiver
-from dicomrelay.store import BlobStore
+from dicomrelay.store import PartialFiles
 
 
 class Inbox:
@@ -27,7 +27,7 @@ class Inbox:
         config: NodeConfig,
         ledger: Ledger,
         store: InstanceStore,
-        partials: BlobStore,
+        partials: PartialFiles,
         server_tls: TlsConfig | None,
         key_pem: bytes | None,
         *,

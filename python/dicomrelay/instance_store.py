@@ -48,6 +48,9 @@ from dicomrelay.ledger import IncomingInstance, Ledger, Location
 
 T = TypeVar("T")
 STORE_NAME_FILE = "store-name"
+# An outgoing instance's path when its bytes are in this node's store (what
+# the DICOM SCP received and a route sends on), followed by its digest.
+STORED = "store:"
 CHUNK = 1 << 20  # what iterating an InstanceReader yields at a time
 
 
@@ -228,8 +231,13 @@ class InstanceStore:
         context manager). Its record's header is checked against the digest and
         length; its bytes were verified when stored (``read_instance`` verifies
         them again). InstanceNotStored if the store does not hold it."""
-        fd, offset, length = await self._at_location(digest, SegmentStore.open_record)
+        fd, offset, length = await self.open_record(digest)
         return InstanceReader(fd, offset, length, digest)
+
+    async def open_record(self, digest: str) -> tuple[int, int, int]:
+        """The record of ``digest`` to send straight from its segment: ``(fd,
+        offset, length)``, a descriptor of its own that the caller closes."""
+        return await self._at_location(digest, SegmentStore.open_record)
 
     async def read_instance(self, digest: str) -> Payload:
         """The whole instance, hashed and checked against ``digest``

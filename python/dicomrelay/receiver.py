@@ -56,7 +56,7 @@ from dicomrelay.receiver_control import (
     WriteInstance,
     claimed,
 )
-from dicomrelay.store import BlobStore
+from dicomrelay.store import PartialFiles
 
 log = logging.getLogger("dicomrelay.receiver")
 
@@ -139,7 +139,7 @@ class Receiver:
         config: NodeConfig,
         ledger: Ledger,
         store: InstanceStore,
-        partials: BlobStore,
+        partials: PartialFiles,
         committer: Committer,
         tls: TlsConfig | None,
         key_pem: bytes | None,

@@ -69,7 +69,7 @@ async def test_study_arrives_byte_identical(orgs: Pki, tmp_path: Path) -> None:
             blobs = list(stored_records(rx.config.data_dir))
             assert sorted(blobs) == sorted(map(digest_of, sources.values()))
             assert corrupt_records(rx.config.data_dir) == []
-            assert incoming_files(rx.files.root) == [], "temporary files left behind"
+            assert incoming_files(rx.config.data_dir / "store") == [], "temporary files left behind"
 
     kinds = [e.kind for e in events.events if e.transfer_id == transfer.id]
     assert kinds[0] is EventKind.QUEUED
@@ -250,7 +250,7 @@ async def test_multi_chunk_instances_arrive_intact(orgs: Pki, tmp_path: Path) ->
             receipt = await transfer.wait()
             await assert_delivered(rx, receipt, sources)
             assert corrupt_records(rx.config.data_dir) == []
-            assert incoming_files(rx.files.root) == [], "partial files left behind"
+            assert incoming_files(rx.config.data_dir / "store") == [], "partial files left behind"
             rows = query(
                 tx.config.data_dir / "ledger.sqlite",
                 "SELECT size, chunk_digests FROM outgoing_instances WHERE transfer_id = ?",

@@ -249,7 +249,8 @@ async def test_full_disk_at_receiver(orgs: Pki, tmp_path: Path) -> None:
             located = await rx.store.size_of([d for (d,) in rows])
             assert len(located) == len({d for (d,) in rows}), "a row names nothing stored"
             assert corrupt_records(rx.config.data_dir) == []
-            assert incoming_files(rx.files.root) == [], "a failed write left its temporary file"
+            partials = incoming_files(rx.config.data_dir / "store")
+            assert partials == [], "a failed write left its temporary file"
             assert (await rx.status())["stored_instances"] == 0, "nothing committed"
             held = set(stored_records(rx.config.data_dir))
 
@@ -262,7 +263,7 @@ async def test_full_disk_at_receiver(orgs: Pki, tmp_path: Path) -> None:
             sent = {e.index for e in events.of(EventKind.INSTANCE_SENT, retry.id)}
             assert len(sent) == len(sources) - len(held)
             assert corrupt_records(rx.config.data_dir) == []
-            assert incoming_files(rx.files.root) == []
+            assert incoming_files(rx.config.data_dir / "store") == []
             status = await tx.status()
     assert (status["dead"], status["done"]) == (1, 1)
 

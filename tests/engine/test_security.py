@@ -44,7 +44,7 @@ TWO_TRIES = dataclasses.replace(QUICK, max_attempts=2, connect_timeout=3.0)
 
 def assert_nothing_received(rx: Node) -> None:
     assert list(stored_records(rx.config.data_dir)) == []
-    assert incoming_files(rx.files.root) == []
+    assert incoming_files(rx.config.data_dir / "store") == []
     db = rx.config.data_dir / "ledger.sqlite"
     assert query(db, "SELECT count(*) FROM incoming") == [(0,)]
     assert query(db, "SELECT count(*) FROM incoming_instances") == [(0,)]
@@ -253,7 +253,7 @@ async def test_tampered_chunk_is_refused_and_resent(
             await assert_delivered(rx, receipt, sources)
             assert corrupt_records(rx.config.data_dir) == []
             assert len(list(stored_records(rx.config.data_dir))) == len(sources)
-            assert incoming_files(rx.files.root) == []
+            assert incoming_files(rx.config.data_dir / "store") == []
 
     assert kept is not None
     assert kept.attempts == 0

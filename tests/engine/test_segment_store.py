@@ -23,7 +23,8 @@ from dicomrelay import instance_store
 from dicomrelay._native import SegmentFaults, SegmentStore
 from dicomrelay.config import StoreConfig
 from dicomrelay.instance_store import InstanceStore
-from dicomrelay.ledger import Ledger
+from dicomrelay.ledger import IncomingInstance, Ledger, SqliteLedger
+from dicomrelay.node import Node
 from dicomrelay.retention import DAY, StoreKeeper
 from dicomrelay.transfer import EventKind
 
@@ -232,3 +233,40 @@ def test_store_settings_are_read_strictly(tmp_path: Path, orgs: Pki) -> None:
     toml.write_text(head + "[store]\nkeep_days = -1\n")
     with pytest.raises(ConfigurationError, match=r"\[store\] keep_days must be positive"):
         NodeConfig.from_toml(toml)
+
+
+async def test_instance_files_of_earlier_releases_move_into_the_store(
+    orgs: Pki, tmp_path: Path
+) -> None:
+    """A node that kept one file per instance (store/blobs/) starts with
+    them in its segment store: each checked against its name, then removed."""
+    source = make_study(tmp_path / "study", 3, seed=50)
+    files = {p: p.read_bytes() for p in study_files(source)}
+    config = receiver_config(orgs, tmp_path)
+    blobs = config.data_dir / "store" / "blobs"
+    ledger = SqliteLedger(config.data_dir / "ledger.sqlite")
+    await ledger.note_incoming("RX1", "t" * 32, "1.2.3", len(files), "sha256")
+    rows = []
+    for n, data in enumerate(files.values()):
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest[:2]).mkdir(parents=True, exist_ok=True)
+        (blobs / digest[:2] / digest).write_bytes(data)
+        rows.append(
+            IncomingInstance(
+                index=n, sop_instance_uid=f"u{n}", size=len(data), digest=digest, stored=1.0
+            )
+        )
+    damaged = blobs / "00" / ("0" * 64)
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"not what its name says")
+    await ledger.record_received("RX1", "t" * 32, rows)
+    await ledger.commit_incoming("RX1", "t" * 32, "1.2.3", b"{}", 2.0)
+    await ledger.close()
+    with anyio.fail_after(TIMEOUT):
+        async with Node(config) as rx:
+            stored = await rx.study("1.2.3")
+            assert len(stored) == len(files)
+            assert sorted([bytes(await rx.store.read_instance(d)) for _, d in stored]) == sorted(
+                files.values()
+            )
+    assert [p for p in blobs.rglob("*") if p.is_file()] == [damaged], "left: only the damaged one"
