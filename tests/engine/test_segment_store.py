@@ -19,20 +19,22 @@ from pathlib import Path
 import anyio
 import pytest
 
-from dicomrelay import instance_store
+from dicomrelay import instance_store, scan, scan_file, synth
 from dicomrelay._native import SegmentFaults, SegmentStore
-from dicomrelay.config import StoreConfig
+from dicomrelay.config import Route, StoreConfig
 from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import IncomingInstance, Ledger, SqliteLedger
 from dicomrelay.node import Node
 from dicomrelay.retention import DAY, StoreKeeper
 from dicomrelay.transfer import EventKind
 
+from .chain_helpers import dataset, routing_node, run, storescu_args
 from .helpers import (
     QUICK,
     Pki,
     Recorder,
     assert_delivered,
+    closed_port,
     corrupt_records,
     linked_nodes,
     make_study,
@@ -270,3 +272,39 @@ async def test_instance_files_of_earlier_releases_move_into_the_store(
                 files.values()
             )
     assert [p for p in blobs.rglob("*") if p.is_file()] == [damaged], "left: only the damaged one"
+
+
+async def test_the_node_scp_acknowledges_no_association_whose_round_failed(
+    orgs: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's SCP stores into the segment store: a round whose fdatasync
+    fails loses its instances, so the association is aborted, not released,
+    and nothing is routed; with the disk well again, the same study is stored
+    and routed."""
+    study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 4, seed=60)
+    files = sorted(study.glob("*.dcm"))
+    config = routing_node(orgs, tmp_path / "a", closed_port(), (Route(to="RX2"),))
+    db = tmp_path / "a" / "ledger.sqlite"
+    with anyio.fail_after(TIMEOUT):
+        async with injected_faults(monkeypatch) as faults, Node(config) as a:
+            assert a.dicom_port is not None
+            faults.fail_syncs(errno.EIO)
+            failed = await anyio.to_thread.run_sync(
+                run, storescu_args(a.dicom_port, files, proposal=None)
+            )
+            assert failed.returncode != 0, "a lost association was released"
+            assert query(db, "SELECT count(*) FROM outgoing") == [(0,)]
+            assert stored_records(tmp_path / "a") == {}
+            faults.fail_syncs(0)
+            stored = await anyio.to_thread.run_sync(
+                run, storescu_args(a.dicom_port, files, proposal=None)
+            )
+            assert stored.returncode == 0, stored.stderr
+            rows = query(db, "SELECT digest FROM outgoing_instances")
+            assert len(rows) == len(files)
+            # Each as the SCP stored it: its own file meta group, the dataset sent.
+            sent = {scan_file(p).sop_instance_uid: dataset(p) for p in files}
+            for (digest,) in rows:
+                data = bytes(await a.store.read_instance(digest))
+                info = scan(data)
+                assert data[info.dataset_offset :] == sent[info.sop_instance_uid]
