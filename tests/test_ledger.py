@@ -565,3 +565,33 @@ async def test_segment_index_rounds_compaction_switches_and_drops(backend: Backe
     assert await ledger.locations("S", [a, b]) == {}
     assert await ledger.segment_usage("S") == []
     await ledger.close()
+
+
+async def test_what_the_scp_stored_goes_once_the_transfer_routing_it_is_done(
+    backend: Backend,
+) -> None:
+    """Records the DICOM SCP stored (sent from the store by a routed transfer)
+    go once that transfer is done and older than asked, unless another
+    transfer still to send (or a dead letter, which may be sent again) names
+    them."""
+    import dataclasses
+
+    ledger = await backend.open()
+    stored = [dataclasses.replace(i, path=f"store:{i.digest}") for i in instances(3)]
+    await ledger.add_outgoing(transfer(), stored)
+    other = "d" * 32
+    await ledger.add_outgoing(transfer(id=other), stored[2:])
+    located = [(i.digest, (1, 4096 * (n + 1), i.size)) for n, i in enumerate(stored)]
+    await ledger.record_round("S", (1, 20480), located, [])
+    assert await ledger.drop_routed("S", before=1e12) == 0, "not done yet"
+    await ledger.set_outgoing_state(TID, TransferState.DONE)
+    assert await ledger.drop_routed("S", before=0.0) == 0, "done after the time given"
+    assert await ledger.drop_routed("S", before=1e12) == 2, "the other transfer still needs one"
+    assert await ledger.locations("S", [i.digest for i in stored]) == {
+        stored[2].digest: (1, 12288, stored[2].size)
+    }
+    await ledger.set_outgoing_state(other, TransferState.DEAD)
+    assert await ledger.drop_routed("S", before=1e12) == 0, "a dead letter may be sent again"
+    await ledger.set_outgoing_state(other, TransferState.DONE)
+    assert await ledger.drop_routed("S", before=1e12) == 1
+    await ledger.close()

@@ -274,6 +274,12 @@ class InstanceStore:
         async with self._lock:
             return await self.ledger.drop_studies(studies)
 
+    async def drop_routed(self, before: float) -> int:
+        """Drop what the DICOM SCP stored and a transfer done before ``before``
+        sent on (unless something else names it); how many records went."""
+        async with self._lock:
+            return await self.ledger.drop_routed(self.name, before)
+
     async def sparse_segments(self, below: float) -> list[int]:
         """Sealed segments whose live data is under ``below`` of their size
         (those with none at all included), fullest last."""

@@ -1,7 +1,8 @@
 """``StoreKeeper``: what a node keeps, and the space it gets back.
 
 Every ``sweep_seconds`` it drops the committed studies older than
-``keep_days`` (when set), then compacts each sealed segment whose live share
+``keep_days`` (when set), and what the DICOM SCP received and a transfer
+finished sending on before then, then compacts each sealed segment whose live share
 has fallen under ``compact_below``: transfers go on meanwhile, between its
 batches. (Studies delivered into the PACS are dropped by the gateway as the
 delivery ends, when ``drop_after_delivery`` says so.) A failed sweep is
@@ -48,6 +49,9 @@ class StoreKeeper:
                 await self.store.drop_studies(expired)
                 dropped = len(expired)
                 log.info("dropped %d studies committed before %s", dropped, time.ctime(before))
+            routed = await self.store.drop_routed(before)
+            if routed:
+                log.info("dropped %d instances routed on before %s", routed, time.ctime(before))
         compacted = 0
         for segment in await self.store.sparse_segments(self.config.compact_below):
             moved = await self.store.compact(segment)

@@ -234,6 +234,13 @@ class Ledger(Protocol):
         how many locations went."""
         ...
 
+    async def drop_routed(self, store: str, before: float) -> int:
+        """Drop the store's records of instances its DICOM SCP received and a
+        transfer done before ``before`` sent on, that nothing else names (no
+        committed study, no transfer arriving, none queued, active or dead);
+        returns how many went."""
+        ...
+
     # Delivery of committed studies into the local PACS.
     async def add_delivery(self, study_instance_uid: str) -> float:
         """Ask for the study to be delivered (again); returns the request's stamp."""

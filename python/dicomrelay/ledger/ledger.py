@@ -336,6 +336,14 @@ class SqlLedger:
 
         return await self._driver.run(work)
 
+    async def drop_routed(self, store: str, before: float) -> int:
+        query = Query(self._sql.drop_routed, (store, before))
+
+        def work() -> Work[int]:
+            return (yield query).rowcount
+
+        return await self._driver.run(work)
+
     # Delivery of committed studies into the local PACS.
     async def add_delivery(self, study_instance_uid: str) -> float:
         params = (study_instance_uid, time.time(), STAMP_STEP)

@@ -214,6 +214,23 @@ class Statements:
             " WHERE i.digest = segment_records.digest AND t.committed IS NULL)"
         )
 
+        # What this node's DICOM SCP stored and routed on: once the transfer
+        # that sent it is done, before the parameter, a digest nothing else
+        # names (no committed study, no transfer arriving, no transfer still
+        # to send or that may be sent again) goes.
+        self.drop_routed = sql(
+            "DELETE FROM segment_records WHERE store = ? AND digest IN"
+            " (SELECT o.digest FROM outgoing t JOIN outgoing_instances o ON o.transfer_id = t.id"
+            " WHERE t.state = 'done' AND t.updated < ? AND substr(o.path, 1, 6) = 'store:')"
+            " AND NOT EXISTS (SELECT 1 FROM store s WHERE s.digest = segment_records.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM incoming_instances i JOIN incoming t"
+            " ON t.sender = i.sender AND t.transfer_id = i.transfer_id"
+            " WHERE i.digest = segment_records.digest AND t.committed IS NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM outgoing_instances o JOIN outgoing t"
+            " ON t.id = o.transfer_id WHERE o.digest = segment_records.digest"
+            " AND t.state IN ('queued', 'active', 'dead'))"
+        )
+
         # Delivery into the local PACS. Stamps only increase (by the parameter,
         # a microsecond, at least), so a finished delivery can tell a later request.
         self.add_delivery = sql(
