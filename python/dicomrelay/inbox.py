@@ -17,7 +17,7 @@ from dicomrelay._native import TlsConfig
 from dicomrelay.config import NodeConfig
 from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger
-from dicomrelay.receiver import Committer, Receiver
+from dicomrelay.receiver import Committer, Receiver, discard_stored_partials
 from dicomrelay.store import PartialFiles
 
 
@@ -36,6 +36,8 @@ class Inbox:
         """``report_commits``: put each committed study's UID on ``committed``
         (unbounded: a commit never waits for a delivery; studies are few)."""
         self.config = config
+        self._ledger = ledger
+        self._partials = partials
         self.committer = Committer(store)
         send, receive = anyio.create_memory_object_stream[str](math.inf)
         self.committed: MemoryObjectReceiveStream[str] = receive
@@ -57,6 +59,7 @@ class Inbox:
         started once listening."""
         cfg = self.config
         try:
+            await discard_stored_partials(self._ledger, self._partials)
             # Bound before any task starts: a busy port is the one error raised.
             listener = None
             if cfg.listen_port is not None:

@@ -102,7 +102,7 @@ class Committer:
         self, item: Stored, data: Payload | Path, after: Callable[[], None] | None = None
     ) -> None:
         """Make ``data`` durable as the record of ``item``, record and acknowledge
-        it; ``after`` runs (on a worker thread) once the round is over."""
+        it; ``after`` runs (on a worker thread) once the round has succeeded."""
         record = Record(data, item.instance.digest, item.algorithm)
         self._ready.append((item, record, after))
         self._wake.set()
@@ -124,11 +124,35 @@ class Committer:
         except (OSError, DicomrelayError) as e:
             log.error("a storage round failed: %s", e)
             failure = e
+        # A large instance's partial file goes once its record is durable; kept
+        # if the round failed (a later attempt resumes it from its checkpoint).
         afters = [after for _, _, after in batch if after is not None]
-        if afters:
+        if afters and failure is None:
             await anyio.to_thread.run_sync(lambda: [after() for after in afters])
         for item, _, _ in batch:
             item.acknowledge(item.slot, item.instance.stored, failure)
+
+
+async def discard_stored_partials(ledger: Ledger, partials: PartialFiles) -> int:
+    """Partial files of large instances already in the store (a crash came
+    between their round and their removal): removed; how many."""
+    removed = 0
+    for key in await anyio.to_thread.run_sync(partials.keys):
+        sender, transfer_id, index = partial_key_parts(key)
+        if index is None:
+            continue
+        if index in await ledger.received(sender, transfer_id):
+            await anyio.to_thread.run_sync(partials.discard_partial, key)
+            removed += 1
+    return removed
+
+
+def partial_key_parts(key: str) -> tuple[str, str, int | None]:
+    """(sender, transfer id, index) of a partial file's key (see ReceiverControl)."""
+    parts = key.rsplit("-", 2)
+    if len(parts) != 3 or not parts[2].isdigit():
+        return "", "", None
+    return parts[0], parts[1], int(parts[2])
 
 
 class Receiver:

@@ -32,6 +32,10 @@ class PartialFiles:
             with contextlib.suppress(OSError):
                 leftover.unlink()
 
+    def keys(self) -> list[str]:
+        """The keys of the partial files kept."""
+        return sorted(p.name.removesuffix(".part") for p in self.incoming.glob("*.part"))
+
     def partial_path(self, key: str) -> Path:
         return self.incoming / f"{key}.part"
 

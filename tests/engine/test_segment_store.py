@@ -308,3 +308,26 @@ async def test_the_node_scp_acknowledges_no_association_whose_round_failed(
                 data = bytes(await a.store.read_instance(digest))
                 info = scan(data)
                 assert data[info.dataset_offset :] == sent[info.sop_instance_uid]
+
+
+async def test_partial_files_of_instances_already_stored_go_at_start(
+    orgs: Pki, tmp_path: Path
+) -> None:
+    """A crash between a large instance's round and the removal of its
+    partial file leaves the file: the next start removes it (the ledger holds
+    the instance), and keeps those a later attempt resumes."""
+    config = receiver_config(orgs, tmp_path)
+    incoming = config.data_dir / "store" / "incoming"
+    incoming.mkdir(parents=True)
+    ledger = SqliteLedger(config.data_dir / "ledger.sqlite")
+    tid = "a" * 32
+    await ledger.note_incoming("RX-1", tid, "1.2.3", 2, "sha256")
+    [row] = [IncomingInstance(index=0, sop_instance_uid="u0", size=9, digest="e" * 64, stored=1.0)]
+    await ledger.record_received("RX-1", tid, [row])
+    await ledger.close()
+    (incoming / f"RX-1-{tid}-0.part").write_bytes(b"stored already")
+    (incoming / f"RX-1-{tid}-1.part").write_bytes(b"still arriving")
+    with anyio.fail_after(TIMEOUT):
+        async with Node(config):
+            pass
+    assert sorted(p.name for p in incoming.iterdir()) == [f"RX-1-{tid}-1.part"]
