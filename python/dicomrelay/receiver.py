@@ -350,8 +350,8 @@ class _Session:
 
     async def _held(self, offer: Offer) -> Held:
         """What is held for an offer: its receipt if committed; else what the
-        transfer holds, and the sizes of the blobs among the offered digests that
-        this sender delivered before."""
+        transfer holds, and the sizes of the stored instances among the offered
+        digests that this sender delivered before."""
         ledger, sender = self.r.ledger, self.control.sender
         receipt = await ledger.note_incoming(
             sender, offer.transfer_id, offer.study_instance_uid, offer.total, offer.digest
