@@ -40,7 +40,7 @@ def file_name(sop_instance_uid: str, digest: str) -> str:
     return f"{digest}.dcm"
 
 
-def as_part10(data: Payload) -> bytes | Payload:
+def as_part10(data: Payload | bytes) -> bytes | Payload:
     """The instance as a Part 10 file: as stored, or with a meta group added."""
     info = scan(data)
     if info.has_meta:

@@ -399,12 +399,22 @@ class _Session:
         into the store as one record in the committer's next round, read a
         buffer at a time, and is removed once the round is over."""
         partials, key = self.r.partials, effect.key
+        path = partials.partial_path(key)
+        try:
+            size = (await anyio.to_thread.run_sync(path.stat)).st_size
+        except OSError as e:
+            size, reason = -1, str(e)
+        else:
+            reason = f"its partial file holds {size} bytes, not {effect.instance.size}"
+        if size != effect.instance.size:  # what was hashed is not what the file holds
+            await self._perform(self.control.write_failed(effect.slot, reason))
+            return
 
         def after() -> None:
             partials.discard_partial(key)
 
         stored = self._stored(effect.slot, effect.transfer_id, effect.instance)
-        self.r.committer.write(stored, partials.partial_path(key), after)
+        self.r.committer.write(stored, path, after)
 
     async def _commit(self, receipt: Receipt) -> bytes:
         """Sign the receipt, then make the study visible and keep the receipt: the
