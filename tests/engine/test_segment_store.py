@@ -28,7 +28,15 @@ from dicomrelay.node import Node
 from dicomrelay.retention import DAY, StoreKeeper
 from dicomrelay.transfer import EventKind
 
-from .chain_helpers import dataset, routing_node, run, storescu_args
+from .chain_helpers import (
+    dataset,
+    delivering_node,
+    held,
+    routing_node,
+    run,
+    storescp,
+    storescu_args,
+)
 from .helpers import (
     QUICK,
     Pki,
@@ -38,6 +46,8 @@ from .helpers import (
     corrupt_records,
     linked_nodes,
     make_study,
+    node_config,
+    peer,
     query,
     receiver_config,
     segment_dir,
@@ -331,3 +341,31 @@ async def test_partial_files_of_instances_already_stored_go_at_start(
         async with Node(config):
             pass
     assert sorted(p.name for p in incoming.iterdir()) == [f"RX-1-{tid}-1.part"]
+
+
+async def test_a_study_delivered_into_the_pacs_is_dropped_when_asked(
+    orgs: Pki, tmp_path: Path
+) -> None:
+    """``drop_after_delivery``: once the PACS holds the study (DCMTK's
+    storescp here, fed from the store), the node drops it and its records."""
+    source = make_study(tmp_path / "study", 4, seed=70)
+    pacs_port = closed_port()
+    config = delivering_node(orgs, tmp_path / "b", pacs_port)
+    config = dataclasses.replace(config, store=StoreConfig(segment_mb=1, drop_after_delivery=True))
+    with storescp(tmp_path / "pacs", pacs_port), anyio.fail_after(TIMEOUT):
+        async with Node(config) as rx:
+            assert rx.port is not None
+            tx_config = node_config(
+                "RX1", tmp_path / "a", identity=orgs.identity("RX1"), peers=(peer("RX2", rx.port),)
+            )
+            async with Node(tx_config) as tx:
+                receipt = await (await tx.send(source, to="RX2")).wait()
+            db = rx.config.data_dir / "ledger.sqlite"
+            while not query(db, "SELECT 1 FROM audit WHERE action = 'dropped'"):
+                await anyio.sleep(0.05)
+            assert query(db, "SELECT state FROM deliveries") == [("done",)]
+            assert await rx.study(receipt.study_instance_uid) == []
+            assert stored_records(rx.config.data_dir) == {}
+    delivered = held(tmp_path / "pacs")
+    for path in study_files(source):
+        assert dataset(delivered[scan_file(path).sop_instance_uid or ""]) == dataset(path)
