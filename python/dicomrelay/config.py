@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from dicomrelay.errors import ConfigurationError
 from dicomrelay.ledger import POSTGRES_SCHEMES
 from dicomrelay.pki import Identity, check_org_code
+from dicomrelay.policy import ROLES, Deidentify, Policy, Rule
 
 if TYPE_CHECKING:
     from dicomrelay.config_file import Table
@@ -26,9 +27,14 @@ class Peer:
     host: str
     port: int
     ca: Path | None = None
+    role: str = "other"  # policy.ROLES: trust, research, ...
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code", check_org_code(self.code))
+        if self.role not in ROLES:
+            raise ConfigurationError(
+                f"peer {self.code}: unknown role {self.role!r} (roles: {', '.join(ROLES)})"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +160,9 @@ class NodeConfig:
     # None names it after its host and data_dir, so a shared ledger should
     # name every worker.
     worker: str | None = None
+    # Which studies may go to or come from which organisations, and in what
+    # form (dicomrelay.policy); no rules: every configured peer, as is.
+    rules: tuple[Rule, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "org", check_org_code(self.org))
@@ -172,6 +181,11 @@ class NodeConfig:
         codes = [p.code for p in self.peers]
         if len(set(codes)) != len(codes):
             raise ConfigurationError("each peer organisation may be listed once")
+        self.policy.check()
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(rules=self.rules, roles={p.code: p.role for p in self.peers})
 
     def peer(self, code: str) -> Peer:
         for p in self.peers:
@@ -217,6 +231,7 @@ def _node_from_toml(cls: type[NodeConfig], raw: Table) -> NodeConfig:
                 host=p.text("host"),
                 port=p.port("port"),
                 ca=p.path("ca", None, exists=True),
+                role=p.text("role", "other"),
             )
         )
         p.finish()
@@ -237,6 +252,7 @@ def _node_from_toml(cls: type[NodeConfig], raw: Table) -> NodeConfig:
         ledger=node.text("ledger", None),
         ledger_schema=node.text("ledger_schema", "dicomrelay"),
         worker=node.text("worker", None),
+        rules=tuple(_rule_from_toml(r, n) for n, r in enumerate(raw.tables("rules"), 1)),
     )
     node.finish()
     raw.finish()
@@ -327,3 +343,43 @@ def _dicom_from_toml(d: Table) -> DicomConfig:
     )
     d.finish()
     return config
+
+
+def _rule_from_toml(r: Table, number: int) -> Rule:
+    """``[[rules]]``: name, direction (send|receive), effect (allow|refuse),
+    to / from (organisation codes), roles, modalities, sop_classes,
+    source_aes, priorities, ``deidentify = {options = [...], key_file}``
+    (send) and ``reconcile`` (receive)."""
+    name = r.text("name", f"#{number}")
+    direction = r.text("direction")
+    if direction not in ("send", "receive"):
+        raise r.error(f"direction must be 'send' or 'receive', not {direction!r}")
+    effect = r.text("effect", "allow")
+    if effect not in ("allow", "refuse"):
+        raise r.error(f"effect must be 'allow' or 'refuse', not {effect!r}")
+    key, wrong = ("to", "from") if direction == "send" else ("from", "to")
+    if wrong in r:
+        raise r.error(f"a {direction} rule names organisations with {key!r}, not {wrong!r}")
+    orgs = r.texts(key)
+    deid = r.table("deidentify")
+    deidentify = None
+    if deid is not None:
+        deidentify = Deidentify(
+            options=deid.texts("options"), key_file=deid.path("key_file", exists=True)
+        )
+        deid.finish()
+    rule = Rule(
+        name=name,
+        direction=direction,
+        allow=effect == "allow",
+        orgs=frozenset(code.upper() for code in orgs),
+        roles=frozenset(r.texts("roles")),
+        modalities=frozenset(r.texts("modalities")),
+        sop_classes=frozenset(r.texts("sop_classes")),
+        source_aes=frozenset(r.texts("source_aes")),
+        priorities=frozenset(r.texts("priorities")),
+        deidentify=deidentify,
+        reconcile=r.flag("reconcile", False),
+    )
+    r.finish()
+    return rule

@@ -109,3 +109,21 @@ class PduError(ProtocolError):
 
     def __reduce__(self) -> tuple[type[PduError], tuple[str, int, int]]:
         return (type(self), (str(self), self.offset, self.abort_reason))
+
+
+class BurnedInAnnotation(DicomrelayError):
+    """An instance whose pixels may show who the patient is (Burned In
+    Annotation (0028,0301) YES, or a SOP class known for it without that
+    attribute), refused by de-identification unless its rule allows it.
+    ``reason`` says which; ``sop_class_uid`` is the instance's."""
+
+    reason: str
+    sop_class_uid: str | None
+
+    def __init__(self, reason: str, sop_class_uid: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sop_class_uid = sop_class_uid
+
+    def __reduce__(self) -> tuple[type[BurnedInAnnotation], tuple[str, str | None]]:
+        return (type(self), (self.reason, self.sop_class_uid))

@@ -32,7 +32,12 @@ class StudySender(Protocol):
     """Where routed studies go: the node's outbox, which sends them from the store."""
 
     async def send_stored(
-        self, digests: list[str], *, to: str, priority: str = ...
+        self,
+        digests: list[str],
+        *,
+        to: str,
+        priority: str = ...,
+        source_ae: str | None = ...,
     ) -> Transfer: ...
 
 
@@ -144,17 +149,23 @@ class DicomGateway:
             )
             detail = f"{len(instances)} instances of {study} from {first.calling_ae_title}"
             if to is None:
-                await self.ledger.audit(self.config.org, "unrouted", None, detail)
+                await self.ledger.audit(self.config.org, "unrouted", None, detail, study_uid=study)
                 continue
             try:
                 # Sent from the store, by digest: a later store of the same SOP
                 # Instance UID is another record, and changes nothing this sends.
                 digests = [s.digest for s in instances if s.digest is not None]
-                transfer = await self.sender.send_stored(digests, to=to)
+                transfer = await self.sender.send_stored(
+                    digests, to=to, source_ae=first.calling_ae_title
+                )
             except (DicomrelayError, OSError, ValueError) as e:
-                await self.ledger.audit(self.config.org, "route-failed", None, f"{detail}: {e}")
+                await self.ledger.audit(
+                    self.config.org, "route-failed", None, f"{detail}: {e}", study_uid=study
+                )
                 continue
-            await self.ledger.audit(self.config.org, "routed", transfer.id, f"{detail} to {to}")
+            await self.ledger.audit(
+                self.config.org, "routed", transfer.id, f"{detail} to {to}", study_uid=study
+            )
 
     # Out: studies committed here, into the PACS.
     async def _deliver_committed(
@@ -195,10 +206,12 @@ class DicomGateway:
         )
         if delivered:
             detail = f"{len(digests)} instances of {study} to {pacs.ae_title}"
-            await self.ledger.audit(self.config.org, "delivered", None, detail)
+            await self.ledger.audit(self.config.org, "delivered", None, detail, study_uid=study)
             if self.config.store.drop_after_delivery:
                 await self.store.drop_studies([study])
-                await self.ledger.audit(self.config.org, "dropped", None, f"{study}: delivered")
+                await self.ledger.audit(
+                    self.config.org, "dropped", None, f"{study}: delivered", study_uid=study
+                )
         else:
             detail = f"{study} to {pacs.ae_title}: {error}"
-            await self.ledger.audit(self.config.org, "delivery-dead", None, detail)
+            await self.ledger.audit(self.config.org, "delivery-dead", None, detail, study_uid=study)

@@ -16,6 +16,7 @@ from dicomrelay.config import NodeConfig
 from dicomrelay.errors import DicomrelayError
 from dicomrelay.instance_store import STORED, InstanceStore
 from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
+from dicomrelay.policy import Decision, PolicyRefused, Subject, decide, study_refusal
 from dicomrelay.protocol import PRIORITIES
 from dicomrelay.sources import Source, materialise
 
@@ -31,9 +32,18 @@ def _describe(source: Source) -> str:
 
 
 async def queue_study(
-    config: NodeConfig, ledger: Ledger, source: Source, *, to: str, priority: str
+    config: NodeConfig,
+    ledger: Ledger,
+    source: Source,
+    *,
+    to: str,
+    priority: str,
+    source_ae: str | None = None,
 ) -> OutgoingTransfer:
-    """Record ``source`` as a transfer to ``to``, queued and due now."""
+    """Record ``source`` as a transfer to ``to``, queued and due now, if the
+    node's policy allows every instance of it to go there (PolicyRefused, and
+    nothing queued, if not). ``source_ae``: the calling AE title that stored
+    the study here, for rules that name one."""
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
     peer = config.peer(to)
@@ -60,6 +70,7 @@ async def queue_study(
         raise NotAStudy(f"a transfer carries one study; {_describe(source)} holds {len(studies)}")
     study = infos[0].study_instance_uid
     assert study is not None
+    await _check_policy(config, ledger, infos, study, peer.code, priority, source_ae)
     now = time.time()
     transfer = OutgoingTransfer(
         id=transfer_id,
@@ -97,16 +108,19 @@ async def queue_stored(
     *,
     to: str,
     priority: str = "routine",
+    source_ae: str | None = None,
 ) -> OutgoingTransfer:
     """Record instances held in this node's store (what its DICOM SCP
-    received: one study) as a transfer to ``to``, queued and due now. Each is
-    read back once, for its chunks' digests, and checked against its own;
-    the transfer sends them from the store, where nothing replaces them."""
+    received: one study) as a transfer to ``to``, queued and due now, if the
+    node's policy allows every instance of it to go there (as ``queue_study``).
+    Each is read back once, for its chunks' digests, and checked against its
+    own; the transfer sends them from the store, where nothing replaces them."""
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
     peer = config.peer(to)
     chunk = config.limits.chunk_size
     instances: list[OutgoingInstance] = []
+    infos: list[InstanceInfo] = []
     study: str | None = None
     for n, digest in enumerate(digests):
         data = await store.read_instance(digest)
@@ -119,6 +133,7 @@ async def queue_stored(
             study = info.study_instance_uid
         if info.study_instance_uid != study or study is None:
             raise NotAStudy("a transfer carries one study; the instances given hold several")
+        infos.append(info)
         instances.append(
             OutgoingInstance(
                 index=n,
@@ -131,6 +146,7 @@ async def queue_stored(
         )
     if study is None:
         raise NotAStudy("nothing to send: no instances given")
+    await _check_policy(config, ledger, infos, study, peer.code, priority, source_ae)
     now = time.time()
     transfer = OutgoingTransfer(
         id=uuid.uuid4().hex,
@@ -147,3 +163,44 @@ async def queue_stored(
     )
     await ledger.add_outgoing(transfer, instances)
     return transfer
+
+
+async def _check_policy(
+    config: NodeConfig,
+    ledger: Ledger,
+    infos: list[InstanceInfo],
+    study: str,
+    to: str,
+    priority: str,
+    source_ae: str | None,
+) -> None:
+    """Decide every instance; audit the study's outcome; refuse it whole."""
+    policy = config.policy
+    counterpart = policy.counterpart(to)
+    decisions = [
+        decide(
+            policy,
+            Subject(
+                modality=i.modality,
+                sop_class_uid=i.sop_class_uid,
+                source_ae=source_ae,
+                priority=priority,
+            ),
+            direction="send",
+            counterpart=counterpart,
+        )
+        for i in infos
+    ]
+    refusal = study_refusal(decisions)
+    if refusal is None and any(d.deidentify is not None for d in decisions):
+        # Refused until the transform runs here: identifiable data must never
+        # be queued for an organisation whose rule de-identifies.
+        refusal = Decision(allowed=False, reason="de-identification is not available on this node")
+    patient = infos[0].patient_id
+    if refusal is not None:
+        detail = f"study {study} to {to}: {refusal.reason}"
+        await ledger.audit(to, "policy-refused", None, detail, study_uid=study, patient_id=patient)
+        raise PolicyRefused(f"study {study} may not go to {to}: {refusal.reason}")
+    rules = sorted({d.rule or "default" for d in decisions})
+    detail = f"study {study} to {to}: {len(infos)} instances, by {', '.join(rules)}"
+    await ledger.audit(to, "policy-allowed", None, detail, study_uid=study, patient_id=patient)

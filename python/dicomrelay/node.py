@@ -144,7 +144,8 @@ class Node:
 
     # Sending (the outbox's).
     async def send(self, source: Source, *, to: str, priority: str = "routine") -> Transfer:
-        """Queue a study for ``to``; the returned Transfer yields its receipt."""
+        """Queue a study for ``to`` (PolicyRefused, nothing queued, if the
+        node's rules do not allow it); the returned Transfer yields its receipt."""
         return await self.outbox.send(source, to=to, priority=priority)
 
     def take(self, transfer_id: str) -> Transfer:

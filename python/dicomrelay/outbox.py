@@ -133,21 +133,38 @@ class Outbox:
             self._claim_now.set()
 
     # Queueing.
-    async def send(self, source: Source, *, to: str, priority: str = "routine") -> Transfer:
-        """Queue a study for ``to``; the returned Transfer yields its receipt."""
-        transfer = await queue_study(self.config, self.ledger, source, to=to, priority=priority)
+    async def send(
+        self, source: Source, *, to: str, priority: str = "routine", source_ae: str | None = None
+    ) -> Transfer:
+        """Queue a study for ``to``, if the policy allows it (PolicyRefused if
+        not); the returned Transfer yields its receipt."""
+        transfer = await queue_study(
+            self.config, self.ledger, source, to=to, priority=priority, source_ae=source_ae
+        )
         handle = self._transfers[transfer.id] = Transfer(transfer.id)
         self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer.id))
         return self.take(transfer.id)
 
     async def send_stored(
-        self, digests: list[str], *, to: str, priority: str = "routine"
+        self,
+        digests: list[str],
+        *,
+        to: str,
+        priority: str = "routine",
+        source_ae: str | None = None,
     ) -> Transfer:
-        """Queue instances of one study held in this node's store for ``to``."""
+        """Queue instances of one study held in this node's store for ``to``
+        (``source_ae``: the calling AE title that stored it, for the policy)."""
         if self.store is None:
             raise DicomrelayError("this outbox was given no store to send from")
         transfer = await queue_stored(
-            self.config, self.ledger, self.store, digests, to=to, priority=priority
+            self.config,
+            self.ledger,
+            self.store,
+            digests,
+            to=to,
+            priority=priority,
+            source_ae=source_ae,
         )
         handle = self._transfers[transfer.id] = Transfer(transfer.id)
         self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer.id))

@@ -20,6 +20,7 @@ from types import FrameType
 
 from dicomrelay.allocator import keep_freed_memory
 from dicomrelay.cli import (
+    audit_command,
     dicom_commands,
     loadtest_command,
     node_commands,
@@ -31,6 +32,7 @@ from dicomrelay.cli import (
 SUBCOMMANDS = (
     loadtest_command,
     node_commands,
+    audit_command,
     pki_commands,
     dicom_commands,
     scan_command,

@@ -272,13 +272,24 @@ def run_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_ledger(config: NodeConfig, path: Path) -> None:
+    """Reading must not create: a mistyped data_dir is not an empty node."""
+    if config.ledger is None and not (config.data_dir / "ledger.sqlite").is_file():
+        from dicomrelay.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"no ledger in {config.data_dir} (data_dir of {path}):"
+            " the node has not run there; check data_dir"
+        )
+
+
 def run_export(args: argparse.Namespace) -> int:
     from dicomrelay.config import NodeConfig
     from dicomrelay.export import export_study
     from dicomrelay.ledger import open_ledger
 
     config = NodeConfig.from_toml(args.config)
-    _require_ledger(config, args.config)
+    require_ledger(config, args.config)
 
     async def export() -> tuple[int, list[str]]:
         ledger = await open_ledger(
@@ -302,23 +313,12 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_ledger(config: NodeConfig, path: Path) -> None:
-    if config.ledger is None and not (config.data_dir / "ledger.sqlite").is_file():
-        # Reading must not create: a mistyped data_dir is not an empty node.
-        from dicomrelay.errors import ConfigurationError
-
-        raise ConfigurationError(
-            f"no ledger in {config.data_dir} (data_dir of {path}):"
-            " the node has not run there; check data_dir"
-        )
-
-
 def run_status(args: argparse.Namespace) -> int:
     from dicomrelay.config import NodeConfig
     from dicomrelay.ledger import TransferState, open_ledger
 
     config = NodeConfig.from_toml(args.config)
-    _require_ledger(config, args.config)
+    require_ledger(config, args.config)
 
     async def status() -> tuple[dict[str, int], Rows, Rows]:
         ledger = await open_ledger(

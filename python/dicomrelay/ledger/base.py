@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from dicomrelay.audit import AuditQuery, AuditRecord, Outcome
+
 # Where a segment store keeps a record: (segment, offset of its header, data length).
 Location = tuple[int, int, int]
 
@@ -258,5 +260,25 @@ class Ledger(Protocol):
         ...
 
     # Both sides.
-    async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None: ...
+    async def audit(
+        self,
+        org: str,
+        action: str,
+        transfer_id: str | None,
+        detail: str,
+        *,
+        study_uid: str | None = None,
+        patient_id: str | None = None,
+        remote: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> None:
+        """One audit row: about ``org`` (an organisation or caller), what it
+        did or had done, from where, and how it ended (``outcome`` None: as
+        the action's name implies)."""
+        ...
+
+    async def audit_trail(self, query: AuditQuery) -> list[AuditRecord]:
+        """The audit rows ``query`` matches, oldest first."""
+        ...
+
     async def counts(self) -> dict[str, int]: ...

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from dicomrelay.audit import AuditQuery, AuditRecord, Outcome, outcome_of
 from dicomrelay.ledger.base import (
     IncomingInstance,
     IncomingTransfer,
@@ -18,6 +19,7 @@ from dicomrelay.ledger.base import (
 from dicomrelay.ledger.dialect import Dialect
 from dicomrelay.ledger.statements import (
     Statements,
+    audit_query,
     incoming_from_row,
     incoming_instance_from_row,
     outgoing_from_row,
@@ -362,9 +364,53 @@ class SqlLedger:
         await self._one(Query(self._sql.finish_delivery, params))
 
     # Both sides.
-    async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None:
-        params = (time.time(), org, action, transfer_id, detail)
+    async def audit(
+        self,
+        org: str,
+        action: str,
+        transfer_id: str | None,
+        detail: str,
+        *,
+        study_uid: str | None = None,
+        patient_id: str | None = None,
+        remote: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> None:
+        if outcome is None:
+            outcome = outcome_of(action)
+        params = (
+            time.time(),
+            org,
+            action,
+            transfer_id,
+            detail,
+            study_uid,
+            patient_id,
+            remote,
+            int(outcome),
+        )
         await self._one(Query(self._sql.audit, params))
+
+    async def audit_trail(self, query: AuditQuery) -> list[AuditRecord]:
+        sql, params = audit_query(
+            query.patient_id, query.study_uid, query.org, query.since, query.until, query.limit
+        )
+        rows = await self._one(Query(self._driver.dialect.render(sql), params))
+        return [
+            AuditRecord(
+                id=int(r[0]),
+                at=float(r[1]),
+                org=r[2],
+                action=r[3],
+                transfer_id=r[4],
+                detail=r[5],
+                patient_id=r[6],
+                remote=r[7],
+                outcome=Outcome(r[8]) if r[8] is not None else outcome_of(r[3]),
+                study_uid=r[9],
+            )
+            for r in rows
+        ]
 
     async def counts(self) -> dict[str, int]:
         q = self._sql

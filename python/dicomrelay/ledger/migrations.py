@@ -147,6 +147,19 @@ MIGRATIONS = (
     ),
     Migration(
         3,
+        "the audit trail names the study, patient, remote address and outcome, indexed",
+        (
+            AddColumn("audit", "study_uid", "TEXT"),
+            AddColumn("audit", "patient_id", "TEXT"),
+            AddColumn("audit", "remote", "TEXT"),
+            AddColumn("audit", "outcome", "INTEGER"),
+            "CREATE INDEX audit_at ON audit (at)",
+            "CREATE INDEX audit_study ON audit (study_uid)",
+            "CREATE INDEX audit_patient ON audit (patient_id)",
+        ),
+    ),
+    Migration(
+        4,
         "instances in a segment store: each digest's location, and the store's durable end",
         (
             # One row per digest a store holds (content-addressed: every instance

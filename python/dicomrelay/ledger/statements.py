@@ -47,6 +47,57 @@ RELEASE = (
 )
 
 
+AUDIT_COLUMNS = (
+    "a.id, a.at, a.org, a.action, a.transfer_id, a.detail, a.patient_id, a.remote, a.outcome,"
+    " coalesce(a.study_uid, (SELECT o.study_uid FROM outgoing o WHERE o.id = a.transfer_id),"
+    " (SELECT min(i.study_uid) FROM incoming i WHERE i.transfer_id = a.transfer_id))"
+)
+# A study's rows: those naming it, and those of the transfers that carried it.
+AUDIT_OF_STUDY = (
+    "(a.study_uid = ? OR a.transfer_id IN (SELECT id FROM outgoing WHERE study_uid = ?)"
+    " OR a.transfer_id IN (SELECT transfer_id FROM incoming WHERE study_uid = ?))"
+)
+# A patient's rows: those naming the patient, and the rows of every study a row
+# names with the patient (and of the transfers that carried those studies).
+AUDIT_OF_PATIENT = (
+    "(a.patient_id = ? OR a.study_uid IN ({studies})"
+    " OR a.transfer_id IN (SELECT id FROM outgoing WHERE study_uid IN ({studies}))"
+    " OR a.transfer_id IN (SELECT transfer_id FROM incoming WHERE study_uid IN ({studies})))"
+).replace("{studies}", "SELECT p.study_uid FROM audit p WHERE p.patient_id = ?")
+
+
+def audit_query(
+    patient_id: str | None,
+    study_uid: str | None,
+    org: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+) -> tuple[str, tuple[Any, ...]]:
+    """The audit rows matching every condition given, oldest first (``?``
+    placeholders: render with the dialect)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if patient_id is not None:
+        where.append(AUDIT_OF_PATIENT)
+        params += [patient_id] * 4
+    if study_uid is not None:
+        where.append(AUDIT_OF_STUDY)
+        params += [study_uid] * 3
+    if org is not None:
+        where.append("a.org = ?")
+        params.append(org)
+    if since is not None:
+        where.append("a.at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("a.at < ?")
+        params.append(until)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    sql = f"SELECT {AUDIT_COLUMNS} FROM audit a{clause} ORDER BY a.at, a.id LIMIT ?"
+    return sql, (*params, limit)
+
+
 class Statements:
     """The ledger's statements in one dialect. States appear as TransferState's
     values: they are stored, so they never change."""
@@ -248,7 +299,8 @@ class Statements:
 
         # Both sides.
         self.audit = sql(
-            "INSERT INTO audit (at, org, action, transfer_id, detail) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO audit (at, org, action, transfer_id, detail, study_uid, patient_id,"
+            " remote, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self.outgoing_by_state = sql("SELECT state, count(*) FROM outgoing GROUP BY state")
         self.committed_incoming = sql("SELECT count(*) FROM incoming WHERE committed IS NOT NULL")
