@@ -425,7 +425,8 @@ async def test_full_disk_at_the_storage_scp(tmp_path: Path) -> None:
 def fill(path: Path) -> None:
     """Write ``path`` until its filesystem is full."""
     block = b"\0" * (64 << 10)
-    with path.open("wb") as f, contextlib.suppress(OSError):
+    # Unbuffered: nothing left over to write (and fail) when the file closes.
+    with path.open("wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(block)
             f.flush()
