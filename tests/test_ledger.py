@@ -518,3 +518,80 @@ async def test_a_memory_ledger_is_the_same_ledger_without_a_file(
     await ledger.close()
     await other.close()
     assert list(tmp_path.iterdir()) == [], "nothing written to disk"
+
+
+async def test_segment_index_rounds_compaction_switches_and_drops(backend: Backend) -> None:
+    """A round's locations, rows and durable end land together; a digest
+    located before keeps its place; compaction moves only rows still where it
+    read them; dropping a study frees only digests nothing else names."""
+    ledger = await backend.open()
+    a, b, c = (f"{n:064x}" for n in (10, 11, 12))
+    assert await ledger.segment_end("S") is None
+    await ledger.note_incoming("RX1", TID, "1.2.3", 2, "sha256")
+    got = received([("u0", a), ("u1", b)])
+    await ledger.record_round(
+        "S", (1, 20480), [(a, (1, 4096, 100)), (b, (1, 8192, 200))], [("RX1", TID, i) for i in got]
+    )
+    assert await ledger.segment_end("S") == (1, 20480)
+    assert await ledger.segment_end("other") is None
+    assert sorted(await ledger.received("RX1", TID)) == [0, 1]
+    # A digest written again (its copy is garbage) keeps the first place.
+    await ledger.record_round("S", (1, 24576), [(a, (1, 20480, 100))], [])
+    assert await ledger.locations("S", [a, b, c]) == {a: (1, 4096, 100), b: (1, 8192, 200)}
+    assert await ledger.locations("other", [a]) == {}
+    assert await ledger.segment_usage("S") == [(1, 2, 300)]
+    assert await ledger.records_in_segment("S", 1) == [(a, (1, 4096, 100)), (b, (1, 8192, 200))]
+
+    moves = [(a, (1, 4096, 100), (2, 4096, 100)), (b, (1, 9999, 200), (2, 8192, 200))]
+    assert await ledger.move_records("S", moves, (2, 12288)) == 1  # b was not where it said
+    assert await ledger.locations("S", [a, b]) == {a: (2, 4096, 100), b: (1, 8192, 200)}
+    assert await ledger.segment_end("S") == (2, 12288)
+
+    # Still arriving (not committed): nothing of it may go.
+    assert await ledger.drop_studies(["1.2.3"]) == 0
+    await ledger.commit_incoming("RX1", TID, "1.2.3", b"r", 5.0)
+    assert await ledger.expired_studies(4.0) == []
+    assert await ledger.expired_studies(6.0) == ["1.2.3"]
+    # Another study naming b keeps b's record.
+    other = "e" * 32
+    await ledger.note_incoming("RX2", other, "4.5.6", 1, "sha256")
+    await ledger.record_round("S", (2, 12288), [], [("RX2", other, received([("v0", b)])[0])])
+    await ledger.commit_incoming("RX2", other, "4.5.6", b"r", 9.0)
+    assert await ledger.expired_studies(6.0) == ["1.2.3"]
+    assert await ledger.drop_studies(["1.2.3"]) == 1
+    assert await ledger.study("1.2.3") == []
+    assert await ledger.locations("S", [a, b]) == {b: (1, 8192, 200)}
+    assert await ledger.drop_studies(["4.5.6", "7.8.9"]) == 1
+    assert await ledger.locations("S", [a, b]) == {}
+    assert await ledger.segment_usage("S") == []
+    await ledger.close()
+
+
+async def test_what_the_scp_stored_goes_once_the_transfer_routing_it_is_done(
+    backend: Backend,
+) -> None:
+    """Records the DICOM SCP stored (sent from the store by a routed transfer)
+    go once that transfer is done and older than asked, unless another
+    transfer still to send (or a dead letter, which may be sent again) names
+    them."""
+    import dataclasses
+
+    ledger = await backend.open()
+    stored = [dataclasses.replace(i, path=f"store:{i.digest}") for i in instances(3)]
+    await ledger.add_outgoing(transfer(), stored)
+    other = "d" * 32
+    await ledger.add_outgoing(transfer(id=other), stored[2:])
+    located = [(i.digest, (1, 4096 * (n + 1), i.size)) for n, i in enumerate(stored)]
+    await ledger.record_round("S", (1, 20480), located, [])
+    assert await ledger.drop_routed("S", before=1e12) == 0, "not done yet"
+    await ledger.set_outgoing_state(TID, TransferState.DONE)
+    assert await ledger.drop_routed("S", before=0.0) == 0, "done after the time given"
+    assert await ledger.drop_routed("S", before=1e12) == 2, "the other transfer still needs one"
+    assert await ledger.locations("S", [i.digest for i in stored]) == {
+        stored[2].digest: (1, 12288, stored[2].size)
+    }
+    await ledger.set_outgoing_state(other, TransferState.DEAD)
+    assert await ledger.drop_routed("S", before=1e12) == 0, "a dead letter may be sent again"
+    await ledger.set_outgoing_state(other, TransferState.DONE)
+    assert await ledger.drop_routed("S", before=1e12) == 1
+    await ledger.close()

@@ -106,7 +106,8 @@ async def test_an_older_sqlite_ledger_migrates_once_and_works(schema: str, tmp_p
     versions = sqlite_versions(path)
     assert [v for v, _ in versions] == [m.version for m in MIGRATIONS]
     assert "outgoing_state" not in sqlite_indexes(path), "migration 2 replaced it"
-    assert {"outgoing_due", "incoming_digest"} <= sqlite_indexes(path)
+    assert {"outgoing_due", "incoming_by_digest", "store_digest"} <= sqlite_indexes(path)
+    assert "incoming_digest" not in sqlite_indexes(path), "migration 3 replaced it"
 
     reopened = SqliteLedger(path)  # nothing left to apply
     assert (await reopened.outgoing(TID)) is not None
@@ -203,7 +204,7 @@ async def test_an_older_postgres_ledger_migrates_once_and_works(
     in_schema = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
     indexes = {r[0] for r in await postgres_rows(url, schema, in_schema)}
     assert "outgoing_state" not in indexes
-    assert {"outgoing_due", "incoming_digest"} <= indexes
+    assert {"outgoing_due", "incoming_by_digest", "store_digest"} <= indexes
 
     reopened = await PostgresLedger.open(url, schema=schema)
     assert (await reopened.outgoing(TID)) is not None

@@ -26,6 +26,8 @@ __all__ = [
     "ReleaseRp",
     "ReleaseRq",
     "RoleSelection",
+    "SegmentFaults",
+    "SegmentReader",
     "SegmentStore",
     "SopClassCommonExtended",
     "SopClassExtended",
@@ -104,7 +106,7 @@ class InstanceInfo:
     def __hash__(self) -> int: ...
 
 def scan(
-    data: _Buffer, *, digest: _DigestName | None = None, chunk_size: int | None = None
+    data: _Buffer | Payload, *, digest: _DigestName | None = None, chunk_size: int | None = None
 ) -> InstanceInfo: ...
 def scan_file(
     path: str | os.PathLike[str],
@@ -170,6 +172,7 @@ class Channel:
         stream: int = 0,
         flags: int = 0,
         digest: bytes | None = None,
+        base: int = 0,
     ) -> None: ...
     def take_outgoing(self) -> Payload: ...
     def close(self) -> None: ...
@@ -239,10 +242,15 @@ class SegmentStore:
         durable_end: tuple[int, int] | None,
         segment_size: int = 1073741824,
         buffer_size: int = 8388608,
+        faults: SegmentFaults | None = None,
     ) -> SegmentStore: ...
     def append(
         self, data: _Buffer | Payload, digest: str, *, algorithm: _DigestName = "sha256"
     ) -> _Location: ...
+    def append_file(
+        self, path: str | os.PathLike[str], digest: str, *, algorithm: _DigestName = "sha256"
+    ) -> _Location:
+        """A record of the whole file, read a buffer at a time (for large instances)."""
     def append_many(
         self,
         records: Iterable[tuple[_Buffer | Payload, str]],
@@ -270,6 +278,24 @@ class SegmentStore:
     def close(self) -> None: ...
     def __enter__(self) -> SegmentStore: ...
     def __exit__(self, exc_type: object, exc: object, tb: object, /) -> None: ...
+
+@final
+class SegmentReader:
+    """Reads durable records, by locations from the ledger, while another
+    process appends: no lock, no recovery."""
+
+    def __new__(cls, root: str | os.PathLike[str]) -> SegmentReader: ...
+    def read(self, location: _Location, digest: str, *, verify: bool = False) -> Payload: ...
+
+@final
+class SegmentFaults:
+    """Failures injected into a SegmentStore's data writes and fdatasyncs (an errno; 0: none)."""
+
+    def __new__(cls) -> SegmentFaults: ...
+    def fail_writes(self, errno: int) -> None: ...
+    def fail_syncs(self, errno: int) -> None: ...
+    @property
+    def syncs(self) -> int: ...
 
 # DICOM Upper Layer PDUs (PS3.8 section 9.3). Constructors are keyword-only;
 # an A-ASSOCIATE PDU that cannot be encoded raises ValueError when built.

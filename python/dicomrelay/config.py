@@ -55,6 +55,28 @@ class Limits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StoreConfig:
+    """The segment store a node keeps received instances in, and what it
+    drops: nothing, unless told (``[store]`` in TOML)."""
+
+    segment_mb: int = 1024  # each segment file's preallocated size
+    drop_after_delivery: bool = False  # drop a study once delivered into the PACS
+    keep_days: float | None = None  # drop committed studies older than this (None: keep)
+    compact_below: float = 0.5  # rewrite a sealed segment less than this share live
+    sweep_seconds: float = 600.0  # how often retention and compaction run
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.segment_mb <= 1 << 20:
+            raise ConfigurationError(f"segment_mb must be from 1 to 1048576, not {self.segment_mb}")
+        if self.keep_days is not None and self.keep_days <= 0:
+            raise ConfigurationError(f"keep_days must be positive, not {self.keep_days}")
+        if not 0 <= self.compact_below <= 1:
+            raise ConfigurationError(f"compact_below must be from 0 to 1, not {self.compact_below}")
+        if self.sweep_seconds <= 0:
+            raise ConfigurationError(f"sweep_seconds must be positive, not {self.sweep_seconds}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Route:
     """Where studies received over DICOM go: the first route whose conditions
     (each optional) all match the storing association and the dataset."""
@@ -126,6 +148,7 @@ class NodeConfig:
     insecure_plaintext: bool = False
     limits: Limits = field(default_factory=Limits)
     dicom: DicomConfig | None = None
+    store: StoreConfig = field(default_factory=StoreConfig)
     # None: SQLite in data_dir; a postgresql:// URL (libpq): a ledger that several
     # workers or machines share, its tables in ledger_schema. Not in repr: it may
     # hold a password.
@@ -225,6 +248,7 @@ def _node_from_toml(cls: type[NodeConfig], raw: Table) -> NodeConfig:
         insecure_plaintext=node.flag("insecure_plaintext", False),
         limits=limits,
         dicom=_dicom_from_toml(dicom_table) if dicom_table is not None else None,
+        store=_store_from_toml(raw.table("store")),
         ledger=node.text("ledger", None),
         ledger_schema=node.text("ledger_schema", "dicomrelay"),
         worker=node.text("worker", None),
@@ -251,6 +275,27 @@ def _limits_from_toml(t: Table | None) -> Limits:
                 raise t.error(f"{f.name} must not be negative, not {values[f.name]}")
     t.finish()
     return Limits(**values)
+
+
+def _store_from_toml(t: Table | None) -> StoreConfig:
+    """``[store]``: segment_mb, drop_after_delivery, keep_days, compact_below,
+    sweep_seconds."""
+    if t is None:
+        return StoreConfig()
+    default = StoreConfig()
+    keep_days = t.number("keep_days", 0.0) if "keep_days" in t else None
+    try:
+        config = StoreConfig(
+            segment_mb=t.integer("segment_mb", default.segment_mb, low=1, high=1 << 20),
+            drop_after_delivery=t.flag("drop_after_delivery", default.drop_after_delivery),
+            keep_days=keep_days,
+            compact_below=t.number("compact_below", default.compact_below),
+            sweep_seconds=t.number("sweep_seconds", default.sweep_seconds),
+        )
+    except ConfigurationError as e:
+        raise t.error(str(e)) from None
+    t.finish()
+    return config
 
 
 def _dicom_from_toml(d: Table) -> DicomConfig:

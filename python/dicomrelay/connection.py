@@ -155,12 +155,14 @@ class Connection:
         stream: int = 0,
         flags: int = 0,
         digest: bytes | None = None,
+        base: int = 0,
     ) -> None:
-        """Send ``length`` bytes of an open file as one frame's payload; the bytes
-        never become a Python object."""
+        """Send ``length`` bytes of an open file, at ``base + offset``, as one
+        frame's payload (``offset`` the frame's, within an instance that starts
+        at ``base`` in the file); the bytes never become a Python object."""
         async with self._send_lock:
             self.channel.send_from_file(
-                kind, fd, offset, length, stream=stream, flags=flags, digest=digest
+                kind, fd, offset, length, stream=stream, flags=flags, digest=digest, base=base
             )
             await self._write()
 

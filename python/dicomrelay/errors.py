@@ -62,6 +62,14 @@ class CorruptRecord(StorageError):
     asked for. Never served; the message names the segment file and offset."""
 
 
+class InstanceNotStored(DicomrelayError, LookupError):
+    """The store holds no instance with that digest (never stored, or dropped)."""
+
+
+class UnknownStudy(DicomrelayError, LookupError):
+    """No committed study with that Study Instance UID in the ledger."""
+
+
 class TlsError(DicomrelayError, ConnectionError):
     """The TLS layer failed: an untrusted or misnamed certificate, or a broken record."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -22,19 +21,23 @@ from dicomrelay.config import DicomConfig, NodeConfig
 from dicomrelay.dicom import tls
 from dicomrelay.dicom.scp import Refusal, StoredInstance, StoreScp
 from dicomrelay.errors import DicomrelayError
-from dicomrelay.intake import adopt
+from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger
-from dicomrelay.pacs_delivery import deliver_files
-from dicomrelay.sources import Source
-from dicomrelay.store import BlobStore
+from dicomrelay.pacs_delivery import deliver_instances
+from dicomrelay.scp_store import StoreCommit
 from dicomrelay.transfer import Transfer
 
 
 class StudySender(Protocol):
-    """Where routed studies go: the node's outbox."""
+    """Where routed studies go: the node's outbox, which sends them from the store."""
 
-    async def send(
-        self, source: Source, *, to: str, priority: str = ..., source_ae: str | None = ...
+    async def send_stored(
+        self,
+        digests: list[str],
+        *,
+        to: str,
+        priority: str = ...,
+        source_ae: str | None = ...,
     ) -> Transfer: ...
 
 
@@ -44,7 +47,7 @@ class DicomGateway:
         config: NodeConfig,
         dicom: DicomConfig,
         ledger: Ledger,
-        store: BlobStore,
+        store: InstanceStore,
         sender: StudySender,
         committed: MemoryObjectReceiveStream[str] | None,
     ) -> None:
@@ -107,7 +110,9 @@ class DicomGateway:
             require_called_ae_title=True,
             on_association_end=self._route_received,
             on_refusal=self._audit_refusal,
-            digest=None,  # routing digests each instance as it records it in the ledger
+            # Into the node's store, by rounds (each file digested as it arrives).
+            digest=self.config.digest,
+            commits=StoreCommit(self.store, self.config.digest),
             tls=None
             if dicom.tls is None
             else tls.server_context(
@@ -147,12 +152,11 @@ class DicomGateway:
                 await self.ledger.audit(self.config.org, "unrouted", None, detail, study_uid=study)
                 continue
             try:
-                # Content-addressed copies: a later store of the same SOP Instance
-                # UID replaces the received file, not what this transfer sends.
-                paths = [s.path for s in instances]
-                blobs = await anyio.to_thread.run_sync(adopt, self.store, paths, self.config.digest)
-                transfer = await self.sender.send(
-                    [str(b) for b in blobs], to=to, source_ae=first.calling_ae_title
+                # Sent from the store, by digest: a later store of the same SOP
+                # Instance UID is another record, and changes nothing this sends.
+                digests = [s.digest for s in instances if s.digest is not None]
+                transfer = await self.sender.send_stored(
+                    digests, to=to, source_ae=first.calling_ae_title
                 )
             except (DicomrelayError, OSError, ValueError) as e:
                 await self.ledger.audit(
@@ -187,23 +191,27 @@ class DicomGateway:
     async def _deliver_study(self, study: str, requested: float) -> None:
         pacs = self.dicom.deliver_to
         assert pacs is not None
-        rows = await self.ledger.study(study)
-        paths = [str(path) for _uid, path in study_paths(self.store, rows)]
-        error = await deliver_files(
-            paths, self.dicom, tls=self._pacs_tls, limits=self.config.limits, rng=self._random
+        digests = [digest for _uid, digest, _size in await self.ledger.study(study)]
+        error = await deliver_instances(
+            self.store,
+            digests,
+            self.dicom,
+            tls=self._pacs_tls,
+            limits=self.config.limits,
+            rng=self._random,
         )
         delivered = not error
         await self.ledger.finish_delivery(
             study, requested=requested, delivered=delivered, error=error
         )
         if delivered:
-            detail = f"{len(paths)} instances of {study} to {pacs.ae_title}"
+            detail = f"{len(digests)} instances of {study} to {pacs.ae_title}"
             await self.ledger.audit(self.config.org, "delivered", None, detail, study_uid=study)
+            if self.config.store.drop_after_delivery:
+                await self.store.drop_studies([study])
+                await self.ledger.audit(
+                    self.config.org, "dropped", None, f"{study}: delivered", study_uid=study
+                )
         else:
             detail = f"{study} to {pacs.ae_title}: {error}"
             await self.ledger.audit(self.config.org, "delivery-dead", None, detail, study_uid=study)
-
-
-def study_paths(store: BlobStore, rows: list[tuple[str, str, int]]) -> list[tuple[str, Path]]:
-    """A study's ledger rows (SOP Instance UID, digest, size) as blob paths."""
-    return [(uid, store.path_of(digest)) for uid, digest, _size in rows]

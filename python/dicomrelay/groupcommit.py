@@ -16,11 +16,24 @@ import contextlib
 import math
 import os
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
 
 from dicomrelay._native import sync_filesystem
+
+
+class Commits(Protocol):
+    """Where the storage SCP makes the files it received durable: the folder
+    of ``GroupCommit`` (``dicomrelay storescp``), or a node's instance store."""
+
+    def add(self, temp: Path, final: Path, digest: str | None = None) -> int: ...
+    @property
+    def flushing(self) -> bool: ...
+    async def wait(self, ticket: int) -> None: ...
+    async def flush_soon(self, interval: float) -> None: ...
+    def close(self) -> None: ...
 
 
 class GroupCommit:
@@ -37,8 +50,9 @@ class GroupCommit:
         self._last_start = -math.inf  # when the last flush began (anyio clock)
         self._soon = False  # a flush_soon is waiting to flush
 
-    def add(self, temp: Path, final: Path) -> int:
-        """``temp`` is written and closed; it is to become ``final``."""
+    def add(self, temp: Path, final: Path, digest: str | None = None) -> int:
+        """``temp`` is written and closed; it is to become ``final``. (``digest``,
+        its bytes' digest, is for commits that store by content.)"""
         self._added += 1
         self._files[self._added] = (temp, final)
         return self._added

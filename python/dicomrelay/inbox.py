@@ -1,5 +1,6 @@
 """``Inbox``: a node's receiving side. It listens for other organisations'
-nodes, stores what they send through the group committer, and reports each
+nodes, stores what they send through the group committer (rounds of the
+instance store), and reports each
 study it commits on a memory stream (``committed``), for whoever delivers
 studies onwards."""
 
@@ -14,9 +15,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from dicomrelay import sockets
 from dicomrelay._native import TlsConfig
 from dicomrelay.config import NodeConfig
+from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger
-from dicomrelay.receiver import Committer, Receiver
-from dicomrelay.store import BlobStore
+from dicomrelay.receiver import Committer, Receiver, discard_stored_partials
+from dicomrelay.store import PartialFiles
 
 
 class Inbox:
@@ -24,7 +26,8 @@ class Inbox:
         self,
         config: NodeConfig,
         ledger: Ledger,
-        store: BlobStore,
+        store: InstanceStore,
+        partials: PartialFiles,
         server_tls: TlsConfig | None,
         key_pem: bytes | None,
         *,
@@ -33,13 +36,16 @@ class Inbox:
         """``report_commits``: put each committed study's UID on ``committed``
         (unbounded: a commit never waits for a delivery; studies are few)."""
         self.config = config
-        self.committer = Committer(ledger, store)
+        self._ledger = ledger
+        self._partials = partials
+        self.committer = Committer(store)
         send, receive = anyio.create_memory_object_stream[str](math.inf)
         self.committed: MemoryObjectReceiveStream[str] = receive
         self._receiver = Receiver(
             config,
             ledger,
             store,
+            partials,
             self.committer,
             server_tls,
             key_pem,
@@ -53,6 +59,7 @@ class Inbox:
         started once listening."""
         cfg = self.config
         try:
+            await discard_stored_partials(self._ledger, self._partials)
             # Bound before any task starts: a busy port is the one error raised.
             listener = None
             if cfg.listen_port is not None:
@@ -65,4 +72,3 @@ class Inbox:
                 task_status.started()
         finally:
             self._commits.close()
-            self.committer.close()

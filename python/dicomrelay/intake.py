@@ -1,24 +1,24 @@
 """A study becomes a queued transfer: its files found (in-memory instances
-written to the outbox first), scanned, and recorded in the ledger, where
-whichever node or worker claims it sends it."""
+written to the outbox first), or its instances in this node's store, scanned,
+and recorded in the ledger, where whichever node or worker claims it sends it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
-from pathlib import Path
 
 import anyio.to_thread
 
-from dicomrelay._native import InstanceInfo, scan_many
-from dicomrelay.config import DigestName, NodeConfig
+from dicomrelay._native import InstanceInfo, scan, scan_many
+from dicomrelay.config import NodeConfig
 from dicomrelay.errors import DicomrelayError
+from dicomrelay.instance_store import STORED, InstanceStore
 from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
 from dicomrelay.policy import Decision, PolicyRefused, Subject, decide, study_refusal
 from dicomrelay.protocol import PRIORITIES
 from dicomrelay.sources import Source, materialise
-from dicomrelay.store import BlobStore
 
 
 class NotAStudy(DicomrelayError, ValueError):
@@ -100,6 +100,71 @@ async def queue_study(
     return transfer
 
 
+async def queue_stored(
+    config: NodeConfig,
+    ledger: Ledger,
+    store: InstanceStore,
+    digests: list[str],
+    *,
+    to: str,
+    priority: str = "routine",
+    source_ae: str | None = None,
+) -> OutgoingTransfer:
+    """Record instances held in this node's store (what its DICOM SCP
+    received: one study) as a transfer to ``to``, queued and due now, if the
+    node's policy allows every instance of it to go there (as ``queue_study``).
+    Each is read back once, for its chunks' digests, and checked against its
+    own; the transfer sends them from the store, where nothing replaces them."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
+    peer = config.peer(to)
+    chunk = config.limits.chunk_size
+    instances: list[OutgoingInstance] = []
+    infos: list[InstanceInfo] = []
+    study: str | None = None
+    for n, digest in enumerate(digests):
+        data = await store.read_instance(digest)
+        info = await anyio.to_thread.run_sync(
+            functools.partial(scan, digest=config.digest, chunk_size=chunk), data
+        )
+        if info.digest != digest:
+            raise DicomrelayError(f"stored instance {digest} is not the one recorded")
+        if study is None:
+            study = info.study_instance_uid
+        if info.study_instance_uid != study or study is None:
+            raise NotAStudy("a transfer carries one study; the instances given hold several")
+        infos.append(info)
+        instances.append(
+            OutgoingInstance(
+                index=n,
+                path=STORED + digest,
+                sop_instance_uid=info.sop_instance_uid or "",
+                size=info.size,
+                digest=digest,
+                chunk_digests=info.chunk_digests,
+            )
+        )
+    if study is None:
+        raise NotAStudy("nothing to send: no instances given")
+    await _check_policy(config, ledger, infos, study, peer.code, priority, source_ae)
+    now = time.time()
+    transfer = OutgoingTransfer(
+        id=uuid.uuid4().hex,
+        destination=peer.code,
+        study_instance_uid=study,
+        priority=priority,
+        digest=config.digest,
+        chunk_size=chunk,
+        state=TransferState.QUEUED,
+        attempts=0,
+        next_attempt=now,
+        created=now,
+        total=len(instances),
+    )
+    await ledger.add_outgoing(transfer, instances)
+    return transfer
+
+
 async def _check_policy(
     config: NodeConfig,
     ledger: Ledger,
@@ -139,17 +204,3 @@ async def _check_policy(
     rules = sorted({d.rule or "default" for d in decisions})
     detail = f"study {study} to {to}: {len(infos)} instances, by {', '.join(rules)}"
     await ledger.audit(to, "policy-allowed", None, detail, study_uid=study, patient_id=patient)
-
-
-def adopt(store: BlobStore, paths: list[Path], digest: DigestName) -> list[Path]:
-    """Files that a later file may replace (a DICOM store of the same SOP
-    Instance UID), kept as blobs of the bytes they hold now: what a transfer
-    sends must stay what its ledger rows name."""
-
-    def digest_of(path: Path) -> str:
-        [info] = scan_many([path], digest=digest)
-        if not isinstance(info, InstanceInfo) or info.digest is None:
-            raise DicomrelayError(f"{path}: cannot read what was stored: {info}")
-        return info.digest
-
-    return [store.adopt(path, digest_of) for path in paths]

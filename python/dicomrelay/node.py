@@ -1,26 +1,30 @@
 """``Node``: one organisation's engine, wired once. It builds the ledger, the
-blob store, the outbox (sending), the inbox (receiving) and, when configured,
-the DICOM gateway, and owns their lifetimes through one exit stack; the parts
-talk through narrow interfaces and memory streams, never through the node."""
+instance store (and its keeper: retention, compaction), the outbox (sending),
+the inbox (receiving) and, when configured, the DICOM gateway, and owns their
+lifetimes through one exit stack; the parts talk through narrow interfaces
+and memory streams, never through the node."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import anyio
 
 from dicomrelay._native import TlsConfig
+from dicomrelay.blob_import import import_blobs
 from dicomrelay.config import NodeConfig
-from dicomrelay.gateway import DicomGateway, study_paths
+from dicomrelay.errors import DicomrelayError
+from dicomrelay.gateway import DicomGateway
 from dicomrelay.inbox import Inbox
+from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger, open_ledger
 from dicomrelay.outbox import Outbox
+from dicomrelay.retention import StoreKeeper
 from dicomrelay.sources import Source
-from dicomrelay.store import BlobStore
+from dicomrelay.store import PartialFiles
 from dicomrelay.transfer import Event, Transfer
 
 
@@ -45,6 +49,7 @@ class Node:
         self._stack = AsyncExitStack()
         self.port: int | None = None
         self.dicom_port: int | None = None
+        self._store: InstanceStore | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -61,26 +66,56 @@ class Node:
             cfg.ledger, data_dir=cfg.data_dir, schema=cfg.ledger_schema
         )
         stack.push_async_callback(self.ledger.close)
-        self.store = BlobStore(cfg.data_dir / "store")
         client_tls, server_tls, key_pem = self._tls()
-        self.outbox = Outbox(
-            cfg, self.ledger, client_tls, observer=self._observer, share_work=self._share_work
-        )
         dicom = cfg.dicom
-        delivers = dicom is not None and dicom.deliver_to is not None
-        self.inbox = Inbox(
-            cfg, self.ledger, self.store, server_tls, key_pem, report_commits=delivers
+        # Only a node that receives keeps a store (a sending-only node, such
+        # as `dicomrelay send` alone, must not take the serving node's).
+        receives = cfg.listen_port is not None or dicom is not None
+        if receives:
+            root = cfg.data_dir / "store"
+            self._store = await InstanceStore.open(
+                root / "segments", self.ledger, segment_size=cfg.store.segment_mb << 20
+            )
+            stack.callback(self._store.close)
+            await import_blobs(root / "blobs", self._store)  # kept by earlier releases
+        self.outbox = Outbox(
+            cfg,
+            self.ledger,
+            client_tls,
+            observer=self._observer,
+            share_work=self._share_work,
+            store=self._store,
         )
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)  # leaving: stop the parts, then wait for them
-        await tg.start(self.inbox.run)
-        self.port = self.inbox.port
-        if dicom is not None:
-            committed = self.inbox.committed if delivers else None
-            gateway = DicomGateway(cfg, dicom, self.ledger, self.store, self.outbox, committed)
-            await tg.start(gateway.run)
-            self.dicom_port = gateway.port
+        if self._store is not None:
+            delivers = dicom is not None and dicom.deliver_to is not None
+            self.inbox = Inbox(
+                cfg,
+                self.ledger,
+                self._store,
+                PartialFiles(cfg.data_dir / "store"),
+                server_tls,
+                key_pem,
+                report_commits=delivers,
+            )
+            await tg.start(self.inbox.run)
+            self.port = self.inbox.port
+            if dicom is not None:
+                committed = self.inbox.committed if delivers else None
+                gateway = DicomGateway(cfg, dicom, self.ledger, self._store, self.outbox, committed)
+                await tg.start(gateway.run)
+                self.dicom_port = gateway.port
+            tg.start_soon(StoreKeeper(self._store, cfg.store).run)
         await tg.start(self.outbox.run)
+
+    @property
+    def store(self) -> InstanceStore:
+        """The store of what this node received (a node that listens nowhere
+        and has no DICOM face keeps none)."""
+        if self._store is None:
+            raise DicomrelayError("this node receives nothing: it keeps no store")
+        return self._store
 
     async def __aexit__(
         self,
@@ -127,6 +162,7 @@ class Node:
         counts["in_flight"] = self.outbox.in_flight
         return counts
 
-    async def study(self, study_instance_uid: str) -> list[tuple[str, Path]]:
-        """A committed study in this node's store: (SOP Instance UID, blob path)."""
-        return study_paths(self.store, await self.ledger.study(study_instance_uid))
+    async def study(self, study_instance_uid: str) -> list[tuple[str, str]]:
+        """A committed study in this node's store: (SOP Instance UID, digest);
+        ``node.store.open_instance(digest)`` reads one."""
+        return [(uid, digest) for uid, digest, _ in await self.ledger.study(study_instance_uid)]

@@ -26,11 +26,12 @@ from dicomrelay.claims import Leases, renew_interval
 from dicomrelay.config import Limits, NodeConfig, Peer
 from dicomrelay.connection import Connection
 from dicomrelay.errors import ConfigurationError, DicomrelayError, TlsError
-from dicomrelay.intake import queue_study
-from dicomrelay.ledger import Ledger, OutgoingTransfer, TransferState
+from dicomrelay.instance_store import STORED, InstanceStore
+from dicomrelay.intake import queue_stored, queue_study
+from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
 from dicomrelay.receipt import Receipt
 from dicomrelay.scheduler import Candidate, after_failure, plan
-from dicomrelay.sender import Attempt, AttemptFailed, greet
+from dicomrelay.sender import Attempt, AttemptFailed, greet, open_file
 from dicomrelay.sources import Source
 from dicomrelay.transfer import Event, EventKind, Transfer
 from dicomrelay.wakeup import WakeSocket
@@ -51,13 +52,17 @@ class Outbox:
         *,
         observer: Callable[[Event], None] | None = None,
         share_work: bool = True,
+        store: InstanceStore | None = None,
     ) -> None:
-        """``observer`` sees every event of every transfer (for metrics).
+        """``store``: this node's, from which the instances its DICOM SCP
+        received are sent on (``send_stored``).
+        ``observer`` sees every event of every transfer (for metrics).
         ``share_work`` False: send only the transfers queued through this
         outbox (``dicomrelay send`` while no node serves its ledger), and
         hear no wake-ups."""
         self.config = config
         self.ledger = ledger
+        self.store = store
         self._client_tls = client_tls
         self._observer = observer
         self._share = share_work
@@ -139,6 +144,44 @@ class Outbox:
         handle = self._transfers[transfer.id] = Transfer(transfer.id)
         self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer.id))
         return self.take(transfer.id)
+
+    async def send_stored(
+        self,
+        digests: list[str],
+        *,
+        to: str,
+        priority: str = "routine",
+        source_ae: str | None = None,
+    ) -> Transfer:
+        """Queue instances of one study held in this node's store for ``to``
+        (``source_ae``: the calling AE title that stored it, for the policy)."""
+        if self.store is None:
+            raise DicomrelayError("this outbox was given no store to send from")
+        transfer = await queue_stored(
+            self.config,
+            self.ledger,
+            self.store,
+            digests,
+            to=to,
+            priority=priority,
+            source_ae=source_ae,
+        )
+        handle = self._transfers[transfer.id] = Transfer(transfer.id)
+        self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer.id))
+        return self.take(transfer.id)
+
+    async def _open_source(self, instance: OutgoingInstance) -> tuple[int, int]:
+        """An instance's bytes: its file, or its record in this node's store."""
+        if not instance.path.startswith(STORED):
+            return await open_file(instance)
+        if self.store is None:
+            # Queued by a worker whose store this one does not hold.
+            raise AttemptFailed(
+                f"instance {instance.sop_instance_uid} is in another node's store",
+                retriable=True,
+            )
+        fd, offset, _length = await self.store.open_record(instance.path[len(STORED) :])
+        return fd, offset
 
     def take(self, transfer_id: str) -> Transfer:
         """A transfer in the ledger, sent here once claimed (at once, unless
@@ -317,7 +360,15 @@ class Outbox:
                     Event(kind=EventKind.INSTANCE_SENT, transfer_id=transfer.id, index=index),
                 )
 
-            attempt = Attempt(conn, transfer, instances, limits, on_acked=acked, on_sent=sent)
+            attempt = Attempt(
+                conn,
+                transfer,
+                instances,
+                limits,
+                on_acked=acked,
+                on_sent=sent,
+                open_source=self._open_source,
+            )
             return await attempt.run()
         finally:
             await conn.aclose()

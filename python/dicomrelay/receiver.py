@@ -5,32 +5,32 @@ group committer.
 the session here only performs its effects: frames out, ledger and store calls,
 and the committer's answers fed back. Python never copies chunk bytes.
 
-An instance is acknowledged only after its blob is fsynced and renamed, its
-directory fsynced, and its row committed to the ledger; the committer batches
-those last two steps across every connection.
+An instance is acknowledged only after its record is appended to the segment
+store and fdatasynced, and its location and row are committed to the ledger
+with the store's durable end; the committer does this in rounds across every
+connection.
 """
 
 from __future__ import annotations
 
-import errno
-import itertools
 import logging
 import re
 import socket
 import time
-import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
 import anyio
 import anyio.to_thread
 
 from dicomrelay import pki
-from dicomrelay._native import DurableWriter, Hasher, Payload, TlsConfig
-from dicomrelay.config import NodeConfig
+from dicomrelay._native import Hasher, Payload, TlsConfig
+from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.connection import Connection
 from dicomrelay.errors import DicomrelayError, StorageError, TlsError, first_failure
+from dicomrelay.instance_store import InstanceStore, Record
 from dicomrelay.ledger import IncomingInstance, Ledger
 from dicomrelay.protocol import Kind, Offer
 from dicomrelay.receipt import Receipt
@@ -56,7 +56,7 @@ from dicomrelay.receiver_control import (
     WriteInstance,
     claimed,
 )
-from dicomrelay.store import BlobStore
+from dicomrelay.store import PartialFiles
 
 log = logging.getLogger("dicomrelay.receiver")
 
@@ -73,94 +73,86 @@ def _address(sock: socket.socket) -> str:
 
 @dataclass(slots=True)
 class Stored:
-    """An instance on its way to durable: blob, then ledger row, then acknowledgement."""
+    """An instance on its way to durable: record, then ledger row, then acknowledgement."""
 
     sender: str
     transfer_id: str
     instance: IncomingInstance
+    algorithm: DigestName
     acknowledge: Callable[[int, float, BaseException | None], None]
     slot: int
 
 
 class Committer:
-    """Group commit across every connection.
+    """Group commit across every connection, by rounds of the instance store.
 
-    Whole blobs go to a native ``DurableWriter``, which writes them on its own
-    threads and makes each round durable with one filesystem commit. Finished
-    rounds (and large instances, made durable as they arrived) get their ledger
-    rows in one transaction per transfer; then their acknowledgements go out.
+    Instances written while a round is under way wait for the next: each round
+    appends them all, makes them durable with one fdatasync per segment
+    touched, and records their locations, their rows and the store's durable
+    end in one ledger transaction; then their acknowledgements go out (or,
+    if any step failed, every one of the round's failures).
     """
 
-    def __init__(self, ledger: Ledger, store: BlobStore) -> None:
-        self.ledger = ledger
+    def __init__(self, store: InstanceStore) -> None:
         self.store = store
-        self.writer = DurableWriter(store.root)
-        self._writing: dict[int, Stored] = {}
-        self._tokens = itertools.count()
-        self._ready: list[tuple[Stored, BaseException | None]] = []
+        self._ready: list[tuple[Stored, Record, Callable[[], None] | None]] = []
         self._wake = anyio.Event()
 
-    def write(self, item: Stored, data: Payload) -> None:
-        """Make ``data`` durable as the blob of ``item``, then record and acknowledge it."""
-        token = next(self._tokens)
-        self._writing[token] = item
-        digest = item.instance.digest
-        temp = self.store.incoming / f"{digest}.{token}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            self.writer.submit(token, data, temp, self.store.path_of(digest))
-        except OSError as e:
-            del self._writing[token]
-            self._done(item, e)
-
-    def durable(self, item: Stored) -> None:
-        """Record and acknowledge an instance already durable under its name."""
-        self._done(item, None)
-
-    def _done(self, item: Stored, error: BaseException | None) -> None:
-        self._ready.append((item, error))
+    def write(
+        self, item: Stored, data: Payload | Path, after: Callable[[], None] | None = None
+    ) -> None:
+        """Make ``data`` durable as the record of ``item``, record and acknowledge
+        it; ``after`` runs (on a worker thread) once the round has succeeded."""
+        record = Record(data, item.instance.digest, item.algorithm)
+        self._ready.append((item, record, after))
         self._wake.set()
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._collect)
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                batch, self._ready = self._ready, []
-                await self._commit(batch)
-
-    async def _collect(self) -> None:
         while True:
-            await anyio.wait_readable(self.writer.fileno())
-            for token, error in self.writer.completed():
-                item = self._writing.pop(token)
-                self._done(item, None if error is None else _storage_error(error, item))
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            batch, self._ready = self._ready, []
+            await self._round(batch)
 
-    async def _commit(self, batch: list[tuple[Stored, BaseException | None]]) -> None:
-        """Ledger rows for the durable instances, then every acknowledgement."""
-        groups: dict[tuple[str, str], list[IncomingInstance]] = defaultdict(list)
-        for item, error in batch:
-            if error is None:
-                groups[(item.sender, item.transfer_id)].append(item.instance)
+    async def _round(self, batch: list[tuple[Stored, Record, Callable[[], None] | None]]) -> None:
         failure: BaseException | None = None
         try:
-            for (sender, transfer_id), instances in groups.items():
-                await self.ledger.record_received(sender, transfer_id, instances)
+            await self.store.write_round(
+                [record for _, record, _ in batch],
+                [(item.sender, item.transfer_id, item.instance) for item, _, _ in batch],
+            )
         except (OSError, DicomrelayError) as e:
-            log.error("group commit failed: %s", e)
+            log.error("a storage round failed: %s", e)
             failure = e
-        for item, error in batch:
-            item.acknowledge(item.slot, item.instance.stored, error or failure)
+        # A large instance's partial file goes once its record is durable; kept
+        # if the round failed (a later attempt resumes it from its checkpoint).
+        afters = [after for _, _, after in batch if after is not None]
+        if afters and failure is None:
+            await anyio.to_thread.run_sync(lambda: [after() for after in afters])
+        for item, _, _ in batch:
+            item.acknowledge(item.slot, item.instance.stored, failure)
 
-    def close(self) -> None:
-        self.writer.close()
+
+async def discard_stored_partials(ledger: Ledger, partials: PartialFiles) -> int:
+    """Partial files of large instances already in the store (a crash came
+    between their round and their removal): removed; how many."""
+    removed = 0
+    for key in await anyio.to_thread.run_sync(partials.keys):
+        sender, transfer_id, index = partial_key_parts(key)
+        if index is None:
+            continue
+        if index in await ledger.received(sender, transfer_id):
+            await anyio.to_thread.run_sync(partials.discard_partial, key)
+            removed += 1
+    return removed
 
 
-def _storage_error(error: OSError, item: Stored) -> StorageError:
-    reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else str(error)
-    e = StorageError(f"cannot store {item.instance.sop_instance_uid}: {reason}")
-    e.errno = error.errno
-    return e
+def partial_key_parts(key: str) -> tuple[str, str, int | None]:
+    """(sender, transfer id, index) of a partial file's key (see ReceiverControl)."""
+    parts = key.rsplit("-", 2)
+    if len(parts) != 3 or not parts[2].isdigit():
+        return "", "", None
+    return parts[0], parts[1], int(parts[2])
 
 
 class Receiver:
@@ -170,7 +162,8 @@ class Receiver:
         self,
         config: NodeConfig,
         ledger: Ledger,
-        store: BlobStore,
+        store: InstanceStore,
+        partials: PartialFiles,
         committer: Committer,
         tls: TlsConfig | None,
         key_pem: bytes | None,
@@ -182,6 +175,7 @@ class Receiver:
         self.on_committed = on_committed
         self.ledger = ledger
         self.store = store
+        self.partials = partials
         self.committer = committer
         self.tls = tls
         self.key_pem = key_pem
@@ -260,6 +254,7 @@ class _Session:
             address=address,
             write_buffer_bytes=receiver.config.limits.write_buffer_bytes,
         )
+        self.algorithms: dict[str, DigestName] = {}  # each offered transfer's digest
         self.durable: list[tuple[int, float]] = []  # from the committer, not yet answered
         self.failures: list[tuple[int, BaseException]] = []
         self.stored = anyio.Event()
@@ -317,6 +312,7 @@ class _Session:
         """The effects met once per offer, commit, connection or large instance."""
         control, ledger, sender = self.control, self.r.ledger, self.control.sender
         if isinstance(effect, LookUpHeld):
+            self.algorithms[effect.offer.transfer_id] = cast(DigestName, effect.offer.digest)
             await self._perform(control.held(await self._held(effect.offer), time.time()))
         elif isinstance(effect, ResumePartial):
             offset, hasher = await self._resume(effect)
@@ -326,18 +322,9 @@ class _Session:
         elif isinstance(effect, RecordCheckpoint):
             await ledger.record_partial(sender, effect.transfer_id, effect.index, effect.offset)
         elif isinstance(effect, DiscardPartial):
-            await anyio.to_thread.run_sync(self.r.store.discard_partial, effect.key)
+            await anyio.to_thread.run_sync(self.r.partials.discard_partial, effect.key)
         elif isinstance(effect, PublishPartial):
-            try:
-                await anyio.to_thread.run_sync(
-                    self.r.store.publish_partial, effect.key, effect.instance.digest
-                )
-            except StorageError as e:
-                await self._perform(control.write_failed(effect.slot, str(e)))
-            else:
-                self.r.committer.durable(
-                    self._stored(effect.slot, effect.transfer_id, effect.instance)
-                )
+            await self._publish(effect)
         elif isinstance(effect, CheckPeer):
             try:
                 org = self.r.check_peer(self.conn, effect.claimed)
@@ -363,8 +350,8 @@ class _Session:
 
     async def _held(self, offer: Offer) -> Held:
         """What is held for an offer: its receipt if committed; else what the
-        transfer holds, and the sizes of the blobs among the offered digests that
-        this sender delivered before."""
+        transfer holds, and the sizes of the stored instances among the offered
+        digests that this sender delivered before."""
         ledger, sender = self.r.ledger, self.control.sender
         receipt = await ledger.note_incoming(
             sender, offer.transfer_id, offer.study_instance_uid, offer.total, offer.digest
@@ -375,9 +362,7 @@ class _Session:
         delivered = await ledger.digests_from(sender, [i.digest for i in offer.instances])
         if not delivered:
             return Held(received=received)
-        sizes = await anyio.to_thread.run_sync(
-            lambda: {d: self.r.store.size_of(d) for d in delivered}
-        )
+        sizes: dict[str, int | None] = dict(await self.r.store.size_of(list(delivered)))
         return Held(received=received, sizes=sizes)
 
     async def _resume(self, effect: ResumePartial) -> tuple[int, Hasher | None]:
@@ -388,7 +373,7 @@ class _Session:
             return 0, None
         try:
             hasher = await anyio.to_thread.run_sync(
-                self.r.store.hash_partial, effect.key, offset, Hasher(effect.algorithm)
+                self.r.partials.hash_partial, effect.key, offset, Hasher(effect.algorithm)
             )
         except (OSError, ValueError):
             return 0, None
@@ -398,7 +383,7 @@ class _Session:
         data = memoryview(effect.data)
         try:
             await anyio.to_thread.run_sync(
-                lambda: self.r.store.append_partial(
+                lambda: self.r.partials.append_partial(
                     effect.key, effect.offset, data, sync=effect.checkpoint
                 ),
                 limiter=self.r._write_limit,
@@ -407,6 +392,29 @@ class _Session:
             await self._perform(self.control.write_failed(effect.slot, str(e)))
         else:
             await self._perform(self.control.appended())
+
+    async def _publish(self, effect: PublishPartial) -> None:
+        """A complete, verified large instance: its partial file (durable to its
+        last checkpoint, kept until then for a later attempt to resume) goes
+        into the store as one record in the committer's next round, read a
+        buffer at a time, and is removed once the round is over."""
+        partials, key = self.r.partials, effect.key
+        path = partials.partial_path(key)
+        try:
+            size = (await anyio.to_thread.run_sync(path.stat)).st_size
+        except OSError as e:
+            size, reason = -1, str(e)
+        else:
+            reason = f"its partial file holds {size} bytes, not {effect.instance.size}"
+        if size != effect.instance.size:  # what was hashed is not what the file holds
+            await self._perform(self.control.write_failed(effect.slot, reason))
+            return
+
+        def after() -> None:
+            partials.discard_partial(key)
+
+        stored = self._stored(effect.slot, effect.transfer_id, effect.instance)
+        self.r.committer.write(stored, path, after)
 
     async def _commit(self, receipt: Receipt) -> bytes:
         """Sign the receipt, then make the study visible and keep the receipt: the
@@ -426,6 +434,7 @@ class _Session:
             sender=self.control.sender,
             transfer_id=transfer_id,
             instance=instance,
+            algorithm=self.algorithms[transfer_id],
             acknowledge=self._acknowledge,
             slot=slot,
         )

@@ -86,7 +86,7 @@ class CheckPeer:
 class LookUpHeld:
     """Question: record ``offer``'s transfer as offered and find what is held for
     it: its receipt if committed, else the instances this transfer holds and the
-    sizes of the stored blobs among the offered digests that this sender (only
+    sizes of the stored instances among the offered digests that this sender (only
     this one) delivered before. Answer ``held``."""
 
     offer: Offer
@@ -116,7 +116,7 @@ class RecordHeld:
 
 @dataclass(frozen=True, slots=True)
 class WriteInstance:
-    """Make ``data`` durable as the blob of ``instance``, record it, then answer
+    """Make ``data`` durable as the record of ``instance``, record it, then answer
     ``durable`` or ``write_failed`` for ``slot``."""
 
     slot: int
@@ -154,7 +154,7 @@ class DiscardPartial:
 
 @dataclass(frozen=True, slots=True)
 class PublishPartial:
-    """Move the complete, verified partial file ``key`` to its blob name durably,
+    """Put the complete, verified partial file ``key`` in the store durably,
     record it, then answer ``durable`` or ``write_failed`` for ``slot``."""
 
     slot: int

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -24,7 +24,16 @@ from dicomrelay.sender_control import (
     StreamInstance,
 )
 
-__all__ = ["Attempt", "AttemptFailed", "greet"]
+__all__ = ["Attempt", "AttemptFailed", "SourceOpener", "greet", "open_file"]
+
+# Where an instance's bytes are: a descriptor (the caller closes it) and the
+# offset of the instance's first byte in it.
+SourceOpener = Callable[[OutgoingInstance], Awaitable[tuple[int, int]]]
+
+
+async def open_file(instance: OutgoingInstance) -> tuple[int, int]:
+    """An instance in a file of its own."""
+    return os.open(instance.path, os.O_RDONLY), 0
 
 
 async def greet(conn: Connection, org: str, expected: str, digest: str) -> None:
@@ -61,8 +70,12 @@ class Attempt:
         *,
         on_acked: Callable[[list[tuple[int, float]]], None],
         on_sent: Callable[[int], None],
+        open_source: SourceOpener | None = None,
     ) -> None:
+        """``open_source``: where an instance's bytes are, ``(fd, offset)`` (a
+        descriptor the attempt closes); by default its file, from its start."""
         self.conn = conn
+        self.open_source = open_source or open_file
         self.transfer = transfer
         self.limits = limits
         self.on_acked = on_acked
@@ -134,7 +147,7 @@ class Attempt:
         inst = effect.instance
         chunk = self.transfer.chunk_size
         offset = effect.start
-        fd = os.open(inst.path, os.O_RDONLY)
+        fd, base = await self.open_source(inst)
         try:
             while offset < inst.size:
                 n = min(chunk, inst.size - offset)
@@ -148,6 +161,7 @@ class Attempt:
                         stream=effect.slot,
                         flags=self.flags,
                         digest=digest,
+                        base=base,
                     )
                 except EOFError:
                     raise AttemptFailed(

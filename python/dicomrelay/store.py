@@ -1,13 +1,12 @@
-"""The blob store: instance files on disk, content-addressed by digest.
+"""Files beside the segment store: the partial files of large instances
+still arriving.
 
-A blob is written in ``incoming/`` first, made durable, then renamed to
-``blobs/<first two hex digits>/<digest>``, and the rename made durable, before
-anything is acknowledged: a blob at its final name is whole and verified.
-Whole instances are written by the native ``DurableWriter`` (direct I/O, one
-filesystem commit per round); this module names the paths and handles large
-instances, which arrive as checkpointed partial files. Which blobs make up a
-committed study is the ledger's business, not the file system's: that is what
-makes a study commit atomic.
+A large instance arrives as a partial file in ``incoming/``, made durable at
+each checkpoint so that a later attempt resumes there; once whole and
+verified it goes into the segment store (``instance_store``) as one record,
+and the file is removed. (A segment record is written whole, in one round,
+between other instances' records: it cannot be resumed part way, so the
+partial stays a file of its own until then.)
 """
 
 from __future__ import annotations
@@ -15,30 +14,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dicomrelay._native import Hasher
 from dicomrelay.errors import StorageError
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class BlobStore:
+class PartialFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.blobs = root / "blobs"
         self.incoming = root / "incoming"
-        for d in (self.blobs, self.incoming):
-            d.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
         # Temporary files of writes a crash interrupted were never acknowledged:
         # nothing refers to them. (Partial files of large instances are kept:
         # the ledger's checkpoints resume them.)
@@ -46,26 +32,9 @@ class BlobStore:
             with contextlib.suppress(OSError):
                 leftover.unlink()
 
-    def path_of(self, digest: str) -> Path:
-        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
-            raise ValueError(f"not a hex digest: {digest!r:.80}")
-        return self.blobs / digest[:2] / digest
-
-    def size_of(self, digest: str) -> int | None:
-        """The blob's size if it is stored, else None."""
-        try:
-            return self.path_of(digest).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def _publish(self, temp: Path, final: Path) -> Path:
-        try:
-            os.rename(temp, final)
-        except FileNotFoundError:
-            final.parent.mkdir(exist_ok=True)
-            fsync_dir(self.blobs)
-            os.rename(temp, final)
-        return final.parent
+    def keys(self) -> list[str]:
+        """The keys of the partial files kept."""
+        return sorted(p.name.removesuffix(".part") for p in self.incoming.glob("*.part"))
 
     def partial_path(self, key: str) -> Path:
         return self.incoming / f"{key}.part"
@@ -109,63 +78,9 @@ class BlobStore:
                 left -= len(piece)
         return hasher
 
-    def publish_partial(self, key: str, digest: str) -> Path:
-        """Move a complete, verified partial file to its blob name, durably (the
-        file and both directories fsynced); returns the blob's path."""
-        temp = self.partial_path(key)
-        final = self.path_of(digest)
-        try:
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if final.exists():
-                temp.unlink()
-            else:
-                self._publish(temp, final)
-            self.sync([final.parent, self.incoming])
-            return final
-        except OSError as e:
-            raise _storage_error(e, digest) from e
-
-    def adopt(self, path: Path, digest_of: Callable[[Path], str]) -> Path:
-        """Keep the file at ``path`` as a blob, durably, named by ``digest_of``
-        its bytes as they are now: a hard link (a copy on another file system),
-        so that a file later written to ``path`` (by rename, never in place)
-        leaves the blob as it was. Returns the blob's path."""
-        temp = self.incoming / f"adopted.{uuid.uuid4().hex}.tmp"
-        try:
-            try:
-                os.link(path, temp)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-                shutil.copyfile(path, temp)
-                fd = os.open(temp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            final = self.path_of(digest_of(temp))
-            self.sync([self._publish(temp, final), self.incoming])
-            return final
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise _storage_error(e, os.fspath(path)) from e
-
     def discard_partial(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.partial_path(key).unlink()
-
-    def sync(self, directories: Iterable[Path]) -> None:
-        """Make renames durable: fsync each touched directory once."""
-        try:
-            for d in set(directories):
-                fsync_dir(d)
-        except OSError as e:
-            raise _storage_error(e, "directory") from e
 
 
 def _storage_error(e: OSError, what: str) -> StorageError:

@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from dicomrelay import pki, synth
-from dicomrelay._native import InstanceInfo, scan_many
-from dicomrelay.config import DigestName, Limits, NodeConfig, Peer
+from dicomrelay._native import InstanceInfo, SegmentReader, scan_many
+from dicomrelay.config import DigestName, Limits, NodeConfig, Peer, StoreConfig
 from dicomrelay.node import Node
 from dicomrelay.pki import Identity
 from dicomrelay.receipt import Receipt
@@ -71,6 +71,11 @@ def peer(code: str, port: int, *, ca: Path | None = None) -> Peer:
     return Peer(code=code, host=LOCALHOST, port=port, ca=ca)
 
 
+# Test nodes' segments: small, so that rounds roll over into new segments
+# (and a test machine does not preallocate a gigabyte per node).
+SMALL_SEGMENTS = StoreConfig(segment_mb=4)
+
+
 def node_config(
     org: str,
     data_dir: Path,
@@ -81,10 +86,12 @@ def node_config(
     limits: Limits = QUICK,
     digest: DigestName = "sha256",
     plaintext: bool = False,
+    store: StoreConfig = SMALL_SEGMENTS,
 ) -> NodeConfig:
     return NodeConfig(
         org=org,
         data_dir=data_dir,
+        store=store,
         identity=identity,
         listen_port=listen_port,
         peers=tuple(peers),
@@ -95,7 +102,12 @@ def node_config(
 
 
 def receiver_config(
-    orgs: Pki, root: Path, *, receiver: str = "RX2", sender: str = "RX1"
+    orgs: Pki,
+    root: Path,
+    *,
+    receiver: str = "RX2",
+    sender: str = "RX1",
+    store: StoreConfig = SMALL_SEGMENTS,
 ) -> NodeConfig:
     """``receiver``, listening on a free port, in ``root / "receiver"``; it knows
     ``sender`` by its certificate (the address is never dialled)."""
@@ -105,6 +117,7 @@ def receiver_config(
         identity=orgs.identity(receiver),
         peers=(peer(sender, 1),),
         listen_port=0,
+        store=store,
     )
 
 
@@ -118,9 +131,11 @@ async def linked_nodes(
     limits: Limits = QUICK,
     digest: DigestName = "sha256",
     observer: Callable[[Event], None] | None = None,
+    store: StoreConfig = SMALL_SEGMENTS,
 ) -> AsyncIterator[tuple[Node, Node]]:
     """A listening receiver and a sender configured to reach it, over mutual TLS."""
-    async with Node(receiver_config(orgs, root, receiver=receiver, sender=sender)) as rx:
+    rcfg = receiver_config(orgs, root, receiver=receiver, sender=sender, store=store)
+    async with Node(rcfg) as rx:
         assert rx.port is not None
         scfg = node_config(
             sender,
@@ -209,6 +224,41 @@ def corrupt_blobs(store_root: Path, algorithm: str = "sha256") -> list[Path]:
     return [p for p in blob_files(store_root) if digest_of(p.read_bytes(), algorithm) != p.name]
 
 
+def segment_dir(data_dir: Path) -> Path:
+    """Where a node's segment store is."""
+    return data_dir / "store" / "segments"
+
+
+def stored_records(data_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """The records a node's ledger (SQLite) locates in its store, by digest."""
+    name = (segment_dir(data_dir) / "store-name").read_text().strip()
+    rows = query(
+        data_dir / "ledger.sqlite",
+        "SELECT digest, segment, record_offset, length FROM segment_records WHERE store = ?",
+        name,
+    )
+    return {d: (s, o, n) for d, s, o, n in rows}
+
+
+def read_stored(data_dir: Path, digest: str) -> bytes:
+    """An instance's bytes as the node's store holds them, read beside the
+    node (a reader takes no lock), checked against its digest."""
+    where = stored_records(data_dir)[digest]
+    return bytes(SegmentReader(segment_dir(data_dir)).read(where, digest, verify=True))
+
+
+def corrupt_records(data_dir: Path) -> list[str]:
+    """Located records that are not whole and true to their digest: must always be empty."""
+    reader = SegmentReader(segment_dir(data_dir))
+    bad = []
+    for digest, where in stored_records(data_dir).items():
+        try:
+            reader.read(where, digest, verify=True)
+        except OSError:
+            bad.append(digest)
+    return bad
+
+
 async def assert_delivered(
     receiver: Node, receipt: Receipt, sources: dict[str, bytes], algorithm: str = "sha256"
 ) -> None:
@@ -223,8 +273,11 @@ async def assert_delivered(
         assert listed[sop].size == len(data)
     stored = await receiver.study(receipt.study_instance_uid)
     assert sorted(uid for uid, _ in stored) == sorted(sources)
-    for uid, path in stored:
-        assert path.read_bytes() == sources[uid], f"stored bytes of {uid} differ from the source"
+    for uid, digest in stored:
+        data = bytes(await receiver.store.read_instance(digest))
+        assert data == sources[uid], f"stored bytes of {uid} differ from the source"
+        with await receiver.store.open_instance(digest) as reader:
+            assert b"".join(reader) == data, f"{uid} streamed differs from it read whole"
 
 
 def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:

@@ -31,6 +31,7 @@ def node_toml(
     listen_port: int | None = None,
     limits: dict[str, float] | None = None,
     node: dict[str, str] | None = None,
+    store: dict[str, float] | None = None,
 ) -> Path:
     """Write a node's configuration file (the format ``dicomrelay serve`` reads);
     ``node``: more string settings under ``[node]`` (ledger, worker, ...)."""
@@ -52,6 +53,7 @@ def node_toml(
         f'host = "{LOCALHOST}"',
         f"port = {port}",
         "",
+        *(["[store]", *(f"{k} = {v}" for k, v in store.items()), ""] if store else []),
     ]
     if limits:
         lines += ["[limits]", *(f"{k} = {v!r}" for k, v in limits.items()), ""]
@@ -68,6 +70,8 @@ def receiver_toml(root: Path, identity: Identity, port: int) -> Path:
         data_dir=root / "receiver",
         listen_port=port,
         peer=("RX1", 1),
+        # Small segments: a run rolls over into many (and preallocates little).
+        store={"segment_mb": 2},
     )
 
 

@@ -24,8 +24,7 @@ from .helpers import (
     Pki,
     Recorder,
     assert_delivered,
-    blob_files,
-    corrupt_blobs,
+    corrupt_records,
     digest_of,
     incoming_files,
     linked_nodes,
@@ -36,6 +35,7 @@ from .helpers import (
     receiver_config,
     relay,
     source_by_sop,
+    stored_records,
     study_files,
     wait_until,
 )
@@ -65,11 +65,11 @@ async def test_study_arrives_byte_identical(orgs: Pki, tmp_path: Path) -> None:
             assert (receipt.sender, receipt.receiver) == ("RX1", "RX2")
             assert len(receipt.instances) == len(sources)
 
-            # The store holds these blobs and nothing else: whole, named by their digest.
-            blobs = blob_files(rx.store.root)
-            assert sorted(p.name for p in blobs) == sorted(map(digest_of, sources.values()))
-            assert corrupt_blobs(rx.store.root) == []
-            assert incoming_files(rx.store.root) == [], "temporary files left behind"
+            # The store holds these records and nothing else: whole, true to their digest.
+            blobs = list(stored_records(rx.config.data_dir))
+            assert sorted(blobs) == sorted(map(digest_of, sources.values()))
+            assert corrupt_records(rx.config.data_dir) == []
+            assert incoming_files(rx.config.data_dir / "store") == [], "temporary files left behind"
 
     kinds = [e.kind for e in events.events if e.transfer_id == transfer.id]
     assert kinds[0] is EventKind.QUEUED
@@ -134,7 +134,7 @@ async def test_same_folder_twice_stores_each_blob_once(orgs: Pki, tmp_path: Path
             assert first.transfer_id != second.transfer_id
             await assert_delivered(rx, first, sources)
             await assert_delivered(rx, second, sources)
-            assert len(blob_files(rx.store.root)) == len(sources)
+            assert len(list(stored_records(rx.config.data_dir))) == len(sources)
             assert len(await rx.study(first.study_instance_uid)) == len(sources)
             status = await rx.status()
 
@@ -233,9 +233,9 @@ async def test_blake3_digest(orgs: Pki, tmp_path: Path) -> None:
             receipt = await (await tx.send(source, to="RX2")).wait()
             await assert_delivered(rx, receipt, sources, algorithm="blake3")
             receipt.verify(orgs.cert_der("RX2"))
-            names = sorted(p.name for p in blob_files(rx.store.root))
+            names = sorted(stored_records(rx.config.data_dir))
             assert names == sorted(digest_of(b, "blake3") for b in sources.values())
-            assert corrupt_blobs(rx.store.root, "blake3") == []
+            assert corrupt_records(rx.config.data_dir) == []
 
 
 async def test_multi_chunk_instances_arrive_intact(orgs: Pki, tmp_path: Path) -> None:
@@ -249,8 +249,8 @@ async def test_multi_chunk_instances_arrive_intact(orgs: Pki, tmp_path: Path) ->
             transfer = await tx.send(source, to="RX2")
             receipt = await transfer.wait()
             await assert_delivered(rx, receipt, sources)
-            assert corrupt_blobs(rx.store.root) == []
-            assert incoming_files(rx.store.root) == [], "partial files left behind"
+            assert corrupt_records(rx.config.data_dir) == []
+            assert incoming_files(rx.config.data_dir / "store") == [], "partial files left behind"
             rows = query(
                 tx.config.data_dir / "ledger.sqlite",
                 "SELECT size, chunk_digests FROM outgoing_instances WHERE transfer_id = ?",

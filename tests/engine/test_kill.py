@@ -21,7 +21,17 @@ import pytest
 
 from dicomrelay.receipt import Receipt, ReceiptError
 
-from .helpers import Pki, blob_files, closed_port, digest_of, incoming_files, make_study, query
+from .helpers import (
+    Pki,
+    closed_port,
+    corrupt_records,
+    digest_of,
+    incoming_files,
+    make_study,
+    query,
+    read_stored,
+    stored_records,
+)
 from .processes import Child, node_toml, receiver_toml
 
 KILLS = int(os.environ.get("DICOMRELAY_KILLS", "50"))
@@ -221,7 +231,7 @@ def receiver_phase(run: KillRun) -> None:
 def verify(run: KillRun) -> dict[str, object]:
     """Count what was lost, duplicated or corrupted."""
     receiver_cert = run.orgs.cert_der("RX2")
-    store_root = run.root / "receiver" / "store"
+    data_dir = run.root / "receiver"
     outgoing = query(run.sender_db, "SELECT id, study_uid, state, total, receipt FROM outgoing")
     folder_of = {
         tid: Path(path).parent
@@ -261,10 +271,13 @@ def verify(run: KillRun) -> dict[str, object]:
             problems.append(f"{folder.name}: {len(store)} store rows, {rows_of.get(tid)} received")
         digests = sorted(d for d, _ in store)
         referenced.update(digests)
-        bad = [d for d, size in store if not blob_ok(store_root, d, size)]
+        # Every received instance's bytes, read out of the segment store,
+        # against the source file's.
+        by_digest = {digest: folder / name for name, digest in files.items()}
+        bad = [d for d, size in store if not stored_ok(data_dir, d, size, by_digest.get(d))]
         if bad or digests != sorted(files.values()):
             corrupted += 1
-            problems.append(f"{folder.name}: {len(bad)} bad blobs, digests match: {not bad}")
+            problems.append(f"{folder.name}: {len(bad)} bad records, digests match: {not bad}")
         try:
             signed = Receipt.from_json(receipt)
             signed.verify(receiver_cert)
@@ -273,7 +286,7 @@ def verify(run: KillRun) -> dict[str, object]:
         except (ReceiptError, AssertionError, TypeError, ValueError) as e:
             problems.append(f"{folder.name}: receipt: {e!r}")
     unknown = set(incoming) - {t[0] for t in outgoing}
-    blobs = {p.name for p in blob_files(store_root)}
+    located = set(stored_records(data_dir))
     return {
         "studies": len(run.studies),
         "instances": sum(len(f) for f in run.studies.values()),
@@ -282,18 +295,19 @@ def verify(run: KillRun) -> dict[str, object]:
         "corrupted": corrupted,
         "committed_transfers": sum(1 for c, _ in incoming.values() if c is not None),
         "unknown_transfers_at_receiver": len(unknown),
-        "stray_blobs": len(blobs - referenced),
-        "leftover_incoming_files": len(incoming_files(store_root)),
+        "stray_records": len(located - referenced),
+        "damaged_records": len(corrupt_records(data_dir)),
+        "leftover_incoming_files": len(incoming_files(data_dir / "store")),
         "problems": problems[:20],
     }
 
 
-def blob_ok(store_root: Path, digest: str, size: int) -> bool:
-    path = store_root / "blobs" / digest[:2] / digest
-    if not path.is_file():
+def stored_ok(data_dir: Path, digest: str, size: int, source: Path | None) -> bool:
+    try:
+        data = read_stored(data_dir, digest)
+    except (KeyError, OSError):
         return False
-    data = path.read_bytes()
-    return len(data) == size and digest_of(data) == digest
+    return source is not None and len(data) == size and data == source.read_bytes()
 
 
 @pytest.mark.timeout(300 + 12 * KILLS)
@@ -321,7 +335,8 @@ def test_kill_sender_and_receiver_at_random_moments(
         f" {result['instances']} instances: lost {result['lost']},"
         f" duplicated {result['duplicated']}, corrupted {result['corrupted']};"
         f" crashes: sender {len(tally.sender_crashes)}, receiver {len(tally.receiver_crashes)};"
-        f" stray blobs {result['stray_blobs']},"
+        f" stray records {result['stray_records']},"
+        f" damaged records {result['damaged_records']},"
         f" leftover temporary files {result['leftover_incoming_files']};"
         f" {time.monotonic() - started:.0f}s"
     )
@@ -346,6 +361,7 @@ def test_kill_sender_and_receiver_at_random_moments(
     assert result["problems"] == [], f"{summary}\n{details}"
     assert result["committed_transfers"] == result["studies"], f"{summary}\n{details}"
     assert result["unknown_transfers_at_receiver"] == 0, f"{summary}\n{details}"
+    assert result["damaged_records"] == 0, f"{summary}\n{details}"
     # Passed: drop the few hundred megabytes of studies and blobs (kept when failing).
     for name in ("studies", "sender", "receiver"):
         shutil.rmtree(tmp_path / name, ignore_errors=True)

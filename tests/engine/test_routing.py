@@ -1,7 +1,7 @@
 """A study received over DICOM is routed as the bytes it was stored with:
-node A sends content-addressed copies, so a later store of the same SOP
-Instance UID (which replaces the received file) changes nothing that a
-transfer queued before it sends."""
+node A's SCP stores into its content-addressed segment store and routes from
+there, so a later store of the same SOP Instance UID (another record)
+changes nothing that a transfer queued before it sends."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dicomrelay.node import Node
 from dicomrelay.receipt import Receipt
 
 from .chain_helpers import routing_node, run, storescu_args
-from .helpers import QUICK, Pki, closed_port, node_config, peer, query
+from .helpers import QUICK, Pki, closed_port, node_config, peer, query, stored_records
 
 pytestmark = pytest.mark.anyio
 
@@ -58,6 +58,9 @@ async def test_a_routed_study_is_sent_as_it_was_stored(orgs: Pki, tmp_path: Path
                 result = await anyio.to_thread.run_sync(run, args)
                 assert result.returncode == 0, result.stderr
             assert len(query(a_db, "SELECT id FROM outgoing")) == 2
+            # The node's SCP stored them in its segment store, not as files.
+            assert list((tmp_path / "a" / "dicom" / "received").glob("*.dcm")) == []
+            assert len(stored_records(tmp_path / "a")) == 6
             async with Node(b_cfg):
                 while query(a_db, "SELECT count(*) FROM outgoing WHERE state = 'done'") != [(2,)]:
                     assert not query(a_db, "SELECT id FROM outgoing WHERE state = 'dead'")

@@ -24,8 +24,7 @@ from .helpers import (
     Pki,
     Recorder,
     assert_delivered,
-    blob_files,
-    corrupt_blobs,
+    corrupt_records,
     incoming_files,
     make_study,
     node_config,
@@ -33,6 +32,7 @@ from .helpers import (
     query,
     relay,
     source_by_sop,
+    stored_records,
     study_files,
 )
 
@@ -43,8 +43,8 @@ TWO_TRIES = dataclasses.replace(QUICK, max_attempts=2, connect_timeout=3.0)
 
 
 def assert_nothing_received(rx: Node) -> None:
-    assert blob_files(rx.store.root) == []
-    assert incoming_files(rx.store.root) == []
+    assert list(stored_records(rx.config.data_dir)) == []
+    assert incoming_files(rx.config.data_dir / "store") == []
     db = rx.config.data_dir / "ledger.sqlite"
     assert query(db, "SELECT count(*) FROM incoming") == [(0,)]
     assert query(db, "SELECT count(*) FROM incoming_instances") == [(0,)]
@@ -251,9 +251,9 @@ async def test_tampered_chunk_is_refused_and_resent(
                     kept = await tx.ledger.outgoing(transfer.id)
                 assert proxy.connections == 1, "the refusal was handled within one attempt"
             await assert_delivered(rx, receipt, sources)
-            assert corrupt_blobs(rx.store.root) == []
-            assert len(blob_files(rx.store.root)) == len(sources)
-            assert incoming_files(rx.store.root) == []
+            assert corrupt_records(rx.config.data_dir) == []
+            assert len(list(stored_records(rx.config.data_dir))) == len(sources)
+            assert incoming_files(rx.config.data_dir / "store") == []
 
     assert kept is not None
     assert kept.attempts == 0

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from dicomrelay import scan_file
 from dicomrelay.receipt import Receipt
 
 from .helpers import closed_port, make_study, source_by_sop, study_files
@@ -113,6 +114,13 @@ def test_two_organisations_from_nothing(tmp_path: Path) -> None:
     [status_line] = [line for line in run_lines if " status " in line]
     assert "received_committed: 2" in run(tmp_path, status_line)
     # Byte for byte: what RX2 stored is what RX1 read.
-    stored = source_by_sop(study_files(tmp_path / "rx2" / "data" / "store"))
+    # Byte for byte, out of RX2's store as Part 10 files.
     sent = source_by_sop([*study_files(source), *study_files(second)])
+    out = tmp_path / "exported"
+    studies = {
+        scan_file(p).study_instance_uid for p in [*study_files(source), *study_files(second)]
+    }
+    for study in studies:
+        run(tmp_path, f"dicomrelay export {study} exported --config rx2.toml")
+    stored = source_by_sop(study_files(out))
     assert stored == sent

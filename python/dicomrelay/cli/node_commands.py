@@ -7,7 +7,8 @@ never listens: it queues a study in the node's ledger, wakes the node serving
 it, and tells the transfer's progress until its receipt comes; with no node
 serving (or none taking it up), it sends the transfer itself, on a lease that a
 serving node takes over should ``send`` die. ``retry`` queues a dead letter
-again; ``status`` reads the ledger.
+again; ``status`` reads the ledger; ``export`` writes a committed study out
+of the node's store as Part 10 files (beside a serving node).
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def register(sub: Any) -> None:
     retry.add_argument("transfer_id", metavar="TRANSFER_ID", help="as status lists it")
     retry.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
     retry.set_defaults(run=run_retry)
+
+    export = sub.add_parser("export", help="write a committed study's instances as Part 10 files")
+    export.add_argument("study", metavar="STUDY_UID", help="its Study Instance UID")
+    export.add_argument("out_dir", type=Path, metavar="DIR", help="created if missing")
+    export.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
+    export.set_defaults(run=run_export)
 
     status = sub.add_parser("status", help="transfers in flight, done and dead")
     status.add_argument("--config", type=Path, required=True, metavar="FILE.toml")
@@ -274,6 +281,36 @@ def require_ledger(config: NodeConfig, path: Path) -> None:
             f"no ledger in {config.data_dir} (data_dir of {path}):"
             " the node has not run there; check data_dir"
         )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dicomrelay.config import NodeConfig
+    from dicomrelay.export import export_study
+    from dicomrelay.ledger import open_ledger
+
+    config = NodeConfig.from_toml(args.config)
+    require_ledger(config, args.config)
+
+    async def export() -> tuple[int, list[str]]:
+        ledger = await open_ledger(
+            config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
+        )
+        try:
+            root = config.data_dir / "store" / "segments"
+            done = await export_study(ledger, root, args.study, args.out_dir)
+        finally:
+            await ledger.close()
+        return len(done.written), done.missing
+
+    written, missing = anyio.run(export)
+    sys.stderr.write(f"{written} instances of {args.study} written to {args.out_dir}\n")
+    if missing:
+        sys.stderr.write(
+            f"dicomrelay export: {len(missing)} instances no longer in the store"
+            f" (dropped): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}\n"
+        )
+        return 1
+    return 0
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ from dicomrelay.dicom.messages import Message, MessageAssembler
 from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from dicomrelay.dicom.spare_files import SpareFiles
 from dicomrelay.errors import DicomParseError
-from dicomrelay.groupcommit import GroupCommit
+from dicomrelay.groupcommit import Commits, GroupCommit
 
 log = logging.getLogger("dicomrelay.scp")
 
@@ -126,7 +126,9 @@ class StoreScp:
     sync_each_instance: bool = False
     tls: ssl.SSLContext | None = None
     idle_seconds: float = 300.0  # an association silent this long is aborted
-    commits: GroupCommit = field(init=False)
+    # Where received files are made durable: by default one file per instance
+    # in output_dir (a GroupCommit); a node gives its instance store's.
+    commits: Commits | None = None
     spares: SpareFiles = field(init=False)
 
     def __post_init__(self) -> None:
@@ -134,8 +136,14 @@ class StoreScp:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         spares = SpareFiles(self.output_dir / ".incoming", self.digest)
         object.__setattr__(self, "spares", spares)
-        # Last: it holds a descriptor, which a failure after it would leak.
-        object.__setattr__(self, "commits", GroupCommit(self.output_dir))
+        if self.commits is None:
+            # Last: it holds a descriptor, which a failure after it would leak.
+            object.__setattr__(self, "commits", GroupCommit(self.output_dir))
+
+    @property
+    def committer(self) -> Commits:
+        assert self.commits is not None
+        return self.commits
 
     async def serve(
         self, host: str, port: int, *, ready: Callable[[int], None] | None = None
@@ -159,7 +167,7 @@ class StoreScp:
 
     def close(self) -> None:
         """Close the output folder's descriptor and the spare files; again: nothing."""
-        self.commits.close()
+        self.committer.close()
         self.spares.close()
 
     async def handle(self, stream: SocketStream) -> None:
@@ -311,7 +319,7 @@ class _Session:
         durable = []
         for ticket, instance in self.stored.values():
             try:
-                await self.scp.commits.wait(ticket)
+                await self.scp.committer.wait(ticket)
             except OSError as e:
                 log.error("lost %s after answering Success: %s", instance.path.name, e)
                 continue
@@ -470,18 +478,19 @@ class _Session:
         )
 
     async def _commit(self, incoming: Incoming, instance: StoredInstance) -> tuple[int, str | None]:
-        ticket = self.scp.commits.add(incoming.path, instance.path)
+        commits = self.scp.committer
+        ticket = commits.add(incoming.path, instance.path, instance.digest)
         if self.scp.sync_each_instance:
             try:
-                await self.scp.commits.wait(ticket)
+                await commits.wait(ticket)
             except OSError as e:
                 return Status.OUT_OF_RESOURCES, str(e)[:64]
             self.stored[instance.path] = (0, instance)
         else:
             self.stored[instance.path] = (ticket, instance)
-            if self.background is not None and not self.scp.commits.flushing:
+            if self.background is not None and not commits.flushing:
                 # Let the disk start on what has arrived (at most every so often).
-                self.background.start_soon(self.scp.commits.flush_soon, FLUSH_INTERVAL)
+                self.background.start_soon(commits.flush_soon, FLUSH_INTERVAL)
         return Status.SUCCESS, None
 
     def _check(self, incoming: Incoming) -> tuple[int, str | None, StoredInstance | Refusal | None]:

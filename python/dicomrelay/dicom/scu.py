@@ -14,11 +14,11 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self, TypeVar
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskGroup
@@ -61,9 +61,29 @@ class AssociationError(DicomrelayError, ConnectionError):
     """The peer rejected or aborted the association, or closed the connection."""
 
 
+class Readable(Protocol):
+    """An instance's bytes from somewhere other than a file of its own (the
+    node's store): read from its first byte, seekable, closed after use."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+    def seek(self, pos: int, whence: int = 0, /) -> int: ...
+    def close(self) -> None: ...
+
+
+# What C-STORE sends: a file, or an opener of the bytes.
+Source = str | os.PathLike[str] | Callable[[], Readable]
+S = TypeVar("S", bound=Source)
+
+
+def _open_source(source: Source) -> Readable:
+    if callable(source):
+        return source()
+    return open(source, "rb")
+
+
 @dataclass(kw_only=True, slots=True)
 class _StoreRequest:
-    path: Path
+    path: Source
     info: InstanceInfo
     context: int
     message_id: int
@@ -430,18 +450,16 @@ class Client:
         return await self._store_status(request)
 
     async def store_many(
-        self, files: Iterable[tuple[str | os.PathLike[str], InstanceInfo]]
-    ) -> AsyncIterator[tuple[str | os.PathLike[str], int | AssociationError | OSError]]:
-        """C-STORE each file in turn, yielding its status, or the error that
-        kept it from being sent. One request is outstanding at a time, as
+        self, files: Iterable[tuple[S, InstanceInfo]]
+    ) -> AsyncIterator[tuple[S, int | AssociationError | OSError]]:
+        """C-STORE each file (or opened source) in turn, yielding its status, or
+        the error that kept it from being sent. One request is outstanding at a time, as
         DICOM asks of a peer that does not negotiate more; while the peer
         handles it, the next file is read and encoded, so the peer seldom
         waits for us."""
         pending = iter(files)
 
-        def prepare() -> (
-            tuple[str | os.PathLike[str], _StoreRequest | AssociationError | OSError] | None
-        ):
+        def prepare() -> tuple[S, _StoreRequest | AssociationError | OSError] | None:
             for path, info in pending:
                 self._check_open()
                 try:
@@ -461,7 +479,7 @@ class Client:
             current = prepare()  # while the peer stores this one
             yield path, await self._store_status(request)
 
-    def _store_request(self, path: str | os.PathLike[str], info: InstanceInfo) -> _StoreRequest:
+    def _store_request(self, path: Source, info: InstanceInfo) -> _StoreRequest:
         """A C-STORE request encoded, with its dataset read and encoded too
         unless it is too large to hold (then it is streamed when sent)."""
         key = (info.sop_class_uid or "", info.transfer_syntax_uid or IMPLICIT_LE)
@@ -475,14 +493,14 @@ class Client:
             sop_instance_uid=info.sop_instance_uid or "",
         ).encode()
         request = _StoreRequest(
-            path=Path(path),
+            path=path if callable(path) else Path(path),
             info=info,
             context=context,
             message_id=message_id,
             command=fragment_pdata(context, True, command, self._peer_max_pdu),
         )
         if info.size - info.dataset_offset <= HELD_DATASET:
-            with open(request.path, "rb") as f:
+            with contextlib.closing(_open_source(request.path)) as f:
                 f.seek(info.dataset_offset)
                 request.dataset = self._dataset_pdata(context, f.read(), last=True)
         return request
@@ -502,7 +520,7 @@ class Client:
                 self._association.send_pdata(request.dataset)
                 await self._send(self._association.data_to_send())
                 return
-            with open(request.path, "rb") as f:
+            with contextlib.closing(_open_source(request.path)) as f:
                 f.seek(request.info.dataset_offset)
                 left = request.info.size - request.info.dataset_offset
                 while True:

@@ -9,6 +9,9 @@ from typing import Protocol
 
 from dicomrelay.audit import AuditQuery, AuditRecord, Outcome
 
+# Where a segment store keeps a record: (segment, offset of its header, data length).
+Location = tuple[int, int, int]
+
 
 class TransferState(enum.StrEnum):
     QUEUED = "queued"  # waiting for a slot or for its next attempt
@@ -180,6 +183,64 @@ class Ledger(Protocol):
 
     async def study(self, study_instance_uid: str) -> list[tuple[str, str, int]]:
         """Committed instances of a study: (SOP Instance UID, digest, size)."""
+        ...
+
+    # The index of a node's segment store (``store``: its name, as several
+    # nodes may share a ledger).
+    async def segment_end(self, store: str) -> tuple[int, int] | None:
+        """The store's last durable end recorded, (segment, end); None if none yet."""
+        ...
+
+    async def record_round(
+        self,
+        store: str,
+        end: tuple[int, int],
+        located: Sequence[tuple[str, Location]],
+        received: Sequence[tuple[str, str, IncomingInstance]],
+    ) -> None:
+        """One durable round, in one transaction: the new records' locations (a
+        digest located before keeps its place), the instances received
+        ``(sender, transfer_id, instance)``, and the store's new durable end."""
+        ...
+
+    async def locations(self, store: str, digests: Sequence[str]) -> dict[str, Location]:
+        """Where the store holds those of ``digests`` it holds."""
+        ...
+
+    async def segment_usage(self, store: str) -> list[tuple[int, int, int]]:
+        """Per segment holding live records: (segment, records, data bytes)."""
+        ...
+
+    async def records_in_segment(self, store: str, segment: int) -> list[tuple[str, Location]]:
+        """The live records of a segment, (digest, location), in file order."""
+        ...
+
+    async def move_records(
+        self,
+        store: str,
+        moves: Sequence[tuple[str, Location, Location]],
+        end: tuple[int, int],
+    ) -> int:
+        """Compaction's switch, in one transaction: each (digest, old, new) row
+        moves to ``new`` only if it is still at ``old``; the store's durable end
+        becomes ``end``. Returns how many moved."""
+        ...
+
+    async def expired_studies(self, before: float) -> list[str]:
+        """Studies whose latest commit is older than ``before``."""
+        ...
+
+    async def drop_studies(self, studies: Sequence[str]) -> int:
+        """Drop committed studies, and the locations of their digests that
+        nothing else names (no other study, no transfer still arriving); returns
+        how many locations went."""
+        ...
+
+    async def drop_routed(self, store: str, before: float) -> int:
+        """Drop the store's records of instances its DICOM SCP received and a
+        transfer done before ``before`` sent on, that nothing else names (no
+        committed study, no transfer arriving, none queued, active or dead);
+        returns how many went."""
         ...
 
     # Delivery of committed studies into the local PACS.

@@ -11,6 +11,7 @@ from dicomrelay.audit import AuditQuery, AuditRecord, Outcome, outcome_of
 from dicomrelay.ledger.base import (
     IncomingInstance,
     IncomingTransfer,
+    Location,
     OutgoingInstance,
     OutgoingTransfer,
     TransferState,
@@ -258,6 +259,92 @@ class SqlLedger:
     async def study(self, study_instance_uid: str) -> list[tuple[str, str, int]]:
         rows = await self._one(Query(self._sql.study, (study_instance_uid,)))
         return [(str(uid), str(digest), int(size)) for uid, digest, size in rows]
+
+    # The segment store's index.
+    async def segment_end(self, store: str) -> tuple[int, int] | None:
+        rows = await self._one(Query(self._sql.segment_end, (store,)))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+    async def record_round(
+        self,
+        store: str,
+        end: tuple[int, int],
+        located: Sequence[tuple[str, Location]],
+        received: Sequence[tuple[str, str, IncomingInstance]],
+    ) -> None:
+        q = self._sql
+        places = [(store, digest, *where) for digest, where in located]
+        rows = [
+            (sender, transfer_id, i.index, i.sop_instance_uid, i.size, i.digest, i.stored)
+            for sender, transfer_id, i in received
+        ]
+        segment_end = (store, *end)
+
+        def work() -> Work[None]:
+            if places:
+                yield Query(q.locate, places, many=True)
+            if rows:
+                yield Query(q.record_received, rows, many=True)
+            yield Query(q.set_segment_end, segment_end)
+
+        await self._driver.run(work)
+
+    async def locations(self, store: str, digests: Sequence[str]) -> dict[str, Location]:
+        query = Query(self._sql.locations, (store, self._array(digests)))
+        return {str(d): (int(s), int(o), int(n)) for d, s, o, n in await self._one(query)}
+
+    async def segment_usage(self, store: str) -> list[tuple[int, int, int]]:
+        rows = await self._one(Query(self._sql.segment_usage, (store,)))
+        return [(int(s), int(n), int(b)) for s, n, b in rows]
+
+    async def records_in_segment(self, store: str, segment: int) -> list[tuple[str, Location]]:
+        rows = await self._one(Query(self._sql.records_in_segment, (store, segment)))
+        return [(str(d), (segment, int(o), int(n))) for d, o, n in rows]
+
+    async def move_records(
+        self,
+        store: str,
+        moves: Sequence[tuple[str, Location, Location]],
+        end: tuple[int, int],
+    ) -> int:
+        q = self._sql
+        params = [(new[0], new[1], store, digest, old[0], old[1]) for digest, old, new in moves]
+        segment_end = (store, *end)
+
+        def work() -> Work[int]:
+            moved = 0
+            for p in params:  # one at a time: each row's count says whether it moved
+                moved += (yield Query(q.move_record, p)).rowcount
+            yield Query(q.set_segment_end, segment_end)
+            return moved
+
+        return await self._driver.run(work)
+
+    async def expired_studies(self, before: float) -> list[str]:
+        rows = await self._one(Query(self._sql.expired_studies, (before,)))
+        return [str(r[0]) for r in rows]
+
+    async def drop_studies(self, studies: Sequence[str]) -> int:
+        q = self._sql
+
+        def work() -> Work[int]:
+            digests: set[str] = set()
+            for study in studies:
+                digests.update(str(r[0]) for r in (yield Query(q.study_digests, (study,))).rows)
+                yield Query(q.drop_study, (study,))
+            if not digests:
+                return 0
+            return (yield Query(q.drop_unreferenced, (self._array(sorted(digests)),))).rowcount
+
+        return await self._driver.run(work)
+
+    async def drop_routed(self, store: str, before: float) -> int:
+        query = Query(self._sql.drop_routed, (store, before))
+
+        def work() -> Work[int]:
+            return (yield query).rowcount
+
+        return await self._driver.run(work)
 
     # Delivery of committed studies into the local PACS.
     async def add_delivery(self, study_instance_uid: str) -> float:

@@ -158,6 +158,39 @@ MIGRATIONS = (
             "CREATE INDEX audit_patient ON audit (patient_id)",
         ),
     ),
+    Migration(
+        4,
+        "instances in a segment store: each digest's location, and the store's durable end",
+        (
+            # One row per digest a store holds (content-addressed: every instance
+            # row with that digest shares it), keyed by the store, so several
+            # nodes may share one ledger. Compaction switches a row to a new place.
+            """CREATE TABLE segment_records (
+                store TEXT NOT NULL,
+                digest TEXT NOT NULL,
+                segment BIGINT NOT NULL,
+                record_offset BIGINT NOT NULL,
+                length BIGINT NOT NULL,
+                PRIMARY KEY (store, digest)
+            ){without_rowid}""",
+            "CREATE INDEX segment_records_by_segment ON segment_records (store, segment)",
+            # Where each store's last durable round ended: written in the same
+            # transaction as that round's rows; a store opens there.
+            """CREATE TABLE segment_ends (
+                store TEXT PRIMARY KEY,
+                segment BIGINT NOT NULL,
+                end_offset BIGINT NOT NULL
+            ){without_rowid}""",
+            # Retention asks which committed studies are older than N days, and
+            # whether anything else still names a dropped study's digests: by
+            # digest alone, which the sender-first index cannot answer (the new
+            # one serves digests_from as well).
+            "CREATE INDEX store_committed ON store (committed)",
+            "CREATE INDEX store_digest ON store (digest)",
+            "DROP INDEX IF EXISTS incoming_digest",
+            "CREATE INDEX incoming_by_digest ON incoming_instances (digest, sender)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -219,6 +219,69 @@ class Statements:
             "SELECT sop_uid, digest, size FROM store WHERE study_uid = ? ORDER BY sop_uid"
         )
 
+        # The segment store: each digest's location, and where the last durable
+        # round ended, per store.
+        self.segment_end = sql("SELECT segment, end_offset FROM segment_ends WHERE store = ?")
+        self.set_segment_end = sql(
+            "INSERT INTO segment_ends (store, segment, end_offset) VALUES (?, ?, ?)"
+            " ON CONFLICT (store) DO UPDATE SET segment = excluded.segment,"
+            " end_offset = excluded.end_offset"
+        )
+        # A digest located already keeps its place (a copy written again is garbage).
+        self.locate = sql(
+            "INSERT INTO segment_records (store, digest, segment, record_offset, length)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (store, digest) DO NOTHING"
+        )
+        self.locations = sql(
+            "SELECT digest, segment, record_offset, length FROM segment_records"
+            " WHERE store = ? AND digest {in_texts}"
+        )
+        self.segment_usage = sql(
+            "SELECT segment, count(*), sum(length) FROM segment_records WHERE store = ?"
+            " GROUP BY segment ORDER BY segment"
+        )
+        self.records_in_segment = sql(
+            "SELECT digest, record_offset, length FROM segment_records"
+            " WHERE store = ? AND segment = ? ORDER BY record_offset"
+        )
+        # Compaction's switch: only a row still where compaction read it moves.
+        self.move_record = sql(
+            "UPDATE segment_records SET segment = ?, record_offset = ?"
+            " WHERE store = ? AND digest = ? AND segment = ? AND record_offset = ?"
+        )
+        # Retention.
+        self.expired_studies = sql(
+            "SELECT study_uid FROM store GROUP BY study_uid HAVING max(committed) < ?"
+        )
+        self.study_digests = sql("SELECT DISTINCT digest FROM store WHERE study_uid = ?")
+        self.drop_study = sql("DELETE FROM store WHERE study_uid = ?")
+        # Of the digests given, the locations nothing names any more: no committed
+        # study, and no transfer still arriving (its instances are not in store yet).
+        self.drop_unreferenced = sql(
+            "DELETE FROM segment_records WHERE digest {in_texts}"
+            " AND NOT EXISTS (SELECT 1 FROM store s WHERE s.digest = segment_records.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM incoming_instances i JOIN incoming t"
+            " ON t.sender = i.sender AND t.transfer_id = i.transfer_id"
+            " WHERE i.digest = segment_records.digest AND t.committed IS NULL)"
+        )
+
+        # What this node's DICOM SCP stored and routed on: once the transfer
+        # that sent it is done, before the parameter, a digest nothing else
+        # names (no committed study, no transfer arriving, no transfer still
+        # to send or that may be sent again) goes.
+        self.drop_routed = sql(
+            "DELETE FROM segment_records WHERE store = ? AND digest IN"
+            " (SELECT o.digest FROM outgoing t JOIN outgoing_instances o ON o.transfer_id = t.id"
+            " WHERE t.state = 'done' AND t.updated < ? AND substr(o.path, 1, 6) = 'store:')"
+            " AND NOT EXISTS (SELECT 1 FROM store s WHERE s.digest = segment_records.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM incoming_instances i JOIN incoming t"
+            " ON t.sender = i.sender AND t.transfer_id = i.transfer_id"
+            " WHERE i.digest = segment_records.digest AND t.committed IS NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM outgoing_instances o JOIN outgoing t"
+            " ON t.id = o.transfer_id WHERE o.digest = segment_records.digest"
+            " AND t.state IN ('queued', 'active', 'dead'))"
+        )
+
         # Delivery into the local PACS. Stamps only increase (by the parameter,
         # a microsecond, at least), so a finished delivery can tell a later request.
         self.add_delivery = sql(

@@ -281,6 +281,18 @@ impl SegmentStore {
         lock(&self.writer).append(&self.dir, &*self.io, algorithm, digest, data)
     }
 
+    /// Append a record of the `length` bytes `source` holds (a file too large
+    /// to hold in memory), under `digest` (the caller has verified it).
+    pub fn append_from(
+        &self,
+        algorithm: DigestAlgorithm,
+        digest: &[u8; 32],
+        length: u64,
+        source: &mut dyn std::io::Read,
+    ) -> Result<Location> {
+        lock(&self.writer).append_from(&self.dir, &*self.io, algorithm, digest, length, source)
+    }
+
     /// Make every record appended so far durable: one fdatasync per segment
     /// written since the last commit. Returns the new durable end. On an error
     /// the round failed: none of its records is durable, the durable end stays
@@ -420,5 +432,38 @@ impl SegmentStore {
             Err(e) => return Err(SegmentError::io("remove", &path, e)),
         }
         sync_dir(&self.dir)
+    }
+}
+
+/// Reads the durable records of a store that another process (or another
+/// open in this one) appends to: no lock, no recovery. Every location it is
+/// given must come from the caller's index, which names only records a
+/// commit made durable; each read is still checked against its header.
+pub struct SegmentReader {
+    readers: Readers,
+}
+
+impl SegmentReader {
+    pub fn new(dir: &Path) -> SegmentReader {
+        SegmentReader {
+            readers: Readers::new(dir),
+        }
+    }
+
+    /// The data of the record at `location`, which must hold `digest`; with
+    /// `verify`, hashed and checked too.
+    pub fn read(
+        &self,
+        location: &Location,
+        digest: &[u8; 32],
+        verify: bool,
+    ) -> Result<AlignedBytes> {
+        if record_size(location.length).is_none() {
+            return Err(SegmentError::BadLocation {
+                location: *location,
+                why: "declares a length larger than a record may be",
+            });
+        }
+        Ok(self.readers.read(location, digest, verify)?.1)
     }
 }

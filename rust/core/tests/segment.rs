@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use dicomrelay_core::segment::{
     segment_name, DurableEnd, Location, ScanStop, SegmentConfig, SegmentError, SegmentIo,
-    SegmentStore, BLOCK, FIRST_RECORD, RECORD_HEADER,
+    SegmentReader, SegmentStore, BLOCK, FIRST_RECORD, RECORD_HEADER,
 };
 use dicomrelay_core::DigestAlgorithm;
 
@@ -922,5 +922,54 @@ fn compaction_runs_beside_appending_rounds() {
     assert_eq!(
         on_disk, indexed,
         "each record the index holds is on disk once, and nothing else"
+    );
+}
+
+#[test]
+fn records_streamed_from_a_reader_read_back_whole_and_a_short_one_stops_the_store() {
+    let dir = TempDir::new("append-from");
+    let (store, _) = SegmentStore::open(&dir.0, config(1 << 20, FaultIo::new()), None).unwrap();
+    let mut rng = Rng(7);
+    // Larger than the 64 KiB append buffer: written a buffer at a time.
+    let data = record_data(&mut rng, 300_000);
+    let digest = digest_of(&data);
+    let location = store
+        .append_from(ALGORITHM, &digest, data.len() as u64, &mut &data[..])
+        .unwrap();
+    let (small_location, small_digest) = append(&store, b"after it");
+    let end = store.commit().unwrap();
+    assert_eq!(
+        &store.read(&location, &digest, true).unwrap()[..],
+        &data[..]
+    );
+    let reader = SegmentReader::new(&dir.0);
+    assert_eq!(
+        &reader.read(&location, &digest, true).unwrap()[..],
+        &data[..]
+    );
+    assert_eq!(
+        &reader.read(&small_location, &small_digest, true).unwrap()[..],
+        b"after it"
+    );
+    assert!(matches!(
+        reader.read(&small_location, &digest, false),
+        Err(SegmentError::WrongRecord { .. })
+    ));
+
+    // A source that ends before the length it was given: refused, and the
+    // round with it; the store takes nothing more until opened again.
+    let short = &data[..1000];
+    let e = store
+        .append_from(ALGORITHM, &digest, 5000, &mut &short[..])
+        .unwrap_err();
+    assert!(matches!(e, SegmentError::Invalid(_)), "{e:?}");
+    assert!(store.commit().is_err());
+    drop(store);
+    let (store, recovery) =
+        SegmentStore::open(&dir.0, config(1 << 20, FaultIo::new()), Some(end)).unwrap();
+    assert_eq!(recovery.cut_records, 0);
+    assert_eq!(
+        &store.read(&location, &digest, true).unwrap()[..],
+        &data[..]
     );
 }

@@ -134,8 +134,10 @@ impl Channel {
     }
 
     /// Queue one frame whose payload is `length` bytes of the open file `fd` at
-    /// `offset`: read (into a pooled buffer) and encrypted with the GIL released.
-    #[pyo3(signature = (kind, fd, offset, length, *, stream=0, flags=0, digest=None))]
+    /// `base + offset` (`base`: where the instance starts in the file, a
+    /// segment's record; `offset`, the frame's, is within the instance): read
+    /// (into a pooled buffer) and encrypted with the GIL released.
+    #[pyo3(signature = (kind, fd, offset, length, *, stream=0, flags=0, digest=None, base=0))]
     #[allow(clippy::too_many_arguments)] // the Python keyword arguments of one frame
     fn send_from_file(
         &mut self,
@@ -147,7 +149,11 @@ impl Channel {
         stream: u32,
         flags: u8,
         digest: Option<&[u8]>,
+        base: u64,
     ) -> PyResult<()> {
+        let at = base
+            .checked_add(offset)
+            .ok_or_else(|| PyValueError::new_err("base + offset overflows"))?;
         let digest: Option<&[u8; DIGEST_LEN]> = match digest {
             None => None,
             Some(d) => Some(
@@ -158,7 +164,7 @@ impl Channel {
         let channel = &mut self.0;
         py.detach(|| -> PyResult<()> {
             let mut buf = dicomrelay_core::aligned::take_buffer(length);
-            let read = read_exact_at(fd, &mut buf, length, offset);
+            let read = read_exact_at(fd, &mut buf, length, at);
             let sent = read.and_then(|()| {
                 channel
                     .send(kind, flags, stream, offset, digest, &buf)

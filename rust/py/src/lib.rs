@@ -207,6 +207,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<writer::StreamFile>()?;
     m.add_function(wrap_pyfunction!(writer::sync_filesystem, m)?)?;
     m.add_class::<segments::SegmentStore>()?;
+    m.add_class::<segments::SegmentReader>()?;
+    m.add_class::<segments::SegmentFaults>()?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;

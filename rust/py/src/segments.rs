@@ -3,12 +3,15 @@
 //! `(segment, offset, length)` tuples, digests lower-case hex.
 
 use std::os::fd::IntoRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dicomrelay_core::segment::{
-    DurableEnd, Location, Recovery, ScanStop, SegmentConfig, SegmentStore as CoreStore,
-    DEFAULT_BUFFER_SIZE, DEFAULT_SEGMENT_SIZE, FIRST_RECORD,
+    DurableEnd, Location, Recovery, ScanStop, SegmentConfig, SegmentIo,
+    SegmentReader as CoreReader, SegmentStore as CoreStore, DEFAULT_BUFFER_SIZE,
+    DEFAULT_SEGMENT_SIZE, FIRST_RECORD,
 };
 
 const _: () = assert!(DEFAULT_SEGMENT_SIZE == 1073741824 && DEFAULT_BUFFER_SIZE == 8388608);
@@ -77,19 +80,23 @@ impl SegmentStore {
     /// store that has never recorded one.
     #[new]
     // Literal defaults, so that Python's signature shows them; checked below.
-    #[pyo3(signature = (root, *, durable_end, segment_size=1073741824, buffer_size=8388608))]
+    #[pyo3(signature = (root, *, durable_end, segment_size=1073741824, buffer_size=8388608, faults=None))]
     fn new(
         py: Python<'_>,
         root: PathBuf,
         durable_end: Option<(u64, u64)>,
         segment_size: u64,
         buffer_size: usize,
+        faults: Option<PyRef<'_, SegmentFaults>>,
     ) -> PyResult<Self> {
-        let config = SegmentConfig {
+        let mut config = SegmentConfig {
             segment_size,
             buffer_size,
             ..SegmentConfig::default()
         };
+        if let Some(faults) = faults {
+            config.io = faults.state.clone();
+        }
         let durable = durable_end.map(|(segment, end)| DurableEnd { segment, end });
         let (store, recovery) = py
             .detach(|| CoreStore::open(&root, config, durable))
@@ -118,6 +125,30 @@ impl SegmentStore {
         py.detach(|| store.append(algorithm, &digest, bytes))
             .map(py_location)
             .map_err(segment_error)
+    }
+
+    /// Append a record of the whole file at `path` under `digest` (already
+    /// verified), read a buffer at a time: for an instance too large to hold.
+    #[pyo3(signature = (path, digest, *, algorithm="sha256"))]
+    fn append_file(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        digest: &str,
+        algorithm: &str,
+    ) -> PyResult<PyLocation> {
+        let algorithm = crate::channel::algorithm(algorithm)?;
+        let digest = digest_bytes(digest)?;
+        let store = self.store()?;
+        py.detach(|| {
+            let mut file = std::fs::File::open(&path)?;
+            let length = file.metadata()?.len();
+            Ok::<_, std::io::Error>((store.append_from(algorithm, &digest, length, &mut file), ()))
+        })
+        .map_err(PyErr::from)?
+        .0
+        .map(py_location)
+        .map_err(segment_error)
     }
 
     /// Append `(data, digest)` records, in order: one call for a round.
@@ -301,5 +332,98 @@ impl SegmentStore {
         _tb: &Bound<'_, PyAny>,
     ) {
         self.close(py);
+    }
+}
+
+/// Reads durable records while another process appends (no lock, no recovery):
+/// for tools such as export, given locations from the ledger.
+#[pyclass(frozen, module = "dicomrelay._native", name = "SegmentReader")]
+pub struct SegmentReader {
+    inner: CoreReader,
+}
+
+#[pymethods]
+impl SegmentReader {
+    #[new]
+    fn new(root: PathBuf) -> Self {
+        SegmentReader {
+            inner: CoreReader::new(&root),
+        }
+    }
+
+    /// The data of the record at `location`, which must hold `digest`
+    /// (CorruptRecord otherwise); with `verify`, hashed and checked too.
+    #[pyo3(signature = (location, digest, *, verify=false))]
+    fn read(
+        &self,
+        py: Python<'_>,
+        location: PyLocation,
+        digest: &str,
+        verify: bool,
+    ) -> PyResult<Payload> {
+        let digest = digest_bytes(digest)?;
+        let location = self::location(location);
+        py.detach(|| self.inner.read(&location, &digest, verify))
+            .map(|data| Payload(Arc::new(data)))
+            .map_err(segment_error)
+    }
+}
+
+/// Failures injected into a store's data writes and syncs, in place of the
+/// kernel's (a lost write-back, a full disk): 0 for none, else the errno.
+#[derive(Default)]
+struct FaultState {
+    write_errno: AtomicI32,
+    sync_errno: AtomicI32,
+    syncs: AtomicU64,
+}
+
+impl SegmentIo for FaultState {
+    fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        match self.write_errno.load(Ordering::SeqCst) {
+            0 => file.write_all_at(buf, offset),
+            errno => Err(std::io::Error::from_raw_os_error(errno)),
+        }
+    }
+
+    fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        match self.sync_errno.load(Ordering::SeqCst) {
+            0 => file.sync_data(),
+            errno => Err(std::io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// Faults to inject into a `SegmentStore` (its `faults=`): for tests of what
+/// a failed fdatasync or write does to the rounds built on it.
+#[pyclass(frozen, module = "dicomrelay._native", name = "SegmentFaults")]
+pub struct SegmentFaults {
+    state: Arc<FaultState>,
+}
+
+#[pymethods]
+impl SegmentFaults {
+    #[new]
+    fn new() -> Self {
+        SegmentFaults {
+            state: Arc::new(FaultState::default()),
+        }
+    }
+
+    /// Every data write fails with `errno` from now on (0: none).
+    fn fail_writes(&self, errno: i32) {
+        self.state.write_errno.store(errno, Ordering::SeqCst);
+    }
+
+    /// Every fdatasync fails with `errno` from now on (0: none).
+    fn fail_syncs(&self, errno: i32) {
+        self.state.sync_errno.store(errno, Ordering::SeqCst);
+    }
+
+    /// The fdatasyncs asked for so far, failed or not.
+    #[getter]
+    fn syncs(&self) -> u64 {
+        self.state.syncs.load(Ordering::SeqCst)
     }
 }

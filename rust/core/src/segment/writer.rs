@@ -2,6 +2,7 @@
 //! a whole buffer (or a round's end) at a time, rolling over to a new segment
 //! when the active one is full.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -99,18 +100,42 @@ impl Writer {
                 "a record of {length} bytes is larger than a record may be"
             ))
         })?;
-        let result = self.append_checked(dir, io, algorithm, digest, data, size);
+        let mut source = data;
+        let result = self.append_checked(dir, io, algorithm, digest, length, size, &mut source);
         result.map_err(|e| self.fail(e))
     }
 
+    /// Append one record of `length` bytes read from `source` (a file too
+    /// large to hold in memory); it is durable once a commit after it succeeds.
+    pub fn append_from(
+        &mut self,
+        dir: &Path,
+        io: &dyn SegmentIo,
+        algorithm: DigestAlgorithm,
+        digest: &[u8; 32],
+        length: u64,
+        source: &mut dyn Read,
+    ) -> Result<Location> {
+        self.check()?;
+        let size = record_size(length).ok_or_else(|| {
+            SegmentError::Invalid(format!(
+                "a record of {length} bytes is larger than a record may be"
+            ))
+        })?;
+        let result = self.append_checked(dir, io, algorithm, digest, length, size, source);
+        result.map_err(|e| self.fail(e))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn append_checked(
         &mut self,
         dir: &Path,
         io: &dyn SegmentIo,
         algorithm: DigestAlgorithm,
         digest: &[u8; 32],
-        data: &[u8],
+        length: u64,
         size: u64,
+        source: &mut dyn Read,
     ) -> Result<Location> {
         if self.end.saturating_add(size) > self.capacity {
             self.roll_over(dir, io, size)?;
@@ -118,21 +143,21 @@ impl Writer {
         let offset = self.end;
         let header = RecordHeader {
             algorithm,
-            length: data.len() as u64,
+            length,
             digest: *digest,
             offset,
         }
         .encode(self.segment);
         self.dirty = true;
         self.put(io, &header)?;
-        self.put(io, data)?;
-        let padding = size - header.len() as u64 - data.len() as u64;
+        self.put_from(io, source, length)?;
+        let padding = size - header.len() as u64 - length;
         self.put_zeros(io, padding as usize)?;
         self.end = offset + size;
         Ok(Location {
             segment: self.segment,
             offset,
-            length: data.len() as u64,
+            length,
         })
     }
 
@@ -167,6 +192,32 @@ impl Writer {
             self.buf.as_mut_slice()[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
             self.filled += n;
             bytes = &bytes[n..];
+            if self.filled == self.buf.len() {
+                self.flush(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy exactly `length` bytes of `source` into the buffer, writing it as it fills.
+    fn put_from(&mut self, io: &dyn SegmentIo, source: &mut dyn Read, length: u64) -> Result<()> {
+        let mut left = length;
+        while left > 0 {
+            let room = self.buf.len() - self.filled;
+            let want = room.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let into = &mut self.buf.as_mut_slice()[self.filled..self.filled + want];
+            let n = match source.read(into) {
+                Ok(0) => {
+                    return Err(SegmentError::Invalid(format!(
+                        "the source ended {left} bytes short of its record"
+                    )))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SegmentError::io("read", &self.file.path, e)),
+            };
+            self.filled += n;
+            left -= n as u64;
             if self.filled == self.buf.len() {
                 self.flush(io)?;
             }
