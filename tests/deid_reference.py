@@ -132,7 +132,8 @@ def header_of(ds: Dataset, tags: frozenset[int]) -> InstanceHeader:
         tag = int(elem.tag)
         if Tag(tag).is_private_creator and isinstance(elem.value, str | bytes):
             text = elem.value.decode("latin-1") if isinstance(elem.value, bytes) else elem.value
-            creators[tag] = text.strip(" \x00")
+            if text.strip(" \x00"):
+                creators[tag] = text.strip(" \x00")
         if tag in tags and elem.VR not in ("SQ", "UN") and elem.value not in (None, ""):
             values[tag] = text_of(elem).strip(" \x00")
     return InstanceHeader(values=values, private_creators=creators)

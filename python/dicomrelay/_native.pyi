@@ -35,6 +35,8 @@ __all__ = [
     "UserInformation",
     "__version__",
     "fragment_pdata",
+    "header_values",
+    "header_values_file",
     "scan",
     "scan_file",
     "scan_many",
@@ -120,6 +122,15 @@ def scan_many(
     threads: int | None = None,
 ) -> list[InstanceInfo | DicomParseError | OSError]: ...
 
+def header_values(
+    data: _Buffer, tags: Sequence[int]
+) -> tuple[dict[int, str], dict[int, str]]:
+    """The top-level text of ``tags`` present with a value, and every private
+    creator ((gggg,00bb) -> name), decoded and stripped of padding."""
+
+def header_values_file(
+    path: str | os.PathLike[str], tags: Sequence[int]
+) -> tuple[dict[int, str], dict[int, str]]: ...
 @final
 class TlsConfig:
     @staticmethod
