@@ -20,6 +20,7 @@ from types import FrameType
 
 from dicomrelay.allocator import keep_freed_memory
 from dicomrelay.cli import (
+    deidentify_command,
     dicom_commands,
     loadtest_command,
     node_commands,
@@ -34,6 +35,7 @@ SUBCOMMANDS = (
     pki_commands,
     dicom_commands,
     scan_command,
+    deidentify_command,
 )
 
 
