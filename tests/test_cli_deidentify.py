@@ -83,9 +83,11 @@ def site(tmp_path: Path) -> Path:
     [
         (["ct.dcm", "--out", "o"], USAGE, "required: --key-file"),
         (["ct.dcm", "--out", "o", "--key-file", "gone"], FAILURE, "gone: no such file"),
-        (["ct.dcm", "--out", "o", "--key-file", "empty-key"], USAGE, "empty-key: the project key is empty"),
+        (["ct.dcm", "--out", "o", "--key-file", "empty-key"], USAGE,
+         "empty-key: the project key is empty"),
         (["ct.dcm", "--out", "o", "--key-file", "short-key"], USAGE, "is 9 bytes; at least 16"),
-        (["gone.dcm", "--out", "o", "--key-file", "key"], USAGE, "gone.dcm: no such file or folder"),
+        (["gone.dcm", "--out", "o", "--key-file", "key"], USAGE,
+         "gone.dcm: no such file or folder"),
         (["ct.dcm", "--out", "o", "--key-file", "key", "--option", "retain-everything"], USAGE,
          "invalid choice: 'retain-everything'"),
         (["ct.dcm", "--out", "o", "--key-file", "key", "--option", "retain-longitudinal-full-dates",
@@ -156,19 +158,21 @@ def test_bundled_files_against_the_reference(site: Path) -> None:
 @needs_rewriter
 def test_a_study_stays_consistent_and_stable(site: Path) -> None:
     make_study(site / "study")
-    code, out, err = dicomrelay(site, "study", "--out", "a", "--key-file", "key")
+    code, _, err = dicomrelay(site, "study", "--out", "a", "--key-file", "key")
     assert code == 0, err
     code, _, err = dicomrelay(site, "study", "--out", "b", "--key-file", "key")
     assert code == 0, err
     a = sorted(p.relative_to(site / "a") for p in (site / "a").rglob("*.dcm"))
     b = sorted(p.relative_to(site / "b") for p in (site / "b").rglob("*.dcm"))
-    assert a == b and len(a) == 6
-    assert len({p.parts[0] for p in a}) == 1 and len({p.parts[1] for p in a}) == 2
+    assert a == b
+    assert len(a) == 6
+    assert len({p.parts[0] for p in a}) == 1  # one study
+    assert len({p.parts[1] for p in a}) == 2  # two series
     for rel in a:
         assert (site / "a" / rel).read_bytes() == (site / "b" / rel).read_bytes()
-    first = {read(site / "a" / rel).SOPInstanceUID for rel in a if read(site / "a" / rel).SeriesNumber == 1}
-    for rel in a:
-        ds = read(site / "a" / rel)
+    outputs = [read(site / "a" / rel) for rel in a]
+    first = {ds.SOPInstanceUID for ds in outputs if ds.SeriesNumber == 1}
+    for ds in outputs:
         if ds.SeriesNumber == 2:
             assert {r.ReferencedSOPInstanceUID for r in ds.ReferencedImageSequence} == first
 
@@ -176,7 +180,7 @@ def test_a_study_stays_consistent_and_stable(site: Path) -> None:
 @needs_rewriter
 def test_the_same_instance_twice_is_written_once(site: Path) -> None:
     mr = [Path(str(get_testdata_file(n))) for n in ("MR_small.dcm", "MR_small_implicit.dcm")]
-    code, out, err = dicomrelay(site, *map(str, mr), "--out", "o", "--key-file", "key")
+    code, _, err = dicomrelay(site, *map(str, mr), "--out", "o", "--key-file", "key")
     assert code == FAILURE
     assert f"{mr[1]}: failed: the same instance as {mr[0]}" in err
     assert len(list((site / "o").rglob("*.dcm"))) == 1
@@ -185,7 +189,7 @@ def test_the_same_instance_twice_is_written_once(site: Path) -> None:
 @needs_rewriter
 def test_a_secondary_capture_is_refused(site: Path) -> None:
     sc = Path(str(get_testdata_file("SC_rgb_small_odd.dcm")))
-    code, out, err = dicomrelay(site, str(sc), "ct.dcm", "--out", "o", "--key-file", "key")
+    code, _, err = dicomrelay(site, str(sc), "ct.dcm", "--out", "o", "--key-file", "key")
     assert code == FAILURE
     assert f"{sc}: refused: Secondary Capture Image without Burned In Annotation" in err
     assert "1 de-identified, 1 refused, 0 failed" in err

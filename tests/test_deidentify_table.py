@@ -9,7 +9,7 @@ the rewrite contract's semantics on pydicom), written, and read back.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Sized
 from pathlib import Path
 
 import pytest
@@ -55,9 +55,9 @@ def originals(ds: Dataset) -> dict[int, set[str]]:
 
 
 def _empty(value: object) -> bool:
-    return value is None or value == "" or value == b"" or (
-        isinstance(value, list | tuple) or hasattr(value, "__len__")
-    ) and len(value) == 0  # type: ignore[arg-type]
+    if value is None:
+        return True
+    return isinstance(value, Sized) and len(value) == 0
 
 
 def check_row(row: ProfileRow, action: str, tag: int, elem: object, before: set[str]) -> None:
@@ -86,7 +86,7 @@ def check_row(row: ProfileRow, action: str, tag: int, elem: object, before: set[
 
 
 def output_elements(ds: Dataset) -> list[tuple[int, object]]:
-    out = [(int(e.tag), e) for d in datasets(ds) for e in d]
+    out: list[tuple[int, object]] = [(int(e.tag), e) for d in datasets(ds) for e in d]
     if ds.file_meta is not None:
         out.extend((int(e.tag), e) for e in ds.file_meta)
     return out

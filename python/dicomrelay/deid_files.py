@@ -71,8 +71,7 @@ def parse_safe_private(text: str, *, source: str = "safe private list") -> tuple
                 raise ValueError(line)
         except (ValueError, IndexError):
             raise ConfigurationError(
-                f"{source}:{number}: not GROUP,CREATOR,ELEMENT (odd group, element 00-FF): "
-                f"{line!r}"
+                f"{source}:{number}: not GROUP,CREATOR,ELEMENT (odd group, element 00-FF): {line!r}"
             ) from None
         entries.append(SafePrivate(group=group, creator=creator, element=element))
     return tuple(entries)

@@ -108,9 +108,7 @@ def shift_date_value(vr: str, value: str, days: int) -> str | None:
 
 # What text cleaning also removes: long digit runs (record numbers, dates) and
 # written dates.
-_NUMBERS_AND_DATES = re.compile(
-    r"\d{5,}|\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b", re.IGNORECASE
-)
+_NUMBERS_AND_DATES = re.compile(r"\d{5,}|\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b", re.IGNORECASE)
 
 
 def identifying_words(values: Iterable[str]) -> frozenset[str]:

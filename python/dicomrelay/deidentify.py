@@ -45,8 +45,8 @@ from dicomrelay.edits import (
     AddItem,
     Edit,
     Empty,
-    Remove,
     RemapUids,
+    Remove,
     RemovePrivate,
     Replace,
     Set,
@@ -245,7 +245,7 @@ def burned_in_refusal(header: InstanceHeader) -> BurnedInAnnotation | None:
     burned_in = header.values.get(BURNED_IN_ANNOTATION, "").strip().upper()
     if burned_in == "YES":
         return BurnedInAnnotation("Burned In Annotation (0028,0301) is YES", sop_class)
-    if not burned_in and sop_class in BURNED_IN_SOP_CLASSES:
+    if not burned_in and sop_class is not None and sop_class in BURNED_IN_SOP_CLASSES:
         return BurnedInAnnotation(
             f"{BURNED_IN_SOP_CLASSES[sop_class]} without Burned In Annotation (0028,0301) "
             "may show identity in its pixels",
@@ -275,9 +275,7 @@ def plan_deidentification(
     if not allow_burned_in and (refusal := burned_in_refusal(header)) is not None:
         raise refusal
     actions = _actions(options, table)
-    offset = (
-        date_offset_days(key) if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options else None
-    )
+    offset = date_offset_days(key) if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options else None
     edits: list[Edit] = [_private_edit(header, options, safe_private), *actions.fixed]
     if actions.patient_id is not None:
         value = header.values.get(PATIENT_ID)

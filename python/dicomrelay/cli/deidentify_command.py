@@ -71,8 +71,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--allow-burned-in",
         action="store_true",
-        help="de-identify instances whose pixels may show identity (their pixels are not "
-        "cleaned)",
+        help="de-identify instances whose pixels may show identity (their pixels are not cleaned)",
     )
     parser.set_defaults(run=run)
 
