@@ -8,20 +8,22 @@ from pathlib import Path
 import pytest
 
 from deid_reference import header_of, read
-from dicom_builders import MALFORMED, file_id, pydicom_test_files
+from dicom_builders import MALFORMED, charset_test_files, file_id, pydicom_test_files
 from dicomrelay._native import header_values, header_values_file
 from dicomrelay.deidentify import Option, tags_to_read
 from dicomrelay.errors import DicomParseError
 
 TAGS = tags_to_read(list(Option)[1:])  # every option but full dates: every value read
 FILES = [p for p in pydicom_test_files() if p.name not in MALFORMED]
+# Latin, Cyrillic, Greek, Arabic, Hebrew, Japanese and Korean, UTF-8, GB18030.
+CHARSET_FILES = charset_test_files()
 
 
 def test_every_option_asks_for_values() -> None:
     assert len(TAGS) > 300
 
 
-@pytest.mark.parametrize("path", FILES, ids=file_id)
+@pytest.mark.parametrize("path", FILES + CHARSET_FILES, ids=file_id)
 def test_matches_pydicom(path: Path) -> None:
     expected = header_of(read(path), TAGS)
     values, creators = header_values_file(path, sorted(TAGS))

@@ -81,8 +81,8 @@ def _shift_date(text: str, days: int) -> str | None:
     if m is None:
         return None
     try:
-        day = dt.date(int(m[1]), int(m[2]), int(m[3]))
-        return (day + dt.timedelta(days=days)).strftime("%Y%m%d")
+        day = dt.date(int(m[1]), int(m[2]), int(m[3])) + dt.timedelta(days=days)
+        return f"{day.year:04d}{day.month:02d}{day.day:02d}"  # strftime drops a year's zeros
     except (ValueError, OverflowError):
         return None
 
