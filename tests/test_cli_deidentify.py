@@ -156,6 +156,25 @@ def test_bundled_files_against_the_reference(site: Path) -> None:
 
 
 @needs_rewriter
+@pytest.mark.xfail(
+    strict=True,
+    reason="the rewriter does not look inside values of VR UN: Referenced RT Plan Sequence "
+    "(300C,0002), stored as UN, keeps its Referenced SOP Instance UID",
+)
+def test_a_sequence_stored_as_un_is_deidentified_inside(site: Path) -> None:
+    source = Path(str(get_testdata_file("rtdose_rle.dcm")))
+    assert b"UN" in source.read_bytes()[1604:1610]  # (300C,0002) as UN, defined length
+    code, out, err = dicomrelay(
+        site, str(source), "--out", "o", "--key-file", "key", "--allow-burned-in"
+    )
+    assert code == 0, err
+    got = read(site / out.split(" -> ")[1].strip())
+    uid = got.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID
+    assert uid != read(source).ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID
+    assert uid.startswith("2.25.")
+
+
+@needs_rewriter
 def test_a_study_stays_consistent_and_stable(site: Path) -> None:
     make_study(site / "study")
     code, _, err = dicomrelay(site, "study", "--out", "a", "--key-file", "key")
@@ -194,3 +213,47 @@ def test_a_secondary_capture_is_refused(site: Path) -> None:
     assert f"{sc}: refused: Secondary Capture Image without Burned In Annotation" in err
     assert "1 de-identified, 1 refused, 0 failed" in err
     assert len(list((site / "o").rglob("*.dcm"))) == 1
+
+
+@needs_rewriter
+@pytest.mark.slow
+def test_a_thousand_slice_ct_study(site: Path) -> None:
+    """The must-show: a 1,000-slice CT study, every table row held, every output
+    read whole by pydicom, pixel bytes identical, UIDs consistent and stable."""
+    from dicomrelay import scan_file
+    from dicomrelay.synth import PROFILES, write_study
+
+    study = write_study(site / "ct1000", PROFILES["ct"], 1000)
+    for run in ("a", "b"):
+        code, out, err = dicomrelay(site, str(study), "--out", run, "--key-file", "key")
+        assert code == 0, err
+        assert "1000 de-identified, 0 refused, 0 failed" in err
+    key, table = KEY.encode(), profile_table()
+    outputs = sorted((site / "a").rglob("*.dcm"))
+    assert len(outputs) == 1000
+    assert len({p.parent for p in outputs}) == 1  # one study, one series
+    pseudonyms = set()
+    for line in out.splitlines():
+        source, _, named = line.partition(" -> ")
+        src, dst = Path(source), site / named
+        before, after = read(src), read(dst)
+        assert after.SOPInstanceUID == new_uid(key, before.SOPInstanceUID)
+        assert dst.stem == after.SOPInstanceUID
+        assert dst.read_bytes() == (site / "a" / Path(named).relative_to("b")).read_bytes()
+        pseudonyms.add(after.PatientID)
+        old = originals(before)
+        for tag, elem in output_elements(after):
+            row = table.row(tag)
+            if row is not None:
+                check_row(row, resolved_action(row, ()), tag, elem, old.get(tag, set()))
+        s, d = scan_file(src), scan_file(dst)
+        assert s.pixel_data_offset is not None
+        assert d.pixel_data_offset is not None
+        assert s.pixel_data_length == d.pixel_data_length
+        with src.open("rb") as a, dst.open("rb") as b:
+            a.seek(s.pixel_data_offset)
+            b.seek(d.pixel_data_offset)
+            assert a.read(s.pixel_data_length) == b.read(d.pixel_data_length)
+        assert after.pixel_array.shape == (512, 512)  # reads whole
+    assert len(pseudonyms) == 1
+    assert pseudonyms.isdisjoint({"", "SYN00000000"})
