@@ -233,6 +233,13 @@ def test_burned_in_annotation_yes_is_refused() -> None:
     assert plan_deidentification(header, (), KEY, allow_burned_in=True).edits
 
 
+def test_recognizable_visual_features_are_refused() -> None:
+    header = InstanceHeader(values={0x00280302: "YES", 0x00280301: "NO"})
+    with pytest.raises(BurnedInAnnotation, match=r"Recognizable Visual Features \(0028,0302\)"):
+        plan_deidentification(header, (), KEY)
+    assert plan_deidentification(InstanceHeader(values={0x00280302: "NO"}), (), KEY).edits
+
+
 @pytest.mark.parametrize(
     ("sop_class", "burned_in", "refused"),
     [

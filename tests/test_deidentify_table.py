@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from deid_reference import apply_edits, datasets, header_of, read, text_of
-from dicom_builders import MALFORMED, file_id, pydicom_test_files
+from dicom_builders import MALFORMED, charset_test_files, file_id, pydicom_test_files
 from dicomrelay.confidentiality_profile import Option, ProfileRow, profile_table
 from dicomrelay.deid_values import dummy_value, first_vr
 from dicomrelay.deidentify import plan_deidentification, resolved_action, tags_to_read
@@ -32,7 +32,7 @@ CORPUS = [
     p
     for p in pydicom_test_files()
     if p.name not in MALFORMED | NOT_INSTANCES | {"meta_missing_tsyntax.dcm", "no_meta.dcm"}
-]
+] + charset_test_files()  # names and descriptions in eleven character sets
 
 
 def deidentify(path: Path, out: Path, options: Collection[Option] = ()) -> Dataset:

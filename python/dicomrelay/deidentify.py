@@ -71,6 +71,7 @@ MIN_KEY_BYTES = 16
 SOP_CLASS_UID = 0x00080016
 PATIENT_ID = 0x00100020
 BURNED_IN_ANNOTATION = 0x00280301
+RECOGNIZABLE_VISUAL_FEATURES = 0x00280302
 PATIENT_IDENTITY_REMOVED = 0x00120062
 DEIDENTIFICATION_METHOD = 0x00120063
 DEIDENTIFICATION_METHOD_CODE_SEQUENCE = 0x00120064
@@ -219,7 +220,13 @@ def _actions(options: frozenset[Option], table: ProfileTable) -> _Actions:
         and row.vr in _IDENTIFYING_VRS
         and resolved_action(row, options) not in ("K", "C")
     )
-    to_read = {SOP_CLASS_UID, BURNED_IN_ANNOTATION, PATIENT_ID, *(r.tag for r in cleaned)}
+    to_read = {
+        SOP_CLASS_UID,
+        BURNED_IN_ANNOTATION,
+        RECOGNIZABLE_VISUAL_FEATURES,
+        PATIENT_ID,
+        *(r.tag for r in cleaned),
+    }
     assert all(r.mask == 0xFFFFFFFF for r in cleaned)
     if cleaned:
         to_read.update(identifying)
@@ -245,6 +252,9 @@ def burned_in_refusal(header: InstanceHeader) -> BurnedInAnnotation | None:
     burned_in = header.values.get(BURNED_IN_ANNOTATION, "").strip().upper()
     if burned_in == "YES":
         return BurnedInAnnotation("Burned In Annotation (0028,0301) is YES", sop_class)
+    if header.values.get(RECOGNIZABLE_VISUAL_FEATURES, "").strip().upper() == "YES":
+        # A face or other feature that identifies the patient by sight.
+        return BurnedInAnnotation("Recognizable Visual Features (0028,0302) is YES", sop_class)
     if not burned_in and sop_class is not None and sop_class in BURNED_IN_SOP_CLASSES:
         return BurnedInAnnotation(
             f"{BURNED_IN_SOP_CLASSES[sop_class]} without Burned In Annotation (0028,0301) "
