@@ -60,9 +60,11 @@ __all__ = [
     "InstanceHeader",
     "Option",
     "SafePrivate",
+    "burned_in_refusal",
     "check_options",
     "check_project_key",
     "plan_deidentification",
+    "resolved_action",
     "tags_to_read",
 ]
 
