@@ -119,6 +119,20 @@ RATIOS: tuple[Ratio, ...] = (
         peer="test_pydicom_loop",
         speedup=True,
     ),
+    Ratio(
+        group="deidentify",
+        label="de-identification plan (header read + edits) vs pydicom read-modify-write",
+        subject="test_deidentify_plan",
+        peer="test_pydicom_deidentify",
+        speedup=True,
+    ),
+    Ratio(
+        group="deidentify",
+        label="de-identification plan, every option, vs pydicom read-modify-write",
+        subject="test_deidentify_plan_every_option",
+        peer="test_pydicom_deidentify",
+        speedup=True,
+    ),
     *(
         Ratio(
             group=f"store-{size}",

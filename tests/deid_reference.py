@@ -23,12 +23,13 @@ from dicomrelay.edits import (
     Edit,
     Empty,
     ItemElement,
-    Remove,
     RemapUids,
+    Remove,
     RemovePrivate,
     Replace,
     Set,
 )
+
 
 def remapped_uid(key: bytes, uid: str) -> str:
     """The contract's rule, written out independently of the planner."""
@@ -88,14 +89,14 @@ def apply_edit(ds: FileDataset, edit: Edit) -> None:
     elif isinstance(edit, Remove):
         want = edit.tag & edit.mask
         for d in datasets(ds, edit.everywhere):
-            for tag in [t for t in d.keys() if int(t) & edit.mask == want]:
+            for tag in [e.tag for e in d if e.tag & edit.mask == want]:
                 del d[tag]
         if ds.file_meta is not None and want >> 16 == 2:
-            for tag in [t for t in ds.file_meta.keys() if int(t) & edit.mask == want]:
+            for tag in [e.tag for e in ds.file_meta if e.tag & edit.mask == want]:
                 del ds.file_meta[tag]
     elif isinstance(edit, RemovePrivate):
         for d in datasets(ds, edit.everywhere):
-            for tag in [t for t in d.keys() if Tag(t).is_private and int(t) not in edit.keep]:
+            for tag in [e.tag for e in d if e.tag.is_private and e.tag not in edit.keep]:
                 del d[tag]
     elif isinstance(edit, RemapUids):
         _remap(ds, edit)
@@ -132,7 +133,8 @@ def header_of(ds: Dataset, tags: frozenset[int]) -> InstanceHeader:
         tag = int(elem.tag)
         if Tag(tag).is_private_creator and isinstance(elem.value, str | bytes):
             text = elem.value.decode("latin-1") if isinstance(elem.value, bytes) else elem.value
-            creators[tag] = text.strip(" \x00")
+            if text.strip(" \x00"):
+                creators[tag] = text.strip(" \x00")
         if tag in tags and elem.VR not in ("SQ", "UN") and elem.value not in (None, ""):
             values[tag] = text_of(elem).strip(" \x00")
     return InstanceHeader(values=values, private_creators=creators)

@@ -28,9 +28,10 @@ from dicomrelay.errors import BurnedInAnnotation, ConfigurationError
 KEY = b"project key: sixteen bytes or more"
 CT_SMALL = Path(str(get_testdata_file("CT_small.dcm")))
 # CID 7050 as pydicom publishes PS3.16: code value -> meaning.
+_DCM: dict[str, dict[str, tuple[str, list[int]]]] = concepts["DCM"]  # type: ignore[assignment]
 CID_7050 = {
     code: meaning
-    for entry in concepts["DCM"].values()
+    for entry in _DCM.values()
     for code, (meaning, cids) in entry.items()
     if 7050 in cids
 }
@@ -95,8 +96,9 @@ def test_basic_profile(tmp_path: Path) -> None:
     out = deidentified(tmp_path=tmp_path)
     assert out.PatientName == ""
     assert out.PatientID not in ("", "12345678")
-    assert "StudyDescription" not in out and "Allergies" not in out
-    assert "PatientSex" in out and out.PatientSex == ""
+    assert "StudyDescription" not in out
+    assert "Allergies" not in out
+    assert out.PatientSex == ""  # Z: present, empty
     assert "InstitutionName" not in out or out.InstitutionName in ("", "ANONYMOUS")
     assert out.ProcedureCodeSequence[0].PatientName == ""
     assert out.ProcedureCodeSequence[0].AcquisitionDate == ""  # X/Z: emptied
@@ -123,7 +125,8 @@ def test_each_option_is_declared_with_its_cid_7050_code(option: Option, tmp_path
     assert declared[0] == ("113100", "DCM", CID_7050["113100"])
     assert len(declared) == 2
     value, scheme, meaning = declared[1]
-    assert scheme == "DCM" and CID_7050[value] == meaning
+    assert scheme == "DCM"
+    assert CID_7050[value] == meaning
     assert set(option.value.split("-")) <= set(meaning.lower().split())
     assert meaning in out.DeidentificationMethod
 
@@ -148,7 +151,8 @@ def test_retain_full_dates(tmp_path: Path) -> None:
 def test_retain_modified_dates_shifts_by_the_projects_offset(tmp_path: Path) -> None:
     options = [Option.RETAIN_LONGITUDINAL_MODIFIED_DATES]
     plan = plan_deidentification(InstanceHeader(), options, KEY)
-    assert plan.date_offset_days is not None and plan.date_offset_days < 0
+    assert plan.date_offset_days is not None
+    assert plan.date_offset_days < 0
     other = plan_deidentification(InstanceHeader(), options, b"another project's key")
     assert other.date_offset_days != plan.date_offset_days
     out = deidentified(options, tmp_path=tmp_path)
@@ -180,7 +184,9 @@ def test_retain_device_identity(tmp_path: Path) -> None:
     assert (out.StationName, out.DeviceSerialNumber) == ("CTROOM3", "SN-4711")
     # AE titles are cleaned (C): a stand-in of the same kind, the same per key.
     ae = out.StationAETitle
-    assert ae != "CT_STJAMES" and ae.startswith("AE") and len(ae) <= 16
+    assert ae != "CT_STJAMES"
+    assert ae.startswith("AE")
+    assert len(ae) <= 16
     assert deidentified([Option.RETAIN_DEVICE_IDENTITY], tmp_path=tmp_path).StationAETitle == ae
     assert "InstitutionName" not in out or out.InstitutionName != "St James Hospital"
 
@@ -225,6 +231,13 @@ def test_burned_in_annotation_yes_is_refused() -> None:
         plan_deidentification(header, (), KEY)
     assert caught.value.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
     assert plan_deidentification(header, (), KEY, allow_burned_in=True).edits
+
+
+def test_recognizable_visual_features_are_refused() -> None:
+    header = InstanceHeader(values={0x00280302: "YES", 0x00280301: "NO"})
+    with pytest.raises(BurnedInAnnotation, match=r"Recognizable Visual Features \(0028,0302\)"):
+        plan_deidentification(header, (), KEY)
+    assert plan_deidentification(InstanceHeader(values={0x00280302: "NO"}), (), KEY).edits
 
 
 @pytest.mark.parametrize(

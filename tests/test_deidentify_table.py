@@ -9,7 +9,7 @@ the rewrite contract's semantics on pydicom), written, and read back.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Sized
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from deid_reference import apply_edits, datasets, header_of, read, text_of
-from dicom_builders import MALFORMED, file_id, pydicom_test_files
+from dicom_builders import MALFORMED, charset_test_files, file_id, pydicom_test_files
 from dicomrelay.confidentiality_profile import Option, ProfileRow, profile_table
 from dicomrelay.deid_values import dummy_value, first_vr
 from dicomrelay.deidentify import plan_deidentification, resolved_action, tags_to_read
@@ -32,7 +32,7 @@ CORPUS = [
     p
     for p in pydicom_test_files()
     if p.name not in MALFORMED | NOT_INSTANCES | {"meta_missing_tsyntax.dcm", "no_meta.dcm"}
-]
+] + charset_test_files()  # names and descriptions in eleven character sets
 
 
 def deidentify(path: Path, out: Path, options: Collection[Option] = ()) -> Dataset:
@@ -55,9 +55,9 @@ def originals(ds: Dataset) -> dict[int, set[str]]:
 
 
 def _empty(value: object) -> bool:
-    return value is None or value == "" or value == b"" or (
-        isinstance(value, list | tuple) or hasattr(value, "__len__")
-    ) and len(value) == 0  # type: ignore[arg-type]
+    if value is None:
+        return True
+    return isinstance(value, Sized) and len(value) == 0
 
 
 def check_row(row: ProfileRow, action: str, tag: int, elem: object, before: set[str]) -> None:
@@ -86,7 +86,7 @@ def check_row(row: ProfileRow, action: str, tag: int, elem: object, before: set[
 
 
 def output_elements(ds: Dataset) -> list[tuple[int, object]]:
-    out = [(int(e.tag), e) for d in datasets(ds) for e in d]
+    out: list[tuple[int, object]] = [(int(e.tag), e) for d in datasets(ds) for e in d]
     if ds.file_meta is not None:
         out.extend((int(e.tag), e) for e in ds.file_meta)
     return out

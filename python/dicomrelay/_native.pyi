@@ -37,6 +37,8 @@ __all__ = [
     "UserInformation",
     "__version__",
     "fragment_pdata",
+    "header_values",
+    "header_values_file",
     "scan",
     "scan_file",
     "scan_many",
@@ -121,6 +123,13 @@ def scan_many(
     chunk_size: int | None = None,
     threads: int | None = None,
 ) -> list[InstanceInfo | DicomParseError | OSError]: ...
+def header_values(data: _Buffer, tags: Sequence[int]) -> tuple[dict[int, str], dict[int, str]]:
+    """The top-level text of ``tags`` present with a value, and every private
+    creator ((gggg,00bb) -> name), decoded and stripped of padding."""
+
+def header_values_file(
+    path: str | os.PathLike[str], tags: Sequence[int]
+) -> tuple[dict[int, str], dict[int, str]]: ...
 
 @final
 class TlsConfig:

@@ -78,8 +78,10 @@ class ProfileRow:
         return tag & self.mask == self.tag
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class ProfileTable:
+    """Table E.1-1 of one edition (compared and hashed by identity: one a process)."""
+
     edition: str
     source: str
     rows: tuple[ProfileRow, ...]

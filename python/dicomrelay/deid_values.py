@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 # Action D: a non-zero-length value that carries nothing and is valid for the VR.
 _DUMMY_TEXT = "ANONYMOUS"
@@ -80,8 +81,8 @@ def _shift_date(text: str, days: int) -> str | None:
     if m is None:
         return None
     try:
-        day = dt.date(int(m[1]), int(m[2]), int(m[3]))
-        return (day + dt.timedelta(days=days)).strftime("%Y%m%d")
+        day = dt.date(int(m[1]), int(m[2]), int(m[3])) + dt.timedelta(days=days)
+        return f"{day.year:04d}{day.month:02d}{day.day:02d}"  # strftime drops a year's zeros
     except (ValueError, OverflowError):
         return None
 
@@ -107,9 +108,7 @@ def shift_date_value(vr: str, value: str, days: int) -> str | None:
 
 # What text cleaning also removes: long digit runs (record numbers, dates) and
 # written dates.
-_NUMBERS_AND_DATES = re.compile(
-    r"\d{5,}|\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b", re.IGNORECASE
-)
+_NUMBERS_AND_DATES = re.compile(r"\d{5,}|\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b", re.IGNORECASE)
 
 
 def identifying_words(values: Iterable[str]) -> frozenset[str]:
@@ -125,12 +124,21 @@ def identifying_words(values: Iterable[str]) -> frozenset[str]:
     return frozenset(words)
 
 
-def clean_text(text: str, words: frozenset[str]) -> str:
+@lru_cache(maxsize=256)
+def words_pattern(words: frozenset[str]) -> re.Pattern[str] | None:
+    """One pattern for all the words, longest first, each standing alone (kept
+    for the next instance: a study's instances share their patient's words)."""
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<![0-9a-z])(?:{alternatives})(?![0-9a-z])", re.IGNORECASE)
+
+
+def clean_text(text: str, words: re.Pattern[str] | None) -> str:
     """Action C on a descriptor: the text without the header's identifying words
-    and values, numbers of five digits or more and written dates."""
+    and values (``words_pattern``), numbers of five digits or more and written
+    dates."""
     cleaned = _NUMBERS_AND_DATES.sub(" ", text)
-    for word in sorted(words, key=len, reverse=True):
-        cleaned = re.sub(
-            rf"(?<![0-9a-z]){re.escape(word)}(?![0-9a-z])", " ", cleaned, flags=re.IGNORECASE
-        )
+    if words is not None:
+        cleaned = words.sub(" ", cleaned)
     return " ".join(cleaned.split())

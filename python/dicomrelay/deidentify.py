@@ -17,8 +17,10 @@ a sequence empties it (no items), as Z does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 
 from dicomrelay.confidentiality_profile import (
@@ -37,13 +39,14 @@ from dicomrelay.deid_values import (
     identifying_words,
     pseudonym,
     shift_date_value,
+    words_pattern,
 )
 from dicomrelay.edits import (
     AddItem,
     Edit,
     Empty,
-    Remove,
     RemapUids,
+    Remove,
     RemovePrivate,
     Replace,
     Set,
@@ -57,9 +60,11 @@ __all__ = [
     "InstanceHeader",
     "Option",
     "SafePrivate",
+    "burned_in_refusal",
     "check_options",
     "check_project_key",
     "plan_deidentification",
+    "resolved_action",
     "tags_to_read",
 ]
 
@@ -68,6 +73,7 @@ MIN_KEY_BYTES = 16
 SOP_CLASS_UID = 0x00080016
 PATIENT_ID = 0x00100020
 BURNED_IN_ANNOTATION = 0x00280301
+RECOGNIZABLE_VISUAL_FEATURES = 0x00280302
 PATIENT_IDENTITY_REMOVED = 0x00120062
 DEIDENTIFICATION_METHOD = 0x00120063
 DEIDENTIFICATION_METHOD_CODE_SEQUENCE = 0x00120064
@@ -169,28 +175,77 @@ def _cleanable(row: ProfileRow) -> bool:
     return row.vr is not None and first_vr(row.vr) in _TEXT_VRS | {"DA", "DT", "TM", "AE"}
 
 
-def tags_to_read(options: Collection[Option], table: ProfileTable | None = None) -> frozenset[int]:
-    """The top-level elements whose values ``plan_deidentification`` needs."""
-    table = table or profile_table()
-    tags = {SOP_CLASS_UID, BURNED_IN_ANNOTATION, PATIENT_ID}
-    cleaning = False
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Actions:
+    """What the options make of the table, the same for every instance."""
+
+    fixed: tuple[Edit, ...]
+    """Edits that do not depend on the header, in the table's order."""
+    uids: frozenset[int]
+    cleaned: Mapping[int, ProfileRow]
+    """The rows cleaned (C) from their top-level value, by tag."""
+    patient_id: str | None
+    """Patient ID's action when it takes a dummy (a keyed pseudonym), else None."""
+    identifying: frozenset[int]
+    to_read: frozenset[int]
+    declarations: tuple[Edit, ...]
+
+
+@lru_cache(maxsize=64)
+def _actions(options: frozenset[Option], table: ProfileTable) -> _Actions:
+    fixed: list[Edit] = []
+    uids: set[int] = set()
+    cleaned: list[ProfileRow] = []
+    patient_id = None
     for row in table.rows:
-        if row.mask == 0xFFFFFFFF and resolved_action(row, options) == "C" and _cleanable(row):
-            tags.add(row.tag)
-            cleaning = True
-    if cleaning:
-        tags.update(_identifying_tags(table, options))
-    return frozenset(tags)
-
-
-def _identifying_tags(table: ProfileTable, options: Collection[Option]) -> set[int]:
-    return {
+        action = resolved_action(row, options)
+        if action == "C" and not _cleanable(row):
+            action = row.basic
+        if action == "U" or (row.vr == "UI" and action in _DUMMY_ACTIONS):
+            uids.add(row.tag)  # a UI's dummy is a consistent new UID
+        elif action == "C":
+            vr = first_vr(row.vr or "")
+            if vr != "TM" and row.tag != _TIMEZONE_OFFSET_FROM_UTC:
+                # Times and timezone offsets stay (dates move by whole days).
+                # Otherwise every occurrence is emptied, and the top-level one
+                # then gets its cleaned value, computed from the header.
+                fixed.append(Empty(tag=row.tag))
+                cleaned.append(row)
+        elif row.tag == PATIENT_ID and action in _DUMMY_ACTIONS:
+            patient_id = action
+        else:
+            fixed.extend(_basic(row, action))
+    identifying = frozenset(
         row.tag
         for row in table.rows
         if row.mask == 0xFFFFFFFF
         and row.vr in _IDENTIFYING_VRS
         and resolved_action(row, options) not in ("K", "C")
+    )
+    to_read = {
+        SOP_CLASS_UID,
+        BURNED_IN_ANNOTATION,
+        RECOGNIZABLE_VISUAL_FEATURES,
+        PATIENT_ID,
+        *(r.tag for r in cleaned),
     }
+    assert all(r.mask == 0xFFFFFFFF for r in cleaned)
+    if cleaned:
+        to_read.update(identifying)
+    return _Actions(
+        fixed=tuple(fixed),
+        uids=frozenset(uids),
+        cleaned=MappingProxyType({r.tag: r for r in cleaned}),
+        patient_id=patient_id,
+        identifying=identifying,
+        to_read=frozenset(to_read),
+        declarations=tuple(_declarations(options, table)),
+    )
+
+
+def tags_to_read(options: Collection[Option], table: ProfileTable | None = None) -> frozenset[int]:
+    """The top-level elements whose values ``plan_deidentification`` needs."""
+    return _actions(frozenset(options), table or profile_table()).to_read
 
 
 def burned_in_refusal(header: InstanceHeader) -> BurnedInAnnotation | None:
@@ -199,7 +254,10 @@ def burned_in_refusal(header: InstanceHeader) -> BurnedInAnnotation | None:
     burned_in = header.values.get(BURNED_IN_ANNOTATION, "").strip().upper()
     if burned_in == "YES":
         return BurnedInAnnotation("Burned In Annotation (0028,0301) is YES", sop_class)
-    if not burned_in and sop_class in BURNED_IN_SOP_CLASSES:
+    if header.values.get(RECOGNIZABLE_VISUAL_FEATURES, "").strip().upper() == "YES":
+        # A face or other feature that identifies the patient by sight.
+        return BurnedInAnnotation("Recognizable Visual Features (0028,0302) is YES", sop_class)
+    if not burned_in and sop_class is not None and sop_class in BURNED_IN_SOP_CLASSES:
         return BurnedInAnnotation(
             f"{BURNED_IN_SOP_CLASSES[sop_class]} without Burned In Annotation (0028,0301) "
             "may show identity in its pixels",
@@ -228,28 +286,27 @@ def plan_deidentification(
     options = check_options(options)
     if not allow_burned_in and (refusal := burned_in_refusal(header)) is not None:
         raise refusal
-    offset = (
-        date_offset_days(key) if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options else None
-    )
-    words = identifying_words(
-        header.values[t] for t in _identifying_tags(table, options) if t in header.values
-    )
-
-    edits: list[Edit] = [_private_edit(header, options, safe_private)]
-    uids: set[int] = set()
-    for row in table.rows:
-        action = resolved_action(row, options)
-        if action == "C" and not _cleanable(row):
-            action = row.basic
-        if action == "U" or (row.vr == "UI" and action in _DUMMY_ACTIONS):
-            uids.add(row.tag)  # a UI's dummy is a consistent new UID
-        elif action == "C":
-            edits.extend(_clean(row, header, key, offset, words))
-        else:
-            edits.extend(_basic(row, action, header, key))
-    if uids:
-        edits.append(RemapUids(tags=frozenset(uids), key=key))
-    edits.extend(_declarations(options, table))
+    actions = _actions(options, table)
+    offset = date_offset_days(key) if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options else None
+    edits: list[Edit] = [_private_edit(header, options, safe_private), *actions.fixed]
+    if actions.patient_id is not None:
+        value = header.values.get(PATIENT_ID)
+        # A keyed pseudonym rather than one dummy for all: a patient's studies
+        # stay linked within the project and apart from everyone else's.
+        stand_in = pseudonym(key, "patient-id", value) if value else dummy_value("LO")
+        edits.append(Replace(tag=PATIENT_ID, value=stand_in, vr="LO"))
+    if actions.cleaned:
+        words = words_pattern(
+            identifying_words(header.values[t] for t in actions.identifying if t in header.values)
+        )
+        for tag in sorted(actions.cleaned.keys() & header.values.keys()):
+            row = actions.cleaned[tag]
+            if new := _cleaned_value(row, header.values[tag], key, offset, words):
+                edits.append(Replace(tag=row.tag, value=new, vr=first_vr(row.vr or ""),
+                                     everywhere=False))  # fmt: skip
+    if actions.uids:
+        edits.append(RemapUids(tags=actions.uids, key=key))
+    edits.extend(actions.declarations)
     return DeidentificationPlan(edits=tuple(edits), date_offset_days=offset)
 
 
@@ -271,7 +328,7 @@ def _private_edit(
     return RemovePrivate(keep=frozenset(keep))
 
 
-def _basic(row: ProfileRow, action: str, header: InstanceHeader, key: bytes) -> list[Edit]:
+def _basic(row: ProfileRow, action: str) -> list[Edit]:
     """Edits for K, X, Z, D and the combined actions (see the module's note)."""
     if action in ("K", "X/Z/U*"):
         return []
@@ -284,43 +341,25 @@ def _basic(row: ProfileRow, action: str, header: InstanceHeader, key: bytes) -> 
     if action not in _DUMMY_ACTIONS or row.vr is None:
         raise ValueError(f"{row.name}: no edit for action {action}")
     vr = first_vr(row.vr)
-    if row.tag == PATIENT_ID and header.values.get(PATIENT_ID):
-        # A keyed pseudonym rather than one dummy for all: a patient's studies
-        # stay linked within the project and apart from everyone else's.
-        return [Replace(tag=row.tag, value=pseudonym(key, "patient-id", header.values[PATIENT_ID]),
-                        vr=vr)]  # fmt: skip
     return [Replace(tag=row.tag, value=dummy_value(vr), vr=vr)]
 
 
-def _clean(
+def _cleaned_value(
     row: ProfileRow,
-    header: InstanceHeader,
+    value: str,
     key: bytes,
     offset: int | None,
-    words: frozenset[str],
-) -> list[Edit]:
-    """Action C. Times and timezone offsets stay as they are (dates move by
-    whole days). Otherwise the top-level value is computed from the header;
-    the edit language cannot address a nested element by its own value, so
-    nested occurrences are emptied first."""
-    assert row.vr is not None
-    vr = first_vr(row.vr)
-    if vr == "TM" or row.tag == _TIMEZONE_OFFSET_FROM_UTC:
-        return []
-    edits: list[Edit] = [Empty(tag=row.tag)]
-    value = header.values.get(row.tag)
-    if not value:
-        return edits
-    new: str | None
+    words: re.Pattern[str] | None,
+) -> str | None:
+    """Action C on a top-level value: dates shifted, AE titles pseudonymised,
+    text cleaned; None leaves the element empty. (The edits cannot address a
+    nested element by its own value, so nested occurrences stay emptied.)"""
+    vr = first_vr(row.vr or "")
     if vr in ("DA", "DT"):
-        new = None if offset is None else shift_date_value(vr, value, offset)
-    elif vr == "AE":
-        new = "AE" + pseudonym(key, "ae-title", value, length=14)
-    else:
-        new = clean_text(value, words)
-    if new:
-        edits.append(Replace(tag=row.tag, value=new, vr=vr, everywhere=False))
-    return edits
+        return None if offset is None else shift_date_value(vr, value, offset)
+    if vr == "AE":
+        return "AE" + pseudonym(key, "ae-title", value, length=14)
+    return clean_text(value, words)
 
 
 def _declarations(options: frozenset[Option], table: ProfileTable) -> list[Edit]:

@@ -12,8 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AddItem", "Edit", "Empty", "ItemElement", "Remove", "RemapUids", "RemovePrivate",
-           "Replace", "Set"]  # fmt: skip
+__all__ = [
+    "AddItem",
+    "Edit",
+    "Empty",
+    "ItemElement",
+    "RemapUids",
+    "Remove",
+    "RemovePrivate",
+    "Replace",
+    "Set",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

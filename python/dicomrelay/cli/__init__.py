@@ -21,6 +21,7 @@ from types import FrameType
 from dicomrelay.allocator import keep_freed_memory
 from dicomrelay.cli import (
     audit_command,
+    deidentify_command,
     dicom_commands,
     loadtest_command,
     node_commands,
@@ -36,6 +37,7 @@ SUBCOMMANDS = (
     pki_commands,
     dicom_commands,
     scan_command,
+    deidentify_command,
 )
 
 

@@ -12,6 +12,7 @@ pub mod digest;
 pub mod durable;
 pub mod element;
 pub mod error;
+pub mod header_values;
 pub mod pdu;
 pub mod scan;
 pub mod segment;

@@ -5,6 +5,7 @@
 mod buf;
 mod channel;
 mod error;
+mod header;
 mod info;
 mod pdu;
 mod pdu_items;
@@ -212,6 +213,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;
+    m.add_function(wrap_pyfunction!(header::header_values, m)?)?;
+    m.add_function(wrap_pyfunction!(header::header_values_file, m)?)?;
     m.add_class::<pdu::PduDecoder>()?;
     m.add_class::<pdu_items::AssociateRq>()?;
     m.add_class::<pdu_items::AssociateAc>()?;
