@@ -35,6 +35,8 @@ __all__ = [
     "UserInformation",
     "__version__",
     "fragment_pdata",
+    "rewrite",
+    "rewrite_file",
     "scan",
     "scan_file",
     "scan_many",
@@ -120,6 +122,20 @@ def scan_many(
     threads: int | None = None,
 ) -> list[InstanceInfo | DicomParseError | OSError]: ...
 
+# Header rewriting (dicomrelay.rewrite wraps these): each op is an edit's
+# `_op` tuple; the result is (header, pixel_offset, pixel_length, trailer,
+# digest). Raises DicomParseError or dicomrelay.errors.RewriteError.
+_RewriteOutput: TypeAlias = tuple[bytes, int, int, bytes, str | None]
+
+def rewrite(
+    data: _Buffer, ops: Iterable[tuple[object, ...]], *, digest: _DigestName | None = None
+) -> _RewriteOutput: ...
+def rewrite_file(
+    path: str | os.PathLike[str],
+    ops: Iterable[tuple[object, ...]],
+    *,
+    digest: _DigestName | None = None,
+) -> _RewriteOutput: ...
 @final
 class TlsConfig:
     @staticmethod

@@ -13,6 +13,7 @@ pub mod durable;
 pub mod element;
 pub mod error;
 pub mod pdu;
+pub mod rewrite;
 pub mod scan;
 pub mod segment;
 pub mod sequences;

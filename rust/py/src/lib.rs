@@ -8,6 +8,7 @@ mod error;
 mod info;
 mod pdu;
 mod pdu_items;
+mod rewrite;
 mod segments;
 mod writer;
 
@@ -210,6 +211,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;
+    m.add_function(wrap_pyfunction!(rewrite::rewrite_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(rewrite::rewrite_path, m)?)?;
     m.add_class::<pdu::PduDecoder>()?;
     m.add_class::<pdu_items::AssociateRq>()?;
     m.add_class::<pdu_items::AssociateAc>()?;
