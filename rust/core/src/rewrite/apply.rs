@@ -176,7 +176,8 @@ fn each_dataset(
 }
 
 /// Is `node` a UI element `RemapUids` remaps? Explicit VR says so; in implicit
-/// VR a listed tag is taken as one, and without a list the dictionary decides.
+/// VR (and for a value of VR UN) a listed tag is taken as one, and without a
+/// list the dictionary decides.
 fn holds_uids(node: &Node, tags: Option<&[u32]>) -> bool {
     if node.is_sequence() {
         return false;
@@ -187,8 +188,8 @@ fn holds_uids(node: &Node, tags: Option<&[u32]>) -> bool {
     };
     selected
         && match node.vr {
-            Some(vr) => vr == *b"UI",
-            None => tags.is_some() || is_uid_tag(node.tag),
+            Some(vr) if vr != *b"UN" => vr == *b"UI",
+            _ => tags.is_some() || is_uid_tag(node.tag),
         }
 }
 
