@@ -22,6 +22,7 @@ from dicomrelay.allocator import keep_freed_memory
 from dicomrelay.cli import (
     dicom_commands,
     loadtest_command,
+    morph_command,
     node_commands,
     operator_errors,
     pki_commands,
@@ -34,6 +35,7 @@ SUBCOMMANDS = (
     pki_commands,
     dicom_commands,
     scan_command,
+    morph_command,
 )
 
 

@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use dicomrelay_core::rewrite::{self, Edit, NewElement, NewValue, Rewritten, Value, Vr};
+use dicomrelay_core::rewrite::{
+    self, Edit, NewElement, NewValue, RewriteError as CoreRewriteError, Rewritten, Value, Vr,
+};
 use dicomrelay_core::DigestAlgorithm;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -154,9 +156,6 @@ fn value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
 /// depth is checked by the core too; this bound only keeps the recursion here
 /// from following a pathologically nested argument.
 fn new_elements(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Vec<NewElement>> {
-    if depth > dicomrelay_core::dataset::MAX_DEPTH {
-        return Err(PyValueError::new_err("items nested too deeply"));
-    }
     let mut out = Vec::new();
     for element in obj.try_iter()? {
         let element = element?;
@@ -164,6 +163,12 @@ fn new_elements(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Vec<NewElement
             element.extract()?;
         let vr = vr(&vr_obj)?;
         let value = if value_obj.is_instance_of::<PyTuple>() {
+            if depth >= dicomrelay_core::dataset::MAX_DEPTH {
+                return Err(rewrite_error(CoreRewriteError::edit(
+                    tag,
+                    "items nested too deeply",
+                )));
+            }
             let items = value_obj
                 .try_iter()?
                 .map(|item| new_elements(&item?, depth + 1))
