@@ -119,6 +119,20 @@ RATIOS: tuple[Ratio, ...] = (
         peer="test_pydicom_loop",
         speedup=True,
     ),
+    Ratio(
+        group="morph",
+        label="morph (header) vs pydicom read-modify-write",
+        subject="test_morph_header",
+        peer="test_pydicom_read_modify_write",
+        speedup=True,
+    ),
+    Ratio(
+        group="morph",
+        label="morph with a BLAKE3 digest of the output vs pydicom read-modify-write",
+        subject="test_morph_with_blake3",
+        peer="test_pydicom_read_modify_write",
+        speedup=True,
+    ),
     *(
         Ratio(
             group=f"store-{size}",
