@@ -54,7 +54,8 @@ def _cpu_us(fn: Callable[[], object], loops: int) -> float:
 
 def _pixels(data: bytes) -> bytes:
     info = scan(data)
-    assert info.pixel_data_offset is not None and info.pixel_data_length is not None
+    assert info.pixel_data_offset is not None
+    assert info.pixel_data_length is not None
     return data[info.pixel_data_offset :][: info.pixel_data_length]
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hmac
 import struct
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
+import pydicom.data
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -53,6 +55,11 @@ CLASS_UIDS = frozenset(
 )
 NUMERIC_VRS = {"US": int, "SS": int, "UL": int, "SL": int, "UV": int, "SV": int}
 FLOAT_VRS = {"FL", "FD"}
+
+
+def bundled(name: str) -> Path:
+    """One of pydicom's bundled test files."""
+    return Path(cast(str, pydicom.data.get_testdata_file(name)))
 
 
 def new_uid(key: bytes, old: str) -> str:
@@ -115,11 +122,11 @@ def apply_with_pydicom(ds: Dataset, edit: Edit) -> None:
                     d[tag].value = Sequence() if d[tag].VR == "SQ" else None
         case Remove(tag=tag, mask=mask, everywhere=everywhere):
             for d in list(datasets(ds, everywhere)):
-                for t in [t for t in d.keys() if t & mask == tag & mask]:
+                for t in [t for t in d.keys() if t & mask == tag & mask]:  # noqa: SIM118
                     del d[t]
         case RemovePrivate(keep=keep, everywhere=everywhere):
             for d in list(datasets(ds, everywhere)):
-                for t in [t for t in d.keys() if t.group % 2 and t not in keep]:
+                for t in [t for t in d.keys() if t.group % 2 and t not in keep]:  # noqa: SIM118
                     del d[t]
         case RemapUids(tags=tags, key=key, everywhere=everywhere):
             for d in list(datasets(ds, everywhere)):
@@ -128,7 +135,11 @@ def apply_with_pydicom(ds: Dataset, edit: Edit) -> None:
                     if elem.VR == "UI" and chosen and elem.value:
                         _remap(elem, key)
             remapped = tags is None or 0x00080018 in tags
-            if remapped and ds.get("SOPInstanceUID") and "MediaStorageSOPInstanceUID" in ds.file_meta:
+            if (
+                remapped
+                and ds.get("SOPInstanceUID")
+                and "MediaStorageSOPInstanceUID" in ds.file_meta
+            ):
                 ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         case AddItem(sequence_tag=tag, elements=elements):
             if tag not in ds:
@@ -158,11 +169,14 @@ def differences(a: Dataset, b: Dataset, *, compare_vr: bool, path: str = "") -> 
     """Where two datasets differ, element by element (group lengths aside:
     pydicom keeps the input's, the rewrite recomputes them)."""
     out: list[str] = []
-    tags_a = sorted(t for t in a.keys() if t.element != 0)
-    tags_b = sorted(t for t in b.keys() if t.element != 0)
+    tags_a = sorted(t for t in a.keys() if t.element != 0)  # noqa: SIM118
+    tags_b = sorted(t for t in b.keys() if t.element != 0)  # noqa: SIM118
     if tags_a != tags_b:
         extra, missing = set(tags_a) - set(tags_b), set(tags_b) - set(tags_a)
-        return [f"{path}: tags differ: only in ours {sorted(extra)}, only in pydicom's {sorted(missing)}"]
+        return [
+            f"{path}: tags differ: only in ours {sorted(extra)}, "
+            f"only in pydicom's {sorted(missing)}"
+        ]
     for tag in tags_a:
         x, y = a[tag], b[tag]
         where = f"{path}/{tag}"
@@ -195,9 +209,12 @@ def top_level_elements(data: bytes) -> list[tuple[int, int, int]]:
     starts = [lay.dataset_offset, *lay.top_level_ends[:-1]]
     order = lay.encoding.order
     return [
-        ((struct.unpack_from(order + "H", data, s)[0] << 16) | struct.unpack_from(
-            order + "H", data, s + 2
-        )[0], s, e)
+        (
+            (struct.unpack_from(order + "H", data, s)[0] << 16)
+            | struct.unpack_from(order + "H", data, s + 2)[0],
+            s,
+            e,
+        )
         for s, e in zip(starts, lay.top_level_ends, strict=False)
     ]
 
@@ -221,6 +238,7 @@ def group_length_errors(data: bytes) -> list[str]:
                 (s for t, s, _ in elements[n + 1 :] if t >> 16 != tag >> 16), elements[-1][2]
             )
             if value != group_end - end:
-                errors.append(f"({tag >> 16:04X},0000) says {value}, the group holds {group_end - end}")
+                errors.append(
+                    f"({tag >> 16:04X},0000) says {value}, the group holds {group_end - end}"
+                )
     return errors
-

@@ -7,21 +7,26 @@ import argparse
 import hashlib
 from pathlib import Path
 
-import pydicom.data
 import pytest
 
 from dicom_builders import read_with_pydicom
 from dicomrelay import scan
 from dicomrelay.cli import main
 from dicomrelay.cli.morph_command import parse_set, parse_tag
+from rewrite_reference import bundled
 
-CT = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
-MR = Path(pydicom.data.get_testdata_file("MR_small_implicit.dcm"))
+CT = bundled("CT_small.dcm")
+MR = bundled("MR_small_implicit.dcm")
 
 
 @pytest.mark.parametrize(
     ("text", "tag"),
-    [("0010,0020", 0x00100020), ("(0010,0020)", 0x00100020), ("7fe00010", 0x7FE00010), ("PatientID", 0x00100020)],
+    [
+        ("0010,0020", 0x00100020),
+        ("(0010,0020)", 0x00100020),
+        ("7fe00010", 0x7FE00010),
+        ("PatientID", 0x00100020),
+    ],
 )
 def test_tags_as_an_operator_writes_them(text: str, tag: int) -> None:
     assert parse_tag(text) == tag
@@ -86,10 +91,13 @@ def test_a_file_that_fails_is_named_and_the_rest_are_written(
 ) -> None:
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"not dicom")
-    code = main(["morph", str(bad), str(CT), "--out", str(tmp_path / "out"), "--set", "PatientID=X"])
+    code = main(
+        ["morph", str(bad), str(CT), "--out", str(tmp_path / "out"), "--set", "PatientID=X"]
+    )
     assert code == 1
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"dicomrelay morph: {bad}: ")
+    assert len(err) == 1
+    assert err[0].startswith(f"dicomrelay morph: {bad}: ")
     assert (tmp_path / "out" / CT.name).exists()
 
 
@@ -110,7 +118,8 @@ def test_usage_mistakes_are_one_line_and_status_2(
         code = int(e.code or 0)
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
+    assert len(err) == 1
+    assert message in err[0]
 
 
 def test_out_may_not_overwrite_a_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

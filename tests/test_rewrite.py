@@ -10,9 +10,8 @@ import struct
 from pathlib import Path
 
 import blake3
-import pydicom.data
 import pytest
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import DicomDictionary  # type: ignore[attr-defined]
 
 from dicom_builders import (
     BIG,
@@ -36,6 +35,7 @@ from dicomrelay.rewrite import (
     AddItem,
     Edit,
     Empty,
+    NewElement,
     RemapUids,
     Remove,
     Replace,
@@ -44,7 +44,7 @@ from dicomrelay.rewrite import (
     rewrite,
     rewrite_file,
 )
-from rewrite_reference import group_length_errors, new_uid
+from rewrite_reference import bundled, group_length_errors, new_uid
 
 PIXELS = bytes(range(256)) * 8
 
@@ -65,7 +65,9 @@ def nested(enc: Encoding, *, undefined: bool) -> bytes:
         return element(tag, b"SQ", b"".join(item(i, enc) for i in items), enc)
 
     inner = element(0x00081155, b"UI", b"1.2.3.4\0", enc) + element(0x00100020, b"LO", b"DEEP", enc)
-    outer = element(0x00081150, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0", enc) + seq(0x00081140, [inner])
+    outer = element(0x00081150, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0", enc) + seq(
+        0x00081140, [inner]
+    )
     dataset = (
         element(0x00080018, b"UI", b"1.2.3.9\0", enc)
         + seq(0x00081115, [outer, outer])
@@ -103,7 +105,9 @@ def test_nested_edits_keep_every_length_right(enc: Encoding, undefined: bool) ->
 
 def test_top_level_only_edits_leave_items_alone() -> None:
     data = nested(EXPLICIT, undefined=False)
-    out = whole(data, rewrite(data, [Replace(tag=0x00100020, value="X", vr="LO", everywhere=False)]))
+    out = whole(
+        data, rewrite(data, [Replace(tag=0x00100020, value="X", vr="LO", everywhere=False)])
+    )
     ds = read_with_pydicom(out)
     assert ds.PatientID == "X"
     assert ds[0x00081115].value[0][0x00081140].value[0].PatientID == "DEEP"
@@ -121,7 +125,7 @@ def test_sequences_removed_emptied_and_items_added() -> None:
 
 
 def test_big_endian_numbers_and_binary_values_are_swapped() -> None:
-    path = Path(pydicom.data.get_testdata_file("MR_small_bigendian.dcm"))
+    path = bundled("MR_small_bigendian.dcm")
     data = path.read_bytes()
     edits: list[Edit] = [
         Set(tag=0x00280010, value="48", vr="US"),
@@ -134,12 +138,14 @@ def test_big_endian_numbers_and_binary_values_are_swapped() -> None:
 
 
 def test_deflated_is_deflated_again() -> None:
-    data = Path(pydicom.data.get_testdata_file("image_dfl.dcm")).read_bytes()
+    data = bundled("image_dfl.dcm").read_bytes()
     result = rewrite(data, [Set(tag=0x00100020, value="INFLATED-AND-BACK", vr="LO")])
-    assert result.pixel_length == 0 and result.trailer == b""
+    assert result.pixel_length == 0
+    assert result.trailer == b""
     assert len(result.header) % 2 == 0
     info = scan(result.header)
-    assert info.deflated and info.transfer_syntax_uid == DEFLATED_LE
+    assert info.deflated
+    assert info.transfer_syntax_uid == DEFLATED_LE
     assert info.patient_id == "INFLATED-AND-BACK"
     assert read_with_pydicom(result.header).PixelData == read_with_pydicom(data).PixelData
 
@@ -156,7 +162,9 @@ def test_group_lengths_are_recomputed() -> None:
     )
     data = meta_group("1.2.840.10008.1.2.1") + dataset
     assert group_length_errors(data) == []
-    result = rewrite(data, [Set(tag=0x00100020, value="A LONGER ID", vr="LO"), Remove(tag=0x00100010)])
+    result = rewrite(
+        data, [Set(tag=0x00100020, value="A LONGER ID", vr="LO"), Remove(tag=0x00100010)]
+    )
     out = whole(data, result)
     assert group_length_errors(out) == []
     assert read_with_pydicom(out)[0x00100000].value == 8 + 12
@@ -166,7 +174,7 @@ def test_group_lengths_are_recomputed() -> None:
 
 
 def test_meta_follows_the_new_sop_instance_uid() -> None:
-    data = Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes()
+    data = bundled("CT_small.dcm").read_bytes()
     before = read_with_pydicom(data)
     ds = read_with_pydicom(whole(data, rewrite(data, [RemapUids(tags=None, key=b"key")])))
     assert ds.SOPInstanceUID == new_uid(b"key", before.SOPInstanceUID)
@@ -177,7 +185,7 @@ def test_meta_follows_the_new_sop_instance_uid() -> None:
 
 
 def test_rewrite_file_writes_what_rewrite_describes(tmp_path: Path) -> None:
-    src = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    src = bundled("CT_small.dcm")
     data = src.read_bytes()
     edits = [Set(tag=0x00100020, value="FILE", vr="LO")]
     dst = tmp_path / "out.dcm"
@@ -211,7 +219,9 @@ BAD_EDITS: list[tuple[Edit, int, str]] = [
     (Set(tag=0x00280010, value="70000", vr="US"), 0x00280010, "not a value of VR US"),
     (Set(tag=0x00100010, value="漢字", vr="PN"), 0x00100010, "character set"),
     (
-        AddItem(sequence_tag=0x04000561, elements=((0x00100020, "LO", "a"), (0x00100020, "LO", "b"))),
+        AddItem(
+            sequence_tag=0x04000561, elements=((0x00100020, "LO", "a"), (0x00100020, "LO", "b"))
+        ),
         0x00100020,
         "twice",
     ),
@@ -239,11 +249,13 @@ def test_malformed_edits_are_refused_when_made() -> None:
 
 
 def test_items_nested_past_the_cap_are_refused() -> None:
-    elements: tuple[object, ...] = ((0x00100020, "LO", "x"),)
+    elements: tuple[NewElement, ...] = ((0x00100020, "LO", "x"),)
     for _ in range(70):
         elements = ((0x00081115, "SQ", (elements,)),)
     with pytest.raises(RewriteError, match="nested"):
-        rewrite(nested(EXPLICIT, undefined=False), [AddItem(sequence_tag=0x04000561, elements=elements)])  # type: ignore[arg-type]
+        rewrite(
+            nested(EXPLICIT, undefined=False), [AddItem(sequence_tag=0x04000561, elements=elements)]
+        )
 
 
 def test_uid_table_is_the_dictionary_s() -> None:

@@ -5,20 +5,23 @@ typed error, never anything else."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
-import pydicom.data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicom_builders import IMPLICIT_LE, read_with_pydicom
 from dicomrelay.errors import DicomParseError, RewriteError
 from dicomrelay.rewrite import Edit, Empty, Remove, Replace, Rewritten, Set, rewrite
-from rewrite_reference import apply_with_pydicom, differences, group_length_errors
+from rewrite_reference import apply_with_pydicom, bundled, differences, group_length_errors
 
 FILES = {
-    name: Path(pydicom.data.get_testdata_file(name)).read_bytes()
-    for name in ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "nested_priv_SQ.dcm")
+    name: bundled(name).read_bytes()
+    for name in (
+        "CT_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "nested_priv_SQ.dcm",
+    )
 }
 # Tags that occur at the top level, in items, or nowhere in these files, each
 # with the dictionary's VR, so implicit VR reads them back the same.
@@ -34,7 +37,9 @@ TAGS = {
     0x00200010: "SH",
     0x00321032: "PN",
 }
-text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\"), max_size=40)
+text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\"), max_size=40
+)
 uid = st.from_regex(r"[12](\.[1-9][0-9]{0,5}){1,6}", fullmatch=True)
 
 

@@ -136,6 +136,7 @@ def rewrite_file(
     *,
     digest: _DigestName | None = None,
 ) -> _RewriteOutput: ...
+
 @final
 class TlsConfig:
     @staticmethod
