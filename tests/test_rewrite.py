@@ -264,3 +264,25 @@ def test_uid_table_is_the_dictionary_s() -> None:
     tags = {int(g + e, 16) for g, e in re.findall(r"0x([0-9A-F]{4})_([0-9A-F]{4})", table)}
     expected = {t for t, v in DicomDictionary.items() if v[0] == "UI" and t >> 16 not in (0, 2)}
     assert tags == expected
+
+
+@pytest.mark.parametrize("enc", [EXPLICIT, BIG], ids=["little", "big"])
+def test_a_sequence_stored_as_un_is_edited_inside(enc: Encoding) -> None:
+    # PS3.5 6.2.2: a UN value holds its items in implicit VR little endian.
+    inner = element(0x00081150, b"UI", b"1.2.840.10008.5.1.4.1.1.481.5\0", IMPLICIT) + element(
+        0x00081155, b"UI", b"1.2.3.4.5.6\0", IMPLICIT
+    )
+    stored = element(0x300C0002, b"UN", item(inner, IMPLICIT), enc)
+    not_items = element(0x300C0004, b"UN", b"\x01\x02\x03\x04\x05\x06\x07\x08", enc)
+    syntax = EXPLICIT_BE if enc == BIG else "1.2.840.10008.1.2.1"
+    data = meta_group(syntax) + element(0x00080018, b"UI", b"1.2.3\0", enc) + stored + not_items
+    out = whole(data, rewrite(data, [RemapUids(tags=None, key=b"k")]))
+    assert new_uid(b"k", "1.2.3.4.5.6").encode() in out
+    assert b"1.2.3.4.5.6\0" not in out
+    if enc == EXPLICIT:
+        # (pydicom reads such items in the dataset's byte order, so only here.)
+        referenced = read_with_pydicom(out)[0x300C0002].value[0]
+        assert referenced[0x00081155].value == new_uid(b"k", "1.2.3.4.5.6")
+        assert referenced[0x00081150].value == "1.2.840.10008.5.1.4.1.1.481.5"
+    assert out.endswith(not_items)  # a UN value that holds no items stays as it was
+    assert b"UN" in out[len(meta_group(syntax)) :]

@@ -152,6 +152,9 @@ fn walk<V: Visit>(
                     visit.begin_sequence(&header, enc, depth)?;
                 }
                 read_items(buf, &header, end, enc, depth + 1, visit)?;
+            } else if V::NESTED && holds_un_items(buf, &header, end, depth) {
+                visit.begin_sequence(&header, Encoding::IMPLICIT_LE, depth)?;
+                read_items(buf, &header, end, Encoding::IMPLICIT_LE, depth + 1, visit)?;
             }
             Element {
                 header,
@@ -183,6 +186,29 @@ fn is_sequence(buf: &[u8], h: &Header, enc: Encoding) -> bool {
                     && h.length >= 8
                     && enc.tag_at(buf, h.value_offset) == ITEM)
         }
+    }
+}
+
+/// Is this defined-length UN value a sequence of the data dictionary, stored
+/// as UN (its items in implicit VR little endian, PS3.5 6.2.2), whose items
+/// read cleanly? Only a visitor that follows nesting asks: the scanner skips
+/// UN values unread, and a value that does not read as items stays opaque.
+fn holds_un_items(buf: &[u8], h: &Header, end: usize, depth: usize) -> bool {
+    h.vr == Some(*b"UN")
+        && is_sequence_tag(h.tag)
+        && h.length >= 8
+        && Encoding::IMPLICIT_LE.tag_at(buf, h.value_offset) == ITEM
+        && read_items(buf, h, end, Encoding::IMPLICIT_LE, depth + 1, &mut Skim).is_ok()
+}
+
+/// A visitor that only lets the walk check the bytes.
+struct Skim;
+
+impl Visit for Skim {
+    const NESTED: bool = false;
+
+    fn element(&mut self, _e: &Element, _depth: usize) -> Result<()> {
+        Ok(())
     }
 }
 
