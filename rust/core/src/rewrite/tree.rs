@@ -86,14 +86,6 @@ pub struct Tree {
 
 pub const PIXEL_TAGS: [u32; 3] = [0x7FE0_0008, 0x7FE0_0009, 0x7FE0_0010];
 
-impl Tree {
-    /// Is `node` (at the top level) the pixel data?
-    pub fn is_pixel(&self, node: &Node) -> bool {
-        node.source
-            .is_some_and(|s| Some(s.header.offset) == self.pixel)
-    }
-}
-
 enum Frame {
     Sequence(Encoding, Vec<Item>),
     Item(Header, Vec<Node>),
