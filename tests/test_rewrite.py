@@ -286,3 +286,12 @@ def test_a_sequence_stored_as_un_is_edited_inside(enc: Encoding) -> None:
         assert referenced[0x00081150].value == "1.2.840.10008.5.1.4.1.1.481.5"
     assert out.endswith(not_items)  # a UN value that holds no items stays as it was
     assert b"UN" in out[len(meta_group(syntax)) :]
+
+
+def test_every_buffer_kind_gives_the_same_rewrite() -> None:
+    data = bundled("CT_small.dcm").read_bytes()
+    edits = [Set(tag=0x00100020, value="X", vr="LO")]
+    expected = rewrite(data, edits)
+    assert rewrite(bytearray(data), edits) == expected
+    assert rewrite(memoryview(data), edits) == expected
+    assert rewrite(data, iter(edits)) == expected

@@ -44,10 +44,12 @@ pub struct Rewritten {
 }
 
 impl Rewritten {
-    /// The whole output, for tests and small instances (this copies the pixel data).
-    pub fn to_vec(&self, input: &[u8]) -> Vec<u8> {
-        let pixels = &input[self.pixel_offset..self.pixel_offset + self.pixel_length];
-        [self.header.as_slice(), pixels, &self.trailer].concat()
+    /// The whole output, for tests and small instances (this copies the pixel
+    /// data); `None` if `input` is not long enough to be the one rewritten.
+    pub fn to_vec(&self, input: &[u8]) -> Option<Vec<u8>> {
+        let pixels =
+            input.get(self.pixel_offset..self.pixel_offset.checked_add(self.pixel_length)?)?;
+        Some([self.header.as_slice(), pixels, &self.trailer].concat())
     }
 }
 

@@ -82,7 +82,7 @@ fn text(s: &str) -> Value {
 fn no_edits_give_the_input_back_and_point_at_its_pixel_data() {
     let data = instance();
     let r = rewrite(&data, &[], Some(DigestAlgorithm::Sha256)).unwrap();
-    assert_eq!(r.to_vec(&data), data);
+    assert_eq!(r.to_vec(&data).unwrap(), data);
     let info = scan(&data, &ScanOptions::default()).unwrap();
     assert_eq!(Some(r.pixel_offset as u64), info.pixel_data_offset);
     assert_eq!(Some(r.pixel_length as u64), info.pixel_data_length);
@@ -108,7 +108,7 @@ fn an_edit_changes_only_its_element_and_the_lengths_around_it() {
         },
     ];
     let r = rewrite(&data, &edits, None).unwrap();
-    let out = r.to_vec(&data);
+    let out = r.to_vec(&data).unwrap();
     // Same pixel bytes, now 18 bytes further on (values of 6 and 4 bytes became 14).
     assert_eq!(
         r.pixel_offset,
@@ -138,7 +138,7 @@ fn a_new_sop_instance_uid_is_followed_by_the_meta_group() {
         value: text("9.8.7.6.5.4.3"),
         vr: *b"UI",
     };
-    let out = rewrite(&data, &[set], None).unwrap().to_vec(&data);
+    let out = rewrite(&data, &[set], None).unwrap().to_vec(&data).unwrap();
     assert_eq!(
         out.windows(14).filter(|w| w == b"9.8.7.6.5.4.3\0").count(),
         2
@@ -174,7 +174,7 @@ fn items_are_added_in_tag_order_with_defined_lengths() {
         ],
     };
     let r = rewrite(&data, &[add], None).unwrap();
-    let out = r.to_vec(&data);
+    let out = r.to_vec(&data).unwrap();
     scan(&out, &ScanOptions::default()).unwrap();
     // (0400,0561) goes after (0010,0020), before the pixel data: in the header.
     let at = r

@@ -105,7 +105,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(result.digest.as_ref().map(String::len), Some(64));
     let before =
         scan(data, &ScanOptions::default()).expect("the rewrite read what the scanner refuses");
-    let output = result.to_vec(data);
+    let output = result
+        .to_vec(data)
+        .expect("the pixel range lies in the input");
     let after = match scan(&output, &ScanOptions::default()) {
         Ok(info) => info,
         Err(e) => panic!("the scanner refuses the rewrite's output: {e}"),
