@@ -127,7 +127,13 @@ def register(sub: Any) -> None:
         "morph", help="edit DICOM headers (the pixel data copied untouched)"
     )
     parser.add_argument("paths", nargs="+", metavar="SRC", help="files or folders (recursed)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where the outputs go (folders keep their layout)",
+    )
     parser.add_argument(
         "--set",
         dest="sets",

@@ -18,6 +18,7 @@ pub mod write;
 
 use crate::digest::{to_hex, DigestAlgorithm};
 use crate::element::{Encoding, Header};
+use crate::error::{ErrorKind, ScanError};
 use crate::scan::{inflate, layout, DEFAULT_MAX_INFLATED};
 use crate::syntax::check_vr_axis;
 
@@ -67,6 +68,7 @@ pub fn rewrite(data: &[u8], edits: &[Edit], digest: Option<DigestAlgorithm>) -> 
     };
     check_vr_axis(buf, start, enc)?;
     let mut tree = tree::build(buf, start, enc)?;
+    refuse_meta_elements(&tree)?;
     for edit in edits {
         apply::apply(&mut tree, edit, buf, enc)?;
     }
@@ -122,6 +124,21 @@ pub fn rewrite(data: &[u8], edits: &[Edit], digest: Option<DigestAlgorithm>) -> 
         rewritten.digest = Some(to_hex(&hasher.finish()));
     }
     Ok(rewritten)
+}
+
+/// A file meta element (group 0002) after the dataset began is malformed
+/// (PS3.10 7.1), and an edit that removed what lies before it would turn it
+/// into the output's meta group: refused.
+fn refuse_meta_elements(tree: &Tree) -> Result<()> {
+    match tree.nodes.iter().find(|n| n.tag >> 16 == 0x0002) {
+        Some(node) => Err(RewriteError::Parse(ScanError::new(
+            ErrorKind::BadMeta,
+            node.source.map_or(0, |s| s.header.offset),
+            Some(node.tag),
+            "a file meta group element inside the dataset",
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The top-level (0008,0018) an edit gave a new value, which the meta

@@ -264,3 +264,23 @@ fn uids_are_remapped_the_same_way_in_every_instance() {
     assert!(!header.contains("1.2.3.4.5"));
     assert_eq!(header.matches("2.25.").count(), 3); // (0002,0003), (0008,0018), (0008,1155)
 }
+
+#[test]
+fn meta_elements_inside_the_dataset_are_refused() {
+    // Removing what lies before them would make them the output's meta group.
+    let mut dataset = el(0x0009_0010, b"LO", b"PRIVATE ");
+    dataset.extend(el(0x0002_0010, b"UI", b"1.2.840.10008.1.2\0"));
+    let mut data = vec![0u8; 128];
+    data.extend_from_slice(b"DICM");
+    data.extend(dataset);
+    assert!(scan(&data, &ScanOptions::default()).is_ok());
+    let edits = [Edit::RemovePrivate {
+        keep: vec![],
+        everywhere: true,
+    }];
+    let e = rewrite(&data, &edits, None).unwrap_err();
+    assert!(
+        matches!(e, RewriteError::Parse(ref s) if s.kind == ErrorKind::BadMeta && s.tag == Some(0x0002_0010)),
+        "{e}"
+    );
+}
