@@ -126,12 +126,15 @@ RATIOS: tuple[Ratio, ...] = (
         peer="test_pydicom_read_modify_write",
         speedup=True,
     ),
-    Ratio(
-        group="morph",
-        label="morph with a BLAKE3 digest of the output vs pydicom read-modify-write",
-        subject="test_morph_with_blake3",
-        peer="test_pydicom_read_modify_write",
-        speedup=True,
+    *(
+        Ratio(
+            group="morph",
+            label=f"morph with a {name} digest of the output vs pydicom read-modify-write",
+            subject=f"test_morph_with_{name.lower()}",
+            peer="test_pydicom_read_modify_write",
+            speedup=True,
+        )
+        for name in ("BLAKE3", "SHA256")
     ),
     *(
         Ratio(
