@@ -133,6 +133,23 @@ RATIOS: tuple[Ratio, ...] = (
         peer="test_pydicom_deidentify",
         speedup=True,
     ),
+    Ratio(
+        group="morph",
+        label="morph (header) vs pydicom read-modify-write",
+        subject="test_morph_header",
+        peer="test_pydicom_read_modify_write",
+        speedup=True,
+    ),
+    *(
+        Ratio(
+            group="morph",
+            label=f"morph with a {name} digest of the output vs pydicom read-modify-write",
+            subject=f"test_morph_with_{name.lower()}",
+            peer="test_pydicom_read_modify_write",
+            speedup=True,
+        )
+        for name in ("BLAKE3", "SHA256")
+    ),
     *(
         Ratio(
             group=f"store-{size}",

@@ -39,6 +39,8 @@ __all__ = [
     "fragment_pdata",
     "header_values",
     "header_values_file",
+    "rewrite",
+    "rewrite_file",
     "scan",
     "scan_file",
     "scan_many",
@@ -130,6 +132,21 @@ def header_values(data: _Buffer, tags: Sequence[int]) -> tuple[dict[int, str], d
 def header_values_file(
     path: str | os.PathLike[str], tags: Sequence[int]
 ) -> tuple[dict[int, str], dict[int, str]]: ...
+
+# Header rewriting (dicomrelay.rewrite wraps these): each op is an edit's
+# `_op` tuple; the result is (header, pixel_offset, pixel_length, trailer,
+# digest). Raises DicomParseError or dicomrelay.errors.RewriteError.
+_RewriteOutput: TypeAlias = tuple[bytes, int, int, bytes, str | None]
+
+def rewrite(
+    data: _Buffer, ops: Iterable[tuple[object, ...]], *, digest: _DigestName | None = None
+) -> _RewriteOutput: ...
+def rewrite_file(
+    path: str | os.PathLike[str],
+    ops: Iterable[tuple[object, ...]],
+    *,
+    digest: _DigestName | None = None,
+) -> _RewriteOutput: ...
 
 @final
 class TlsConfig:

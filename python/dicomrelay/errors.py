@@ -28,6 +28,24 @@ class DicomParseError(DicomrelayError, ValueError):
         return (type(self), (str(self), self.offset, self.tag))
 
 
+class RewriteError(DicomrelayError, ValueError):
+    """An edit that cannot be applied to an instance: a value too long for its
+    length field or not of its VR, a value set on a sequence, an item added to
+    an element that is not one, the pixel data or the file meta group named.
+
+    ``tag`` is the element the edit names (as an int such as ``0x00100020``).
+    """
+
+    tag: int | None
+
+    def __init__(self, message: str, tag: int | None = None) -> None:
+        super().__init__(message)
+        self.tag = tag
+
+    def __reduce__(self) -> tuple[type[RewriteError], tuple[str, int | None]]:
+        return (type(self), (str(self), self.tag))
+
+
 class ConfigurationError(DicomrelayError, ValueError):
     """A node's configuration cannot work: a bad certificate, key, peer or path."""
 

@@ -24,6 +24,7 @@ from dicomrelay.cli import (
     deidentify_command,
     dicom_commands,
     loadtest_command,
+    morph_command,
     node_commands,
     operator_errors,
     pki_commands,
@@ -38,6 +39,7 @@ SUBCOMMANDS = (
     dicom_commands,
     scan_command,
     deidentify_command,
+    morph_command,
 )
 
 

@@ -5,8 +5,9 @@
 #
 #   rust/core/fuzz/run.sh [SECONDS] [TARGET]
 #
-# TARGET is `scan` (the Part 10 scanner, the default) or `pdu` (the DICOM
-# Upper Layer PDU decoder).
+# TARGET is `scan` (the Part 10 scanner, the default), `rewrite` (header
+# rewriting, the edits chosen by the first byte) or `pdu` (the DICOM Upper
+# Layer PDU decoder).
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). cargo-fuzz passes
 # nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets stable accept them.
@@ -26,7 +27,7 @@ seed() {
 }
 
 case "$target" in
-scan)
+scan | rewrite)
     # Every DICOM file pydicom tests itself with (Part 10 with and without
     # meta, both endians, implicit VR, deflated, encapsulated, sequences, charsets).
     pydicom_data="$("${PYTHON:-python3}" -c \
@@ -49,7 +50,7 @@ pdu)
     done
     ;;
 *)
-    echo "unknown fuzz target: $target (scan or pdu)" >&2
+    echo "unknown fuzz target: $target (scan, rewrite or pdu)" >&2
     exit 2
     ;;
 esac

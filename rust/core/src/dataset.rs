@@ -24,6 +24,44 @@ pub struct Element {
     pub fragments: u32,
 }
 
+/// What a walk reports. `element` comes for each element once its value has
+/// been checked (a sequence's after all its items), at the top level only
+/// unless `NESTED`; with `NESTED`, the sequences and items are reported too, so
+/// a visitor can rebuild the whole tree in one pass.
+pub trait Visit {
+    const NESTED: bool;
+
+    /// An element at `depth` (0: the top level; 1: in an item of a top-level sequence).
+    fn element(&mut self, e: &Element, depth: usize) -> Result<()>;
+
+    /// A sequence (or an undefined-length UN read as one) begins; its items
+    /// are encoded as `inner` says.
+    fn begin_sequence(&mut self, _seq: &Header, _inner: Encoding, _depth: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn begin_item(&mut self, _item: &Header) -> Result<()> {
+        Ok(())
+    }
+
+    /// An item ends at `end` (after its delimiter, for an undefined length).
+    fn end_item(&mut self, _item: &Header, _end: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A closure over the top-level elements, as a visitor.
+struct TopLevel<F>(F);
+
+impl<F: FnMut(&Element) -> Result<()>> Visit for TopLevel<F> {
+    const NESTED: bool = false;
+
+    #[inline]
+    fn element(&mut self, e: &Element, _depth: usize) -> Result<()> {
+        (self.0)(e)
+    }
+}
+
 /// Walk the top-level dataset from `pos` to the end of `buf`, calling `visit`
 /// for each element. Returns the offset where the walk stopped.
 pub fn walk_top_level(
@@ -32,21 +70,31 @@ pub fn walk_top_level(
     enc: Encoding,
     visit: &mut impl FnMut(&Element) -> Result<()>,
 ) -> Result<usize> {
-    walk(buf, pos, buf.len(), false, enc, 0, visit)
+    walk(buf, pos, buf.len(), false, enc, 0, &mut TopLevel(visit))
+}
+
+/// Walk the dataset from `pos` to the end of `buf`, reporting to `visitor`.
+pub fn walk_dataset<V: Visit>(
+    buf: &[u8],
+    pos: usize,
+    enc: Encoding,
+    visitor: &mut V,
+) -> Result<usize> {
+    walk(buf, pos, buf.len(), false, enc, 0, visitor)
 }
 
 /// Walk elements up to `limit` (the end of the input, of a defined-length item
 /// or of the sequence around an undefined-length one). With `delimited`, the
 /// dataset must end at an item delimiter before `limit`; returns the offset
 /// after it. Otherwise it must end exactly at `limit`.
-fn walk(
+fn walk<V: Visit>(
     buf: &[u8],
     mut pos: usize,
     limit: usize,
     delimited: bool,
     enc: Encoding,
     depth: usize,
-    visit: &mut impl FnMut(&Element) -> Result<()>,
+    visit: &mut V,
 ) -> Result<usize> {
     loop {
         if pos >= limit {
@@ -87,7 +135,10 @@ fn walk(
                 } else {
                     enc
                 };
-                read_sequence(buf, &header, limit, inner, depth + 1)?
+                if V::NESTED {
+                    visit.begin_sequence(&header, inner, depth)?;
+                }
+                read_sequence(buf, &header, limit, inner, depth + 1, visit)?
             }
         } else {
             // Private values of odd length occur in the wild and read the same
@@ -97,7 +148,13 @@ fn walk(
             }
             let end = value_end(&header, limit)?;
             if is_sequence(buf, &header, enc) {
-                read_items(buf, &header, end, enc, depth + 1)?;
+                if V::NESTED {
+                    visit.begin_sequence(&header, enc, depth)?;
+                }
+                read_items(buf, &header, end, enc, depth + 1, visit)?;
+            } else if V::NESTED && holds_un_items(buf, &header, end, depth) {
+                visit.begin_sequence(&header, Encoding::IMPLICIT_LE, depth)?;
+                read_items(buf, &header, end, Encoding::IMPLICIT_LE, depth + 1, visit)?;
             }
             Element {
                 header,
@@ -105,8 +162,8 @@ fn walk(
                 fragments: 0,
             }
         };
-        if depth == 0 {
-            visit(&element)?;
+        if depth == 0 || V::NESTED {
+            visit.element(&element, depth)?;
         }
         pos = if header.is_undefined() {
             element.value_end + 8
@@ -129,6 +186,29 @@ fn is_sequence(buf: &[u8], h: &Header, enc: Encoding) -> bool {
                     && h.length >= 8
                     && enc.tag_at(buf, h.value_offset) == ITEM)
         }
+    }
+}
+
+/// Is this defined-length UN value a sequence of the data dictionary, stored
+/// as UN (its items in implicit VR little endian, PS3.5 6.2.2), whose items
+/// read cleanly? Only a visitor that follows nesting asks: the scanner skips
+/// UN values unread, and a value that does not read as items stays opaque.
+fn holds_un_items(buf: &[u8], h: &Header, end: usize, depth: usize) -> bool {
+    h.vr == Some(*b"UN")
+        && is_sequence_tag(h.tag)
+        && h.length >= 8
+        && Encoding::IMPLICIT_LE.tag_at(buf, h.value_offset) == ITEM
+        && read_items(buf, h, end, Encoding::IMPLICIT_LE, depth + 1, &mut Skim).is_ok()
+}
+
+/// A visitor that only lets the walk check the bytes.
+struct Skim;
+
+impl Visit for Skim {
+    const NESTED: bool = false;
+
+    fn element(&mut self, _e: &Element, _depth: usize) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -177,7 +257,14 @@ fn even(h: &Header) -> Result<()> {
 
 /// Check a defined-length sequence: items only, each one a dataset that ends
 /// exactly where the item does, the last one ending where the sequence does.
-fn read_items(buf: &[u8], seq: &Header, end: usize, enc: Encoding, depth: usize) -> Result<()> {
+fn read_items(
+    buf: &[u8],
+    seq: &Header,
+    end: usize,
+    enc: Encoding,
+    depth: usize,
+    visit: &mut impl Visit,
+) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(too_deep(seq));
     }
@@ -195,7 +282,7 @@ fn read_items(buf: &[u8], seq: &Header, end: usize, enc: Encoding, depth: usize)
         if item.tag != ITEM {
             return Err(not_an_item(seq, &item));
         }
-        pos = read_item(buf, seq, &item, end, enc, depth)?;
+        pos = read_item(buf, seq, &item, end, enc, depth, visit)?;
     }
     Ok(())
 }
@@ -209,11 +296,25 @@ fn read_item(
     limit: usize,
     enc: Encoding,
     depth: usize,
+    visit: &mut impl Visit,
+) -> Result<usize> {
+    visit.begin_item(item)?;
+    let end = read_item_dataset(buf, seq, item, limit, enc, depth, visit)?;
+    visit.end_item(item, end)?;
+    Ok(end)
+}
+
+fn read_item_dataset(
+    buf: &[u8],
+    seq: &Header,
+    item: &Header,
+    limit: usize,
+    enc: Encoding,
+    depth: usize,
+    visit: &mut impl Visit,
 ) -> Result<usize> {
     if item.is_undefined() {
-        return walk(buf, item.value_offset, limit, true, enc, depth, &mut |_| {
-            Ok(())
-        });
+        return walk(buf, item.value_offset, limit, true, enc, depth, visit);
     }
     let named = |e: ScanError| ScanError {
         tag: Some(seq.tag),
@@ -222,9 +323,7 @@ fn read_item(
     };
     even(item).map_err(named)?;
     let end = value_end(item, limit).map_err(named)?;
-    walk(buf, item.value_offset, end, false, enc, depth, &mut |_| {
-        Ok(())
-    })
+    walk(buf, item.value_offset, end, false, enc, depth, visit)
 }
 
 /// Follow an undefined-length sequence to its delimiter, walking every item.
@@ -234,6 +333,7 @@ fn read_sequence(
     limit: usize,
     enc: Encoding,
     depth: usize,
+    visit: &mut impl Visit,
 ) -> Result<Element> {
     if depth > MAX_DEPTH {
         return Err(too_deep(seq));
@@ -249,7 +349,7 @@ fn read_sequence(
                     fragments: 0,
                 })
             }
-            ITEM => pos = read_item(buf, seq, &item, limit, enc, depth)?,
+            ITEM => pos = read_item(buf, seq, &item, limit, enc, depth, visit)?,
             _ => return Err(not_an_item(seq, &item)),
         }
     }

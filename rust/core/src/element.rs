@@ -75,7 +75,7 @@ impl Header {
 
 /// VRs whose explicit encoding has two reserved bytes and a 32-bit length.
 #[inline]
-fn has_long_length(vr: [u8; 2]) -> bool {
+pub fn has_long_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
         b"OB"

@@ -14,6 +14,7 @@ pub mod element;
 pub mod error;
 pub mod header_values;
 pub mod pdu;
+pub mod rewrite;
 pub mod scan;
 pub mod segment;
 pub mod sequences;

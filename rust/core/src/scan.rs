@@ -4,7 +4,7 @@
 use crate::charset::{trim_text, Charset};
 use crate::dataset::{walk_top_level, Element, PIXEL_DATA};
 use crate::digest::{digest, DigestAlgorithm};
-use crate::element::{read_header, value_end, Encoding};
+use crate::element::{read_header, value_end, Encoding, Header};
 use crate::error::{ErrorKind, Result, ScanError};
 use crate::syntax::{check_vr_axis, DatasetSyntax};
 
@@ -72,8 +72,22 @@ pub struct InstanceInfo {
     pub chunk_digests: Vec<String>,
 }
 
-/// Scan a whole Part 10 file (or a raw dataset with no preamble and meta group).
-pub fn scan(data: &[u8], options: &ScanOptions) -> Result<InstanceInfo> {
+/// Where a Part 10 input's parts lie, and how its dataset is encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Where the file meta group starts: after the preamble and `DICM`, or 0.
+    pub meta_start: usize,
+    /// Where the dataset after the meta group starts.
+    pub dataset_start: usize,
+    pub has_meta: bool,
+    /// The meta group's transfer syntax UID, if it names one.
+    pub transfer_syntax: Option<String>,
+    pub syntax: DatasetSyntax,
+}
+
+/// Find the preamble, meta group and dataset of `data`, calling `meta_element`
+/// with each meta group element's header and the end of its value.
+pub fn layout(data: &[u8], meta_element: &mut impl FnMut(&Header, usize)) -> Result<Layout> {
     if data.is_empty() {
         return Err(ScanError::new(ErrorKind::Empty, 0, None, "empty input"));
     }
@@ -82,12 +96,37 @@ pub fn scan(data: &[u8], options: &ScanOptions) -> Result<InstanceInfo> {
     } else {
         0
     };
-    let meta = read_meta(data, meta_start)?;
-    let dataset_start = meta.end;
+    let meta = read_meta(data, meta_start, meta_element)?;
     let syntax = match &meta.transfer_syntax {
         Some(uid) => DatasetSyntax::from_uid(uid),
-        None => DatasetSyntax::guess(data, dataset_start),
+        None => DatasetSyntax::guess(data, meta.end),
     };
+    Ok(Layout {
+        meta_start,
+        dataset_start: meta.end,
+        has_meta: meta.present,
+        transfer_syntax: meta.transfer_syntax,
+        syntax,
+    })
+}
+
+/// Inflate a deflated dataset (from `start` to the end of `data`), at most `cap` bytes.
+pub fn inflate(data: &[u8], start: usize, cap: usize) -> Result<Vec<u8>> {
+    miniz_oxide::inflate::decompress_to_vec_with_limit(&data[start..], cap).map_err(|e| {
+        ScanError::new(
+            ErrorKind::BadDeflate,
+            start,
+            None,
+            format!("{:?} (limit {} bytes)", e.status, cap),
+        )
+    })
+}
+
+/// Scan a whole Part 10 file (or a raw dataset with no preamble and meta group).
+pub fn scan(data: &[u8], options: &ScanOptions) -> Result<InstanceInfo> {
+    let layout = layout(data, &mut |_, _| {})?;
+    let dataset_start = layout.dataset_start;
+    let syntax = layout.syntax;
 
     let mut info = if syntax.deflated {
         let inflated = inflate(data, dataset_start, options.max_inflated)?;
@@ -100,10 +139,10 @@ pub fn scan(data: &[u8], options: &ScanOptions) -> Result<InstanceInfo> {
         check_vr_axis(data, dataset_start, syntax.encoding)?;
         scan_dataset(data, dataset_start, syntax.encoding)?
     };
-    info.has_meta = meta.present;
+    info.has_meta = layout.has_meta;
     info.size = data.len() as u64;
     info.dataset_offset = dataset_start as u64;
-    info.transfer_syntax_uid = Some(match meta.transfer_syntax {
+    info.transfer_syntax_uid = Some(match layout.transfer_syntax {
         Some(uid) => uid,
         None => syntax.uid().to_owned(),
     });
@@ -122,7 +161,7 @@ struct Meta {
 }
 
 /// Read group 0002 elements (always explicit VR little endian) until another group begins.
-fn read_meta(data: &[u8], start: usize) -> Result<Meta> {
+fn read_meta(data: &[u8], start: usize, visit: &mut impl FnMut(&Header, usize)) -> Result<Meta> {
     let mut pos = start;
     let mut meta = Meta {
         present: false,
@@ -150,22 +189,12 @@ fn read_meta(data: &[u8], start: usize) -> Result<Meta> {
                 meta.transfer_syntax = Some(Charset::Latin1.decode(uid));
             }
         }
+        visit(&header, end);
         meta.present = true;
         pos = end;
     }
     meta.end = pos;
     Ok(meta)
-}
-
-fn inflate(data: &[u8], start: usize, cap: usize) -> Result<Vec<u8>> {
-    miniz_oxide::inflate::decompress_to_vec_with_limit(&data[start..], cap).map_err(|e| {
-        ScanError::new(
-            ErrorKind::BadDeflate,
-            start,
-            None,
-            format!("{:?} (limit {} bytes)", e.status, cap),
-        )
-    })
 }
 
 /// Byte ranges of the top-level values the scanner reports.

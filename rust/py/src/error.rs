@@ -3,6 +3,7 @@
 
 use dicomrelay_core::channel::ChannelError;
 use dicomrelay_core::pdu::PduError as CorePduError;
+use dicomrelay_core::rewrite::RewriteError as CoreRewriteError;
 use dicomrelay_core::segment::SegmentError;
 use dicomrelay_core::ScanError;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ pyo3::import_exception!(dicomrelay.errors, ConfigurationError);
 pyo3::import_exception!(dicomrelay.errors, PduError);
 pyo3::import_exception!(dicomrelay.errors, StorageError);
 pyo3::import_exception!(dicomrelay.errors, CorruptRecord);
+pyo3::import_exception!(dicomrelay.errors, RewriteError);
 
 #[cold]
 pub fn channel_error(e: ChannelError) -> PyErr {
@@ -42,6 +44,16 @@ pub fn pdu_error(e: CorePduError) -> PyErr {
 #[cold]
 pub fn parse_error(e: ScanError) -> PyErr {
     DicomParseError::new_err((e.to_string(), e.offset, e.tag))
+}
+
+/// Input the scanner refuses is a DicomParseError; an edit that cannot be
+/// applied, RewriteError(message, tag).
+#[cold]
+pub fn rewrite_error(e: CoreRewriteError) -> PyErr {
+    match e {
+        CoreRewriteError::Parse(e) => parse_error(e),
+        CoreRewriteError::Edit { tag, .. } => RewriteError::new_err((e.to_string(), tag)),
+    }
 }
 
 /// A segment store failure: CorruptRecord for bytes that are not the record
@@ -77,6 +89,7 @@ pub fn segment_error(e: SegmentError) -> PyErr {
 /// Why one input of a batch failed.
 pub enum Failure {
     Parse(ScanError),
+    Rewrite(CoreRewriteError),
     Io(std::io::Error, PathBuf),
 }
 
@@ -85,6 +98,7 @@ impl From<Failure> for PyErr {
     fn from(f: Failure) -> PyErr {
         match f {
             Failure::Parse(e) => parse_error(e),
+            Failure::Rewrite(e) => rewrite_error(e),
             // OSError(errno, strerror, filename) becomes the matching subclass
             // (FileNotFoundError, PermissionError, ...) and names the file.
             Failure::Io(e, path) => match e.raw_os_error() {

@@ -9,6 +9,7 @@ mod header;
 mod info;
 mod pdu;
 mod pdu_items;
+mod rewrite;
 mod segments;
 mod writer;
 
@@ -215,6 +216,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan_many, m)?)?;
     m.add_function(wrap_pyfunction!(header::header_values, m)?)?;
     m.add_function(wrap_pyfunction!(header::header_values_file, m)?)?;
+    m.add_function(wrap_pyfunction!(rewrite::rewrite_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(rewrite::rewrite_path, m)?)?;
     m.add_class::<pdu::PduDecoder>()?;
     m.add_class::<pdu_items::AssociateRq>()?;
     m.add_class::<pdu_items::AssociateAc>()?;
