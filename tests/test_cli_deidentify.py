@@ -156,11 +156,6 @@ def test_bundled_files_against_the_reference(site: Path) -> None:
 
 
 @needs_rewriter
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rewriter does not look inside values of VR UN: Referenced RT Plan Sequence "
-    "(300C,0002), stored as UN, keeps its Referenced SOP Instance UID",
-)
 def test_a_sequence_stored_as_un_is_deidentified_inside(site: Path) -> None:
     source = Path(str(get_testdata_file("rtdose_rle.dcm")))
     assert b"UN" in source.read_bytes()[1604:1610]  # (300C,0002) as UN, defined length

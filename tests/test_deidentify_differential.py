@@ -31,9 +31,6 @@ OPTION_SETS = {
     "every-option": frozenset(Option) - {Option.RETAIN_LONGITUDINAL_FULL_DATES},
     "full-dates-uids": frozenset({Option.RETAIN_LONGITUDINAL_FULL_DATES, Option.RETAIN_UIDS}),
 }
-# Sequences stored as UN of defined length: pydicom reads into them, the
-# rewriter leaves them as they are (and with them the UIDs they hold).
-UN_SEQUENCES = {"rtdose_rle.dcm", "rtdose_rle_1frame.dcm"}
 FILES = [
     p for p in pydicom_test_files() if p.name not in MALFORMED and not p.name.startswith("DICOMDIR")
 ]
@@ -42,9 +39,6 @@ CASES = [
         path,
         name,
         id=f"{file_id(path)}-{name}",
-        marks=[pytest.mark.xfail(strict=True, reason="UN sequence left opaque")]
-        if path.name in UN_SEQUENCES and Option.RETAIN_UIDS not in OPTION_SETS[name]
-        else [],
     )
     for path in FILES
     for name in OPTION_SETS
