@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import ssl
 import sys
 import time
@@ -278,6 +279,20 @@ def run_scp(args: argparse.Namespace) -> int:
             "storescp %s listening on port %d%s", args.aetitle, port, " (TLS)" if tls else ""
         )
 
+    async def serve() -> None:
+        # SIGTERM and SIGINT cancel the server through the event loop, never as
+        # an exception raised wherever the main thread happens to be.
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_on_signal)
+            await scp.serve(args.host, args.port, ready=ready)
+            tg.cancel_scope.cancel()
+
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(lambda: scp.serve(args.host, args.port, ready=ready), backend_options=_uvloop())
+        anyio.run(serve, backend_options=_uvloop())
     return 0
