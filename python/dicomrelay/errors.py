@@ -101,3 +101,13 @@ class PduError(ProtocolError):
 
     def __reduce__(self) -> tuple[type[PduError], tuple[str, int, int]]:
         return (type(self), (str(self), self.offset, self.abort_reason))
+
+
+class BadRequest(DicomrelayError, ValueError):
+    """A DICOMweb request that cannot be served as sent: a malformed multipart
+    body, a query key or value the standard does not allow. ``status`` is the
+    HTTP status that answers it (400 unless said otherwise)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

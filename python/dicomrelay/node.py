@@ -1,6 +1,6 @@
 """``Node``: one organisation's engine, wired once. It builds the ledger, the
 blob store, the outbox (sending), the inbox (receiving) and, when configured,
-the DICOM gateway, and owns their lifetimes through one exit stack; the parts
+the DICOM gateway and the DICOMweb server, and owns their lifetimes through one exit stack; the parts
 talk through narrow interfaces and memory streams, never through the node."""
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Node:
         self._stack = AsyncExitStack()
         self.port: int | None = None
         self.dicom_port: int | None = None
+        self.web_port: int | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -80,6 +81,13 @@ class Node:
             gateway = DicomGateway(cfg, dicom, self.ledger, self.store, self.outbox, committed)
             await tg.start(gateway.run)
             self.dicom_port = gateway.port
+        if cfg.web is not None:
+            # Imported here: the web extra is needed only by nodes that serve DICOMweb.
+            from dicomrelay.web.server import WebServer
+
+            web = WebServer(cfg, self.ledger, self.store)
+            await tg.start(web.run)
+            self.web_port = web.port
         await tg.start(self.outbox.run)
 
     async def __aexit__(

@@ -17,7 +17,8 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from dicomrelay._native import Hasher
@@ -30,6 +31,14 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceBytes:
+    """A stored instance's bytes (or a range of them), read as they are iterated."""
+
+    length: int
+    chunks: Iterator[bytes]
 
 
 class BlobStore:
@@ -57,6 +66,55 @@ class BlobStore:
             return self.path_of(digest).stat().st_size
         except FileNotFoundError:
             return None
+
+    def open_instance(
+        self, digest: str, *, start: int = 0, stop: int | None = None, chunk: int = 1 << 20
+    ) -> InstanceBytes:
+        """The one way to read what is stored: bytes ``start`` to ``stop`` (the
+        end) of the instance stored under ``digest``, read a ``chunk`` at a
+        time as they are iterated (the file closes when they are done or the
+        iterator is closed). Raises StorageError (errno ENOENT if it is not
+        stored) now, not while iterating."""
+        try:
+            f = open(self.path_of(digest), "rb")  # noqa: SIM115 (closed by the iterator)
+        except OSError as e:
+            raise _storage_error(e, digest) from e
+        size = os.fstat(f.fileno()).st_size
+        end = size if stop is None else min(stop, size)
+        begin = min(max(start, 0), end)
+
+        def chunks() -> Iterator[bytes]:
+            with f:
+                f.seek(begin)
+                left = end - begin
+                while left > 0:
+                    piece = f.read(min(chunk, left))
+                    if not piece:
+                        raise StorageError(f"instance {digest} is shorter than it was")
+                    left -= len(piece)
+                    yield piece
+
+        return InstanceBytes(end - begin, chunks())
+
+    def adopt_many(self, files: list[tuple[Path, str]]) -> list[Path]:
+        """Keep each (durable, closed) file as the blob of its digest, its
+        name made durable with one flush of each folder touched; the paths.
+        The files are moved, not copied: they must be on the store's file
+        system (``incoming`` is)."""
+        touched: set[Path] = {self.incoming}
+        finals = []
+        try:
+            for temp, digest in files:
+                final = self.path_of(digest)
+                if final.exists():
+                    temp.unlink()
+                else:
+                    touched.add(self._publish(temp, final))
+                finals.append(final)
+        except OSError as e:
+            raise _storage_error(e, "instances") from e
+        self.sync(touched)
+        return finals
 
     def _publish(self, temp: Path, final: Path) -> Path:
         try:

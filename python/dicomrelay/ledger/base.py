@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from dicomrelay.ledger.archive import ApiToken, StoredAttributes
+from dicomrelay.ledger.search import Search
 
 
 class TransferState(enum.StrEnum):
@@ -195,6 +198,31 @@ class Ledger(Protocol):
         """Done, or (``delivered`` false) a dead letter with its last error; unless
         the study was asked for again after ``requested``, which is then still due."""
         ...
+
+    # DICOMweb (``archive.py``).
+    async def store_instances(
+        self, sender: str, batch_id: str, instances: Sequence[StoredAttributes], stored: float
+    ) -> None:
+        """Instances stored here directly (STOW-RS): into the store, attributes
+        and all, at once, as from ``sender``."""
+        ...
+
+    async def unindexed(self, limit: int) -> list[str]:
+        """Digests of stored blobs whose attributes are not yet recorded."""
+        ...
+
+    async def add_attributes(self, instances: Sequence[StoredAttributes]) -> None: ...
+    async def search(self, search: Search) -> list[tuple[Any, ...]]:
+        """The rows a search finds (``search.py`` says which columns, by level)."""
+        ...
+
+    async def stored_instances(self, search: Search) -> list[StoredAttributes]: ...
+    async def add_token(
+        self, name: str, token_hash: str, *, org: str, scope: str, expires: float | None
+    ) -> bool: ...
+    async def revoke_token(self, name: str) -> bool: ...
+    async def token(self, token_hash: str) -> ApiToken | None: ...
+    async def tokens(self) -> list[ApiToken]: ...
 
     # Both sides.
     async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None: ...

@@ -7,6 +7,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from dicomrelay.ledger.archive import (
+    ApiToken,
+    StoredAttributes,
+    attributes_from_row,
+    attributes_row,
+)
 from dicomrelay.ledger.base import (
     IncomingInstance,
     IncomingTransfer,
@@ -15,6 +21,7 @@ from dicomrelay.ledger.base import (
     TransferState,
 )
 from dicomrelay.ledger.dialect import Dialect
+from dicomrelay.ledger.search import Search, search_sql
 from dicomrelay.ledger.statements import (
     Statements,
     incoming_from_row,
@@ -274,6 +281,64 @@ class SqlLedger:
         params = (state, time.time(), error or None, study_instance_uid, requested)
         await self._one(Query(self._sql.finish_delivery, params))
 
+    # DICOMweb.
+    async def store_instances(
+        self, sender: str, batch_id: str, instances: Sequence[StoredAttributes], stored: float
+    ) -> None:
+        q = self._sql
+        attributes = [attributes_row(a) for a in instances]
+        rows = [(a.study_uid, a.sop_uid, a.digest, a.size, sender, batch_id, stored) for a in instances]
+
+        def work() -> Work[None]:
+            yield Query(q.insert_attributes, attributes, many=True)
+            yield Query(q.store_instance, rows, many=True)
+
+        await self._driver.run(work)
+
+    async def unindexed(self, limit: int) -> list[str]:
+        return [str(r[0]) for r in await self._one(Query(self._sql.unindexed, (limit,)))]
+
+    async def add_attributes(self, instances: Sequence[StoredAttributes]) -> None:
+        rows = [attributes_row(a) for a in instances]
+        await self._one(Query(self._sql.insert_attributes, rows, many=True))
+
+    async def search(self, search: Search) -> list[Row]:
+        sql, params = search_sql(search, self._driver.dialect)
+        return await self._one(Query(sql, params))
+
+    async def stored_instances(self, search: Search) -> list[StoredAttributes]:
+        """An instance-level search's matches, as records."""
+        assert search.level == "instance"
+        return [attributes_from_row(r) for r in await self.search(search)]
+
+    async def add_token(
+        self, name: str, token_hash: str, *, org: str, scope: str, expires: float | None
+    ) -> bool:
+        """False if a token of that name exists and is not revoked."""
+        query = Query(
+            self._sql.insert_token, (name, token_hash, org, scope, time.time(), expires)
+        )
+
+        def work() -> Work[bool]:
+            return (yield query).rowcount == 1
+
+        return await self._driver.run(work)
+
+    async def revoke_token(self, name: str) -> bool:
+        query = Query(self._sql.revoke_token, (time.time(), name))
+
+        def work() -> Work[bool]:
+            return (yield query).rowcount == 1
+
+        return await self._driver.run(work)
+
+    async def token(self, token_hash: str) -> ApiToken | None:
+        rows = await self._one(Query(self._sql.token_by_hash, (token_hash,)))
+        return _token(rows[0]) if rows else None
+
+    async def tokens(self) -> list[ApiToken]:
+        return [_token(r) for r in await self._one(Query(self._sql.tokens))]
+
     # Both sides.
     async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None:
         params = (time.time(), org, action, transfer_id, detail)
@@ -293,3 +358,10 @@ class SqlLedger:
             return out
 
         return await self._driver.run(work)
+
+
+def _token(row: Row) -> ApiToken:
+    name, org, scope, created, expires, revoked = row
+    return ApiToken(
+        name=name, org=org, scope=scope, created=created, expires=expires, revoked=revoked
+    )

@@ -145,6 +145,51 @@ MIGRATIONS = (
             "CREATE INDEX outgoing_due ON outgoing (state, next_attempt)",
         ),
     ),
+    Migration(
+        3,
+        "DICOMweb: the attributes searched for, per stored blob; API tokens, hashed",
+        (
+            # What a stored instance says of itself (its header, as the
+            # scanner reads it), keyed by its blob's digest: the store's rows
+            # name the blobs, so this is what QIDO-RS searches and WADO-RS
+            # finds pixel data by.
+            """CREATE TABLE instance_attributes (
+                digest TEXT PRIMARY KEY,
+                study_uid TEXT NOT NULL,
+                series_uid TEXT NOT NULL,
+                sop_uid TEXT NOT NULL,
+                sop_class_uid TEXT NOT NULL,
+                patient_id TEXT,
+                patient_name TEXT,
+                accession_number TEXT,
+                modality TEXT,
+                study_date TEXT,
+                charset TEXT,
+                transfer_syntax TEXT NOT NULL,
+                rows_ INTEGER,
+                columns_ INTEGER,
+                frames INTEGER,
+                bits_allocated INTEGER,
+                pixel_offset BIGINT,
+                pixel_length BIGINT,
+                encapsulated INTEGER NOT NULL,
+                size BIGINT NOT NULL
+            ){without_rowid}""",
+            "CREATE INDEX instance_attributes_study ON instance_attributes (study_uid)",
+            "CREATE INDEX instance_attributes_patient ON instance_attributes (patient_id)",
+            "CREATE INDEX instance_attributes_accession ON instance_attributes (accession_number)",
+            "CREATE INDEX store_digest ON store (digest)",
+            """CREATE TABLE api_tokens (
+                name TEXT PRIMARY KEY,
+                token_hash TEXT NOT NULL UNIQUE,
+                org TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                created {real} NOT NULL,
+                expires {real},
+                revoked {real}
+            ){without_rowid}""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -17,6 +17,7 @@ from dicomrelay.ledger.base import (
     OutgoingTransfer,
     TransferState,
 )
+from dicomrelay.ledger.archive import ATTRIBUTE_COLUMNS
 from dicomrelay.ledger.dialect import Dialect
 
 OUTGOING_COLUMNS = (
@@ -181,6 +182,43 @@ class Statements:
         self.finish_delivery = sql(
             "UPDATE deliveries SET state = ?, finished = ?, last_error = ?"
             " WHERE study_uid = ? AND queued = ?"
+        )
+
+        # DICOMweb: what a stored blob says of itself, instances stored over
+        # STOW-RS (a later version of a UID replaces the one held, as a commit
+        # does), and API tokens.
+        self.insert_attributes = sql(
+            f"INSERT INTO instance_attributes ({ATTRIBUTE_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (digest) DO NOTHING"
+        )
+        self.store_instance = sql(
+            "INSERT INTO store (study_uid, sop_uid, digest, size, sender, transfer_id, committed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (study_uid, sop_uid) DO UPDATE SET digest = excluded.digest,"
+            " size = excluded.size, sender = excluded.sender,"
+            " transfer_id = excluded.transfer_id, committed = excluded.committed"
+        )
+        self.unindexed = sql(
+            "SELECT DISTINCT s.digest FROM store s WHERE NOT EXISTS"
+            " (SELECT 1 FROM instance_attributes a WHERE a.digest = s.digest) LIMIT ?"
+        )
+        self.insert_token = sql(
+            "INSERT INTO api_tokens (name, token_hash, org, scope, created, expires)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+            " token_hash = excluded.token_hash, org = excluded.org, scope = excluded.scope,"
+            " created = excluded.created, expires = excluded.expires, revoked = NULL"
+            " WHERE api_tokens.revoked IS NOT NULL"
+        )
+        self.revoke_token = sql(
+            "UPDATE api_tokens SET revoked = ? WHERE name = ? AND revoked IS NULL"
+        )
+        self.token_by_hash = sql(
+            "SELECT name, org, scope, created, expires, revoked FROM api_tokens"
+            " WHERE token_hash = ?"
+        )
+        self.tokens = sql(
+            "SELECT name, org, scope, created, expires, revoked FROM api_tokens ORDER BY name"
         )
 
         # Both sides.
