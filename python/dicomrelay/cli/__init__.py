@@ -26,6 +26,7 @@ from dicomrelay.cli import (
     operator_errors,
     pki_commands,
     scan_command,
+    token_command,
 )
 
 SUBCOMMANDS = (
@@ -34,6 +35,7 @@ SUBCOMMANDS = (
     pki_commands,
     dicom_commands,
     scan_command,
+    token_command,
 )
 
 

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -21,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dicomrelay.config import NodeConfig
-from dicomrelay.errors import BadRequest, StorageError
+from dicomrelay.errors import BadRequest
 from dicomrelay.ledger import Ledger
 from dicomrelay.ledger.archive import StoredAttributes
 from dicomrelay.ledger.search import Match, Search
@@ -139,8 +138,11 @@ class DicomWebApp:
     def _base(self, request: Request) -> str:
         web = self.config.web
         assert web is not None
-        base = web.base_url or str(request.base_url)
-        return base.rstrip("/") + "/dicomweb"
+        if web.base_url is not None:
+            return web.base_url.rstrip("/") + "/dicomweb"
+        # The address the caller reached (a Host header may leave out the port).
+        host, port = request.scope.get("server") or (web.host, web.port)
+        return f"{request.url.scheme}://{host}:{port}/dicomweb"
 
     # STOW-RS.
     async def _stow(self, request: Request) -> Response:
@@ -410,5 +412,3 @@ def _url(base: str, level: Level, attributes: dict[str, Any]) -> str:
         url += f"/instances/{attributes['SOPInstanceUID']}"
     return url
 
-
-__all__ = ["PEER_ORG", "DicomWebApp", "Path", "StorageError"]

@@ -27,7 +27,10 @@ class MediaType:
             have = offered.params.get(name)
             if have is None or value == "*" and name == "transfer-syntax":
                 continue
-            if have.lower() != value.lower():
+            if name == "type":  # a multipart's type is itself a range: */*, image/*
+                if not MediaType(value.lower()).matches(MediaType(have.lower())):
+                    return False
+            elif have.lower() != value.lower():
                 return False
         return True
 
