@@ -181,13 +181,14 @@ MIGRATIONS = (
             "CREATE INDEX store_digest ON store (digest)",
             """CREATE TABLE api_tokens (
                 name TEXT PRIMARY KEY,
-                token_hash TEXT NOT NULL UNIQUE,
+                token_hash TEXT NOT NULL,
                 org TEXT NOT NULL,
                 scope TEXT NOT NULL,
                 created {real} NOT NULL,
                 expires {real},
                 revoked {real}
             ){without_rowid}""",
+            "CREATE UNIQUE INDEX api_tokens_hash ON api_tokens (token_hash)",
         ),
     ),
 )

@@ -156,8 +156,10 @@ class DicomWebApp:
             boundary = stow.check_content_type(request.headers.get("content-type"))
             media.negotiate(request.headers.get("accept"), JSON_OFFERS)  # the answer is JSON
 
-            async def refused(f: stow.Failure, kept: str) -> None:
-                detail = f"{call.who}: {f.sop_instance_uid or '?'}: {f.why}; kept as {kept}"
+            async def refused(f: stow.Failure) -> None:
+                detail = f"{call.who}: {f.sop_instance_uid or '?'}: {f.why}"
+                if f.kept is not None:
+                    detail += f"; kept as {f.kept}"
                 await self._audit(call.caller.org, "dataset-refused", detail)
 
             result = await stow.receive(

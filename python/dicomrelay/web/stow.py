@@ -9,6 +9,7 @@ store's rows and their attributes in one transaction) before the answer."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import time
@@ -43,6 +44,7 @@ class Failure:
     sop_instance_uid: str
     reason: int
     why: str
+    kept: str | None = None  # where in quarantine the refused bytes are
 
 
 @dataclass(slots=True)
@@ -120,7 +122,7 @@ class _Part:
             self.path.unlink()
 
 
-Refuse = Callable[[Failure, str], Awaitable[None]]
+Refuse = Callable[[Failure], Awaitable[None]]
 
 
 async def receive(
@@ -136,7 +138,7 @@ async def receive(
     refused: Refuse,
 ) -> StowResult:
     """Store what ``body`` holds; what was stored and what failed, and why.
-    ``refused`` hears each failure (with where the refused bytes were kept).
+    ``refused`` hears each failure.
     Raises BadRequest for a body that is not a well-formed multipart (then
     nothing is stored)."""
     parser = MultipartParser(boundary)
@@ -159,7 +161,7 @@ async def receive(
                     outcome = await _check(done, study_uid, quarantine)
                     if isinstance(outcome, Failure):
                         result.failed.append(outcome)
-                        await refused(outcome, done.path.name)
+                        await refused(outcome)
                     else:
                         accepted.append((done.path, outcome))
         parser.close()
@@ -206,7 +208,8 @@ def _quarantine(part: _Part, quarantine: Path, failure: Failure) -> Failure:
         target.with_suffix(".reason").write_text(failure.why + "\n")
     except OSError:
         part.discard()
-    return failure
+        return failure
+    return dataclasses.replace(failure, kept=str(target))
 
 
 async def _keep(
