@@ -39,8 +39,16 @@ async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         await opened.close()
 
 
-def instance(n: int, *, study: str = "1.1", series: str = "1.1.1", modality: str = "CT",
-             patient: str = "P1", name: str = "Doe^Jane", date: str = "20261127") -> StoredAttributes:
+def instance(
+    n: int,
+    *,
+    study: str = "1.1",
+    series: str = "1.1.1",
+    modality: str = "CT",
+    patient: str = "P1",
+    name: str = "Doe^Jane",
+    date: str = "20261127",
+) -> StoredAttributes:
     return StoredAttributes(
         digest=f"{n:064x}",
         study_uid=study,
@@ -67,14 +75,22 @@ def instance(n: int, *, study: str = "1.1", series: str = "1.1.1", modality: str
 
 async def fill(ledger: Ledger) -> None:
     await ledger.store_instances("RX1", "b1", [instance(n) for n in range(3)], 1.0)
-    await ledger.store_instances(
-        "RX1", "b2", [instance(10, series="1.1.2", modality="SR")], 1.0
-    )
+    await ledger.store_instances("RX1", "b2", [instance(10, series="1.1.2", modality="SR")], 1.0)
     await ledger.store_instances(
         "RX2",
         "b3",
-        [instance(20 + n, study="2.2", series="2.2.1", modality="MR", patient="P2",
-                  name="Roe^Richard", date="20250101") for n in range(2)],
+        [
+            instance(
+                20 + n,
+                study="2.2",
+                series="2.2.1",
+                modality="MR",
+                patient="P2",
+                name="Roe^Richard",
+                date="20250101",
+            )
+            for n in range(2)
+        ],
         2.0,
     )
 
@@ -92,8 +108,13 @@ async def test_searches_at_each_level(ledger: Ledger) -> None:
     assert (ct[7], ct[8]) == (2, 4)  # series, instances
 
     async def find(*matches: Match, modalities: tuple[str, ...] = ()) -> list[object]:
-        search = Search(level="study", visible_to=NODE, matches=matches,
-                        modalities_in_study=modalities, limit=100)
+        search = Search(
+            level="study",
+            visible_to=NODE,
+            matches=matches,
+            modalities_in_study=modalities,
+            limit=100,
+        )
         return studies(await ledger.search(search))
 
     assert await find(Match("patient_id", "exact", ("P2",))) == ["2.2"]
@@ -106,7 +127,12 @@ async def test_searches_at_each_level(ledger: Ledger) -> None:
     assert await find(modalities=("MR", "SR")) == ["1.1", "2.2"]
 
     series = await ledger.search(
-        Search(level="series", visible_to=NODE, matches=(Match("study_uid", "uids", ("1.1",)),), limit=10)
+        Search(
+            level="series",
+            visible_to=NODE,
+            matches=(Match("study_uid", "uids", ("1.1",)),),
+            limit=10,
+        )
     )
     assert [(r[6], r[7], r[8]) for r in series] == [("1.1.1", "CT", 3), ("1.1.2", "SR", 1)]
     page = await ledger.stored_instances(
@@ -133,11 +159,17 @@ async def test_tokens(ledger: Ledger) -> None:
     assert await ledger.add_token("viewer", "h1", org="RX1", scope="read", expires=None)
     assert not await ledger.add_token("viewer", "h2", org="RX1", scope="write", expires=None)
     token = await ledger.token("h1")
-    assert token is not None and (token.name, token.scope, token.revoked) == ("viewer", "read", None)
+    assert token is not None
+    assert (token.name, token.scope, token.revoked) == (
+        "viewer",
+        "read",
+        None,
+    )
     assert await ledger.revoke_token("viewer")
     assert not await ledger.revoke_token("viewer")
     revoked = await ledger.token("h1")
-    assert revoked is not None and revoked.revoked is not None
+    assert revoked is not None
+    assert revoked.revoked is not None
     # A revoked name may be given a new token; the old one is gone.
     assert await ledger.add_token("viewer", "h3", org="RX1", scope="write", expires=5.0)
     assert await ledger.token("h1") is None

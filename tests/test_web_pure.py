@@ -78,10 +78,13 @@ def test_accept_negotiation() -> None:
     assert media.negotiate('multipart/related; type="application/dicom"', [dicom]) == dicom
     assert media.negotiate('multipart/related; type="*/*"; transfer-syntax=*', [dicom]) == dicom
     assert media.negotiate('multipart/related; type="image/jpeg"', [dicom]) is None
-    assert media.negotiate(
-        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
-        [dicom],
-    ) is None
+    assert (
+        media.negotiate(
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
+            [dicom],
+        )
+        is None
+    )
     jpeg, png = media.MediaType("image/jpeg"), media.MediaType("image/png")
     assert media.negotiate("image/png, image/jpeg;q=0.5", [jpeg, png]) == png
     assert media.negotiate("image/*;q=0.2, image/jpeg;q=0", [jpeg, png]) == png
@@ -94,9 +97,16 @@ def test_qido_parameters() -> None:
     me = Visibility(org="RX1", everything=True)
     q = parse_qido(
         "study",
-        [("PatientID", "P1"), ("00100010", "Doe*"), ("StudyDate", "20260101-"),
-         ("ModalitiesInStudy", "CT,MR"), ("limit", "5"), ("offset", "10"),
-         ("includefield", "all"), ("fuzzymatching", "true")],
+        [
+            ("PatientID", "P1"),
+            ("00100010", "Doe*"),
+            ("StudyDate", "20260101-"),
+            ("ModalitiesInStudy", "CT,MR"),
+            ("limit", "5"),
+            ("offset", "10"),
+            ("includefield", "all"),
+            ("fuzzymatching", "true"),
+        ],
         visible_to=me,
         path_uids={},
     )
@@ -105,21 +115,32 @@ def test_qido_parameters() -> None:
     assert q.search.modalities_in_study == ("CT", "MR")
     assert (q.search.limit, q.search.offset) == (5, 10)
     assert "fuzzymatching" in q.warnings[0]
-    series = parse_qido("series", [("includefield", "PatientID")], visible_to=me,
-                        path_uids={"StudyInstanceUID": "1.2"})
+    series = parse_qido(
+        "series",
+        [("includefield", "PatientID")],
+        visible_to=me,
+        path_uids={"StudyInstanceUID": "1.2"},
+    )
     assert "PatientID" in series.fields
     assert series.search.matches[0].values == ("1.2",)
-    for bad in ([("NotAKey", "1")], [("StudyDate", "yesterday")], [("limit", "-1")],
-                [("StudyInstanceUID", "1.2.x")], [("includefield", "Nonsense")]):
+    for bad in (
+        [("NotAKey", "1")],
+        [("StudyDate", "yesterday")],
+        [("limit", "-1")],
+        [("StudyInstanceUID", "1.2.x")],
+        [("includefield", "Nonsense")],
+    ):
         with pytest.raises(BadRequest):
             parse_qido("study", bad, visible_to=me, path_uids={})
     ignored = parse_qido("study", [("StudyDescription", "x")], visible_to=me, path_uids={})
-    assert ignored.search.matches == () and ignored.warnings
+    assert ignored.search.matches == ()
+    assert ignored.warnings
 
 
 def test_tokens_and_durations() -> None:
     token = auth.new_token()
-    assert token.startswith("drt_") and len(token) > 40
+    assert token.startswith("drt_")
+    assert len(token) > 40
     assert auth.token_hash(token) != auth.token_hash(auth.new_token())
     assert auth.parse_duration("90d") == 90 * 86400
     assert auth.parse_duration("30m") == 1800
@@ -138,11 +159,26 @@ def test_tokens_and_durations() -> None:
 
 def attributes(**changes: object) -> StoredAttributes:
     base: dict[str, object] = dict(
-        digest="0" * 64, study_uid="1", series_uid="1.1", sop_uid="1.1.1", sop_class_uid="1.2",
-        patient_id=None, patient_name=None, accession_number=None, modality="CT",
-        study_date=None, charset=None, transfer_syntax="1.2.840.10008.1.2.1", rows=2,
-        columns=3, frames=2, bits_allocated=16, pixel_offset=100, pixel_length=24,
-        encapsulated=False, size=124,
+        digest="0" * 64,
+        study_uid="1",
+        series_uid="1.1",
+        sop_uid="1.1.1",
+        sop_class_uid="1.2",
+        patient_id=None,
+        patient_name=None,
+        accession_number=None,
+        modality="CT",
+        study_date=None,
+        charset=None,
+        transfer_syntax="1.2.840.10008.1.2.1",
+        rows=2,
+        columns=3,
+        frames=2,
+        bits_allocated=16,
+        pixel_offset=100,
+        pixel_length=24,
+        encapsulated=False,
+        size=124,
     )
     return StoredAttributes(**(base | changes))  # type: ignore[arg-type]
 

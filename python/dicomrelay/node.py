@@ -1,7 +1,8 @@
 """``Node``: one organisation's engine, wired once. It builds the ledger, the
 blob store, the outbox (sending), the inbox (receiving) and, when configured,
-the DICOM gateway and the DICOMweb server, and owns their lifetimes through one exit stack; the parts
-talk through narrow interfaces and memory streams, never through the node."""
+the DICOM gateway and the DICOMweb server, and owns their lifetimes through
+one exit stack; the parts talk through narrow interfaces and memory streams,
+never through the node."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ byte-identical to what was stored, metadata, frames and rendered frames."""
 from __future__ import annotations
 
 import io
-from hashlib import sha256
 import sqlite3
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +71,16 @@ def test_a_thousand_slice_ct_study_stored_found_and_retrieved(tmp_path: Path, or
         ):
             found = client.search_for_studies(search_filters=filters)
             assert study in uids(found), filters
-            if "PatientID" in filters or "AccessionNumber" in filters or "Modalities" in str(filters):
+            if (
+                "PatientID" in filters
+                or "AccessionNumber" in filters
+                or "Modalities" in str(filters)
+            ):
                 assert other not in uids(found), filters
         assert client.search_for_studies(search_filters={"StudyDate": "20270101-"}) == []
-        [found] = client.search_for_studies(search_filters={"StudyInstanceUID": study})
-        assert found["00201208"]["Value"] == [STUDY_SIZE]
-        assert found["00080061"]["Value"] == ["CT"]
+        [result] = client.search_for_studies(search_filters={"StudyInstanceUID": study})
+        assert result["00201208"]["Value"] == [STUDY_SIZE]
+        assert result["00080061"]["Value"] == ["CT"]
         [series] = client.search_for_series(study, search_filters={"Modality": "CT"})
         assert series["0020000E"]["Value"] == [first.SeriesInstanceUID]
         assert series["00201209"]["Value"] == [STUDY_SIZE]
@@ -132,9 +136,11 @@ def test_a_thousand_slice_ct_study_stored_found_and_retrieved(tmp_path: Path, or
             assert (image.format, image.size) == (kind, (512, 512))
             assert len(np.unique(np.asarray(image))) > 16  # an image, not a blank
 
-    audit = sqlite3.connect(tmp_path / "data" / "ledger.sqlite").execute(
-        "SELECT action, detail FROM audit WHERE action LIKE 'dicomweb-%'"
-    ).fetchall()
+    audit = (
+        sqlite3.connect(tmp_path / "data" / "ledger.sqlite")
+        .execute("SELECT action, detail FROM audit WHERE action LIKE 'dicomweb-%'")
+        .fetchall()
+    )
     actions = {a for a, _ in audit}
     assert {"dicomweb-stored", "dicomweb-searched", "dicomweb-retrieved"} <= actions
     stored = [d for a, d in audit if a == "dicomweb-stored" and study in d]
@@ -154,7 +160,9 @@ def test_wrong_accept_is_406_and_unknown_query_key_400(tmp_path: Path, orgs: Pki
         store(s, token, paths)
         study = read_datasets(paths[:1])[0].StudyInstanceUID
         auth = {"Authorization": f"Bearer {token}"}
-        wrong_syntax = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+        wrong_syntax = (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+        )
         answer = requests.get(f"{s.base}/studies/{study}", headers={**auth, "Accept": wrong_syntax})
         assert answer.status_code == 406
         answer = requests.get(f"{s.base}/studies", headers={**auth, "Accept": "text/html"})

@@ -46,8 +46,11 @@ def test_tokens_no_wrong_revoked_and_read_only(tmp_path: Path, orgs: Pki) -> Non
         study = datasets[0].StudyInstanceUID
         url = f"{s.base}/studies/{study}"
         assert len(s.client(reader).retrieve_study(study)) == 2
-        for token, why in ((None, "no credentials"), ("drt_nonsense", "unknown token"),
-                           (doomed, "token laptop was revoked")):
+        for token, why in (
+            (None, "no credentials"),
+            ("drt_nonsense", "unknown token"),
+            (doomed, "token laptop was revoked"),
+        ):
             headers = {} if token is None else {"Authorization": f"Bearer {token}"}
             for answer in (
                 requests.get(url, headers=headers),
@@ -56,7 +59,8 @@ def test_tokens_no_wrong_revoked_and_read_only(tmp_path: Path, orgs: Pki) -> Non
             ):
                 assert answer.status_code == 401
                 assert answer.headers["WWW-Authenticate"].startswith("Bearer")
-                assert study not in answer.text and "Synthetic" not in answer.text
+                assert study not in answer.text
+                assert "Synthetic" not in answer.text
             refusals = [d for _, a, d in audit_rows(tmp_path) if a == "dicomweb-refused"]
             assert sum(why in d and "127.0.0.1" in d for d in refusals) == 3, why
         answer = requests.post(

@@ -40,7 +40,9 @@ def stored_count(root: Path) -> int:
 
 
 def test_stow_refusals(tmp_path: Path, orgs: Pki) -> None:
-    [good, other] = [p.read_bytes() for p in study_files(write_study(tmp_path / "s", PROFILES["small"], 2))]
+    [good, other] = [
+        p.read_bytes() for p in study_files(write_study(tmp_path / "s", PROFILES["small"], 2))
+    ]
     config = write_config(tmp_path, orgs)
     token = create_token(config, "ingest", "write")
     auth = {"Authorization": f"Bearer {token}"}
@@ -52,14 +54,27 @@ def test_stow_refusals(tmp_path: Path, orgs: Pki) -> None:
 
         # Not multipart of DICOM: 415.
         assert post(good, "application/dicom").status_code == 415
-        assert post(body(("application/dicom", good)), 'multipart/related; type="image/jpeg"; boundary=b0undary').status_code == 415
+        assert (
+            post(
+                body(("application/dicom", good)),
+                'multipart/related; type="image/jpeg"; boundary=b0undary',
+            ).status_code
+            == 415
+        )
         # Malformed multipart: 400, and nothing kept.
         assert post(body(("application/dicom", good))[:-20]).status_code == 400
         assert post(b"no boundary anywhere", CT).status_code == 400
-        assert post(body(("application/dicom", good)), 'multipart/related; type="application/dicom"').status_code == 400
+        assert (
+            post(
+                body(("application/dicom", good)), 'multipart/related; type="application/dicom"'
+            ).status_code
+            == 400
+        )
         assert stored_count(tmp_path) == 0
         # Parts that are not DICOM: refused with C000, nothing stored: 409.
-        answer = post(body(("application/dicom", b"\0" * 200 + b"not DICOM"), ("text/plain", b"hello")))
+        answer = post(
+            body(("application/dicom", b"\0" * 200 + b"not DICOM"), ("text/plain", b"hello"))
+        )
         assert answer.status_code == 409
         assert [reason for _, reason in failed(answer)] == [0xC000, 0xC000]
         # A sound part beside a truncated one: 202, one stored, one refused.
@@ -85,7 +100,9 @@ def test_stow_refusals(tmp_path: Path, orgs: Pki) -> None:
         refused = db.execute(
             "SELECT detail FROM audit WHERE action = 'dicomweb-dataset-refused'"
         ).fetchall()
-        failures = db.execute("SELECT detail FROM audit WHERE action = 'dicomweb-failed'").fetchall()
+        failures = db.execute(
+            "SELECT detail FROM audit WHERE action = 'dicomweb-failed'"
+        ).fetchall()
     assert len(refused) == 4
     assert sum("kept as" in d for (d,) in refused) == 3
     assert len(failures) == 5  # the 415s and 400s

@@ -16,9 +16,9 @@ from pydicom import Dataset
 
 from dicomrelay.config import NodeConfig
 from dicomrelay.node import Node
+from peers import dicomrelay_command, run
 
 from .helpers import Pki, closed_port
-from peers import dicomrelay_command, run
 
 
 def write_config(root: Path, orgs: Pki, *, https: bool = False) -> Path:
@@ -31,7 +31,7 @@ def write_config(root: Path, orgs: Pki, *, https: bool = False) -> Path:
     path.write_text(
         f"""[node]
 org = "RX1"
-data_dir = "{root / 'data'}"
+data_dir = "{root / "data"}"
 
 [tls]
 cert = "{rx1.cert}"
@@ -71,7 +71,11 @@ def serving(config_path: Path) -> Iterator[Serving]:
 
 def create_token(config_path: Path, name: str, scope: str, *extra: str) -> str:
     """``dicomrelay token create``, as an operator runs it: the token is its last line."""
-    done = run(dicomrelay_command("token", "create", name, "--scope", scope, "--config", str(config_path), *extra))
+    done = run(
+        dicomrelay_command(
+            "token", "create", name, "--scope", scope, "--config", str(config_path), *extra
+        )
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 

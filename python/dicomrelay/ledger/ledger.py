@@ -287,7 +287,9 @@ class SqlLedger:
     ) -> None:
         q = self._sql
         attributes = [attributes_row(a) for a in instances]
-        rows = [(a.study_uid, a.sop_uid, a.digest, a.size, sender, batch_id, stored) for a in instances]
+        rows = [
+            (a.study_uid, a.sop_uid, a.digest, a.size, sender, batch_id, stored) for a in instances
+        ]
 
         def work() -> Work[None]:
             yield Query(q.insert_attributes, attributes, many=True)
@@ -315,9 +317,7 @@ class SqlLedger:
         self, name: str, token_hash: str, *, org: str, scope: str, expires: float | None
     ) -> bool:
         """False if a token of that name exists and is not revoked."""
-        query = Query(
-            self._sql.insert_token, (name, token_hash, org, scope, time.time(), expires)
-        )
+        query = Query(self._sql.insert_token, (name, token_hash, org, scope, time.time(), expires))
 
         def work() -> Work[bool]:
             return (yield query).rowcount == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dicomrelay.ledger.archive import ATTRIBUTE_COLUMNS
 from dicomrelay.ledger.base import (
     IncomingInstance,
     IncomingTransfer,
@@ -17,7 +18,6 @@ from dicomrelay.ledger.base import (
     OutgoingTransfer,
     TransferState,
 )
-from dicomrelay.ledger.archive import ATTRIBUTE_COLUMNS
 from dicomrelay.ledger.dialect import Dialect
 
 OUTGOING_COLUMNS = (

@@ -177,7 +177,9 @@ class DicomWebApp:
             studies = sorted({a.study_uid for a in result.stored})
             for uid in studies:
                 n = sum(a.study_uid == uid for a in result.stored)
-                await self._audit(call.caller.org, "stored", f"{call.who}: study {uid}: {n} instances")
+                await self._audit(
+                    call.caller.org, "stored", f"{call.who}: study {uid}: {n} instances"
+                )
             url = f"{base}/studies/{study or studies[0]}" if (study or len(studies) == 1) else None
             answer = dicom_json.stow_answer(
                 url,
@@ -371,7 +373,7 @@ class DicomWebApp:
         return await self._handle(request, what, serve)
 
     def _render(self, a: StoredAttributes, number: int, media_type: str) -> bytes:
-        from pydicom import dcmread  # noqa: PLC0415
+        from pydicom import dcmread
 
         [frame] = self._frames_of(a, [number])
         data = b"".join(
@@ -413,4 +415,3 @@ def _url(base: str, level: Level, attributes: dict[str, Any]) -> str:
     if level == "instance":
         url += f"/instances/{attributes['SOPInstanceUID']}"
     return url
-

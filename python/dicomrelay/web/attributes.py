@@ -86,11 +86,17 @@ DEFAULT_RESULT: dict[Level, tuple[str, ...]] = {
 }
 AVAILABLE: dict[Level, frozenset[str]] = {
     "study": frozenset(STUDY_RESULT),
-    "series": frozenset(SERIES_RESULT) | (frozenset(STUDY_RESULT) - {"ModalitiesInStudy",
-        "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}),
-    "instance": frozenset(INSTANCE_RESULT) | {"Modality", "SeriesInstanceUID"}
-    | (frozenset(STUDY_RESULT) - {"ModalitiesInStudy", "NumberOfStudyRelatedSeries",
-        "NumberOfStudyRelatedInstances"}),
+    "series": frozenset(SERIES_RESULT)
+    | (
+        frozenset(STUDY_RESULT)
+        - {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
+    ),
+    "instance": frozenset(INSTANCE_RESULT)
+    | {"Modality", "SeriesInstanceUID"}
+    | (
+        frozenset(STUDY_RESULT)
+        - {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
+    ),
 }
 
 

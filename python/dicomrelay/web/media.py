@@ -25,7 +25,7 @@ class MediaType:
             return False
         for name, value in self.params.items():
             have = offered.params.get(name)
-            if have is None or value == "*" and name == "transfer-syntax":
+            if have is None or (value == "*" and name == "transfer-syntax"):
                 continue
             if name == "type":  # a multipart's type is itself a range: */*, image/*
                 if not MediaType(value.lower()).matches(MediaType(have.lower())):
@@ -37,7 +37,9 @@ class MediaType:
 
 def _split(text: str, sep: str) -> list[str]:
     """Split on ``sep`` outside quoted strings."""
-    out, current, quoted = [], [], False
+    out: list[str] = []
+    current: list[str] = []
+    quoted = False
     for c in text:
         if c == '"':
             quoted = not quoted

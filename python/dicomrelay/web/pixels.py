@@ -70,7 +70,9 @@ def native_frames(a: StoredAttributes) -> list[Frame]:
     size = plane * max(samples, 1)
     if size * n > a.pixel_length:
         raise BadRequest("the pixel data is shorter than its frames", 404)
-    return [Frame(((a.pixel_offset + k * size, a.pixel_offset + (k + 1) * size),)) for k in range(n)]
+    return [
+        Frame(((a.pixel_offset + k * size, a.pixel_offset + (k + 1) * size),)) for k in range(n)
+    ]
 
 
 def encapsulated_frames(a: StoredAttributes, read: Read) -> list[Frame]:
@@ -128,10 +130,19 @@ def parse_frame_list(text: str) -> list[int]:
     try:
         numbers = [int(v) for v in text.split(",")]
     except ValueError:
-        raise BadRequest(f"a frame list is numbers separated by commas, not {text[:40]!r}") from None
+        raise BadRequest(
+            f"a frame list is numbers separated by commas, not {text[:40]!r}"
+        ) from None
     if not numbers or any(k < 1 for k in numbers):
         raise BadRequest("frame numbers start at 1")
     return numbers
+
+
+def _first(value: object) -> float:
+    """The first of a multi-valued DS (pydicom's MultiValue), or the value."""
+    if isinstance(value, str | bytes | int | float):
+        return float(value)
+    return float(list(value)[0])  # type: ignore[call-overload]
 
 
 def _window(values: NDArray[np.float64], header: Dataset) -> NDArray[np.uint8]:
@@ -142,8 +153,7 @@ def _window(values: NDArray[np.float64], header: Dataset) -> NDArray[np.uint8]:
     values = values * slope + intercept
     center, width = header.get("WindowCenter"), header.get("WindowWidth")
     if center is not None and width is not None:
-        c = float(center[0] if isinstance(center, list | tuple) or hasattr(center, "__len__") and not isinstance(center, str | bytes) else center)
-        w = max(float(width[0] if hasattr(width, "__len__") and not isinstance(width, str | bytes) else width), 1.0)
+        c, w = _first(center), max(_first(width), 1.0)
         low, high = c - w / 2, c + w / 2
     else:
         low, high = float(values.min()), float(values.max())
@@ -158,7 +168,11 @@ def native_image(data: bytes, a: StoredAttributes, header: Dataset) -> Image.Ima
     """An uncompressed frame as an 8-bit image."""
     bits = a.bits_allocated or 16
     signed = int(header.get("PixelRepresentation", 0) or 0) == 1
-    dtype = {8: "i1" if signed else "u1", 16: "<i2" if signed else "<u2", 32: "<i4" if signed else "<u4"}
+    dtype = {
+        8: "i1" if signed else "u1",
+        16: "<i2" if signed else "<u2",
+        32: "<i4" if signed else "<u4",
+    }
     if bits not in dtype or not a.rows or not a.columns:
         raise BadRequest(f"{bits}-bit pixel data is not rendered", 406)
     pixels = np.frombuffer(data, dtype=dtype[bits])
@@ -176,12 +190,16 @@ def encapsulated_image(data: bytes, media_type: str) -> Image.Image:
     if media_type not in PILLOW_DECODES:
         raise BadRequest(f"frames of {media_type} are not rendered", 406)
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         image.load()
     except (OSError, ValueError) as e:
         raise BadRequest(f"the frame cannot be decoded: {e}", 406) from None
     if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB") if "A" in image.mode or image.mode == "CMYK" else image.convert("L")
+        image = (
+            image.convert("RGB")
+            if "A" in image.mode or image.mode == "CMYK"
+            else image.convert("L")
+        )
     return image
 
 

@@ -49,7 +49,8 @@ def frames_body(
 ) -> Iterator[bytes]:
     for frame in frames:
         yield part_header(
-            boundary, f"{media_type}; transfer-syntax={a.transfer_syntax}",
+            boundary,
+            f"{media_type}; transfer-syntax={a.transfer_syntax}",
             {"Content-Length": str(frame.length)},
         )
         for start, stop in frame.pieces:

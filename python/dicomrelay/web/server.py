@@ -75,7 +75,10 @@ class WebServer:
         if web.cert is not None and web.key is not None:
             tls = {"ssl_certfile": str(web.cert), "ssl_keyfile": str(web.key)}
             if self.config.identity is not None:
-                tls |= {"ssl_cert_reqs": ssl.CERT_OPTIONAL, "ssl_ca_certs": str(self.config.identity.ca)}
+                tls |= {
+                    "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+                    "ssl_ca_certs": str(self.config.identity.ca),
+                }
         return uvicorn.Config(
             self.app.asgi,
             http=_PeerAwareProtocol,

@@ -176,7 +176,9 @@ async def receive(
     return result
 
 
-async def _check(part: _Part, study_uid: str | None, quarantine: Path) -> StoredAttributes | Failure:
+async def _check(
+    part: _Part, study_uid: str | None, quarantine: Path
+) -> StoredAttributes | Failure:
     if not part.dicom:
         part.discard()
         return Failure("", "", CANNOT_UNDERSTAND, "a part that is not application/dicom")
