@@ -16,6 +16,7 @@ import anyio
 
 from dicomrelay._native import TlsConfig
 from dicomrelay.config import NodeConfig
+from dicomrelay.errors import ConfigurationError
 from dicomrelay.gateway import DicomGateway, study_paths
 from dicomrelay.inbox import Inbox
 from dicomrelay.ledger import Ledger, open_ledger
@@ -84,7 +85,12 @@ class Node:
             self.dicom_port = gateway.port
         if cfg.web is not None:
             # Imported here: the web extra is needed only by nodes that serve DICOMweb.
-            from dicomrelay.web.server import WebServer
+            try:
+                from dicomrelay.web.server import WebServer
+            except ImportError as e:
+                raise ConfigurationError(
+                    f"[web] needs the web extra: pip install 'dicomrelay[web]' ({e})"
+                ) from e
 
             web = WebServer(cfg, self.ledger, self.store)
             await tg.start(web.run)

@@ -339,6 +339,21 @@ class SqlLedger:
     async def tokens(self) -> list[ApiToken]:
         return [_token(r) for r in await self._one(Query(self._sql.tokens))]
 
+    async def metrics(self) -> dict[str, list[Row]]:
+        q = self._sql
+
+        def work() -> Work[dict[str, list[Row]]]:
+            return {
+                "transfers": (yield Query(q.metric_transfers)).rows,
+                "sent": (yield Query(q.metric_sent)).rows,
+                "received": (yield Query(q.metric_received)).rows,
+                "store": (yield Query(q.metric_store)).rows,
+                "refusals": (yield Query(q.metric_refusals, ("%refused",))).rows,
+                "deliveries": (yield Query(q.metric_deliveries)).rows,
+            }
+
+        return await self._driver.run(work)
+
     # Both sides.
     async def audit(self, org: str, action: str, transfer_id: str | None, detail: str) -> None:
         params = (time.time(), org, action, transfer_id, detail)

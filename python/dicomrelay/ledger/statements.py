@@ -221,6 +221,26 @@ class Statements:
             "SELECT name, org, scope, created, expires, revoked FROM api_tokens ORDER BY name"
         )
 
+        # Metrics (``/metrics``): what the ledger knows, counted.
+        self.metric_transfers = sql(
+            "SELECT destination, priority, state, count(*), coalesce(sum(total), 0)"
+            " FROM outgoing GROUP BY destination, priority, state"
+        )
+        self.metric_sent = sql(
+            "SELECT o.destination, count(*), coalesce(sum(i.size), 0) FROM outgoing_instances i"
+            " JOIN outgoing o ON o.id = i.transfer_id WHERE i.acked IS NOT NULL"
+            " GROUP BY o.destination"
+        )
+        self.metric_received = sql(
+            "SELECT sender, count(*), coalesce(sum(size), 0) FROM incoming_instances"
+            " GROUP BY sender"
+        )
+        self.metric_store = sql("SELECT count(*), coalesce(sum(size), 0) FROM store")
+        self.metric_refusals = sql(
+            "SELECT action, count(*) FROM audit WHERE action LIKE ? GROUP BY action"
+        )
+        self.metric_deliveries = sql("SELECT state, count(*) FROM deliveries GROUP BY state")
+
         # Both sides.
         self.audit = sql(
             "INSERT INTO audit (at, org, action, transfer_id, detail) VALUES (?, ?, ?, ?, ?)"

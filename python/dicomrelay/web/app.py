@@ -90,6 +90,7 @@ class DicomWebApp:
             Route(s + i + "/rendered", self._rendered, methods=["GET"]),
             Route(s + i + "/frames/{frames}/rendered", self._rendered, methods=["GET"]),
         ]
+        routes.append(Route("/metrics", self._metrics, methods=["GET"]))
         self.asgi = Starlette(routes=routes)
 
     # Who calls, and the audit of what they did.
@@ -143,6 +144,20 @@ class DicomWebApp:
         # The address the caller reached (a Host header may leave out the port).
         host, port = request.scope.get("server") or (web.host, web.port)
         return f"{request.url.scheme}://{host}:{port}/dicomweb"
+
+    # Operators.
+    async def _metrics(self, request: Request) -> Response:
+        """Counts, no patient data: any caller the node admits may read them
+        (a Prometheus server with a read token), unaudited."""
+        from dicomrelay.web import metrics
+
+        try:
+            await self._authenticate(request, "metrics")
+        except Denied as e:
+            return _problem(e.status, str(e), e.headers)
+        counts = await self.ledger.metrics()
+        folders = await anyio.to_thread.run_sync(metrics.quarantined, self.config.data_dir)
+        return Response(metrics.exposition(counts, folders), media_type=metrics.CONTENT_TYPE)
 
     # STOW-RS.
     async def _stow(self, request: Request) -> Response:

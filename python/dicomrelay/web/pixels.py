@@ -142,7 +142,7 @@ def _first(value: object) -> float:
     """The first of a multi-valued DS (pydicom's MultiValue), or the value."""
     if isinstance(value, str | bytes | int | float):
         return float(value)
-    return float(list(value)[0])  # type: ignore[call-overload]
+    return float(next(iter(value)))  # type: ignore[call-overload]
 
 
 def _window(values: NDArray[np.float64], header: Dataset) -> NDArray[np.uint8]:
