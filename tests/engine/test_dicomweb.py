@@ -15,6 +15,8 @@ import pytest
 import requests
 from PIL import Image
 from pydicom import Dataset
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
 
 from dicomrelay.synth import PROFILES, write_study
 
@@ -191,3 +193,32 @@ def test_colour_frames_render(tmp_path: Path, orgs: Pki, profile: str) -> None:
         )
         image = Image.open(io.BytesIO(picture))
         assert (image.mode, image.size) == ("RGB", (640, 480))
+
+
+def test_encapsulated_frames_and_their_rendering(tmp_path: Path, orgs: Pki) -> None:
+    """pydicom's own compressed files: frames come back as the fragments
+    hold them (pydicom splits them the same), JPEG and JPEG 2000 render."""
+    names = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"]
+    paths = [Path(get_testdata_file(name)) for name in names]
+    config = write_config(tmp_path, orgs)
+    token = create_token(config, "viewer", "write")
+    with serving(config) as s:
+        client = s.client(token)
+        datasets = read_datasets(paths)
+        answer = client.store_instances(datasets)
+        assert len(answer.ReferencedSOPSequence) == 3
+        for ds, kind in zip(datasets, ("image/jpeg", "image/jp2", "image/dicom-rle"), strict=True):
+            where = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            [frame] = client.retrieve_instance_frames(
+                *where, frame_numbers=[1], media_types=(kind,)
+            )
+            [expected] = generate_frames(ds.PixelData, number_of_frames=1)
+            assert frame == expected
+            url = f"{s.base}/studies/{where[0]}/series/{where[1]}/instances/{where[2]}/rendered"
+            rendered = requests.get(url, headers={"Authorization": f"Bearer {token}"})
+            if kind == "image/dicom-rle":
+                assert rendered.status_code == 406  # Pillow does not decode RLE
+                continue
+            assert rendered.headers["content-type"] == "image/jpeg"
+            image = Image.open(io.BytesIO(rendered.content))
+            assert image.size == (ds.Columns, ds.Rows)
