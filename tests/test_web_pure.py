@@ -5,11 +5,13 @@ frames of pixel data."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dicomrelay._native import scan, scan_file
 from dicomrelay.errors import BadRequest, UsageError
 from dicomrelay.ledger.archive import ApiToken, StoredAttributes, Visibility
 from dicomrelay.web import auth, media, pixels
@@ -220,3 +222,40 @@ def test_encapsulated_frames_that_cannot_be_told_apart() -> None:
     a = attributes(encapsulated=True, frames=2, pixel_length=None)
     with pytest.raises(BadRequest):
         pixels.encapsulated_frames(a, lambda start, stop: data[start:stop])
+
+
+def test_stow_judges_instances_as_the_scp_does(tmp_path: Path) -> None:
+    from dicomrelay.synth import PROFILES, write_study
+    from dicomrelay.web import stow
+
+    [path] = study_files_of(write_study(tmp_path / "s", PROFILES["small"], 1))
+    info = scan_file(path)
+    assert stow.judge(info, None) is None
+    assert stow.judge(info, info.study_instance_uid) is None
+    assert stow.judge(info, "1.2.3") == (
+        stow.DOES_NOT_MATCH,
+        f"belongs to study {info.study_instance_uid}, not 1.2.3",
+    )
+    raw = scan(path.read_bytes()[info.dataset_offset :])  # the dataset without its meta group
+    assert raw.has_meta is False
+    assert stow.judge(raw, None) == (
+        stow.CANNOT_UNDERSTAND,
+        "not a Part 10 file (no file meta information)",
+    )
+    for content_type, status in (
+        (None, 415),
+        ("application/dicom", 415),
+        ('multipart/related; type="image/jpeg"; boundary=x', 415),
+        ('multipart/related; type="application/dicom"', 400),
+    ):
+        with pytest.raises(BadRequest) as refused:
+            stow.check_content_type(content_type)
+        assert refused.value.status == status
+    assert (
+        stow.check_content_type('multipart/related; type="application/dicom"; boundary="a b"')
+        == "a b"
+    )
+
+
+def study_files_of(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir())

@@ -169,7 +169,8 @@ class DicomWebApp:
                 await self._audit(call.caller.org, "denied", f"{call.who}: {what}: 403 read only")
                 raise Denied(403, "this token may read, not store")
             boundary = stow.check_content_type(request.headers.get("content-type"))
-            media.negotiate(request.headers.get("accept"), JSON_OFFERS)  # the answer is JSON
+            if media.negotiate(request.headers.get("accept"), JSON_OFFERS) is None:
+                raise BadRequest("STOW-RS answers application/dicom+json", 406)
 
             async def refused(f: stow.Failure) -> None:
                 detail = f"{call.who}: {f.sop_instance_uid or '?'}: {f.why}"
