@@ -179,3 +179,22 @@ async def test_tokens(ledger: Ledger) -> None:
 def test_like_patterns_escape_what_like_means() -> None:
     assert like_pattern("a*b?c") == "A%B_C"
     assert like_pattern("50%_x\\") == "50\\%\\_X\\\\"
+
+
+async def test_metrics_counts(ledger: Ledger) -> None:
+    from dicomrelay.web.metrics import exposition
+
+    await fill(ledger)
+    await ledger.audit("RX9", "refused", None, "a stranger")
+    await ledger.audit("RX1", "dicomweb-refused", None, "no token")
+    await ledger.audit("RX1", "dicomweb-refused", None, "no token")
+    counts = await ledger.metrics()
+    assert counts["transfers"] == []
+    assert [(int(n), int(size)) for n, size in counts["store"]] == [(6, 6 * (1000 + 512 * 512 * 2))]
+    assert sorted((a, int(n)) for a, n in counts["refusals"]) == [
+        ("dicomweb-refused", 2),
+        ("refused", 1),
+    ]
+    text = exposition(counts, {"dicom": 0, "dicomweb": 1}).decode()
+    assert 'dicomrelay_refusals_total{reason="dicomweb-refused"} 2.0' in text
+    assert "dicomrelay_store_instances 6.0" in text
