@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomrelay.ledger import Ledger, SqliteLedger
+from dicomrelay.ledger import IncomingInstance, Ledger, SqliteLedger
 from dicomrelay.ledger.archive import StoredAttributes, Visibility
 from dicomrelay.ledger.search import Match, Search, like_pattern
 from pg_server import fresh_schema, postgres_url
@@ -152,7 +152,25 @@ async def test_each_organisation_sees_what_was_sent_to_or_by_it(ledger: Ledger) 
 
 async def test_the_index_of_blobs_stored_by_other_ways(ledger: Ledger) -> None:
     await ledger.store_instances("RX1", "b1", [instance(1)], 1.0)
-    assert await ledger.unindexed(10) == []
+    assert await ledger.unindexed(0.0, 10) == []  # stored with its attributes
+    # Committed over the wire: in the store, not yet indexed.
+    await ledger.note_incoming("RX2", "t1", "3.3", 2, "sha256")
+    await ledger.record_received(
+        "RX2",
+        "t1",
+        [
+            IncomingInstance(
+                index=n, sop_instance_uid=f"3.3.{n}", size=10, digest=f"{n + 50:064x}", stored=1.0
+            )
+            for n in range(2)
+        ],
+    )
+    await ledger.commit_incoming("RX2", "t1", "3.3", b"{}", 5.0)
+    found = await ledger.unindexed(0.0, 10)
+    assert sorted(found) == [(f"{50:064x}", 5.0), (f"{51:064x}", 5.0)]
+    assert await ledger.unindexed(5.5, 10) == []
+    await ledger.add_attributes([instance(50, study="3.3")])
+    assert await ledger.unindexed(0.0, 10) == [(f"{51:064x}", 5.0)]
 
 
 async def test_tokens(ledger: Ledger) -> None:

@@ -207,8 +207,9 @@ class Ledger(Protocol):
         and all, at once, as from ``sender``."""
         ...
 
-    async def unindexed(self, limit: int) -> list[str]:
-        """Digests of stored blobs whose attributes are not yet recorded."""
+    async def unindexed(self, since: float, limit: int) -> list[tuple[str, float]]:
+        """Stored blobs committed at ``since`` or later whose attributes are not
+        yet recorded, the earliest first: (digest, committed)."""
         ...
 
     async def add_attributes(self, instances: Sequence[StoredAttributes]) -> None: ...

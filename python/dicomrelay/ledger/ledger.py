@@ -297,8 +297,9 @@ class SqlLedger:
 
         await self._driver.run(work)
 
-    async def unindexed(self, limit: int) -> list[str]:
-        return [str(r[0]) for r in await self._one(Query(self._sql.unindexed, (limit,)))]
+    async def unindexed(self, since: float, limit: int) -> list[tuple[str, float]]:
+        rows = await self._one(Query(self._sql.unindexed, (since, limit)))
+        return [(str(digest), float(committed)) for digest, committed in rows]
 
     async def add_attributes(self, instances: Sequence[StoredAttributes]) -> None:
         rows = [attributes_row(a) for a in instances]

@@ -179,6 +179,8 @@ MIGRATIONS = (
             "CREATE INDEX instance_attributes_patient ON instance_attributes (patient_id)",
             "CREATE INDEX instance_attributes_accession ON instance_attributes (accession_number)",
             "CREATE INDEX store_digest ON store (digest)",
+            # The indexer looks for what was committed since it last looked.
+            "CREATE INDEX store_committed ON store (committed)",
             """CREATE TABLE api_tokens (
                 name TEXT PRIMARY KEY,
                 token_hash TEXT NOT NULL,

@@ -200,8 +200,9 @@ class Statements:
             " transfer_id = excluded.transfer_id, committed = excluded.committed"
         )
         self.unindexed = sql(
-            "SELECT DISTINCT s.digest FROM store s WHERE NOT EXISTS"
-            " (SELECT 1 FROM instance_attributes a WHERE a.digest = s.digest) LIMIT ?"
+            "SELECT s.digest, s.committed FROM store s WHERE s.committed >= ? AND NOT EXISTS"
+            " (SELECT 1 FROM instance_attributes a WHERE a.digest = s.digest)"
+            " ORDER BY s.committed LIMIT ?"
         )
         self.insert_token = sql(
             "INSERT INTO api_tokens (name, token_hash, org, scope, created, expires)"

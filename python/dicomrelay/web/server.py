@@ -36,6 +36,7 @@ log = logging.getLogger("dicomrelay.web")
 
 INDEX_BATCH = 256
 INDEX_IDLE_SECONDS = 1.0  # between looks for blobs not yet indexed, when there were none
+CLOCK_MARGIN_SECONDS = 60.0  # how far back each look for unindexed blobs reaches
 SHUTDOWN_SECONDS = 5.0  # responses still streaming when the node stops get this long
 
 
@@ -68,6 +69,7 @@ class WebServer:
         self.app = DicomWebApp(config, ledger, store)
         self.port: int | None = None
         self._unreadable: set[str] = set()  # blobs the indexer could not read: not tried again
+        self._indexed_until = 0.0  # the latest commit whose blobs are indexed
 
     def _uvicorn(self) -> uvicorn.Config:
         web = self.web
@@ -117,18 +119,20 @@ class WebServer:
                 await anyio.sleep(INDEX_IDLE_SECONDS)
 
     async def index_pending(self) -> int:
-        """Record the attributes of stored blobs that lack them; how many."""
-        digests = [
-            d
-            for d in await self.ledger.unindexed(INDEX_BATCH + len(self._unreadable))
-            if d not in self._unreadable
-        ][:INDEX_BATCH]
+        """Record the attributes of stored blobs that lack them; how many.
+        Each look starts a little before the latest commit already indexed
+        (workers' clocks differ), never from the beginning again: the store
+        may hold millions of rows."""
+        since = self._indexed_until - CLOCK_MARGIN_SECONDS
+        found = await self.ledger.unindexed(since, INDEX_BATCH + len(self._unreadable))
+        digests = [d for d, _ in found if d not in self._unreadable][:INDEX_BATCH]
         if not digests:
             return 0
-        found = await anyio.to_thread.run_sync(self._read_attributes, digests)
-        if found:
-            await self.ledger.add_attributes(found)
-        return len(found)
+        read = await anyio.to_thread.run_sync(self._read_attributes, digests)
+        if read:
+            await self.ledger.add_attributes(read)
+        self._indexed_until = max(self._indexed_until, max(c for d, c in found if d in digests))
+        return len(read)
 
     def _read_attributes(self, digests: list[str]) -> list[StoredAttributes]:
         out = []
