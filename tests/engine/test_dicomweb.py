@@ -199,7 +199,7 @@ def test_encapsulated_frames_and_their_rendering(tmp_path: Path, orgs: Pki) -> N
     """pydicom's own compressed files: frames come back as the fragments
     hold them (pydicom splits them the same), JPEG and JPEG 2000 render."""
     names = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"]
-    paths = [Path(get_testdata_file(name)) for name in names]
+    paths = [Path(str(get_testdata_file(name))) for name in names]
     config = write_config(tmp_path, orgs)
     token = create_token(config, "viewer", "write")
     with serving(config) as s:
