@@ -389,8 +389,6 @@ class DicomWebApp:
         return await self._handle(request, what, serve)
 
     def _render(self, a: StoredAttributes, number: int, media_type: str) -> bytes:
-        from pydicom import dcmread
-
         [frame] = self._frames_of(a, [number])
         data = b"".join(
             retrieve.read_range(self.store, a.digest, start, stop) for start, stop in frame.pieces
@@ -399,11 +397,7 @@ class DicomWebApp:
             kind = pixels.FRAME_MEDIA_TYPES.get(a.transfer_syntax, "application/octet-stream")
             image = pixels.encapsulated_image(data, kind)
         else:
-            import io
-
-            header = dcmread(
-                io.BytesIO(retrieve.header_of(self.store, a)), stop_before_pixels=True, force=True
-            )
+            header = dicom_json.header_dataset(retrieve.header_of(self.store, a))
             image = pixels.native_image(data, a, header)
         return pixels.encode(image, media_type)
 

@@ -7,7 +7,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from dicomrelay.ledger.archive import StoredAttributes, attributes_from_row
 from dicomrelay.web.attributes import ATTRIBUTES, Level
@@ -128,7 +128,7 @@ def metadata(header: bytes, pixel_data_uri: str | None) -> JsonObject:
     """An instance's header (its bytes up to the pixel data value) as DICOM
     JSON; the pixel data, if any, as a BulkDataURI. Private and other long
     values are kept inline: the header of an image is small."""
-    ds = dcmread(io.BytesIO(header), stop_before_pixels=True, force=True)
+    ds = header_dataset(header)
     out: JsonObject = ds.to_json_dict(bulk_data_threshold=1 << 30)
     if pixel_data_uri is not None:
         vr = "OB" if ds.get("BitsAllocated", 16) <= 8 else "OW"
@@ -137,3 +137,8 @@ def metadata(header: bytes, pixel_data_uri: str | None) -> JsonObject:
         else:
             out["7FE00010"] = {"vr": "OB", "BulkDataURI": pixel_data_uri}
     return out
+
+
+def header_dataset(header: bytes) -> Dataset:
+    """An instance's header (its bytes before the pixel data value) as a dataset."""
+    return dcmread(io.BytesIO(header), stop_before_pixels=True, force=True)
