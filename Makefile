@@ -26,8 +26,8 @@ venv: ## the project's virtual environment (.venv), unless one is active
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	@$(PYTHON) -m pip install -q --upgrade pip
 
-install: venv ## build the Rust extension (release) and install dicomrelay with its test tools
-	$(PYTHON) -m pip install -q -e '.[test,lint,postgres]'
+install: venv ## build the Rust extension (release) and install dicomrelay with its test tools and DICOMweb
+	$(PYTHON) -m pip install -q -e '.[test,lint,postgres,web]'
 
 run: install ## the main job on its embedded default: a load test between two local organisations
 	$(PYTHON) -m dicomrelay loadtest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,31 @@ def test_a_worker_name_and_its_lease_are_read_and_checked(tmp_path: Path) -> Non
     path.write_text(shared + "\n[limits]\nlease_seconds = 0\n")
     with pytest.raises(ConfigurationError, match="lease_seconds"):
         NodeConfig.from_toml(path)
+
+
+def test_the_web_table(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    touch(tmp_path / "web" / "cert.pem", tmp_path / "web" / "key.pem")
+    path.write_text(NODE + '\n[web]\nport = 0\ncert = "web/cert.pem"\nkey = "web/key.pem"\n')
+    web = NodeConfig.from_toml(path).web
+    assert web is not None
+    assert (web.host, web.port, web.cert, web.base_url) == (
+        "127.0.0.1",
+        0,
+        tmp_path / "web" / "cert.pem",
+        None,
+    )
+    assert NodeConfig.from_toml(_write(path, NODE)).web is None
+    for table, message in (
+        ("[web]\nport = 8042\nbase = 'x'\n", "[web] has no setting 'base'"),
+        ('[web]\ncert = "web/cert.pem"\n', "[web] needs both cert and key"),
+        ("[web]\nbase_url = 'ftp://x'\n", "base_url must be an http(s):// URL"),
+        ("[web]\nport = 70000\n", "port must be a whole number from 0 to 65535"),
+    ):
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            NodeConfig.from_toml(_write(path, NODE + "\n" + table))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

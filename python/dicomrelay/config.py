@@ -137,6 +137,27 @@ class DicomConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WebConfig:
+    """The node's DICOMweb server (PS3.18): where it listens, the certificate
+    of its public side (HTTPS when given; callers may then prove their
+    organisation with a certificate the node's CA issued), and the public URL
+    that the links it returns are made with (default: from ``host`` and
+    ``port``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8042  # 0: any free port
+    cert: Path | None = None
+    key: Path | None = None
+    base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ConfigurationError("[web] needs both cert and key (or neither)")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"base_url must be an http(s):// URL, not {self.base_url!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     org: str
     data_dir: Path
@@ -149,6 +170,7 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     dicom: DicomConfig | None = None
     store: StoreConfig = field(default_factory=StoreConfig)
+    web: WebConfig | None = None  # None: no DICOMweb server
     # None: SQLite in data_dir; a postgresql:// URL (libpq): a ledger that several
     # workers or machines share, its tables in ledger_schema. Not in repr: it may
     # hold a password.
@@ -237,6 +259,7 @@ def _node_from_toml(cls: type[NodeConfig], raw: Table) -> NodeConfig:
         p.finish()
     limits = _limits_from_toml(raw.table("limits"))
     dicom_table = raw.table("dicom")
+    web_table = raw.table("web")
     config = cls(
         org=org,
         data_dir=node.path("data_dir", "data"),
@@ -249,6 +272,7 @@ def _node_from_toml(cls: type[NodeConfig], raw: Table) -> NodeConfig:
         limits=limits,
         dicom=_dicom_from_toml(dicom_table) if dicom_table is not None else None,
         store=_store_from_toml(raw.table("store")),
+        web=_web_from_toml(web_table) if web_table is not None else None,
         ledger=node.text("ledger", None),
         ledger_schema=node.text("ledger_schema", "dicomrelay"),
         worker=node.text("worker", None),
@@ -383,3 +407,16 @@ def _rule_from_toml(r: Table, number: int) -> Rule:
     )
     r.finish()
     return rule
+
+
+def _web_from_toml(w: Table) -> WebConfig:
+    """``[web]``: host, port, cert and key (PEM, for HTTPS), base_url."""
+    config = WebConfig(
+        host=w.text("host", "127.0.0.1"),
+        port=w.port("port", 8042),
+        cert=w.path("cert", None, exists=True),
+        key=w.path("key", None, exists=True),
+        base_url=w.text("base_url", None),
+    )
+    w.finish()
+    return config

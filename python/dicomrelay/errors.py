@@ -145,3 +145,13 @@ class BurnedInAnnotation(DicomrelayError):
 
     def __reduce__(self) -> tuple[type[BurnedInAnnotation], tuple[str, str | None]]:
         return (type(self), (self.reason, self.sop_class_uid))
+
+
+class BadRequest(DicomrelayError, ValueError):
+    """A DICOMweb request that cannot be served as sent: a malformed multipart
+    body, a query key or value the standard does not allow. ``status`` is the
+    HTTP status that answers it (400 unless said otherwise)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

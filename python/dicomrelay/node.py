@@ -1,8 +1,8 @@
 """``Node``: one organisation's engine, wired once. It builds the ledger, the
 instance store (and its keeper: retention, compaction), the outbox (sending),
-the inbox (receiving) and, when configured, the DICOM gateway, and owns their
-lifetimes through one exit stack; the parts talk through narrow interfaces
-and memory streams, never through the node."""
+the inbox (receiving) and, when configured, the DICOM gateway and the DICOMweb
+server, and owns their lifetimes through one exit stack; the parts talk
+through narrow interfaces and memory streams, never through the node."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import anyio
 from dicomrelay._native import TlsConfig
 from dicomrelay.blob_import import import_blobs
 from dicomrelay.config import NodeConfig
-from dicomrelay.errors import DicomrelayError
+from dicomrelay.errors import ConfigurationError, DicomrelayError
 from dicomrelay.gateway import DicomGateway
 from dicomrelay.inbox import Inbox
 from dicomrelay.instance_store import InstanceStore
@@ -50,6 +50,7 @@ class Node:
         self.port: int | None = None
         self.dicom_port: int | None = None
         self._store: InstanceStore | None = None
+        self.web_port: int | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -107,6 +108,18 @@ class Node:
                 await tg.start(gateway.run)
                 self.dicom_port = gateway.port
             tg.start_soon(StoreKeeper(self._store, cfg.store).run)
+        if cfg.web is not None:
+            # Imported here: the web extra is needed only by nodes that serve DICOMweb.
+            try:
+                from dicomrelay.web.server import WebServer
+            except ImportError as e:
+                raise ConfigurationError(
+                    f"[web] needs the web extra: pip install 'dicomrelay[web]' ({e})"
+                ) from e
+
+            web = WebServer(cfg, self.ledger, self.store)
+            await tg.start(web.run)
+            self.web_port = web.port
         await tg.start(self.outbox.run)
 
     @property

@@ -29,6 +29,7 @@ from dicomrelay.cli import (
     operator_errors,
     pki_commands,
     scan_command,
+    token_command,
 )
 
 SUBCOMMANDS = (
@@ -40,6 +41,7 @@ SUBCOMMANDS = (
     scan_command,
     deidentify_command,
     morph_command,
+    token_command,
 )
 
 

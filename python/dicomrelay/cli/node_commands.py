@@ -91,6 +91,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def started(node: Node) -> None:
         where = f"port {node.port}" if node.port is not None else "no listener"
+        if node.web_port is not None:
+            where += f", DICOMweb on port {node.web_port}"
         logging.getLogger("dicomrelay").info("node %s serving (%s)", config.org, where)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -193,7 +195,7 @@ async def _send_alone(config: NodeConfig, transfer_id: str, progress: Progress) 
     from dicomrelay.node import Node
 
     worker = f"send-{os.getpid()}@{socket.gethostname()}"
-    alone = dataclasses.replace(config, listen_port=None, dicom=None, worker=worker)
+    alone = dataclasses.replace(config, listen_port=None, dicom=None, web=None, worker=worker)
     async with Node(alone, share_work=False) as node:
         transfer = node.take(transfer_id)
         async with anyio.create_task_group() as tg:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from dicomrelay.audit import AuditQuery, AuditRecord, Outcome
+from dicomrelay.ledger.archive import ApiToken, StoredAttributes
+from dicomrelay.ledger.search import Search
 
 # Where a segment store keeps a record: (segment, offset of its header, data length).
 Location = tuple[int, int, int]
@@ -257,6 +259,40 @@ class Ledger(Protocol):
     ) -> None:
         """Done, or (``delivered`` false) a dead letter with its last error; unless
         the study was asked for again after ``requested``, which is then still due."""
+        ...
+
+    # DICOMweb (``archive.py``).
+    async def store_instances(
+        self, sender: str, batch_id: str, instances: Sequence[StoredAttributes], stored: float
+    ) -> None:
+        """Instances stored here directly (STOW-RS): into the store, attributes
+        and all, at once, as from ``sender``."""
+        ...
+
+    async def unindexed(self, since: float, limit: int) -> list[tuple[str, float]]:
+        """Stored blobs committed at ``since`` or later whose attributes are not
+        yet recorded, the earliest first: (digest, committed)."""
+        ...
+
+    async def add_attributes(self, instances: Sequence[StoredAttributes]) -> None: ...
+    async def search(self, search: Search) -> list[tuple[Any, ...]]:
+        """The rows a search finds (``search.py`` says which columns, by level)."""
+        ...
+
+    async def stored_instances(self, search: Search) -> list[StoredAttributes]: ...
+    async def add_token(
+        self, name: str, token_hash: str, *, org: str, scope: str, expires: float | None
+    ) -> bool: ...
+    async def revoke_token(self, name: str) -> bool: ...
+    async def token(self, token_hash: str) -> ApiToken | None: ...
+    async def tokens(self) -> list[ApiToken]: ...
+
+    async def metrics(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Counts for ``/metrics``, in one transaction: ``transfers`` (destination,
+        priority, state, transfers, instances), ``sent`` (destination, instances,
+        bytes acknowledged), ``received`` (sender, instances, bytes), ``store``
+        (instances, bytes), ``refusals`` (audit action, count), ``deliveries``
+        (state, count)."""
         ...
 
     # Both sides.

@@ -48,6 +48,7 @@ SQLITE = Dialect(
         "in_texts": "IN (SELECT value FROM json_each(?))",
         "in_integers": "IN (SELECT value FROM json_each(?))",
         "greatest": "max",
+        "distinct_modalities": "group_concat(DISTINCT a.modality)",
         # Row locks: BEGIN IMMEDIATE already makes every transaction the only writer.
         "for_update": "",
         "for_update_skip_locked": "",
@@ -71,6 +72,7 @@ POSTGRES = Dialect(
         "in_texts": "= ANY(?::text[])",
         "in_integers": "= ANY(?::integer[])",
         "greatest": "greatest",
+        "distinct_modalities": "string_agg(DISTINCT a.modality, ',')",
         # A concurrent commit of the same transfer waits for this one, then sees its receipt.
         "for_update": " FOR UPDATE",
         # Claimers pass over each other's candidates instead of queueing on them.

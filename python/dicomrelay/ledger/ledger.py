@@ -8,6 +8,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from dicomrelay.audit import AuditQuery, AuditRecord, Outcome, outcome_of
+from dicomrelay.ledger.archive import (
+    ApiToken,
+    StoredAttributes,
+    attributes_from_row,
+    attributes_row,
+)
 from dicomrelay.ledger.base import (
     IncomingInstance,
     IncomingTransfer,
@@ -17,6 +23,7 @@ from dicomrelay.ledger.base import (
     TransferState,
 )
 from dicomrelay.ledger.dialect import Dialect
+from dicomrelay.ledger.search import Search, search_sql
 from dicomrelay.ledger.statements import (
     Statements,
     audit_query,
@@ -363,6 +370,80 @@ class SqlLedger:
         params = (state, time.time(), error or None, study_instance_uid, requested)
         await self._one(Query(self._sql.finish_delivery, params))
 
+    # DICOMweb.
+    async def store_instances(
+        self, sender: str, batch_id: str, instances: Sequence[StoredAttributes], stored: float
+    ) -> None:
+        q = self._sql
+        attributes = [attributes_row(a) for a in instances]
+        rows = [
+            (a.study_uid, a.sop_uid, a.digest, a.size, sender, batch_id, stored) for a in instances
+        ]
+
+        def work() -> Work[None]:
+            yield Query(q.insert_attributes, attributes, many=True)
+            yield Query(q.store_instance, rows, many=True)
+
+        await self._driver.run(work)
+
+    async def unindexed(self, since: float, limit: int) -> list[tuple[str, float]]:
+        rows = await self._one(Query(self._sql.unindexed, (since, limit)))
+        return [(str(digest), float(committed)) for digest, committed in rows]
+
+    async def add_attributes(self, instances: Sequence[StoredAttributes]) -> None:
+        rows = [attributes_row(a) for a in instances]
+        await self._one(Query(self._sql.insert_attributes, rows, many=True))
+
+    async def search(self, search: Search) -> list[Row]:
+        sql, params = search_sql(search, self._driver.dialect)
+        return await self._one(Query(sql, params))
+
+    async def stored_instances(self, search: Search) -> list[StoredAttributes]:
+        """An instance-level search's matches, as records."""
+        assert search.level == "instance"
+        return [attributes_from_row(r) for r in await self.search(search)]
+
+    async def add_token(
+        self, name: str, token_hash: str, *, org: str, scope: str, expires: float | None
+    ) -> bool:
+        """False if a token of that name exists and is not revoked."""
+        query = Query(self._sql.insert_token, (name, token_hash, org, scope, time.time(), expires))
+
+        def work() -> Work[bool]:
+            return (yield query).rowcount == 1
+
+        return await self._driver.run(work)
+
+    async def revoke_token(self, name: str) -> bool:
+        query = Query(self._sql.revoke_token, (time.time(), name))
+
+        def work() -> Work[bool]:
+            return (yield query).rowcount == 1
+
+        return await self._driver.run(work)
+
+    async def token(self, token_hash: str) -> ApiToken | None:
+        rows = await self._one(Query(self._sql.token_by_hash, (token_hash,)))
+        return _token(rows[0]) if rows else None
+
+    async def tokens(self) -> list[ApiToken]:
+        return [_token(r) for r in await self._one(Query(self._sql.tokens))]
+
+    async def metrics(self) -> dict[str, list[Row]]:
+        q = self._sql
+
+        def work() -> Work[dict[str, list[Row]]]:
+            return {
+                "transfers": (yield Query(q.metric_transfers)).rows,
+                "sent": (yield Query(q.metric_sent)).rows,
+                "received": (yield Query(q.metric_received)).rows,
+                "store": (yield Query(q.metric_store)).rows,
+                "refusals": (yield Query(q.metric_refusals, ("%refused",))).rows,
+                "deliveries": (yield Query(q.metric_deliveries)).rows,
+            }
+
+        return await self._driver.run(work)
+
     # Both sides.
     async def audit(
         self,
@@ -426,3 +507,10 @@ class SqlLedger:
             return out
 
         return await self._driver.run(work)
+
+
+def _token(row: Row) -> ApiToken:
+    name, org, scope, created, expires, revoked = row
+    return ApiToken(
+        name=name, org=org, scope=scope, created=created, expires=expires, revoked=revoked
+    )

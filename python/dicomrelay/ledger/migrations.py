@@ -191,6 +191,52 @@ MIGRATIONS = (
             "CREATE INDEX incoming_by_digest ON incoming_instances (digest, sender)",
         ),
     ),
+    Migration(
+        5,
+        "DICOMweb: the attributes searched for, per stored blob; API tokens, hashed",
+        (
+            # What a stored instance says of itself (its header, as the
+            # scanner reads it), keyed by its blob's digest: the store's rows
+            # name the blobs, so this is what QIDO-RS searches and WADO-RS
+            # finds pixel data by.
+            """CREATE TABLE instance_attributes (
+                digest TEXT PRIMARY KEY,
+                study_uid TEXT NOT NULL,
+                series_uid TEXT NOT NULL,
+                sop_uid TEXT NOT NULL,
+                sop_class_uid TEXT NOT NULL,
+                patient_id TEXT,
+                patient_name TEXT,
+                accession_number TEXT,
+                modality TEXT,
+                study_date TEXT,
+                charset TEXT,
+                transfer_syntax TEXT NOT NULL,
+                rows_ INTEGER,
+                columns_ INTEGER,
+                frames INTEGER,
+                bits_allocated INTEGER,
+                pixel_offset BIGINT,
+                pixel_length BIGINT,
+                encapsulated INTEGER NOT NULL,
+                size BIGINT NOT NULL
+            ){without_rowid}""",
+            "CREATE INDEX instance_attributes_study ON instance_attributes (study_uid)",
+            "CREATE INDEX instance_attributes_patient ON instance_attributes (patient_id)",
+            "CREATE INDEX instance_attributes_accession ON instance_attributes (accession_number)",
+            # (The indexer reads the store by commit time: migration 4 made that index.)
+            """CREATE TABLE api_tokens (
+                name TEXT PRIMARY KEY,
+                token_hash TEXT NOT NULL,
+                org TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                created {real} NOT NULL,
+                expires {real},
+                revoked {real}
+            ){without_rowid}""",
+            "CREATE UNIQUE INDEX api_tokens_hash ON api_tokens (token_hash)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dicomrelay.ledger.archive import ATTRIBUTE_COLUMNS
 from dicomrelay.ledger.base import (
     IncomingInstance,
     IncomingTransfer,
@@ -296,6 +297,64 @@ class Statements:
             "UPDATE deliveries SET state = ?, finished = ?, last_error = ?"
             " WHERE study_uid = ? AND queued = ?"
         )
+
+        # DICOMweb: what a stored blob says of itself, instances stored over
+        # STOW-RS (a later version of a UID replaces the one held, as a commit
+        # does), and API tokens.
+        self.insert_attributes = sql(
+            f"INSERT INTO instance_attributes ({ATTRIBUTE_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (digest) DO NOTHING"
+        )
+        self.store_instance = sql(
+            "INSERT INTO store (study_uid, sop_uid, digest, size, sender, transfer_id, committed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (study_uid, sop_uid) DO UPDATE SET digest = excluded.digest,"
+            " size = excluded.size, sender = excluded.sender,"
+            " transfer_id = excluded.transfer_id, committed = excluded.committed"
+        )
+        self.unindexed = sql(
+            "SELECT s.digest, s.committed FROM store s WHERE s.committed >= ? AND NOT EXISTS"
+            " (SELECT 1 FROM instance_attributes a WHERE a.digest = s.digest)"
+            " ORDER BY s.committed LIMIT ?"
+        )
+        self.insert_token = sql(
+            "INSERT INTO api_tokens (name, token_hash, org, scope, created, expires)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+            " token_hash = excluded.token_hash, org = excluded.org, scope = excluded.scope,"
+            " created = excluded.created, expires = excluded.expires, revoked = NULL"
+            " WHERE api_tokens.revoked IS NOT NULL"
+        )
+        self.revoke_token = sql(
+            "UPDATE api_tokens SET revoked = ? WHERE name = ? AND revoked IS NULL"
+        )
+        self.token_by_hash = sql(
+            "SELECT name, org, scope, created, expires, revoked FROM api_tokens"
+            " WHERE token_hash = ?"
+        )
+        self.tokens = sql(
+            "SELECT name, org, scope, created, expires, revoked FROM api_tokens ORDER BY name"
+        )
+
+        # Metrics (``/metrics``): what the ledger knows, counted.
+        self.metric_transfers = sql(
+            "SELECT destination, priority, state, count(*), coalesce(sum(total), 0)"
+            " FROM outgoing GROUP BY destination, priority, state"
+        )
+        self.metric_sent = sql(
+            "SELECT o.destination, count(*), coalesce(sum(i.size), 0) FROM outgoing_instances i"
+            " JOIN outgoing o ON o.id = i.transfer_id WHERE i.acked IS NOT NULL"
+            " GROUP BY o.destination"
+        )
+        self.metric_received = sql(
+            "SELECT sender, count(*), coalesce(sum(size), 0) FROM incoming_instances"
+            " GROUP BY sender"
+        )
+        self.metric_store = sql("SELECT count(*), coalesce(sum(size), 0) FROM store")
+        self.metric_refusals = sql(
+            "SELECT action, count(*) FROM audit WHERE action LIKE ? GROUP BY action"
+        )
+        self.metric_deliveries = sql("SELECT state, count(*) FROM deliveries GROUP BY state")
 
         # Both sides.
         self.audit = sql(

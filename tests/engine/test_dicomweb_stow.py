@@ -1,0 +1,108 @@
+"""STOW-RS refusals: a body that is not multipart/related of DICOM (415), a
+malformed multipart (400, nothing stored), and parts that are not DICOM or
+not sound (the Failed SOP Sequence with its reasons: 409 when nothing was
+stored, 202 when some was), each refused instance quarantined and audited."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import requests
+from pydicom import Dataset
+
+from dicomrelay.synth import PROFILES, write_study
+
+from .helpers import Pki, study_files
+from .web_helpers import create_token, serving, write_config
+
+CT = 'multipart/related; type="application/dicom"; boundary=b0undary'
+
+
+def body(*parts: tuple[str, bytes]) -> bytes:
+    out = b""
+    for kind, data in parts:
+        out += b"--b0undary\r\nContent-Type: " + kind.encode() + b"\r\n\r\n" + data + b"\r\n"
+    return out + b"--b0undary--\r\n"
+
+
+def failed(answer: requests.Response) -> list[tuple[str, int]]:
+    ds = Dataset.from_json(answer.json())
+    return [
+        (str(item.get("ReferencedSOPInstanceUID", "")), int(item.FailureReason))
+        for item in ds.get("FailedSOPSequence", [])
+    ]
+
+
+def stored_count(root: Path) -> int:
+    with sqlite3.connect(root / "data" / "ledger.sqlite") as db:
+        return int(db.execute("SELECT count(*) FROM store").fetchone()[0])
+
+
+def test_stow_refusals(tmp_path: Path, orgs: Pki) -> None:
+    [good, other] = [
+        p.read_bytes() for p in study_files(write_study(tmp_path / "s", PROFILES["small"], 2))
+    ]
+    config = write_config(tmp_path, orgs)
+    token = create_token(config, "ingest", "write")
+    auth = {"Authorization": f"Bearer {token}"}
+    with serving(config) as s:
+        url = f"{s.base}/studies"
+
+        def post(data: bytes, content_type: str = CT, to: str = url) -> requests.Response:
+            return requests.post(to, data=data, headers={**auth, "Content-Type": content_type})
+
+        # Not multipart of DICOM: 415.
+        assert post(good, "application/dicom").status_code == 415
+        assert (
+            post(
+                body(("application/dicom", good)),
+                'multipart/related; type="image/jpeg"; boundary=b0undary',
+            ).status_code
+            == 415
+        )
+        # Malformed multipart: 400, and nothing kept.
+        assert post(body(("application/dicom", good))[:-20]).status_code == 400
+        assert post(b"no boundary anywhere", CT).status_code == 400
+        assert (
+            post(
+                body(("application/dicom", good)), 'multipart/related; type="application/dicom"'
+            ).status_code
+            == 400
+        )
+        assert stored_count(tmp_path) == 0
+        # Parts that are not DICOM: refused with C000, nothing stored: 409.
+        answer = post(
+            body(("application/dicom", b"\0" * 200 + b"not DICOM"), ("text/plain", b"hello"))
+        )
+        assert answer.status_code == 409
+        assert [reason for _, reason in failed(answer)] == [0xC000, 0xC000]
+        # A sound part beside a truncated one: 202, one stored, one refused.
+        answer = post(body(("application/dicom", good), ("application/dicom", other[:-100])))
+        assert answer.status_code == 202
+        ds = Dataset.from_json(answer.json())
+        assert len(ds.ReferencedSOPSequence) == 1
+        assert [reason for _, reason in failed(answer)] == [0xC000]
+        assert stored_count(tmp_path) == 1
+        # Into a study the instance does not belong to: A900.
+        answer = post(body(("application/dicom", other)), to=f"{url}/1.2.3.4")
+        assert answer.status_code == 409
+        assert [reason for _, reason in failed(answer)] == [0xA900]
+        # Stored twice: the same answer, kept once.
+        assert post(body(("application/dicom", good))).status_code == 200
+        assert stored_count(tmp_path) == 1
+
+    quarantine = tmp_path / "data" / "web" / "quarantine"
+    reasons = sorted(p.read_text() for p in quarantine.glob("*.reason"))
+    assert len(reasons) == 3
+    assert any("belongs to study" in r for r in reasons)
+    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite") as db:
+        refused = db.execute(
+            "SELECT detail FROM audit WHERE action = 'dicomweb-dataset-refused'"
+        ).fetchall()
+        failures = db.execute(
+            "SELECT detail FROM audit WHERE action = 'dicomweb-failed'"
+        ).fetchall()
+    assert len(refused) == 4
+    assert sum("kept as" in d for (d,) in refused) == 3
+    assert len(failures) == 5  # the 415s and 400s
