@@ -71,7 +71,8 @@ class Node:
         dicom = cfg.dicom
         # Only a node that receives keeps a store (a sending-only node, such
         # as `dicomrelay send` alone, must not take the serving node's).
-        receives = cfg.listen_port is not None or dicom is not None
+        # A DICOMweb face receives too (STOW-RS) and serves what is stored.
+        receives = cfg.listen_port is not None or dicom is not None or cfg.web is not None
         if receives:
             root = cfg.data_dir / "store"
             self._store = await InstanceStore.open(
