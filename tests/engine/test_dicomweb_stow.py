@@ -106,3 +106,42 @@ def test_stow_refusals(tmp_path: Path, orgs: Pki) -> None:
     assert len(refused) == 4
     assert sum("kept as" in d for (d,) in refused) == 3
     assert len(failures) == 5  # the 415s and 400s
+
+
+def test_stow_appends_to_the_segment_store_and_wado_reads_it_back(
+    tmp_path: Path, orgs: Pki
+) -> None:
+    """A STOW-RS request is one round of the segment store: its instances are
+    records there (byte-identical, verified against their digests), the part
+    files are gone, and WADO-RS serves them from the records after a restart."""
+    files = study_files(write_study(tmp_path / "s", PROFILES["small"], 3))
+    parts = [p.read_bytes() for p in files]
+    config = write_config(tmp_path, orgs)
+    token = create_token(config, "ingest", "write")
+    auth = {"Authorization": f"Bearer {token}"}
+    with serving(config) as s:
+        answer = requests.post(
+            f"{s.base}/studies",
+            data=body(*(("application/dicom", p) for p in parts)),
+            headers={**auth, "Content-Type": CT},
+        )
+        assert answer.status_code == 200
+        with sqlite3.connect(tmp_path / "data" / "ledger.sqlite") as db:
+            digests = [d for (d,) in db.execute("SELECT digest FROM store ORDER BY sop_uid")]
+            located = db.execute("SELECT count(*) FROM segment_records").fetchone()[0]
+        assert len(digests) == 3
+        assert located == 3
+        stored = {bytes(s.portal.call(s.node.store.read_instance, d)) for d in digests}
+        assert stored == set(parts)
+    assert list((tmp_path / "data" / "web" / "incoming").iterdir()) == []
+    with serving(config) as s:
+        [uid] = {
+            Dataset.from_json(item).StudyInstanceUID
+            for item in requests.get(f"{s.base}/studies", headers=auth).json()
+        }
+        got = requests.get(
+            f"{s.base}/studies/{uid}",
+            headers={**auth, "Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert got.status_code == 200
+        assert sorted(p for p in parts if p in got.content) == sorted(parts)

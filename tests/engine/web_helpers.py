@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from anyio.from_thread import start_blocking_portal
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 
@@ -52,6 +52,7 @@ port = {closed_port()}
 class Serving:
     node: Node
     base: str  # the DICOMweb root URL
+    portal: BlockingPortal  # runs the node's coroutines from the test's thread
 
     def client(self, token: str | None) -> DICOMwebClient:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
@@ -66,7 +67,7 @@ def serving(config_path: Path) -> Iterator[Serving]:
         portal.wrap_async_context_manager(Node(config)) as node,
     ):
         scheme = "https" if config.web is not None and config.web.cert else "http"
-        yield Serving(node, f"{scheme}://127.0.0.1:{node.web_port}/dicomweb")
+        yield Serving(node, f"{scheme}://127.0.0.1:{node.web_port}/dicomweb", portal)
 
 
 def create_token(config_path: Path, name: str, scope: str, *extra: str) -> str:
