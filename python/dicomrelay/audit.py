@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from dicomrelay.errors import DicomrelayError
 
@@ -134,7 +134,7 @@ def atna_message(record: AuditRecord, *, source: str) -> str:
         f" EventOutcomeIndicator={a(str(int(record.outcome)))}>",
         f"<EventID {_code(event.code, 'DCM', event.meaning)}/>",
         type_code,
-        f"<EventOutcomeDescription>{_text(record.detail)}</EventOutcomeDescription>",
+        f"<EventOutcomeDescription>{escape(record.detail)}</EventOutcomeDescription>",
         "</EventIdentification>",
         # The node itself, and the organisation (or caller) the event is about.
         f'<ActiveParticipant UserID={a(source)} UserIsRequestor="false"/>',
@@ -183,10 +183,6 @@ def _is_ip(host: str) -> bool:
             continue
         return True
     return False
-
-
-def _text(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _iso(at: float) -> str:

@@ -36,43 +36,37 @@ class Commits(Protocol):
     def close(self) -> None: ...
 
 
-class GroupCommit:
-    def __init__(self, directory: Path) -> None:
-        # Opened before any file is written: the kernel reports to this
-        # descriptor every writeback error after it was opened, none before.
-        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+class Rounds:
+    """Tickets made durable a round at a time: a round covers every ticket
+    added before it began, one round runs at a time, waiters share rounds, and
+    ``flush_soon`` paces rounds for data still arriving. A subclass says what
+    is due and what a round does (``_round`` advances ``_settled`` and records
+    what it lost in ``_failed``)."""
+
+    def __init__(self) -> None:
         self._added = 0  # tickets handed out
-        self._renamed = 0  # tickets up to here are renamed (or failed)
-        self._durable = 0  # tickets up to here are durable under their names (or failed)
-        self._files: dict[int, tuple[Path, Path]] = {}  # ticket -> (temp, final), not yet renamed
+        self._settled = 0  # tickets up to here are durable (or failed)
         self._failed: dict[int, OSError] = {}
-        self._flushed: anyio.Event | None = None  # set when the running flush ends
-        self._last_start = -math.inf  # when the last flush began (anyio clock)
+        self._running: anyio.Event | None = None  # set when the running round ends
+        self._last_start = -math.inf  # when the last round began (anyio clock)
         self._soon = False  # a flush_soon is waiting to flush
 
-    def add(self, temp: Path, final: Path, digest: str | None = None) -> int:
-        """``temp`` is written and closed; it is to become ``final``. (``digest``,
-        its bytes' digest, is for commits that store by content.)"""
-        self._added += 1
-        self._files[self._added] = (temp, final)
-        return self._added
+    def _due(self) -> bool:
+        raise NotImplementedError
+
+    async def _round(self) -> None:
+        raise NotImplementedError
 
     @property
     def flushing(self) -> bool:
-        """A flush is running, or one is due soon."""
-        return self._flushed is not None or self._soon
-
-    @property
-    def pending(self) -> int:
-        return self._added - self._durable
+        """A round is running, or one is due soon."""
+        return self._running is not None or self._soon
 
     async def wait(self, ticket: int) -> None:
-        """Return once ``ticket``'s file is durable under its final name. Raises
-        the OSError that lost it, if a flush failed (nothing is then left under
-        the final name)."""
-        while ticket not in self._failed and self._durable < ticket:
-            if self._flushed is not None:
-                await self._flushed.wait()
+        """Return once ``ticket`` is durable; raises the OSError that lost it."""
+        while ticket not in self._failed and self._settled < ticket:
+            if self._running is not None:
+                await self._running.wait()
             else:
                 await self.flush()
         error = self._failed.pop(ticket, None)
@@ -80,9 +74,9 @@ class GroupCommit:
             raise error
 
     async def flush_soon(self, interval: float) -> None:
-        """A flush for data still arriving, at most one every ``interval``
-        seconds: the disk starts on the group so far, without a syncfs for
-        every file or two. (A waiter flushes at once.)"""
+        """A round for data still arriving, at most one every ``interval``
+        seconds: the disk starts on the group so far, without a sync for every
+        file or two. (A waiter flushes at once.)"""
         if self._soon:
             return
         self._soon = True
@@ -93,24 +87,56 @@ class GroupCommit:
         await self.flush()
 
     async def flush(self) -> None:
-        """One flush of everything added so far, unless one is running."""
-        if self._flushed is not None or not self.pending:
+        """One round of everything added so far, unless one is running."""
+        if self._running is not None or not self._due():
             return
-        self._flushed = anyio.Event()
+        self._running = anyio.Event()
         self._last_start = anyio.current_time()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._round()
+        finally:
+            done, self._running = self._running, None
+            done.set()
+
+
+class GroupCommit(Rounds):
+    """A file counts as durable (settled) once a later round has made its
+    rename durable too."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        # Opened before any file is written: the kernel reports to this
+        # descriptor every writeback error after it was opened, none before.
+        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        self._renamed = 0  # tickets up to here are renamed (or failed)
+        self._files: dict[int, tuple[Path, Path]] = {}  # ticket -> (temp, final), not yet renamed
+
+    def add(self, temp: Path, final: Path, digest: str | None = None) -> int:
+        """``temp`` is written and closed; it is to become ``final``. (``digest``,
+        its bytes' digest, is for commits that store by content.)"""
+        self._added += 1
+        self._files[self._added] = (temp, final)
+        return self._added
+
+    @property
+    def pending(self) -> int:
+        return self._added - self._settled
+
+    def _due(self) -> bool:
+        return self.pending > 0
+
+    async def _round(self) -> None:
         renamed_before, target = self._renamed, self._added
         files = [(t, *self._files.pop(t)) for t in range(renamed_before + 1, target + 1)]
         synced, failed = False, dict[int, OSError]()
         try:
-            with anyio.CancelScope(shield=True):
-                synced, failed = await anyio.to_thread.run_sync(self._sync_then_rename, files)
+            synced, failed = await anyio.to_thread.run_sync(self._sync_then_rename, files)
         finally:
             self._failed.update(failed)
-            if synced:  # the renames done before this flush began are durable now
-                self._durable = renamed_before
+            if synced:  # the renames done before this round began are durable now
+                self._settled = renamed_before
             self._renamed = target
-            flushed, self._flushed = self._flushed, None
-            flushed.set()
 
     def _sync_then_rename(
         self, files: list[tuple[int, Path, Path]]

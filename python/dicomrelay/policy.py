@@ -127,10 +127,10 @@ class Policy:
     def check(self) -> None:
         """Refuse rules that could let identifiable data reach a research
         organisation: a send rule that allows one without de-identifying."""
+        research = [c for c, r in self.roles.items() if r == "research"]
         for rule in self.rules:
             if rule.direction != "send" or not rule.allow or rule.deidentify is not None:
                 continue
-            research = [c for c, r in self.roles.items() if r == "research"]
             reached = [
                 c for c in research if _within(rule.orgs, c) and _within(rule.roles, "research")
             ]
