@@ -116,12 +116,15 @@ def run_send(args: argparse.Namespace) -> int:
             transfer = await queue_study(
                 config, ledger, args.path, to=args.to, priority=args.priority
             )
+            # The serving node is told before "queued" is said: a send killed
+            # once it has said so leaves a transfer that node already knows of.
+            served = wakeup.poke(config.data_dir)
             progress = Progress(transfer.id, transfer.total)
             progress.say(
                 f"queued: {transfer.total} instances of {transfer.study_instance_uid}"
                 f" for {transfer.destination}"
             )
-            if wakeup.poke(config.data_dir):
+            if served:
                 receipt = await _follow(config, ledger, transfer, progress)
                 if receipt is not None:
                     return receipt
