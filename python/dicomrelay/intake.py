@@ -26,7 +26,7 @@ from dicomrelay.config import NodeConfig
 from dicomrelay.errors import DicomrelayError, StorageError, StudyHeld
 from dicomrelay.instance_store import STORED, InstanceStore
 from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
-from dicomrelay.ledger.quarantine import BURNED_IN, HeldInstance
+from dicomrelay.ledger.quarantine import BURNED_IN, HeldInstance, HoldState
 from dicomrelay.outbound_deid import (
     HeldCopy,
     Opener,
@@ -280,9 +280,9 @@ async def _queue(
             chunk_size=config.limits.chunk_size,
         )
     )
-    held = [_held(h, request, config) for h in spooled.held]
+    held, already = await _new_holds(ledger, spooled, request)
     if not spooled.infos:
-        await _hold_all(ledger, spooled, held, study, request)
+        await _hold_all(ledger, spooled, held, already, study, request)
     try:
         new_study = {i.study_instance_uid for i in spooled.infos}
         if len(new_study) != 1 or None in new_study:
@@ -315,15 +315,40 @@ async def _queue(
             patient_id=patient,
         )
     await _audit_held(ledger, held, request)
+    held = already + held
     return Queued(
         transfer=transfer, held=tuple(held), deidentified_from=study if transform else None
     )
+
+
+async def _new_holds(
+    ledger: Ledger, spooled: SpooledStudy, request: _Request
+) -> tuple[list[HeldInstance], list[HeldInstance]]:
+    """The holds to record, and those already held for the same destination
+    (a study sent again): an instance is held once, its second copy dropped."""
+    if not spooled.held:
+        return [], []
+    existing = {
+        h.digest: h
+        for h in await ledger.held_instances(HoldState.HELD, limit=1_000_000)
+        if h.direction == "send" and h.org == request.to
+    }
+    new: list[HeldInstance] = []
+    already: list[HeldInstance] = []
+    for copy in spooled.held:
+        if copy.digest in existing:
+            already.append(existing[copy.digest])
+            await anyio.to_thread.run_sync(copy.path.unlink)
+        else:
+            new.append(_held(copy, request))
+    return new, already
 
 
 async def _hold_all(
     ledger: Ledger,
     spooled: SpooledStudy,
     held: list[HeldInstance],
+    already: list[HeldInstance],
     study: str,
     request: _Request,
 ) -> None:
@@ -331,14 +356,15 @@ async def _hold_all(
     await anyio.to_thread.run_sync(spooled.spool.discard)
     await ledger.hold(held)
     await _audit_held(ledger, held, request)
-    reasons = sorted({h.reason for h in held})
+    every = already + held
+    reasons = sorted({h.reason for h in every})
     raise StudyHeld(
-        f"study {study} not sent to {request.to}: all {len(held)} instances held in quarantine"
+        f"study {study} not sent to {request.to}: all {len(every)} instances held in quarantine"
         f" ({'; '.join(reasons)}); `dicomrelay quarantine list` shows them"
     )
 
 
-def _held(copy: HeldCopy, request: _Request, config: NodeConfig) -> HeldInstance:
+def _held(copy: HeldCopy, request: _Request) -> HeldInstance:
     info = copy.source.info
     context = {"priority": request.priority}
     if request.source_ae is not None:

@@ -1,0 +1,306 @@
+"""A study for a research organisation leaves de-identified, through a real
+second node: every instance the research node stores is read with pydicom
+and held against Table E.1-1 and its original; UIDs stay consistent within
+the study and are the same when sent again with the same key; instances
+whose pixels may show identity are held in the quarantine (the rest of the
+study goes), and one released later joins the same de-identified study."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from io import BytesIO
+from pathlib import Path
+
+import anyio
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.tag import Tag
+
+from deid_reference import read, remapped_uid
+from dicomrelay import quarantine, scan, synth
+from dicomrelay.audit import AuditQuery
+from dicomrelay.config import Peer
+from dicomrelay.deidentify import Option, resolved_action
+from dicomrelay.errors import StudyHeld
+from dicomrelay.instance_store import InstanceStore, Record
+from dicomrelay.ledger import HoldState
+from dicomrelay.node import Node
+from dicomrelay.policy import Deidentify, PolicyRefused, Rule
+from dicomrelay.rewrite import Set, rewrite_file
+from test_deidentify_study import make_study, uids
+from test_deidentify_table import TABLE, check_row, originals, output_elements
+
+from .helpers import Pki, node_config, peer
+
+pytestmark = pytest.mark.anyio
+
+OPTIONS = ("retain-longitudinal-modified-dates", "retain-patient-characteristics")
+BURNED_IN_ANNOTATION = 0x00280301
+
+
+def research_rule(key: Path, **more: object) -> Rule:
+    deidentify = Deidentify(options=OPTIONS, key_file=key, **more)  # type: ignore[arg-type]
+    return Rule(
+        name="research",
+        direction="send",
+        allow=True,
+        roles=frozenset({"research"}),
+        modalities=frozenset({"CT", "OT"}),
+        deidentify=deidentify,
+    )
+
+
+@asynccontextmanager
+async def research_pair(
+    orgs: Pki, root: Path, key: Path, *, rule: Rule | None = None
+) -> AsyncIterator[tuple[Node, Node]]:
+    """RES1 (a research organisation, listening) and RX1, whose rule for
+    research destinations de-identifies with ``key``."""
+    receiver = node_config(
+        "RES1",
+        root / "res1",
+        identity=orgs.identity("RES1"),
+        peers=(peer("RX1", 1),),
+        listen_port=0,
+    )
+    async with Node(receiver) as rx:
+        assert rx.port is not None
+        sender = node_config(
+            "RX1",
+            root / "rx1",
+            identity=orgs.identity("RX1"),
+            peers=(Peer(code="RES1", host="127.0.0.1", port=rx.port, role="research"),),
+        )
+        sender = dataclasses.replace(sender, rules=(rule or research_rule(key),))
+        async with Node(sender) as tx:
+            yield tx, rx
+
+
+def build_study(folder: Path) -> tuple[list[Path], Path, Path]:
+    """Six CT instances in two series that reference each other (from
+    pydicom's CT_small: names, dates, IDs, private elements), a seventh CT
+    whose Burned In Annotation is YES, and a secondary capture without that
+    attribute, all of one study."""
+    ct = make_study(folder)
+    study = read(ct[0]).StudyInstanceUID
+    burned = folder / "burned.dcm"
+    ds = read(ct[0])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(burned)
+    capture_dir = synth.write_study(folder.parent / "capture", synth.PROFILES["small"], 1)
+    capture = folder / "capture.dcm"
+    source = next(capture_dir.iterdir())
+    rewrite_file(source, capture, [Set(tag=0x0020000D, value=study, vr="UI")])
+    return ct, burned, capture
+
+
+def key_file(root: Path, name: str = "project.key") -> Path:
+    path = root / name
+    path.write_text(os.urandom(32).hex() + "\n")
+    return path
+
+
+async def received(rx: Node, study: str) -> dict[str, FileDataset]:
+    """What the research node stored of ``study``, read by pydicom, by SOP Instance UID."""
+    out = {}
+    for sop, digest in await rx.study(study):
+        data = bytes(await rx.store.read_instance(digest))
+        out[sop] = pydicom.dcmread(BytesIO(data))
+    return out
+
+
+def check_deidentified(after: Dataset, before_path: Path, key: bytes) -> None:
+    """One received instance against Table E.1-1 and its original."""
+    before_ds = read(before_path)
+    before = originals(before_ds)
+    for tag, elem in output_elements(after):
+        assert not Tag(tag).is_private, f"private ({tag:08X}) kept"
+        row = TABLE.row(tag)
+        if row is None:
+            continue
+        # The options this rule takes: dates move, characteristics stay.
+        action = resolved_action(row, {Option(o) for o in OPTIONS})
+        if action in ("K", "C"):
+            continue
+        check_row(row, action, tag, elem, before.get(tag, set()))
+    assert after.PatientIdentityRemoved == "YES"
+    codes = [item.CodeValue for item in after.DeidentificationMethodCodeSequence]
+    assert codes[0] == "113100"  # the Basic Profile, then each option's code
+    assert set(codes[1:]) == {"113107", "113108"}
+    assert after.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert after.PatientName != before_ds.PatientName
+    assert after.PatientID != before_ds.PatientID
+    assert after.StudyDate != before_ds.StudyDate
+    # The pixels travel as they were.
+    assert after.PixelData == before_ds.PixelData
+    assert after.SOPInstanceUID == remapped_uid(key, before_ds.SOPInstanceUID)
+    assert after.file_meta.MediaStorageSOPInstanceUID == after.SOPInstanceUID
+
+
+async def test_a_research_destination_gets_de_identified_data_only(
+    orgs: Pki, tmp_path: Path
+) -> None:
+    ct, burned, capture = build_study(tmp_path / "study")
+    folder = ct[0].parent
+    key_path = key_file(tmp_path)
+    key = key_path.read_bytes().strip()
+    original = read(ct[0])
+    new_study = remapped_uid(key, original.StudyInstanceUID)
+    async with research_pair(orgs, tmp_path, key_path) as (tx, rx):
+        transfer = await tx.send(folder, to="RES1")
+        receipt = await transfer.wait()
+        # The study went, less what its pixels may identify.
+        assert sorted(h.reason.split()[0] for h in transfer.held) == ["Burned", "Secondary"]
+        assert receipt.study_instance_uid == new_study
+        first = await received(rx, new_study)
+        assert len(first) == len(ct)
+        by_sop = {remapped_uid(key, read(p).SOPInstanceUID): p for p in ct}
+        for sop, ds in first.items():
+            check_deidentified(ds, by_sop[sop], key)
+        # Nothing of the originals' UIDs arrived; references follow their instances.
+        sent = list(first.values())
+        assert {ds.StudyInstanceUID for ds in sent} == {new_study}
+        assert len({ds.SeriesInstanceUID for ds in sent}) == 2
+        assert len({ds.FrameOfReferenceUID for ds in sent}) == 1
+        source_uids = {u for p in ct for u in uids(read(p))}
+        kept = {u for ds in sent for u in uids(ds)} & source_uids
+        assert kept <= {original.SOPClassUID, original.file_meta.TransferSyntaxUID}
+        for ds in sent:
+            for item in ds.get("SourceImageSequence", []):
+                assert item.ReferencedSOPInstanceUID in first
+        # The spool went with the transfer; the held copies stay.
+        assert not list((tx.config.data_dir / "outbox").rglob("spool"))
+        held = await tx.ledger.held_instances()
+        assert {h.sop_uid for h in held} == {
+            read(burned).SOPInstanceUID,
+            read(capture).SOPInstanceUID,
+        }
+        assert all(Path(h.location).read_bytes() == Path(
+            burned if h.sop_uid == read(burned).SOPInstanceUID else capture
+        ).read_bytes() for h in held)  # fmt: skip
+
+        # Sent again with the same key: the same UIDs, the same bytes (the
+        # research node already holds them all).
+        again = await tx.send(folder, to="RES1")
+        second = await again.wait()
+        assert {h.id for h in again.held} == {h.id for h in held}
+        assert second.study_instance_uid == new_study
+        assert sorted(i.digest for i in second.instances) == sorted(
+            i.digest for i in receipt.instances
+        )
+        assert (await received(rx, new_study)).keys() == first.keys()
+
+        # An operator looks at the burned-in CT's pixels and releases it: it
+        # goes de-identified, into the same de-identified study.
+        [burned_hold] = [h for h in held if h.sop_uid == read(burned).SOPInstanceUID][:1]
+        released = await quarantine.release(tx.config, tx.ledger, burned_hold.id)
+        await tx.take(released.transfer.id).wait()
+        after = await received(rx, new_study)
+        new_sop = remapped_uid(key, read(burned).SOPInstanceUID)
+        assert set(after) == set(first) | {new_sop}
+        check_deidentified(after[new_sop], burned, key)
+        assert after[new_sop].BurnedInAnnotation == "YES"
+        assert not Path(burned_hold.location).exists()
+        state = await tx.ledger.held_instance(burned_hold.id)
+        assert state is not None
+        assert state.state is HoldState.RELEASED
+        assert state.resolution == released.transfer.id
+        actions = [r.action for r in await tx.ledger.audit_trail(AuditQuery())]
+    assert actions.count("deidentified") == 3
+    assert actions.count("quarantined") == 2  # held once, though sent twice
+    assert "quarantine-released" in actions
+    # What the research node knows of the patient: nothing of the original's.
+    assert original.PatientID not in {ds.PatientID for ds in after.values()}
+
+
+async def test_another_key_gives_unrelated_uids(orgs: Pki, tmp_path: Path) -> None:
+    ct = make_study(tmp_path / "study")
+    studies = []
+    for name in ("one", "two"):
+        async with research_pair(orgs, tmp_path / name, key_file(tmp_path, f"{name}.key")) as (tx, _rx):
+            receipt = await (await tx.send(ct[0].parent, to="RES1")).wait()
+            studies.append(receipt.study_instance_uid)
+    assert studies[0] != studies[1]
+    assert read(ct[0]).StudyInstanceUID not in studies
+
+
+async def test_refused_at_send_before_anything_is_made(orgs: Pki, tmp_path: Path) -> None:
+    """MR is not among the research rule's modalities: refused whole, with
+    nothing spooled, held or queued, and the refusal audited."""
+    key_path = key_file(tmp_path)
+    mr = synth.write_study(tmp_path / "mr", synth.PROFILES["mr"], 3)
+    async with research_pair(orgs, tmp_path, key_path) as (tx, _rx):
+        with pytest.raises(PolicyRefused, match=r"no rule allows MR to RES1 \(research\)"):
+            await tx.send(mr, to="RES1")
+        assert await tx.ledger.all_outgoing() == []
+        assert await tx.ledger.held_instances(None) == []
+        trail = await tx.ledger.audit_trail(AuditQuery())
+    assert [r.action for r in trail] == ["policy-refused"]
+    assert not any((tx.config.data_dir / "outbox").rglob("*"))
+    assert not (tx.config.data_dir / "quarantine").exists()
+
+
+async def test_a_study_all_held_is_not_queued(orgs: Pki, tmp_path: Path) -> None:
+    key_path = key_file(tmp_path)
+    captures = synth.write_study(tmp_path / "sc", synth.PROFILES["small"], 2)
+    async with research_pair(orgs, tmp_path, key_path) as (tx, _rx):
+        with pytest.raises(StudyHeld, match="all 2 instances held in quarantine"):
+            await tx.send(captures, to="RES1")
+        assert await tx.ledger.all_outgoing() == []
+        held = await tx.ledger.held_instances()
+        assert len(held) == 2
+        assert all(h.kind == "burned-in-annotation" and h.org == "RES1" for h in held)
+        assert (await tx.status())["held"] == 2
+        # Deleted: the bytes go, the record stays.
+        gone = await quarantine.delete(tx.config, tx.ledger, held[0].id)
+        assert not Path(gone.location).exists()
+        assert (await tx.status())["held"] == 1
+    assert not list((tx.config.data_dir / "outbox").rglob("spool"))
+
+
+async def test_allow_burned_in_sends_the_whole_study(orgs: Pki, tmp_path: Path) -> None:
+    ct, _burned, _capture = build_study(tmp_path / "study")
+    key_path = key_file(tmp_path)
+    rule = research_rule(key_path, allow_burned_in=True)
+    async with research_pair(orgs, tmp_path, key_path, rule=rule) as (tx, rx):
+        transfer = await tx.send(ct[0].parent, to="RES1")
+        receipt = await transfer.wait()
+        assert transfer.held == ()
+        assert len(receipt.instances) == len(ct) + 2
+        stored = await received(rx, receipt.study_instance_uid)
+    assert sum(1 for ds in stored.values() if ds.get("BurnedInAnnotation") == "YES") == 1
+
+
+async def test_routed_from_the_store_leaves_de_identified(orgs: Pki, tmp_path: Path) -> None:
+    """What the node's store holds (as its DICOM SCP keeps what a PACS sent)
+    goes to a research destination de-identified, read from its segment."""
+    ct = make_study(tmp_path / "study")
+    key_path = key_file(tmp_path)
+    key = key_path.read_bytes().strip()
+    async with research_pair(orgs, tmp_path, key_path) as (tx, rx):
+        # The sender keeps a store only when it receives: give it one.
+        store = await InstanceStore.open(tmp_path / "rx1-store", tx.ledger, segment_size=4 << 20)
+        try:
+            records = []
+            for path in ct:
+                data = path.read_bytes()
+                info = await anyio.to_thread.run_sync(lambda d=data: scan(d, digest="sha256"))
+                assert info.digest is not None
+                records.append(Record(data, info.digest, "sha256"))
+            await store.write_round(records, [])
+            tx.outbox.store = store
+            transfer = await tx.outbox.send_stored([r.digest for r in records], to="RES1")
+            receipt = await transfer.wait()
+        finally:
+            store.close()
+        stored = await received(rx, receipt.study_instance_uid)
+    by_sop = {remapped_uid(key, read(p).SOPInstanceUID): p for p in ct}
+    assert stored.keys() == by_sop.keys()
+    for sop, ds in stored.items():
+        check_deidentified(ds, by_sop[sop], key)
