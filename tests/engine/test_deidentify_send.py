@@ -223,7 +223,8 @@ async def test_another_key_gives_unrelated_uids(orgs: Pki, tmp_path: Path) -> No
     ct = make_study(tmp_path / "study")
     studies = []
     for name in ("one", "two"):
-        async with research_pair(orgs, tmp_path / name, key_file(tmp_path, f"{name}.key")) as (tx, _rx):
+        key = key_file(tmp_path, f"{name}.key")
+        async with research_pair(orgs, tmp_path / name, key) as (tx, _rx):
             receipt = await (await tx.send(ct[0].parent, to="RES1")).wait()
             studies.append(receipt.study_instance_uid)
     assert studies[0] != studies[1]

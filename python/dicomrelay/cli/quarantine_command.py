@@ -137,6 +137,8 @@ async def _show(config: NodeConfig, ledger: Ledger, args: argparse.Namespace) ->
     for key, value in record.items():
         if key in ("held", "resolved") and isinstance(value, float):
             value = _when(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or None
         sys.stdout.write(f"{key}: {value if value is not None else '-'}\n")
     return 0
 
