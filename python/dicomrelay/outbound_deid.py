@@ -132,7 +132,7 @@ def spool_study(
     ``transform`` (None: copied as they are), those it refuses for burned-in
     identity copied into ``quarantine`` instead. Blocking: run it on a worker
     thread."""
-    spool = Spool(folder)
+    spool = Spool(folder, digest=digest, chunk_size=chunk_size)
     held: list[HeldCopy] = []
     tags = sorted(tags_to_read(transform.options)) if transform is not None else []
     try:
@@ -159,10 +159,9 @@ def spool_study(
                     spool.add_rewritten(region, view, plan.edits)
             finally:
                 os.close(region.fd)
-        spool.finish()
+        infos = spool.finish()
         if held:
             _sync_folder(quarantine)
-        infos = spool.scan(digest=digest, chunk_size=chunk_size) if spool.entries else []
     except BaseException:
         SpooledStudy(spool, [], held).discard()
         raise

@@ -23,16 +23,20 @@ import mmap
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from dicomrelay import _native
 from dicomrelay.config import DigestName
+from dicomrelay.errors import DicomParseError
 from dicomrelay.rewrite import Edit, copy_range, rewrite
 
 SPOOLED = "spool:"
 SPOOL_NAME = "spool"
+WRITEBACK_BYTES = 64 << 20  # written back beside the work, this much at a time
+READ_WHOLE = 64 << 20  # instances up to this size are read back whole; larger ones mapped
 
 
 def locator(path: Path | str, offset: int) -> str:
@@ -80,14 +84,25 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class Spool:
-    """One transfer's spool file, written front to back."""
+    """One transfer's spool file, written front to back. Beside the writing,
+    one thread reads each instance back through the scanner (its digests, and
+    proof that it reads), and another writes the file back to disk, so the
+    work, the hashing and the disk overlap and ``finish`` waits for little."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, digest: DigestName, chunk_size: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / SPOOL_NAME
+        self._digest: DigestName = digest
+        self._chunk_size = chunk_size
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self.end = 0
         self.entries: list[tuple[int, int]] = []  # (offset, length) of each instance
+        self._scans: list[Future[_native.InstanceInfo]] = []
+        self._scanner = ThreadPoolExecutor(1, thread_name_prefix="spool-scan")
+        self._writeback = ThreadPoolExecutor(1, thread_name_prefix="spool-sync")
+        self._syncing: Future[None] | None = None
+        self._synced_to = 0
 
     def add_rewritten(self, source: Region, view: memoryview, edits: Iterable[Edit]) -> int:
         """Append ``edits`` applied to the instance ``view`` (the mapping of
@@ -111,49 +126,53 @@ class Spool:
     def _added(self, start: int, length: int) -> int:
         self.end = start + length
         self.entries.append((start, length))
+        self._scans.append(self._scanner.submit(self._scan, start, length))
+        if self.end - self._synced_to >= WRITEBACK_BYTES and (
+            self._syncing is None or self._syncing.done()
+        ):
+            self._synced_to = self.end
+            self._syncing = self._writeback.submit(os.fdatasync, self._fd)
         return len(self.entries) - 1
 
-    def finish(self) -> None:
-        """Make the spool durable: its data, then its name in its folder."""
+    def _scan(self, offset: int, length: int) -> _native.InstanceInfo:
+        """The instance at ``offset`` read back (from the page cache, just written)."""
         try:
+            if length <= READ_WHOLE:
+                data = os.pread(self._reader, length, offset)
+                if len(data) != length:
+                    raise OSError(f"{self.path} ended before its instance at {offset}")
+                return _native.scan(data, digest=self._digest, chunk_size=self._chunk_size)
+            with mapped(Region(self._reader, offset, length)) as view:
+                return _native.scan(view, digest=self._digest, chunk_size=self._chunk_size)
+        except DicomParseError as e:
+            # The rewriter wrote what the scanner refuses: never sent.
+            raise DicomParseError(f"{self.path} at {offset}: {e}", e.offset, e.tag) from e
+
+    def finish(self) -> list[_native.InstanceInfo]:
+        """Make the spool durable (its data, then its name in its folder);
+        each instance as the scanner read it back, in order."""
+        try:
+            if self._syncing is not None:
+                self._syncing.result()
             os.fdatasync(self._fd)
+            infos = [f.result() for f in self._scans]
         finally:
-            os.close(self._fd)
-            self._fd = -1
+            self._close()
         _sync_folder(self.path.parent)
+        return infos
+
+    def _close(self) -> None:
+        self._writeback.shutdown(wait=True)
+        self._scanner.shutdown(wait=True, cancel_futures=True)
+        for fd in (self._fd, self._reader):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._reader = -1
 
     def discard(self) -> None:
         """Give up on the spool (the transfer was not recorded)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close()
         remove(self.path.parent)
-
-    def scan(self, *, digest: DigestName, chunk_size: int) -> list[_native.InstanceInfo]:
-        """Each spooled instance read back by the scanner (on every core): its
-        header, whole digest and chunk digests, as the transfer sends them."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with mapped(Region(fd, 0, self.end)) as view:
-                parts = [view[o : o + n] for o, n in self.entries]
-                try:
-                    results = _native.scan_many(
-                        parts,
-                        digest=digest,
-                        chunk_size=chunk_size,
-                    )
-                finally:
-                    for p in parts:
-                        p.release()
-        finally:
-            os.close(fd)
-        infos = []
-        for (offset, _), result in zip(self.entries, results, strict=True):
-            if not isinstance(result, _native.InstanceInfo):
-                # The rewriter wrote what the scanner refuses: never sent.
-                raise type(result)(f"{self.path} at {offset}: {result}")
-            infos.append(result)
-        return infos
 
 
 def _sync_folder(folder: Path) -> None:
