@@ -280,9 +280,16 @@ async def _queue(
             chunk_size=config.limits.chunk_size,
         )
     )
-    held, already = await _new_holds(ledger, spooled, request)
+    try:
+        held, already = await _new_holds(ledger, spooled, request)
+        if not spooled.infos:
+            await ledger.hold(held)
+    except BaseException:
+        await _undo(spooled)
+        raise
     if not spooled.infos:
-        await _hold_all(ledger, spooled, held, already, study, request)
+        await anyio.to_thread.run_sync(spooled.spool.discard)
+        await _study_held(ledger, held, already, study, request)
     try:
         new_study = {i.study_instance_uid for i in spooled.infos}
         if len(new_study) != 1 or None in new_study:
@@ -299,8 +306,7 @@ async def _queue(
         transfer = _transfer(config, request, out_study, len(instances))
         await ledger.add_outgoing(transfer, instances, held=held, releases=request.releases)
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(spooled.discard)
+        await _undo(spooled)
         raise
     patient = infos[0].patient_id
     if transform is not None:
@@ -344,17 +350,20 @@ async def _new_holds(
     return new, already
 
 
-async def _hold_all(
+async def _undo(spooled: SpooledStudy) -> None:
+    """Nothing was recorded: the spool and the held copies go."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(spooled.discard)
+
+
+async def _study_held(
     ledger: Ledger,
-    spooled: SpooledStudy,
     held: list[HeldInstance],
     already: list[HeldInstance],
     study: str,
     request: _Request,
 ) -> None:
-    """Nothing of the study can go: hold what was held, and say so."""
-    await anyio.to_thread.run_sync(spooled.spool.discard)
-    await ledger.hold(held)
+    """Nothing of the study can go (what was held is recorded): say so."""
     await _audit_held(ledger, held, request)
     every = already + held
     reasons = sorted({h.reason for h in every})
