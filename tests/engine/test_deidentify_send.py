@@ -211,6 +211,15 @@ async def test_a_research_destination_gets_de_identified_data_only(
         assert state.state is HoldState.RELEASED
         assert state.resolution == released.transfer.id
         actions = [r.action for r in await tx.ledger.audit_trail(AuditQuery())]
+        # The original study's trail (and its patient's) includes the
+        # de-identified copies' transfers: made, sent, released.
+        for query in (
+            AuditQuery(study_uid=original.StudyInstanceUID),
+            AuditQuery(patient_id=original.PatientID),
+        ):
+            trail = await tx.ledger.audit_trail(query)
+            sent = {r.transfer_id for r in trail if r.action == "sent"}
+            assert sent == {transfer.id, again.id, released.transfer.id}, query
     assert actions.count("deidentified") == 3
     assert actions.count("quarantined") == 2  # held once, though sent twice
     assert "quarantine-released" in actions
