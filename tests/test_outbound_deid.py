@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomrelay import scan_file
+from dicomrelay import scan_file, spool
 from dicomrelay.deid_files import read_header
 from dicomrelay.deidentify import Option, plan_deidentification
 from dicomrelay.errors import DicomParseError
@@ -176,3 +176,30 @@ def test_a_failure_leaves_no_spool_and_no_held_copy(tmp_path: Path) -> None:
         )
     assert not (tmp_path / "t6").exists()
     assert list((tmp_path / "quarantine").iterdir()) == []
+
+
+def test_large_instances_are_read_back_mapped_and_written_back_as_they_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thresholds lowered so that the small files take the paths of large
+    ones: read back through a mapping, and written back to disk while the
+    next instances are written."""
+    monkeypatch.setattr(spool, "READ_WHOLE", 1024)
+    monkeypatch.setattr(spool, "WRITEBACK_BYTES", 4096)
+    paths = [bundled(n) for n in FILES[:3]] * 3
+    done = spool_study(
+        [source(p) for p in paths],
+        open_file_region,
+        Transform(options=OPTIONS, key=KEY),
+        tmp_path / "t7",
+        tmp_path / "quarantine",
+        digest="sha256",
+        chunk_size=2048,
+    )
+    outputs = spooled_bytes(done.spool.path, done.spool.entries)
+    for out, info in zip(outputs, done.infos, strict=True):
+        assert info.digest == hashlib.sha256(out).hexdigest()
+        assert len(info.chunk_digests) == -(-len(out) // 2048)
+        assert (
+            info.chunk_digests[-1] == hashlib.sha256(out[-(len(out) % 2048 or 2048) :]).hexdigest()
+        )
