@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from io import BytesIO
 from pathlib import Path
 
+import anyio
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileDataset
@@ -22,17 +23,18 @@ from pydicom.tag import Tag
 from deid_reference import read, remapped_uid
 from dicomrelay import quarantine, scan, synth
 from dicomrelay.audit import AuditQuery
-from dicomrelay.config import Peer
+from dicomrelay.config import Peer, Route
 from dicomrelay.deidentify import Option, resolved_action
 from dicomrelay.errors import StudyHeld
 from dicomrelay.instance_store import InstanceStore, Record
-from dicomrelay.ledger import HoldState
+from dicomrelay.ledger import HoldState, TransferState
 from dicomrelay.node import Node
 from dicomrelay.policy import Deidentify, PolicyRefused, Rule
 from dicomrelay.rewrite import Set, rewrite_file
 from test_deidentify_study import make_study, uids
 from test_deidentify_table import TABLE, check_row, originals, output_elements
 
+from .chain_helpers import routing_node, run, storescu_args
 from .helpers import Pki, node_config, peer
 
 pytestmark = pytest.mark.anyio
@@ -309,6 +311,39 @@ async def test_routed_from_the_store_leaves_de_identified(orgs: Pki, tmp_path: P
         finally:
             store.close()
         stored = await received(rx, receipt.study_instance_uid)
+    by_sop = {remapped_uid(key, read(p).SOPInstanceUID): p for p in ct}
+    assert stored.keys() == by_sop.keys()
+    for sop, ds in stored.items():
+        check_deidentified(ds, by_sop[sop], key)
+
+
+async def test_a_route_from_the_pacs_leaves_de_identified(orgs: Pki, tmp_path: Path) -> None:
+    """A modality stores a study into the node's DICOM SCP (DCMTK storescu);
+    its route names the research organisation: the study goes on from the
+    node's store, de-identified."""
+    ct = make_study(tmp_path / "study")
+    key_path = key_file(tmp_path)
+    key = key_path.read_bytes().strip()
+    receiver = node_config(
+        "RES1", tmp_path / "res1", identity=orgs.identity("RES1"), peers=(peer("RX1", 1),),
+        listen_port=0,
+    )  # fmt: skip
+    async with Node(receiver) as rx:
+        assert rx.port is not None
+        config = routing_node(orgs, tmp_path / "rx1", rx.port, (Route(to="RES1"),))
+        research = Peer(code="RES1", host="127.0.0.1", port=rx.port, role="research")
+        config = dataclasses.replace(config, peers=(research,), rules=(research_rule(key_path),))
+        async with Node(config) as tx:
+            assert tx.dicom_port is not None
+            args = storescu_args(tx.dicom_port, ct, proposal=None)
+            result = await anyio.to_thread.run_sync(run, args)
+            assert result.returncode == 0, result.stderr
+            with anyio.fail_after(60):
+                while not (done := await tx.ledger.all_outgoing(state=TransferState.DONE)):
+                    await anyio.sleep(0.05)
+            [transfer] = done
+            assert transfer.study_instance_uid == remapped_uid(key, read(ct[0]).StudyInstanceUID)
+            stored = await received(rx, transfer.study_instance_uid)
     by_sop = {remapped_uid(key, read(p).SOPInstanceUID): p for p in ct}
     assert stored.keys() == by_sop.keys()
     for sop, ds in stored.items():
