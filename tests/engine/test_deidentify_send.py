@@ -220,8 +220,8 @@ async def test_a_research_destination_gets_de_identified_data_only(
             AuditQuery(patient_id=original.PatientID),
         ):
             trail = await tx.ledger.audit_trail(query)
-            sent = {r.transfer_id for r in trail if r.action == "sent"}
-            assert sent == {transfer.id, again.id, released.transfer.id}, query
+            carried = {r.transfer_id for r in trail if r.action == "sent"}
+            assert carried == {transfer.id, again.id, released.transfer.id}, query
     assert actions.count("deidentified") == 3
     assert actions.count("quarantined") == 2  # held once, though sent twice
     assert "quarantine-released" in actions
