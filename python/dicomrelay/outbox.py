@@ -313,10 +313,12 @@ class Outbox:
         await self.ledger.set_outgoing_state(transfer_id, TransferState.ACTIVE)
         self._publish(handle, Event(kind=EventKind.STARTED, transfer_id=transfer_id))
         self._delivered[transfer_id] = 0
-        spools = spool_folders([i.path for i in await self.ledger.pending_instances(transfer_id)])
+        pending = await self.ledger.pending_instances(transfer_id)
+        spools = spool_folders([i.path for i in pending])
         spools.add(self.config.data_dir / OUTBOX / transfer_id)
         try:
-            receipt = await self._deliver(transfer, self.config.peer(transfer.destination))
+            peer = self.config.peer(transfer.destination)
+            receipt = await self._deliver(transfer, peer, pending)
         except (AttemptFailed, DicomrelayError, OSError, TimeoutError) as e:
             await self._failed(transfer, handle, e, progressed=self._delivered[transfer_id] > 0)
             return
@@ -339,9 +341,10 @@ class Outbox:
         self._publish(handle, Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
         handle.finish(receipt)
 
-    async def _deliver(self, transfer: OutgoingTransfer, peer: Peer) -> Receipt:
+    async def _deliver(
+        self, transfer: OutgoingTransfer, peer: Peer, instances: list[OutgoingInstance]
+    ) -> Receipt:
         limits = self.config.limits
-        instances = await self.ledger.pending_instances(transfer.id)
         with anyio.fail_after(limits.connect_timeout):
             conn = await Connection.connect(
                 peer.host, peer.port, self._client_tls, pki.server_name(peer.code)
