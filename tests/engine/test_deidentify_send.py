@@ -268,6 +268,16 @@ async def test_a_study_all_held_is_not_queued(orgs: Pki, tmp_path: Path) -> None
         assert len(held) == 2
         assert all(h.kind == "burned-in-annotation" and h.org == "RES1" for h in held)
         assert (await tx.status())["held"] == 2
+        # Released under rules that no longer allow it: refused, still held.
+        ct_only = dataclasses.replace(research_rule(key_path), modalities=frozenset({"CT"}))
+        stricter = dataclasses.replace(tx.config, rules=(ct_only,))
+        with pytest.raises(PolicyRefused, match=r"no rule allows OT to RES1"):
+            await quarantine.release(stricter, tx.ledger, held[1].id)
+        still = await tx.ledger.held_instance(held[1].id)
+        assert still is not None
+        assert still.state is HoldState.HELD
+        assert Path(still.location).exists()
+        assert await tx.ledger.all_outgoing() == []
         # Deleted: the bytes go, the record stays.
         gone = await quarantine.delete(tx.config, tx.ledger, held[0].id)
         assert not Path(gone.location).exists()
