@@ -33,6 +33,7 @@ from dicomrelay.deidentify import (
     plan_deidentification,
     tags_to_read,
 )
+from dicomrelay.edits import Edit
 from dicomrelay.errors import BurnedInAnnotation
 from dicomrelay.policy import Deidentify
 from dicomrelay.rewrite import copy_range
@@ -57,6 +58,8 @@ class SourceInstance:
     info: InstanceInfo
     where: str
 
+
+PLANS_KEPT = 256  # distinct headers whose plans one study keeps
 
 # Opens a source's bytes, on the worker thread: a descriptor the caller closes.
 Opener = Callable[[SourceInstance], Region]
@@ -135,28 +138,22 @@ def spool_study(
     spool = Spool(folder, digest=digest, chunk_size=chunk_size)
     held: list[HeldCopy] = []
     tags = sorted(tags_to_read(transform.options)) if transform is not None else []
+    plans = _Plans(transform) if transform is not None else None
     try:
         for source in sources:
             region = opener(source)
             try:
-                if transform is None:
+                if plans is None:
                     spool.add_copy(region)
                     continue
                 with mapped(region) as view:
                     values, creators = header_values(view, tags)
-                    header = InstanceHeader(values=values, private_creators=creators)
                     try:
-                        plan = plan_deidentification(
-                            header,
-                            transform.options,
-                            transform.key,
-                            safe_private=transform.safe_private,
-                            allow_burned_in=transform.allow_burned_in,
-                        )
+                        edits = plans.edits(values, creators)
                     except BurnedInAnnotation as refusal:
                         held.append(_hold(source, refusal, region, view, quarantine, digest))
                         continue
-                    spool.add_rewritten(region, view, plan.edits)
+                    spool.add_rewritten(region, view, edits)
             finally:
                 os.close(region.fd)
         infos = spool.finish()
@@ -166,6 +163,34 @@ def spool_study(
         SpooledStudy(spool, [], held).discard()
         raise
     return SpooledStudy(spool, infos, held)
+
+
+class _Plans:
+    """The transform's plan for each header read. The plan is a pure function
+    of the values read, which the slices of a series mostly share: each
+    distinct header is planned once."""
+
+    def __init__(self, transform: Transform) -> None:
+        self._transform = transform
+        self._known: dict[tuple[object, ...], tuple[Edit, ...]] = {}
+
+    def edits(self, values: dict[int, str], creators: dict[int, str]) -> tuple[Edit, ...]:
+        """Raises BurnedInAnnotation for an instance whose pixels may show identity."""
+        key = (tuple(sorted(values.items())), tuple(sorted(creators.items())))
+        known = self._known.get(key)
+        if known is None:
+            t = self._transform
+            header = InstanceHeader(values=values, private_creators=creators)
+            known = plan_deidentification(
+                header,
+                t.options,
+                t.key,
+                safe_private=t.safe_private,
+                allow_burned_in=t.allow_burned_in,
+            ).edits
+            if len(self._known) < PLANS_KEPT:
+                self._known[key] = known
+        return known
 
 
 def _hold(
