@@ -27,6 +27,7 @@ from dicomrelay.config import Peer, Route
 from dicomrelay.deidentify import Option, resolved_action
 from dicomrelay.errors import StudyHeld
 from dicomrelay.instance_store import InstanceStore, Record
+from dicomrelay.intake import queue
 from dicomrelay.ledger import HoldState, TransferState
 from dicomrelay.node import Node
 from dicomrelay.policy import Deidentify, PolicyRefused, Rule
@@ -358,3 +359,22 @@ async def test_a_route_from_the_pacs_leaves_de_identified(orgs: Pki, tmp_path: P
     assert stored.keys() == by_sop.keys()
     for sop, ds in stored.items():
         check_deidentified(ds, by_sop[sop], key)
+
+
+async def test_a_study_de_identified_two_ways_is_refused(orgs: Pki, tmp_path: Path) -> None:
+    """One transfer carries one study: rules that would de-identify its
+    instances differently (so that they would arrive as two studies) refuse it."""
+    ct, _burned, _capture = build_study(tmp_path / "study")
+    key_path = key_file(tmp_path)
+    ct_rule = dataclasses.replace(research_rule(key_path), name="ct", modalities=frozenset({"CT"}))
+    other = Deidentify(options=("retain-uids",), key_file=key_path)
+    ot_rule = dataclasses.replace(
+        research_rule(key_path), name="ot", modalities=frozenset({"OT"}), deidentify=other
+    )
+    async with research_pair(orgs, tmp_path, key_path) as (tx, _rx):
+        config = dataclasses.replace(tx.config, rules=(ct_rule, ot_rule))
+        with pytest.raises(PolicyRefused, match="rules ct, ot transform its instances differently"):
+            await queue(config, tx.ledger, ct[0].parent, to="RES1", priority="routine")
+        assert await tx.ledger.all_outgoing() == []
+        [row] = await tx.ledger.audit_trail(AuditQuery())
+    assert row.action == "policy-refused"
