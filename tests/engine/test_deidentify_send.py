@@ -36,7 +36,7 @@ from test_deidentify_study import make_study, uids
 from test_deidentify_table import TABLE, check_row, originals, output_elements
 
 from .chain_helpers import routing_node, run, storescu_args
-from .helpers import Pki, node_config, peer
+from .helpers import QUICK, Pki, closed_port, node_config, peer
 
 pytestmark = pytest.mark.anyio
 
@@ -378,3 +378,47 @@ async def test_a_study_de_identified_two_ways_is_refused(orgs: Pki, tmp_path: Pa
         assert await tx.ledger.all_outgoing() == []
         [row] = await tx.ledger.audit_trail(AuditQuery())
     assert row.action == "policy-refused"
+
+
+async def test_a_spooled_transfer_resumes_after_a_restart(orgs: Pki, tmp_path: Path) -> None:
+    """The research node is down: the de-identified copy waits in its spool
+    through the sender's restart, goes once the research node is up, and its
+    spool goes with it."""
+    ct = make_study(tmp_path / "study")
+    key_path = key_file(tmp_path)
+    key = key_path.read_bytes().strip()
+    port = closed_port()
+    sender = node_config(
+        "RX1",
+        tmp_path / "rx1",
+        identity=orgs.identity("RX1"),
+        peers=(Peer(code="RES1", host="127.0.0.1", port=port, role="research"),),
+        limits=dataclasses.replace(QUICK, max_attempts=10_000, backoff_cap=0.2),
+    )
+    sender = dataclasses.replace(sender, rules=(research_rule(key_path),))
+    async with Node(sender) as tx:
+        transfer = await tx.send(ct[0].parent, to="RES1")
+
+        async def attempted() -> bool:
+            row = await tx.ledger.outgoing(transfer.id)
+            return row is not None and row.attempts > 0
+
+        with anyio.fail_after(30):
+            while not await attempted():  # and failed: nobody listens there yet
+                await anyio.sleep(0.02)
+    [spool_file] = list((tmp_path / "rx1" / "outbox").rglob("spool"))
+    receiver = node_config(
+        "RES1",
+        tmp_path / "res1",
+        identity=orgs.identity("RES1"),
+        peers=(peer("RX1", 1),),
+        listen_port=port,
+    )
+    async with Node(receiver) as rx, Node(sender) as tx:
+        assert spool_file.exists()
+        with anyio.fail_after(60):
+            receipt = await tx.take(transfer.id).wait()
+        stored = await received(rx, receipt.study_instance_uid)
+    assert receipt.study_instance_uid == remapped_uid(key, read(ct[0]).StudyInstanceUID)
+    assert len(stored) == len(ct)
+    assert not spool_file.parent.exists()
