@@ -108,13 +108,35 @@ def key_file(root: Path, name: str = "project.key") -> Path:
     return path
 
 
+async def received_bytes(rx: Node, study: str) -> dict[str, bytes]:
+    """What the research node stored of ``study``, by SOP Instance UID."""
+    return {
+        sop: bytes(await rx.store.read_instance(digest)) for sop, digest in await rx.study(study)
+    }
+
+
 async def received(rx: Node, study: str) -> dict[str, FileDataset]:
     """What the research node stored of ``study``, read by pydicom, by SOP Instance UID."""
-    out = {}
-    for sop, digest in await rx.study(study):
-        data = bytes(await rx.store.read_instance(digest))
-        out[sop] = pydicom.dcmread(BytesIO(data))
-    return out
+    return {
+        sop: pydicom.dcmread(BytesIO(data))
+        for sop, data in (await received_bytes(rx, study)).items()
+    }
+
+
+# What identifies CT_small's patient, and where it was made, as text.
+IDENTIFYING = ("PatientName", "PatientID", "InstitutionName", "StationName", "StudyID")
+
+
+def assert_nothing_identifying(data: bytes, before: Dataset) -> None:
+    """No identifying value, nor any instance UID, of the original is
+    anywhere in the bytes that arrived (the pixel data apart)."""
+    header = data[: data.rfind(b"\xe0\x7f\x10\x00")]  # up to (7FE0,0010)
+    values = [str(before.get(k)) for k in IDENTIFYING if before.get(k)]
+    values += [before.StudyInstanceUID, before.SeriesInstanceUID, before.SOPInstanceUID]
+    values += [before.FrameOfReferenceUID]
+    assert len(values) == 9
+    for value in values:
+        assert value.encode() not in header, f"{value!r} arrived"
 
 
 def check_deidentified(after: Dataset, before_path: Path, key: bytes) -> None:
@@ -165,6 +187,8 @@ async def test_a_research_destination_gets_de_identified_data_only(
         by_sop = {remapped_uid(key, read(p).SOPInstanceUID): p for p in ct}
         for sop, ds in first.items():
             check_deidentified(ds, by_sop[sop], key)
+        for sop, data in (await received_bytes(rx, new_study)).items():
+            assert_nothing_identifying(data, read(by_sop[sop]))
         # Nothing of the originals' UIDs arrived; references follow their instances.
         sent = list(first.values())
         assert {ds.StudyInstanceUID for ds in sent} == {new_study}
