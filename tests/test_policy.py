@@ -234,7 +234,7 @@ priorities = ["urgent"]
 name = "research"
 direction = "send"
 roles = ["research"]
-deidentify = { options = ["retain-longitudinal-temporal-modified"], key_file = "project.key" }
+deidentify = { options = ["retain-longitudinal-modified-dates"], key_file = "project.key" }
 
 [[rules]]
 direction = "receive"
@@ -263,7 +263,7 @@ def test_rules_and_roles_are_read_from_the_node_toml(tmp_path: Path) -> None:
         priorities=frozenset({"urgent"}),
     )
     assert research.deidentify == Deidentify(
-        options=("retain-longitudinal-temporal-modified",), key_file=tmp_path / "project.key"
+        options=("retain-longitudinal-modified-dates",), key_file=tmp_path / "project.key"
     )
     assert inbound.reconcile
     assert inbound.orgs == frozenset({"RX2"})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from dicomrelay.deid_files import parse_safe_private, read_project_key
 from dicomrelay.errors import ConfigurationError
 from dicomrelay.ledger import POSTGRES_SCHEMES
 from dicomrelay.pki import Identity, check_org_code
@@ -388,9 +389,21 @@ def _rule_from_toml(r: Table, number: int) -> Rule:
     deid = r.table("deidentify")
     deidentify = None
     if deid is not None:
-        deidentify = Deidentify(
-            options=deid.texts("options"), key_file=deid.path("key_file", exists=True)
-        )
+        try:
+            deidentify = Deidentify(
+                options=deid.texts("options"),
+                key_file=deid.path("key_file", exists=True),
+                allow_burned_in=deid.flag("allow_burned_in", False),
+                safe_private=deid.path("safe_private", None, exists=True),
+            )
+            # Read now: a key that cannot protect anything is a configuration
+            # error at start, not a refusal at the first send.
+            read_project_key(deidentify.key_file)
+            if deidentify.safe_private is not None:
+                text = deidentify.safe_private.read_text()
+                parse_safe_private(text, source=str(deidentify.safe_private))
+        except ConfigurationError as e:
+            raise deid.error(str(e)) from None
         deid.finish()
     rule = Rule(
         name=name,

@@ -305,16 +305,25 @@ def plan_deidentification(
                 edits.append(Replace(tag=row.tag, value=new, vr=first_vr(row.vr or ""),
                                      everywhere=False))  # fmt: skip
     if actions.uids:
-        edits.append(RemapUids(tags=actions.uids, key=key))
+        edits.append(_remap_uids(actions.uids, key))
     edits.extend(actions.declarations)
     return DeidentificationPlan(edits=tuple(edits), date_offset_days=offset)
+
+
+@lru_cache(maxsize=64)
+def _remap_uids(tags: frozenset[int], key: bytes) -> RemapUids:
+    # The same edit for every instance of a project: made (and its tags checked) once.
+    return RemapUids(tags=tags, key=key)
+
+
+_REMOVE_EVERY_PRIVATE = RemovePrivate()
 
 
 def _private_edit(
     header: InstanceHeader, options: Collection[Option], safe: Iterable[SafePrivate]
 ) -> RemovePrivate:
     if Option.RETAIN_SAFE_PRIVATE not in options:
-        return RemovePrivate()
+        return _REMOVE_EVERY_PRIVATE
     wanted: dict[tuple[int, str], set[int]] = {}
     for s in safe:
         wanted.setdefault((s.group, s.creator.strip()), set()).add(s.element)

@@ -155,3 +155,18 @@ class BadRequest(DicomrelayError, ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class StudyHeld(DicomrelayError):
+    """Every instance of a study was held in quarantine (its pixels may show
+    identity, and its destination gets de-identified data only): nothing was
+    queued. ``dicomrelay quarantine list`` shows them."""
+
+
+class NotHeld(DicomrelayError, LookupError):
+    """No held instance of that id, or it was released or deleted already."""
+
+
+class CannotRelease(DicomrelayError):
+    """A held instance that this command cannot release or delete: one held
+    on receipt, or whose bytes are kept somewhere it does not manage."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import random
 import socket
 import time
@@ -27,12 +28,14 @@ from dicomrelay.config import Limits, NodeConfig, Peer
 from dicomrelay.connection import Connection
 from dicomrelay.errors import ConfigurationError, DicomrelayError, TlsError
 from dicomrelay.instance_store import STORED, InstanceStore
-from dicomrelay.intake import queue_stored, queue_study
+from dicomrelay.intake import OUTBOX, queue, queue_stored
 from dicomrelay.ledger import Ledger, OutgoingInstance, OutgoingTransfer, TransferState
 from dicomrelay.receipt import Receipt
 from dicomrelay.scheduler import Candidate, after_failure, plan
 from dicomrelay.sender import Attempt, AttemptFailed, greet, open_file
 from dicomrelay.sources import Source
+from dicomrelay.spool import SPOOL_NAME, SPOOLED, parse_locator, spool_folders
+from dicomrelay.spool import remove as remove_spool
 from dicomrelay.transfer import Event, EventKind, Transfer
 from dicomrelay.wakeup import WakeSocket
 
@@ -138,10 +141,11 @@ class Outbox:
     ) -> Transfer:
         """Queue a study for ``to``, if the policy allows it (PolicyRefused if
         not); the returned Transfer yields its receipt."""
-        transfer = await queue_study(
+        queued = await queue(
             self.config, self.ledger, source, to=to, priority=priority, source_ae=source_ae
         )
-        handle = self._transfers[transfer.id] = Transfer(transfer.id)
+        transfer = queued.transfer
+        handle = self._transfers[transfer.id] = Transfer(transfer.id, held=queued.held)
         self._publish(handle, Event(kind=EventKind.QUEUED, transfer_id=transfer.id))
         return self.take(transfer.id)
 
@@ -171,7 +175,11 @@ class Outbox:
         return self.take(transfer.id)
 
     async def _open_source(self, instance: OutgoingInstance) -> tuple[int, int]:
-        """An instance's bytes: its file, or its record in this node's store."""
+        """An instance's bytes: its file, its place in its transfer's spool,
+        or its record in this node's store."""
+        if instance.path.startswith(SPOOLED):
+            path, offset = parse_locator(instance.path)
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC), offset
         if not instance.path.startswith(STORED):
             return await open_file(instance)
         if self.store is None:
@@ -305,8 +313,12 @@ class Outbox:
         await self.ledger.set_outgoing_state(transfer_id, TransferState.ACTIVE)
         self._publish(handle, Event(kind=EventKind.STARTED, transfer_id=transfer_id))
         self._delivered[transfer_id] = 0
+        pending = await self.ledger.pending_instances(transfer_id)
+        spools = spool_folders([i.path for i in pending])
+        spools.add(self.config.data_dir / OUTBOX / transfer_id)
         try:
-            receipt = await self._deliver(transfer, self.config.peer(transfer.destination))
+            peer = self.config.peer(transfer.destination)
+            receipt = await self._deliver(transfer, peer, pending)
         except (AttemptFailed, DicomrelayError, OSError, TimeoutError) as e:
             await self._failed(transfer, handle, e, progressed=self._delivered[transfer_id] > 0)
             return
@@ -315,6 +327,10 @@ class Outbox:
         await self.ledger.set_outgoing_state(
             transfer_id, TransferState.DONE, receipt=receipt.to_json()
         )
+        # What was made for this transfer alone (a de-identified copy) goes.
+        for folder in spools:
+            if (folder / SPOOL_NAME).exists():
+                await anyio.to_thread.run_sync(remove_spool, folder)
         await self.ledger.audit(
             self.config.org,
             "sent",
@@ -325,9 +341,10 @@ class Outbox:
         self._publish(handle, Event(kind=EventKind.COMMITTED, transfer_id=transfer_id))
         handle.finish(receipt)
 
-    async def _deliver(self, transfer: OutgoingTransfer, peer: Peer) -> Receipt:
+    async def _deliver(
+        self, transfer: OutgoingTransfer, peer: Peer, instances: list[OutgoingInstance]
+    ) -> Receipt:
         limits = self.config.limits
-        instances = await self.ledger.pending_instances(transfer.id)
         with anyio.fail_after(limits.connect_timeout):
             conn = await Connection.connect(
                 peer.host, peer.port, self._client_tls, pki.server_name(peer.code)

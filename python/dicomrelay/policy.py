@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from dicomrelay.confidentiality_profile import Option
+from dicomrelay.deidentify import check_options
 from dicomrelay.errors import ConfigurationError, DicomrelayError
 
 ROLES = ("trust", "private-provider", "teleradiology", "network", "research", "other")
@@ -38,10 +40,28 @@ class PolicyRefused(DicomrelayError, PermissionError):
 class Deidentify:
     """PS3.15 Annex E de-identification: the profile's options by name, and
     the file holding the project key that makes replacement UIDs and date
-    offsets the same on every run."""
+    offsets the same on every run. ``allow_burned_in``: send instances whose
+    pixels may show identity (else they are held in quarantine);
+    ``safe_private``: the list of private attributes that
+    ``retain-safe-private`` keeps."""
 
     options: tuple[str, ...] = ()
     key_file: Path
+    allow_burned_in: bool = False
+    safe_private: Path | None = None
+
+    def __post_init__(self) -> None:
+        names = [o.value for o in Option]
+        if unknown := [o for o in self.options if o not in names]:
+            raise ConfigurationError(
+                f"unknown de-identification option {unknown[0]!r} (options: {', '.join(names)})"
+            )
+        check_options([Option(o) for o in self.options])
+        safe = Option.RETAIN_SAFE_PRIVATE.value in self.options
+        if safe and self.safe_private is None:
+            raise ConfigurationError("retain-safe-private needs safe_private (a file)")
+        if not safe and self.safe_private is not None:
+            raise ConfigurationError("safe_private is used only with retain-safe-private")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,6 +44,7 @@ __all__ = [
     "Replace",
     "Rewritten",
     "Set",
+    "copy_range",
     "rewrite",
     "rewrite_file",
 ]
@@ -278,7 +279,7 @@ def rewrite_file(
         if length:
             source = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                _copy_range(source, out, offset, length, src)
+                copy_range(source, out, offset, length, src)
             finally:
                 os.close(source)
         _write_all(out, trailer)
@@ -303,7 +304,7 @@ def _write_all(fd: int, data: bytes) -> None:
 _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 
 
-def _copy_range(source: int, out: int, offset: int, length: int, name: Path) -> None:
+def copy_range(source: int, out: int, offset: int, length: int, name: Path) -> None:
     """Copy ``length`` bytes of ``source`` from ``offset`` to ``out``'s position,
     in the kernel: copy_file_range (reflinks where the filesystem can), else sendfile."""
     end = offset + length

@@ -12,6 +12,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from dicomrelay.errors import DicomrelayError
+from dicomrelay.ledger.quarantine import HeldInstance
 from dicomrelay.receipt import Receipt
 
 
@@ -50,8 +51,11 @@ class Event:
 class Transfer:
     """Returned by ``Node.send``. ``await wait()`` gives the signed receipt."""
 
-    def __init__(self, transfer_id: str) -> None:
+    def __init__(self, transfer_id: str, *, held: tuple[HeldInstance, ...] = ()) -> None:
+        """``held``: the instances of its study held in quarantine instead of
+        sent (their pixels may show identity; see ``dicomrelay.quarantine``)."""
         self.id = transfer_id
+        self.held = held
         self._done = anyio.Event()
         self._receipt: Receipt | None = None
         self._error: str | None = None

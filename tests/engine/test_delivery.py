@@ -281,7 +281,7 @@ async def test_instance_larger_than_the_window(orgs: Pki, tmp_path: Path) -> Non
 async def test_status_counts(orgs: Pki, tmp_path: Path) -> None:
     sizes = (2, 3, 4)
     studies = [make_study(tmp_path / f"s{n}", k, seed=10 + n) for n, k in enumerate(sizes)]
-    zero = {"queued": 0, "active": 0, "done": 0, "dead": 0}
+    zero = {"queued": 0, "active": 0, "done": 0, "dead": 0, "held": 0}
     with anyio.fail_after(TIMEOUT):
         async with linked_nodes(orgs, tmp_path) as (tx, rx):
             before = await tx.status()

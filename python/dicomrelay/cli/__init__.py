@@ -28,6 +28,7 @@ from dicomrelay.cli import (
     node_commands,
     operator_errors,
     pki_commands,
+    quarantine_command,
     scan_command,
     token_command,
 )
@@ -35,6 +36,7 @@ from dicomrelay.cli import (
 SUBCOMMANDS = (
     loadtest_command,
     node_commands,
+    quarantine_command,
     audit_command,
     pki_commands,
     dicom_commands,

@@ -33,7 +33,7 @@ from dicomrelay.errors import DicomrelayError, first_failure
 
 if TYPE_CHECKING:  # imported where used: a command loads only what it runs
     from dicomrelay.config import NodeConfig
-    from dicomrelay.ledger import Ledger, OutgoingTransfer
+    from dicomrelay.ledger import HeldInstance, Ledger, OutgoingTransfer
     from dicomrelay.receipt import Receipt
     from dicomrelay.transfer import Event
 
@@ -102,7 +102,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_send(args: argparse.Namespace) -> int:
     from dicomrelay.config import NodeConfig
-    from dicomrelay.intake import queue_study
+    from dicomrelay.intake import queue
     from dicomrelay.ledger import open_ledger
 
     config = NodeConfig.from_toml(args.config)
@@ -113,13 +113,22 @@ def run_send(args: argparse.Namespace) -> int:
             config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
         )
         try:
-            transfer = await queue_study(
-                config, ledger, args.path, to=args.to, priority=args.priority
-            )
+            queued = await queue(config, ledger, args.path, to=args.to, priority=args.priority)
+            transfer = queued.transfer
             # The serving node is told before "queued" is said: a send killed
             # once it has said so leaves a transfer that node already knows of.
             served = wakeup.poke(config.data_dir)
             progress = Progress(transfer.id, transfer.total)
+            if queued.deidentified_from is not None:
+                progress.say(
+                    f"de-identified: study {queued.deidentified_from}"
+                    f" goes as {transfer.study_instance_uid}"
+                )
+            for h in queued.held:
+                progress.say(
+                    f"held in quarantine as {h.id}: instance {h.sop_uid}: {h.reason}"
+                    " (`dicomrelay quarantine release|delete ID`)"
+                )
             progress.say(
                 f"queued: {transfer.total} instances of {transfer.study_instance_uid}"
                 f" for {transfer.destination}"
@@ -319,13 +328,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from dicomrelay.cli import quarantine_command
     from dicomrelay.config import NodeConfig
     from dicomrelay.ledger import TransferState, open_ledger
 
     config = NodeConfig.from_toml(args.config)
     require_ledger(config, args.config)
 
-    async def status() -> tuple[dict[str, int], Rows, Rows]:
+    async def status() -> tuple[dict[str, int], Rows, Rows, list[HeldInstance]]:
         ledger = await open_ledger(
             config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
         )
@@ -333,6 +343,7 @@ def run_status(args: argparse.Namespace) -> int:
             counts = await ledger.counts()
             transfers = await ledger.all_outgoing(limit=50)
             dead = await ledger.all_outgoing(limit=10_000, state=TransferState.DEAD)
+            held = await ledger.held_instances(limit=10_000)
         finally:
             await ledger.close()
         rows: list[dict[str, object]] = [
@@ -360,11 +371,16 @@ def run_status(args: argparse.Namespace) -> int:
             }
             for t in dead
         ]
-        return counts, rows, dead_letters
+        return counts, rows, dead_letters, held
 
-    counts, rows, dead_letters = anyio.run(status)
+    counts, rows, dead_letters, held = anyio.run(status)
     if args.json:
-        report = {"counts": counts, "transfers": rows, "dead_letters": dead_letters}
+        report = {
+            "counts": counts,
+            "transfers": rows,
+            "dead_letters": dead_letters,
+            "held": [quarantine_command.as_dict(h) for h in held],
+        }
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
     sys.stdout.write("  ".join(f"{k}: {v}" for k, v in counts.items()) + "\n")
@@ -379,4 +395,8 @@ def run_status(args: argparse.Namespace) -> int:
         sys.stdout.write("dead letters (`dicomrelay retry TRANSFER_ID` queues one again):\n")
     for d in dead_letters:
         sys.stdout.write(f"{d['id']}  {d['to']:<8} {d['study']}  {d['reason']}\n")
+    if held:
+        sys.stdout.write("held in quarantine (`dicomrelay quarantine show|release|delete ID`):\n")
+    for h in held:
+        sys.stdout.write(quarantine_command.line(h) + "\n")
     return 0

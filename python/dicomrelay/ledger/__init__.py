@@ -24,12 +24,15 @@ from dicomrelay.ledger.base import (
     OutgoingTransfer,
     TransferState,
 )
+from dicomrelay.ledger.quarantine import HeldInstance, HoldState
 from dicomrelay.ledger.sqlite import SqliteLedger, memory_ledger
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 __all__ = [
     "POSTGRES_SCHEMES",
+    "HeldInstance",
+    "HoldState",
     "IncomingInstance",
     "IncomingTransfer",
     "Ledger",

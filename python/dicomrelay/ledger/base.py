@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from dicomrelay.audit import AuditQuery, AuditRecord, Outcome
 from dicomrelay.ledger.archive import ApiToken, StoredAttributes
+from dicomrelay.ledger.quarantine import HeldInstance, HoldState
 from dicomrelay.ledger.search import Search
 
 # Where a segment store keeps a record: (segment, offset of its header, data length).
@@ -82,8 +83,19 @@ class Ledger(Protocol):
 
     # Sending side.
     async def add_outgoing(
-        self, transfer: OutgoingTransfer, instances: Sequence[OutgoingInstance]
-    ) -> None: ...
+        self,
+        transfer: OutgoingTransfer,
+        instances: Sequence[OutgoingInstance],
+        *,
+        held: Sequence[HeldInstance] = (),
+        releases: str | None = None,
+    ) -> None:
+        """Queue ``transfer``; in the same transaction record ``held`` (the
+        instances of its study held back) and, with ``releases``, mark that
+        held instance released to it (NotHeld, nothing queued, if it is not
+        held any more)."""
+        ...
+
     async def outgoing(self, transfer_id: str) -> OutgoingTransfer | None: ...
     async def unfinished_outgoing(self) -> list[OutgoingTransfer]: ...
     async def all_outgoing(
@@ -316,5 +328,16 @@ class Ledger(Protocol):
     async def audit_trail(self, query: AuditQuery) -> list[AuditRecord]:
         """The audit rows ``query`` matches, oldest first."""
         ...
+
+    # The quarantine: instances held back, on either side.
+    async def hold(self, held: Sequence[HeldInstance]) -> None: ...
+    async def held_instance(self, hold_id: str) -> HeldInstance | None: ...
+    async def held_instances(
+        self, state: HoldState | None = HoldState.HELD, *, limit: int = 1000
+    ) -> list[HeldInstance]: ...
+    async def resolve_hold(
+        self, hold_id: str, state: HoldState, resolution: str | None
+    ) -> None: ...
+    async def held_counts(self) -> dict[str, int]: ...
 
     async def counts(self) -> dict[str, int]: ...

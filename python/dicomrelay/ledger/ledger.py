@@ -23,6 +23,14 @@ from dicomrelay.ledger.base import (
     TransferState,
 )
 from dicomrelay.ledger.dialect import Dialect
+from dicomrelay.ledger.quarantine import (
+    HeldInstance,
+    HoldState,
+    QuarantineLedger,
+    QuarantineStatements,
+    hold_rows,
+    resolve,
+)
 from dicomrelay.ledger.search import Search, search_sql
 from dicomrelay.ledger.statements import (
     Statements,
@@ -56,12 +64,13 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
-class SqlLedger:
+class SqlLedger(QuarantineLedger):
     """The ``Ledger`` over any driver."""
 
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
         self._sql = Statements(driver.dialect)
+        self._quarantine = QuarantineStatements(driver.dialect)
         self._array = driver.dialect.array
 
     async def close(self) -> None:
@@ -77,15 +86,25 @@ class SqlLedger:
 
     # Sending side.
     async def add_outgoing(
-        self, transfer: OutgoingTransfer, instances: Sequence[OutgoingInstance]
+        self,
+        transfer: OutgoingTransfer,
+        instances: Sequence[OutgoingInstance],
+        *,
+        held: Sequence[HeldInstance] = (),
+        releases: str | None = None,
     ) -> None:
-        q = self._sql
+        q, quarantine = self._sql, self._quarantine
         row = outgoing_insert_row(transfer, time.time())
         rows = [outgoing_instance_insert_row(transfer.id, i) for i in instances]
+        held_rows = hold_rows(held)
 
         def work() -> Work[None]:
+            if releases is not None:
+                yield from resolve(quarantine, releases, HoldState.RELEASED, transfer.id)
             yield Query(q.insert_outgoing, row)
             yield Query(q.insert_outgoing_instance, rows, many=True)
+            if held_rows:
+                yield Query(quarantine.insert, held_rows, many=True)
 
         await self._driver.run(work)
 
@@ -504,6 +523,7 @@ class SqlLedger:
             out["stored_instances"] = (yield Query(q.stored_instances)).scalar()
             for state, n in (yield Query(q.deliveries_by_state)).rows:
                 out[f"deliveries_{state}"] = n
+            out["held"] = sum(n for _, n in (yield Query(self._quarantine.held_by_kind)).rows)
             return out
 
         return await self._driver.run(work)

@@ -237,6 +237,34 @@ MIGRATIONS = (
             "CREATE UNIQUE INDEX api_tokens_hash ON api_tokens (token_hash)",
         ),
     ),
+    Migration(
+        6,
+        "the quarantine: instances held back instead of sent or stored, and why",
+        (
+            # One row per held instance, on either side (``direction``); the
+            # row stays once released or deleted, as the record of what was done.
+            """CREATE TABLE quarantine (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                org TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                sop_uid TEXT NOT NULL,
+                patient_id TEXT,
+                digest TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                location TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                context TEXT NOT NULL,
+                held {real} NOT NULL,
+                state TEXT NOT NULL,
+                resolved {real},
+                resolution TEXT
+            ){without_rowid}""",
+            "CREATE INDEX quarantine_state ON quarantine (state, held)",
+            "CREATE INDEX quarantine_study ON quarantine (study_uid)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -53,17 +53,20 @@ AUDIT_COLUMNS = (
     " coalesce(a.study_uid, (SELECT o.study_uid FROM outgoing o WHERE o.id = a.transfer_id),"
     " (SELECT min(i.study_uid) FROM incoming i WHERE i.transfer_id = a.transfer_id))"
 )
-# A study's rows: those naming it, and those of the transfers that carried it.
+# A study's rows: those naming it, and those of the transfers that carried it
+# (a de-identified copy too: its transfer is named by the row that made it).
 AUDIT_OF_STUDY = (
     "(a.study_uid = ? OR a.transfer_id IN (SELECT id FROM outgoing WHERE study_uid = ?)"
-    " OR a.transfer_id IN (SELECT transfer_id FROM incoming WHERE study_uid = ?))"
+    " OR a.transfer_id IN (SELECT transfer_id FROM incoming WHERE study_uid = ?)"
+    " OR a.transfer_id IN (SELECT s.transfer_id FROM audit s WHERE s.study_uid = ?))"
 )
 # A patient's rows: those naming the patient, and the rows of every study a row
 # names with the patient (and of the transfers that carried those studies).
 AUDIT_OF_PATIENT = (
     "(a.patient_id = ? OR a.study_uid IN ({studies})"
     " OR a.transfer_id IN (SELECT id FROM outgoing WHERE study_uid IN ({studies}))"
-    " OR a.transfer_id IN (SELECT transfer_id FROM incoming WHERE study_uid IN ({studies})))"
+    " OR a.transfer_id IN (SELECT transfer_id FROM incoming WHERE study_uid IN ({studies}))"
+    " OR a.transfer_id IN (SELECT s.transfer_id FROM audit s WHERE s.study_uid IN ({studies})))"
 ).replace("{studies}", "SELECT p.study_uid FROM audit p WHERE p.patient_id = ?")
 
 
@@ -81,10 +84,10 @@ def audit_query(
     params: list[Any] = []
     if patient_id is not None:
         where.append(AUDIT_OF_PATIENT)
-        params += [patient_id] * 4
+        params += [patient_id] * 5
     if study_uid is not None:
         where.append(AUDIT_OF_STUDY)
-        params += [study_uid] * 3
+        params += [study_uid] * 4
     if org is not None:
         where.append("a.org = ?")
         params.append(org)
