@@ -29,6 +29,7 @@ from dicomrelay.cli import (
     operator_errors,
     pki_commands,
     scan_command,
+    share_command,
     token_command,
 )
 
@@ -42,6 +43,7 @@ SUBCOMMANDS = (
     deidentify_command,
     morph_command,
     token_command,
+    share_command,
 )
 
 
