@@ -274,7 +274,7 @@ def dicomdir(placed: Sequence[Placed], *, file_set_id: str = "") -> bytes:
         return 0 if r is None else offsets[id(r)]
 
     siblings: dict[int, _Record | None] = {}
-    for group in [roots, *(r.children for r in order)]:
+    for group in [roots, *(r.children for r in order if r.children)]:
         for a, b in zip(group, [*group[1:], None], strict=True):
             siblings[id(a)] = b
     items = b"".join(
