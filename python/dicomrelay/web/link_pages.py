@@ -31,6 +31,8 @@ box-shadow:0 1px 3px rgba(0,0,0,.08)}
 ul.series img{display:block;width:100%;aspect-ratio:1/1;object-fit:contain;background:#000;
 color:#ccc}
 ul.series div{padding:8px 12px}
+p.noimage{margin:0;aspect-ratio:1/1;display:flex;align-items:center;justify-content:center;
+background:#e9edf3;color:#5b6575;padding:12px;text-align:center}
 ul.series strong{display:block}
 ul.series span{color:#5b6575;font-size:.9rem}
 section.notice{background:#fff;border-radius:12px;padding:24px;max-width:560px;
@@ -53,7 +55,7 @@ class SeriesCard:
     description: str
     modality: str
     images: int
-    preview_url: str
+    preview_url: str | None  # None: nothing in it to picture (a report, a document)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -122,9 +124,8 @@ def study_page(s: StudySummary) -> str:
     rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
     cards = "".join(
         "<li>"
-        f'<img src="{escape(c.preview_url)}" alt="No preview of series {escape(c.number)}"'
-        ' loading="lazy" width="256" height="256">'
-        f"<div><strong>{escape(c.description or 'Series ' + c.number)}</strong>"
+        + _preview(c)
+        + f"<div><strong>{escape(c.description or 'Series ' + c.number)}</strong>"
         f"<span>Series {escape(c.number)} · {escape(c.modality or '?')} · {c.images} "
         f"image{'s' if c.images != 1 else ''}</span></div></li>"
         for c in s.series
@@ -139,6 +140,15 @@ def study_page(s: StudySummary) -> str:
         f'<ul class="series">{cards}</ul>'
     )
     return _page(s.description or "Imaging study", body)
+
+
+def _preview(c: SeriesCard) -> str:
+    if c.preview_url is None:
+        return '<p class="noimage">No picture: a report or document</p>'
+    return (
+        f'<img src="{escape(c.preview_url)}" alt="No preview of series {escape(c.number)}"'
+        ' width="256" height="256">'
+    )
 
 
 def pin_page(action: str, *, error: str | None = None) -> str:

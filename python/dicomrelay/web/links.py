@@ -240,7 +240,11 @@ class PatientLinks:
         series = request.path_params["series"]
         try:
             link = await self._opened(request, f"preview of series {series}")
-            members = [a for a in await self._instances(link) if a.series_uid == series]
+            members = [
+                a
+                for a in await self._instances(link)
+                if a.series_uid == series and a.pixel_offset is not None
+            ]
             if not members:
                 raise _Refused("unknown")
             chosen = _representative(members)
@@ -332,7 +336,9 @@ def _summary(
             description=str(header.get("SeriesDescription", "") or ""),
             modality=members[0].modality or "",
             images=len(members),
-            preview_url=f"{base}/preview/{urllib.parse.quote(uid)}",
+            preview_url=f"{base}/preview/{urllib.parse.quote(uid)}"
+            if any(a.pixel_offset is not None for a in members)
+            else None,
         )
         cards.append((int(number) if number.lstrip("-").isdigit() else 1 << 31, card))
     cards.sort(key=lambda c: (c[0], c[1].uid))
