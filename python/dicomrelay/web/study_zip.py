@@ -10,7 +10,7 @@ shows a download's progress."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from zipstream import ZIP_STORED, ZipStream
 
@@ -56,8 +56,17 @@ def study_zip(located: Located, instances: Sequence[StoredAttributes]) -> ZipStr
     every instance's header first (for the DICOMDIR), on a worker thread."""
     placed = dicomdir.lay_out(media_instances(located, instances))
     sizes = {a.digest: a.size for a in instances}
+    return stored_zip(
+        dicomdir.dicomdir(placed),
+        [(p.path, sizes[p.key], _chunks(located, p.key)) for p in placed],
+    )
+
+
+def stored_zip(directory: bytes, files: Sequence[tuple[str, int, Iterable[bytes]]]) -> ZipStream:
+    """A ZIP of the DICOMDIR and of ``(path, size, chunks)`` files, stored,
+    each file's chunks taken only when the archive reaches it."""
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
-    archive.add(dicomdir.dicomdir(placed), DICOMDIR_NAME)
-    for p in placed:
-        archive.add(_chunks(located, p.key), p.path, size=sizes[p.key])
+    archive.add(directory, DICOMDIR_NAME)
+    for path, size, chunks in files:
+        archive.add(chunks, path, size=size)
     return archive
