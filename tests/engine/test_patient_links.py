@@ -21,6 +21,7 @@ from pydicom.fileset import FileSet
 
 from dicomrelay.audit import Outcome
 from dicomrelay.sharing import PIN_ATTEMPTS
+from peers import dicomrelay_command, run
 
 from .helpers import Pki
 from .link_helpers import (
@@ -28,6 +29,7 @@ from .link_helpers import (
     SERIES,
     STUDY_DESCRIPTION,
     link_audit,
+    link_config,
     share,
     shared_study,
 )
@@ -236,3 +238,25 @@ def test_revoked_expired_and_unknown_links_serve_nothing(tmp_path: Path, orgs: P
     assert sum("link expired" in r[5] and r[0] == expired_id for r in rows) == 3
     assert sum(r[0] == "unknown-link" for r in rows) == 3
     assert all(r[3] == "127.0.0.1" for r in rows)
+
+
+def test_share_says_what_is_wrong_in_one_line(tmp_path: Path, orgs: Pki) -> None:
+    config = link_config(tmp_path, orgs)
+    unknown = run(dicomrelay_command("share", "1.2.3.4", "--config", str(config)))
+    assert unknown.returncode == 1
+    assert unknown.stderr == "dicomrelay share: no study 1.2.3.4 in this node's store\n"
+    for args, words in (
+        (("revoke", "sl-00000000"), "no active link known by that id, token or URL"),
+        (("revoke",), "share revoke needs the link's id, token or URL"),
+        (("1.2.3.4", "--expires", "soon"), "a duration is a number and d, h or m"),
+    ):
+        done = run(dicomrelay_command("share", *args, "--config", str(config)))
+        assert done.returncode == 2, args
+        assert done.stderr.startswith("dicomrelay share: "), done.stderr
+        assert words in done.stderr
+        assert len(done.stderr.splitlines()) == 1
+    no_web = tmp_path / "no-web.toml"
+    no_web.write_text(config.read_text().split("[web]")[0])
+    done = run(dicomrelay_command("share", "1.2.3.4", "--config", str(no_web)))
+    assert done.returncode == 1
+    assert "patient links need a [web] table" in done.stderr
