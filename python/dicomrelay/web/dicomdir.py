@@ -158,12 +158,20 @@ def lay_out(instances: Sequence[tuple[str, MediaInstance]]) -> list[Placed]:
 
 def _copy(record: Dataset, header: Dataset, keywords: Sequence[str]) -> None:
     for keyword in keywords:
-        if keyword in header:
-            record[keyword] = header[keyword]
+        try:
+            if keyword in header:
+                record[keyword] = header[keyword]
+        except (ValueError, TypeError, OverflowError):
+            continue  # a value its VR cannot hold (IS "abc"): left out, or invented
 
 
 def _invent(record: Dataset, keyword: str, value: object) -> None:
     if keyword not in record or record[keyword].value in (None, "", b""):
+        setattr(record, keyword, value)
+
+
+def _invent_number(record: Dataset, keyword: str, value: int) -> None:
+    if _number(record, keyword) is None:
         setattr(record, keyword, value)
 
 
@@ -205,12 +213,12 @@ def _tree(placed: Sequence[Placed]) -> list[_Record]:
             _copy(body, h, SERIES_KEYS)
             body.SeriesInstanceUID = m.series_uid
             _invent(body, "Modality", "OT")
-            _invent(body, "SeriesNumber", len(series) + 1)
+            _invent_number(body, "SeriesNumber", len(series) + 1)
             series[key] = _Record("SERIES", body)
             studies[m.study_uid].children.append(series[key])
         body = Dataset()
         _copy(body, h, LEAF_KEYS)
-        _invent(body, "InstanceNumber", n)
+        _invent_number(body, "InstanceNumber", n)
         leaf = _Record(record_type(m.sop_class_uid), body, placed=p)
         series[key].children.append(leaf)
     return list(patients.values())
@@ -223,21 +231,50 @@ def _encode(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def _item(record: _Record, next_offset: int, lower_offset: int) -> bytes:
-    ds = Dataset()
-    ds.add_new(NEXT, "UL", next_offset)
-    ds.add_new(IN_USE, "US", 0xFFFF)
-    ds.add_new(LOWER, "UL", lower_offset)
-    ds.add_new(RECORD_TYPE, "CS", record.kind)
+# Where an item's two offsets lie (explicit VR little endian): after the item's
+# tag and length, (0004,1400) UL is the first element, then (0004,1410) US,
+# then (0004,1420) UL; each value after its 8-byte element header.
+NEXT_AT, LOWER_AT = 8 + 8, 8 + 12 + 10 + 8
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of a VR with a 2-byte length."""
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _text(value: str, pad: bytes = b" ") -> bytes:
+    data = value.encode("ascii", "replace")  # UIDs and codes: ASCII by the standard
+    return data + pad if len(data) % 2 else data
+
+
+def _item(record: _Record) -> bytearray:
+    """A record's item, its offsets zero (``_link`` writes them in place).
+    The directory's own elements are written here (a thousand records
+    through pydicom's writer would cost a second); the keys copied from the
+    header, in their character set, by pydicom."""
+    parts = [
+        _element(NEXT, b"UL", b"\0\0\0\0"),
+        _element(IN_USE, b"US", struct.pack("<H", 0xFFFF)),
+        _element(LOWER, b"UL", b"\0\0\0\0"),
+        _element(RECORD_TYPE, b"CS", _text(record.kind)),
+    ]
     if record.placed is not None:
         m = record.placed.instance
-        ds.add_new(FILE_ID, "CS", list(record.placed.file_id))
-        ds.add_new(SOP_CLASS, "UI", m.sop_class_uid)
-        ds.add_new(SOP_INSTANCE, "UI", m.sop_uid)
-        ds.add_new(SYNTAX, "UI", m.transfer_syntax)
-    ds.update(record.body)
-    body = _encode(ds)
-    return ITEM + struct.pack("<I", len(body)) + body
+        parts += [
+            _element(FILE_ID, b"CS", _text("\\".join(record.placed.file_id))),
+            _element(SOP_CLASS, b"UI", _text(m.sop_class_uid, b"\0")),
+            _element(SOP_INSTANCE, b"UI", _text(m.sop_uid, b"\0")),
+            _element(SYNTAX, b"UI", _text(m.transfer_syntax, b"\0")),
+        ]
+    parts.append(_encode(record.body))
+    body = b"".join(parts)
+    return bytearray(ITEM + struct.pack("<I", len(body)) + body)
+
+
+def _link(item: bytearray, next_offset: int, lower_offset: int) -> bytearray:
+    struct.pack_into("<I", item, NEXT_AT, next_offset)
+    struct.pack_into("<I", item, LOWER_AT, lower_offset)
+    return item
 
 
 def _flatten(roots: list[_Record]) -> list[_Record]:
@@ -259,9 +296,10 @@ def dicomdir(placed: Sequence[Placed], *, file_set_id: str = "") -> bytes:
     # The same study makes the same DICOMDIR, byte for byte.
     studies = "\\".join(sorted({p.instance.study_uid for p in placed}))
     uid = f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, studies).int}"
-    # Item lengths do not depend on the offsets (UL is 4 bytes): size them with
-    # zeros, place them, then write them with the offsets.
-    sizes = [len(_item(r, 0, 0)) for r in order]
+    # Item lengths do not depend on the offsets (UL is 4 bytes): encode them
+    # with zeros, place them, then write the offsets in.
+    items = [_item(r) for r in order]
+    sizes = [len(i) for i in items]
     head = _head(0, 0, file_set_id, uid)
     start = len(head) + len(SEQUENCE_TAG) + 4
     offsets: dict[int, int] = {}
@@ -277,13 +315,13 @@ def dicomdir(placed: Sequence[Placed], *, file_set_id: str = "") -> bytes:
     for group in [roots, *(r.children for r in order if r.children)]:
         for a, b in zip(group, [*group[1:], None], strict=True):
             siblings[id(a)] = b
-    items = b"".join(
-        _item(r, offset(siblings[id(r)]), offset(r.children[0] if r.children else None))
-        for r in order
+    body = b"".join(
+        _link(item, offset(siblings[id(r)]), offset(r.children[0] if r.children else None))
+        for r, item in zip(order, items, strict=True)
     )
     first, last = (offset(roots[0]), offset(roots[-1])) if roots else (0, 0)
     head = _head(first, last, file_set_id, uid)
-    return head + SEQUENCE_TAG + struct.pack("<I", len(items)) + items
+    return head + SEQUENCE_TAG + struct.pack("<I", len(body)) + body
 
 
 def _head(first: int, last: int, file_set_id: str, uid: str) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio.to_thread
 from PIL import Image
+from pydicom import Dataset
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -284,7 +285,8 @@ class PatientLinks:
             request,
             study=link.study_uid,
         )
-        name = f"study-{(found[0].study_date or 'images').strip()}.zip"
+        date = "".join(c for c in found[0].study_date or "" if c.isdigit())[:8]
+        name = f"study-{date or 'images'}.zip"
         headers = HEADERS | {
             "Content-Length": str(size),
             "Content-Disposition": f'attachment; filename="{name}"',
@@ -296,6 +298,14 @@ def _relative(request: Request) -> str:
     """The link's page relative to itself (its token): the pages' links hold
     whatever a proxy in front of the node put before ``/s/``."""
     return str(request.path_params["token"])
+
+
+def _text(header: Dataset, keyword: str) -> str:
+    """A header's value as text; empty if absent or not what its VR holds."""
+    try:
+        return str(header.get(keyword, "") or "").strip()
+    except (ValueError, TypeError, OverflowError):
+        return ""
 
 
 def _representative(members: Sequence[StoredAttributes]) -> StoredAttributes:
@@ -326,14 +336,14 @@ def _summary(
         header = dicom_json.header_dataset(retrieve.header_of(located, members[0]))
         if not study:
             study = {
-                "date": header.get("StudyDate") or members[0].study_date,
-                "description": str(header.get("StudyDescription", "") or ""),
+                "date": _text(header, "StudyDate") or members[0].study_date,
+                "description": _text(header, "StudyDescription"),
             }
-        number = str(header.get("SeriesNumber", "") or "")
+        number = _text(header, "SeriesNumber")
         card = link_pages.SeriesCard(
             uid=uid,
             number=number or "?",
-            description=str(header.get("SeriesDescription", "") or ""),
+            description=_text(header, "SeriesDescription"),
             modality=members[0].modality or "",
             images=len(members),
             preview_url=f"{base}/preview/{urllib.parse.quote(uid)}"
