@@ -101,7 +101,7 @@ def test_the_dicomdir_reads_back_as_a_file_set(tmp_path: Path) -> None:
     fs = FileSet(ds)
     assert len(fs) == 5
     # Each instance's record holds its file ID and UIDs; the tree is right.
-    by_uid = {i.SOPInstanceUID: i for i in fs}
+    by_uid = {str(i.SOPInstanceUID): i for i in fs}
     for p in placed:
         found = by_uid[p.instance.sop_uid]
         assert list(found.ReferencedFileID) == list(p.file_id)
