@@ -75,6 +75,10 @@ def test_the_page_previews_and_the_zip_of_a_study(tmp_path: Path, orgs: Pki) -> 
         for series in (report, "1.2.3.4"):  # nothing to picture; not in the study
             assert requests.get(f"{url}/preview/{series}").status_code == 404
 
+        # Its size asked (HEAD): nothing sent, and not audited as a download.
+        head = requests.head(f"{url}/study.zip")
+        assert head.status_code == 200
+        assert head.content == b""
         # The whole study, as on a CD, streamed with its length known.
         answer = requests.get(f"{url}/study.zip", stream=True)
         assert answer.status_code == 200
@@ -95,7 +99,9 @@ def test_the_page_previews_and_the_zip_of_a_study(tmp_path: Path, orgs: Pki) -> 
     assert all(r[0] == link_id and r[2] == shared.study for r in views)
     assert all(r[3] == "127.0.0.1" and r[4] == Outcome.SUCCESS for r in views)
     assert sum("page of study" in r[5] for r in views) == 1
+    assert sum("(its size only: HEAD)" in r[5] for r in views) == 1
     assert sum("preview of series" in r[5] for r in views) == 3
+    assert len(views) == 5
     [download] = [r for r in rows if r[1] == "share-downloaded"]
     assert download[0] == link_id
     assert f"{IMAGES} instances" in download[5]

@@ -278,10 +278,12 @@ class PatientLinks:
         except InstanceNotStored:
             return _refusal(await self._gone(request, link, "download"))
         size = len(archive)
+        head = request.method == "HEAD"  # its size asked, nothing sent
         await self._audit(
             link.id,
-            "share-downloaded",
-            f"link {link.id}: study {link.study_uid} as ZIP: {len(found)} instances, {size} bytes",
+            "share-viewed" if head else "share-downloaded",
+            f"link {link.id}: study {link.study_uid} as ZIP: {len(found)} instances,"
+            f" {size} bytes{' (its size only: HEAD)' if head else ''}",
             request,
             study=link.study_uid,
         )
