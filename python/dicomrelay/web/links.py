@@ -122,8 +122,8 @@ class PatientLinks:
     def _pin_given(self, request: Request, link: ShareLink) -> bool:
         if link.pin_hash is None:
             return True
-        held = request.cookies.get(PIN_COOKIE, "")
-        return hmac.compare_digest(held, sharing.pin_cookie(link))
+        held = request.cookies.get(PIN_COOKIE, "").encode("utf-8", "replace")
+        return hmac.compare_digest(held, sharing.pin_cookie(link).encode())
 
     async def _opened(self, request: Request, what: str) -> ShareLink:
         """An open link whose PIN, if it has one, this browser gave."""
