@@ -14,7 +14,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.fileset import FileSet
 from pydicom.tag import Tag
 
-from dicomrelay.web.dicomdir import MediaInstance, dicomdir, lay_out, record_type
+from dicomrelay.web.dicomdir import MediaInstance, dicomdir, kept, lay_out, record_type
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SR = "1.2.840.10008.5.1.4.1.1.88.22"
@@ -138,3 +138,26 @@ def test_the_same_study_makes_the_same_dicomdir() -> None:
     one = dicomdir(lay_out([media("1.1", "2.1", InstanceNumber=1)]))
     assert one == dicomdir(lay_out([media("1.1", "2.1", InstanceNumber=1)]))
     assert one != dicomdir(lay_out([media("1.1", "2.1", study="1.2.4", InstanceNumber=1)]))
+
+
+def test_only_what_the_records_need_is_kept_of_a_header() -> None:
+    from io import BytesIO
+
+    source = Dataset()
+    source.SpecificCharacterSet = "ISO_IR 100"
+    source.PatientName = "Müller^Jürgen"
+    source.PatientID = "P1"
+    source.InstitutionName = "Somewhere"
+    source.InstanceNumber = 4
+    source.ContentSequence = [Dataset()]
+    encoded = BytesIO()
+    source.save_as(encoded, implicit_vr=False, little_endian=True)
+    header = pydicom.dcmread(BytesIO(encoded.getvalue()), force=True)
+    kept_header = kept(header)
+    assert sorted(e.keyword for e in kept_header) == [
+        "InstanceNumber",
+        "PatientID",
+        "PatientName",
+        "SpecificCharacterSet",
+    ]
+    assert str(kept_header.PatientName) == "Müller^Jürgen"

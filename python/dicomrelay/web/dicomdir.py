@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -63,6 +64,22 @@ LEAF_KEYS = (
     "PresentationCreationDate",
     "PresentationCreationTime",
 )
+
+
+HEADER_KEYS = tuple(dict.fromkeys(PATIENT_KEYS + STUDY_KEYS + SERIES_KEYS + LEAF_KEYS))
+
+
+def kept(header: Dataset) -> Dataset:
+    """Of an instance's header, only what its records need, as read (not
+    decoded): a thousand whole headers would weigh on the server's memory."""
+    out = Dataset()
+    for keyword in HEADER_KEYS:
+        tag = tag_for_keyword(keyword)
+        if tag is not None and tag in header:
+            element = header.get_item(tag)
+            if element is not None and not isinstance(element, Dataset):
+                out[tag] = element
+    return out
 
 
 def record_type(sop_class_uid: str) -> str:

@@ -38,7 +38,7 @@ def media_instances(
                     transfer_syntax=a.transfer_syntax,
                     study_uid=a.study_uid,
                     series_uid=a.series_uid,
-                    header=header,
+                    header=dicomdir.kept(header),
                 ),
             )
         )
