@@ -150,6 +150,22 @@ def check_cd_zip(body: bytes, stored: dict[str, bytes], out: Path) -> None:
             == instance.load().file_meta.TransferSyntaxUID
         )
     assert seen == set(stored)
+    # DCMTK's DICOMDIR reader finds every record by its offsets and the files
+    # consistent with them (updating it in place; JPEG is not of the plain CD
+    # profile, hence -Nxc and its warning).
+    checked = subprocess.run(
+        ["dcmmkdir", "+U", "-Nxc", "+I", "+r", "DICOM"],
+        capture_output=True,
+        text=True,
+        cwd=out,
+    )
+    assert checked.returncode == 0, checked.stderr
+    complaints = [
+        line
+        for line in (checked.stdout + checked.stderr).splitlines()
+        if line.startswith(("E:", "W:", "F:")) and "JPEGBaseline found" not in line
+    ]
+    assert complaints == []
     # Series in number order, instances in number order within each.
     ct = [i for i in fs if i.path.split("/")[-2] == "SE000001"]
     assert [int(i.load().InstanceNumber) for i in sorted(ct, key=lambda i: i.path)] == [1, 2, 3]
