@@ -16,9 +16,10 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-deps: ## Debian packages the tests use (DCMTK, PostgreSQL), when missing
+deps: ## Debian packages the tests use (DCMTK, PostgreSQL, Chromium), when missing
 	@missing=; test -x /usr/bin/storescp || missing="dcmtk"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	test -z "$$missing" || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
@@ -45,13 +46,16 @@ rust-test: ## cargo tests of the pure-Rust core
 
 # The PostgreSQL server the ledger tests use: DICOMRELAY_TEST_POSTGRES (a libpq
 # URL) when set, else a throwaway cluster that this target starts and stops.
+# What the tests leave for CI to keep (the browser tests' screenshots) goes to
+# build-artifacts/.
 test: deps install lint rust-test ## everything CI checks: lints, cargo test, pytest
 	@set -e; url="$$DICOMRELAY_TEST_POSTGRES"; \
 	if [ -z "$$url" ]; then \
 		bash .ci/postgres.sh start; trap 'bash .ci/postgres.sh stop' EXIT; \
 		url="$$(bash .ci/postgres.sh url)"; \
 	fi; \
-	DICOMRELAY_TEST_POSTGRES="$$url" $(PYTHON) -m pytest $(PYTEST_ARGS)
+	DICOMRELAY_TEST_POSTGRES="$$url" DICOMRELAY_ARTIFACTS="$(CURDIR)/build-artifacts" \
+		$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 bench: deps install ## pytest-benchmark suites in short mode; JSON to build-artifacts/
 	mkdir -p build-artifacts

@@ -23,6 +23,7 @@ from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger, open_ledger
 from dicomrelay.outbox import Outbox
 from dicomrelay.retention import StoreKeeper
+from dicomrelay.sharing import DEFAULT_LIFETIME, SharedLink, revoke_share, share_study
 from dicomrelay.sources import Source
 from dicomrelay.store import PartialFiles
 from dicomrelay.transfer import Event, Transfer
@@ -180,3 +181,23 @@ class Node:
         """A committed study in this node's store: (SOP Instance UID, digest);
         ``node.store.open_instance(digest)`` reads one."""
         return [(uid, digest) for uid, digest, _ in await self.ledger.study(study_instance_uid)]
+
+    # Patient links (``dicomrelay.sharing``).
+    async def share(
+        self, study_instance_uid: str, *, lifetime: float = DEFAULT_LIFETIME, pin: bool = False
+    ) -> SharedLink:
+        """A link for a person to one study in the store, made with ``[web]
+        base_url`` (else the address this node's web server listens on):
+        ``link.url``, and ``link.pin`` (when asked) to send another way."""
+        return await share_study(
+            self.ledger,
+            self.config,
+            study_instance_uid,
+            lifetime=lifetime,
+            pin=pin,
+            served_port=self.web_port,
+        )
+
+    async def revoke_share(self, token_or_id: str) -> bool:
+        """Revoke a link (its id, token or URL) at once; false if none was active."""
+        return await revoke_share(self.ledger, token_or_id, by=self.config.org)

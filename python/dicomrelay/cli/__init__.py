@@ -30,6 +30,7 @@ from dicomrelay.cli import (
     pki_commands,
     quarantine_command,
     scan_command,
+    share_command,
     token_command,
 )
 
@@ -44,6 +45,7 @@ SUBCOMMANDS = (
     deidentify_command,
     morph_command,
     token_command,
+    share_command,
 )
 
 

@@ -33,7 +33,7 @@ from dicomrelay.errors import DicomrelayError, first_failure
 
 if TYPE_CHECKING:  # imported where used: a command loads only what it runs
     from dicomrelay.config import NodeConfig
-    from dicomrelay.ledger import HeldInstance, Ledger, OutgoingTransfer
+    from dicomrelay.ledger import Ledger, OutgoingTransfer
     from dicomrelay.receipt import Receipt
     from dicomrelay.transfer import Event
 
@@ -41,7 +41,6 @@ T = TypeVar("T")
 FOLLOW_INTERVAL = 0.2  # seconds between readings of a transfer another process sends
 FOLLOW_GRACE = 3.0  # due and held by no worker this long: no node is there to send it
 PROGRESS_EVERY = 0.5  # seconds between progress lines
-Rows = list[dict[str, object]]
 
 
 def register(sub: Any) -> None:
@@ -330,57 +329,25 @@ def run_export(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from dicomrelay.cli import quarantine_command
     from dicomrelay.config import NodeConfig
-    from dicomrelay.ledger import TransferState, open_ledger
+    from dicomrelay.ledger import open_ledger
+    from dicomrelay.status_report import status_report
 
     config = NodeConfig.from_toml(args.config)
     require_ledger(config, args.config)
 
-    async def status() -> tuple[dict[str, int], Rows, Rows, list[HeldInstance]]:
+    async def status() -> dict[str, Any]:
         ledger = await open_ledger(
             config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
         )
         try:
-            counts = await ledger.counts()
-            transfers = await ledger.all_outgoing(limit=50)
-            dead = await ledger.all_outgoing(limit=10_000, state=TransferState.DEAD)
-            held = await ledger.held_instances(limit=10_000)
+            return await status_report(ledger)
         finally:
             await ledger.close()
-        rows: list[dict[str, object]] = [
-            {
-                "id": t.id,
-                "to": t.destination,
-                "state": t.state.value,
-                "priority": t.priority,
-                "acked": t.acked,
-                "total": t.total,
-                "attempts": t.attempts,
-                "error": t.last_error,
-                "worker": t.claimed_by,  # the worker holding it, when workers share the ledger
-            }
-            for t in transfers
-        ]
-        # Every dead letter, however old, with why it died: each waits for `retry`.
-        dead_letters: Rows = [
-            {
-                "id": t.id,
-                "to": t.destination,
-                "study": t.study_instance_uid,
-                "attempts": t.attempts,
-                "reason": t.last_error,
-            }
-            for t in dead
-        ]
-        return counts, rows, dead_letters, held
 
-    counts, rows, dead_letters, held = anyio.run(status)
+    report = anyio.run(status)
+    counts, rows, dead_letters = report["counts"], report["transfers"], report["dead_letters"]
+    held = report["held"]
     if args.json:
-        report = {
-            "counts": counts,
-            "transfers": rows,
-            "dead_letters": dead_letters,
-            "held": [quarantine_command.as_dict(h) for h in held],
-        }
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
     sys.stdout.write("  ".join(f"{k}: {v}" for k, v in counts.items()) + "\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,7 +18,7 @@ from dicomrelay import wakeup
 
 if TYPE_CHECKING:
     from dicomrelay.config import NodeConfig
-    from dicomrelay.ledger import HeldInstance, Ledger
+    from dicomrelay.ledger import Ledger
 
 T = TypeVar("T")
 
@@ -78,37 +78,18 @@ async def _with_ledger(
         await ledger.close()
 
 
-def as_dict(h: HeldInstance) -> dict[str, object]:
-    return {
-        "id": h.id,
-        "kind": h.kind,
-        "direction": h.direction,
-        "org": h.org,
-        "study": h.study_uid,
-        "sop_instance": h.sop_uid,
-        "patient_id": h.patient_id,
-        "digest": h.digest,
-        "size": h.size,
-        "location": h.location,
-        "reason": h.reason,
-        "context": dict(h.context),
-        "held": h.held,
-        "state": h.state.value,
-        "resolved": h.resolved,
-        "resolution": h.resolution,
-    }
-
-
 def _when(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def line(h: HeldInstance) -> str:
-    """One held instance, as ``list`` and ``status`` show it."""
-    way = "to" if h.direction == "send" else "from"
-    state = "" if h.state.value == "held" else f"  [{h.state.value}]"
+def line(h: Mapping[str, Any]) -> str:
+    """One held instance (as ``HeldInstance.as_dict`` gives it), as ``list``
+    and ``status`` show it."""
+    way = "to" if h["direction"] == "send" else "from"
+    state = "" if h["state"] == "held" else f"  [{h['state']}]"
     return (
-        f"{h.id}  {h.kind}  {way} {h.org}  study {h.study_uid}  {_when(h.held)}  {h.reason}{state}"
+        f"{h['id']}  {h['kind']}  {way} {h['org']}  study {h['study']}"
+        f"  {_when(h['held'])}  {h['reason']}{state}"
     )
 
 
@@ -117,10 +98,10 @@ async def _list(config: NodeConfig, ledger: Ledger, args: argparse.Namespace) ->
 
     held = await ledger.held_instances(None if args.all else HoldState.HELD, limit=100_000)
     if args.json:
-        sys.stdout.write(orjson.dumps([as_dict(h) for h in held]).decode() + "\n")
+        sys.stdout.write(orjson.dumps([h.as_dict() for h in held]).decode() + "\n")
         return 0
     for h in held:
-        sys.stdout.write(line(h) + "\n")
+        sys.stdout.write(line(h.as_dict()) + "\n")
     if not held:
         sys.stderr.write("nothing held\n")
     return 0
@@ -130,7 +111,7 @@ async def _show(config: NodeConfig, ledger: Ledger, args: argparse.Namespace) ->
     from dicomrelay.quarantine import held
 
     h = await held(ledger, args.id)
-    record = as_dict(h)
+    record = h.as_dict()
     if args.json:
         sys.stdout.write(orjson.dumps(record).decode() + "\n")
         return 0

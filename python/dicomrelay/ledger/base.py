@@ -11,6 +11,7 @@ from dicomrelay.audit import AuditQuery, AuditRecord, Outcome
 from dicomrelay.ledger.archive import ApiToken, StoredAttributes
 from dicomrelay.ledger.quarantine import HeldInstance, HoldState
 from dicomrelay.ledger.search import Search
+from dicomrelay.ledger.shares import ShareLink
 
 # Where a segment store keeps a record: (segment, offset of its header, data length).
 Location = tuple[int, int, int]
@@ -299,8 +300,44 @@ class Ledger(Protocol):
     async def token(self, token_hash: str) -> ApiToken | None: ...
     async def tokens(self) -> list[ApiToken]: ...
 
+    # Patient links (``shares.py``).
+    async def add_share_link(
+        self,
+        link_id: str,
+        token_hash: str,
+        *,
+        study_uid: str,
+        org: str,
+        expires: float,
+        pin_hash: str | None,
+    ) -> bool:
+        """False if the id or the token is taken."""
+        ...
+
+    async def share_link(self, token_hash: str) -> ShareLink | None: ...
+    async def share_link_by_id(self, link_id: str) -> ShareLink | None: ...
+    async def share_links(self) -> list[ShareLink]:
+        """Every link, the newest first."""
+        ...
+
+    async def revoke_share_link(self, id_or_hash: str) -> bool:
+        """Revoke the link of that id or token hash; false if none was active."""
+        ...
+
+    async def share_pin_failed(self, link_id: str, *, limit: int) -> tuple[int, bool]:
+        """Count a wrong PIN, atomically; the link locks at ``limit`` wrong PINs
+        in a row. Returns (wrong PINs in a row, locked)."""
+        ...
+
+    async def share_pin_passed(self, link_id: str) -> None:
+        """A right PIN: the count of wrong ones starts again (unless locked)."""
+        ...
+
     async def metrics(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Counts for ``/metrics``, in one transaction: ``transfers`` (destination,
+        """Counts for ``/metrics``, in one transaction: ``latency`` (destination,
+        then for each of ``LATENCY_BUCKETS`` the done transfers that took at
+        most that long from queued to receipt, then their count and summed
+        seconds), ``transfers`` (destination,
         priority, state, transfers, instances), ``sent`` (destination, instances,
         bytes acknowledged), ``received`` (sender, instances, bytes), ``store``
         (instances, bytes), ``refusals`` (audit action, count), ``deliveries``

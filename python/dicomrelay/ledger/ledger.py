@@ -32,6 +32,7 @@ from dicomrelay.ledger.quarantine import (
     resolve,
 )
 from dicomrelay.ledger.search import Search, search_sql
+from dicomrelay.ledger.shares import ShareLink, ShareStatements, share_from_row
 from dicomrelay.ledger.statements import (
     Statements,
     audit_query,
@@ -71,6 +72,8 @@ class SqlLedger(QuarantineLedger):
         self._driver = driver
         self._sql = Statements(driver.dialect)
         self._quarantine = QuarantineStatements(driver.dialect)
+        render = driver.dialect.render
+        self._shares = {k: render(v) for k, v in vars(ShareStatements).items() if k[0] != "_"}
         self._array = driver.dialect.array
 
     async def close(self) -> None:
@@ -448,11 +451,62 @@ class SqlLedger(QuarantineLedger):
     async def tokens(self) -> list[ApiToken]:
         return [_token(r) for r in await self._one(Query(self._sql.tokens))]
 
+    # Patient links (``shares.py``).
+    async def add_share_link(
+        self,
+        link_id: str,
+        token_hash: str,
+        *,
+        study_uid: str,
+        org: str,
+        expires: float,
+        pin_hash: str | None,
+    ) -> bool:
+        """False if the id or the token is taken (the caller draws again)."""
+        params = (link_id, token_hash, study_uid, org, time.time(), expires, pin_hash)
+        query = Query(self._shares["insert"], params)
+
+        def work() -> Work[bool]:
+            return (yield query).rowcount == 1
+
+        return await self._driver.run(work)
+
+    async def share_link(self, token_hash: str) -> ShareLink | None:
+        rows = await self._one(Query(self._shares["by_hash"], (token_hash,)))
+        return share_from_row(rows[0]) if rows else None
+
+    async def share_link_by_id(self, link_id: str) -> ShareLink | None:
+        rows = await self._one(Query(self._shares["by_id"], (link_id,)))
+        return share_from_row(rows[0]) if rows else None
+
+    async def share_links(self) -> list[ShareLink]:
+        return [share_from_row(r) for r in await self._one(Query(self._shares["every"]))]
+
+    async def revoke_share_link(self, id_or_hash: str) -> bool:
+        query = Query(self._shares["revoke"], (time.time(), id_or_hash, id_or_hash))
+
+        def work() -> Work[bool]:
+            return (yield query).rowcount == 1
+
+        return await self._driver.run(work)
+
+    async def share_pin_failed(self, link_id: str, *, limit: int) -> tuple[int, bool]:
+        query = Query(self._shares["wrong_pin"], (limit, time.time(), link_id))
+        rows = await self._one(query)
+        if not rows:
+            return 0, False
+        failures, locked = rows[0]
+        return int(failures), locked is not None
+
+    async def share_pin_passed(self, link_id: str) -> None:
+        await self._one(Query(self._shares["right_pin"], (link_id,)))
+
     async def metrics(self) -> dict[str, list[Row]]:
         q = self._sql
 
         def work() -> Work[dict[str, list[Row]]]:
             return {
+                "latency": (yield Query(q.metric_latency)).rows,
                 "transfers": (yield Query(q.metric_transfers)).rows,
                 "sent": (yield Query(q.metric_sent)).rows,
                 "received": (yield Query(q.metric_received)).rows,

@@ -265,6 +265,25 @@ MIGRATIONS = (
             "CREATE INDEX quarantine_study ON quarantine (study_uid)",
         ),
     ),
+    Migration(
+        7,
+        "patient links: one study each, hashed, expiring, revocable, PIN attempts counted",
+        (
+            """CREATE TABLE share_links (
+                id TEXT PRIMARY KEY,
+                token_hash TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                org TEXT NOT NULL,
+                created {real} NOT NULL,
+                expires {real} NOT NULL,
+                revoked {real},
+                pin_hash TEXT,
+                pin_failures INTEGER NOT NULL DEFAULT 0,
+                locked {real}
+            ){without_rowid}""",
+            "CREATE UNIQUE INDEX share_links_hash ON share_links (token_hash)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

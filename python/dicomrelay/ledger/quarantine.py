@@ -58,6 +58,27 @@ class HeldInstance:
     resolved: float | None = None
     resolution: str | None = None  # a release's transfer, or why it was deleted
 
+    def as_dict(self) -> dict[str, object]:
+        """As ``quarantine list --json`` and ``status --json`` print it."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "direction": self.direction,
+            "org": self.org,
+            "study": self.study_uid,
+            "sop_instance": self.sop_uid,
+            "patient_id": self.patient_id,
+            "digest": self.digest,
+            "size": self.size,
+            "location": self.location,
+            "reason": self.reason,
+            "context": dict(self.context),
+            "held": self.held,
+            "state": self.state.value,
+            "resolved": self.resolved,
+            "resolution": self.resolution,
+        }
+
 
 COLUMNS = (
     "id, kind, direction, org, study_uid, sop_uid, patient_id, digest, size, location,"

@@ -27,6 +27,8 @@ OUTGOING_COLUMNS = (
     " (SELECT count(*) FROM outgoing_instances i"
     " WHERE i.transfer_id = o.id AND i.acked IS NOT NULL)"
 )
+# The upper bounds (seconds) of the transfer latency histogram's buckets.
+LATENCY_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 OUTGOING_INSTANCE_COLUMNS = "idx, path, sop_uid, size, digest, chunk_digests"
 INCOMING_INSTANCE_COLUMNS = "idx, sop_uid, size, digest, stored"
 
@@ -42,8 +44,10 @@ CLAIMABLE = (
 )
 
 # Given back, an attempt cut short (still active) is queued again, due as it was.
+# A finished transfer keeps its last update: when it was committed (or died).
 RELEASE = (
-    "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL, updated = ?,"
+    "UPDATE outgoing SET claimed_by = NULL, lease_until = NULL,"
+    " updated = CASE WHEN state IN ('done', 'dead') THEN updated ELSE ? END,"
     " state = CASE WHEN state = 'active' THEN 'queued' ELSE state END"
 )
 
@@ -343,6 +347,15 @@ class Statements:
         self.metric_transfers = sql(
             "SELECT destination, priority, state, count(*), coalesce(sum(total), 0)"
             " FROM outgoing GROUP BY destination, priority, state"
+        )
+        # Latency from queued to receipt of each done transfer (its last update
+        # is its commit), counted into the histogram's buckets in the database.
+        buckets = ", ".join(
+            f"sum(CASE WHEN updated - created <= {b!r} THEN 1 ELSE 0 END)" for b in LATENCY_BUCKETS
+        )
+        self.metric_latency = sql(
+            f"SELECT destination, {buckets}, count(*), coalesce(sum(updated - created), 0)"
+            " FROM outgoing WHERE state = 'done' GROUP BY destination"
         )
         self.metric_sent = sql(
             "SELECT o.destination, count(*), coalesce(sum(i.size), 0) FROM outgoing_instances i"

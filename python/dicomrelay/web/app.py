@@ -16,7 +16,7 @@ import anyio.to_thread
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dicomrelay.config import NodeConfig
@@ -27,6 +27,7 @@ from dicomrelay.ledger.archive import StoredAttributes
 from dicomrelay.ledger.search import Match, Search
 from dicomrelay.web import auth, dicom_json, media, pixels, retrieve, stow
 from dicomrelay.web.attributes import Level
+from dicomrelay.web.links import PatientLinks
 from dicomrelay.web.query import parse_qido
 
 log = logging.getLogger("dicomrelay.web")
@@ -97,6 +98,8 @@ class DicomWebApp:
             Route(s + i + "/frames/{frames}/rendered", self._rendered, methods=["GET"]),
         ]
         routes.append(Route("/metrics", self._metrics, methods=["GET"]))
+        routes.append(Route("/status", self._status, methods=["GET"]))
+        routes.extend(PatientLinks(config, ledger, store).routes())
         self.asgi = Starlette(routes=routes)
 
     # Who calls, and the audit of what they did.
@@ -166,6 +169,23 @@ class DicomWebApp:
         counts = await self.ledger.metrics()
         folders = await anyio.to_thread.run_sync(metrics.quarantined, self.config.data_dir)
         return Response(metrics.exposition(counts, folders), media_type=metrics.CONTENT_TYPE)
+
+    async def _status(self, request: Request) -> Response:
+        """What ``dicomrelay status`` reports, for the node's own operators
+        only (a token, or the certificate of the node's own organisation)."""
+        from dicomrelay.status_report import status_report
+        from dicomrelay.web.status_page import status_page
+
+        try:
+            call = await self._authenticate(request, "status page")
+        except Denied as e:
+            return _problem(e.status, str(e), e.headers)
+        if call.caller.org != self.config.org:
+            await self._audit(call.caller.org, "denied", f"{call.who}: status page: 403")
+            return _problem(403, "the status page is for this node's own organisation")
+        report = await status_report(self.ledger)
+        page = status_page(self.config.org, report)
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     # STOW-RS.
     async def _stow(self, request: Request) -> Response:
@@ -382,10 +402,7 @@ class DicomWebApp:
     def _frames_of(
         self, located: retrieve.Located, a: StoredAttributes, numbers: list[int]
     ) -> list[pixels.Frame]:
-        def read(start: int, stop: int) -> bytes:
-            return retrieve.read_range(located, a.digest, start, stop)
-
-        return pixels.pick(pixels.frames_of(a, read), numbers)
+        return retrieve.frames(located, a, numbers)
 
     async def _rendered(self, request: Request) -> Response:
         what = _what(request, "rendered")
@@ -398,27 +415,12 @@ class DicomWebApp:
             [a] = await self._visible(request, call, what)
             located = await retrieve.Located.of(self.store, [a.digest])
             image = await anyio.to_thread.run_sync(
-                self._render, located, a, numbers[0], chosen.type
+                retrieve.rendered, located, a, numbers[0], chosen.type
             )
             await self._audit(call.caller.org, "retrieved", f"{call.who}: {what}: 200")
             return Response(image, media_type=chosen.type)
 
         return await self._handle(request, what, serve)
-
-    def _render(
-        self, located: retrieve.Located, a: StoredAttributes, number: int, media_type: str
-    ) -> bytes:
-        [frame] = self._frames_of(located, a, [number])
-        data = b"".join(
-            retrieve.read_range(located, a.digest, start, stop) for start, stop in frame.pieces
-        )
-        if a.encapsulated:
-            kind = pixels.FRAME_MEDIA_TYPES.get(a.transfer_syntax, "application/octet-stream")
-            image = pixels.encapsulated_image(data, kind)
-        else:
-            header = dicom_json.header_dataset(retrieve.header_of(located, a))
-            image = pixels.native_image(data, a, header)
-        return pixels.encode(image, media_type)
 
 
 def _what(request: Request, verb: str) -> str:

@@ -1,6 +1,7 @@
 """``/metrics``: what the node's ledger knows, in Prometheus's text format
 (prometheus-client), read afresh at each scrape: transfers by destination,
-priority and state (and their instances), instances and bytes sent
+priority and state (and their instances), a histogram of done transfers'
+latency (queued to receipt) by destination, instances and bytes sent
 (acknowledged) and received, the store, deliveries into the PACS, callers
 and datasets refused (by the audit action that recorded them), and what
 lies in quarantine."""
@@ -12,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from dicomrelay.ledger.base import TransferState
+from dicomrelay.ledger.statements import LATENCY_BUCKETS
 
 Counts = dict[str, list[tuple[Any, ...]]]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -53,6 +60,15 @@ class _Snapshot(Collector):
                 instances.add_metric([destination, priority, state.value], i)
         yield transfers
         yield instances
+        latency = HistogramMetricFamily(
+            "dicomrelay_transfer_latency_seconds",
+            "Done transfers by destination: seconds from queued to the receiver's receipt",
+            labels=["destination"],
+        )
+        for destination, *cumulative, count, total in c["latency"]:
+            buckets = [(repr(b), int(n)) for b, n in zip(LATENCY_BUCKETS, cumulative, strict=True)]
+            latency.add_metric([destination], [*buckets, ("+Inf", int(count))], float(total))
+        yield latency
         sent_instances = CounterMetricFamily(
             "dicomrelay_sent_instances",
             "Instances acknowledged by destination",

@@ -8,9 +8,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
+from PIL import Image
+
 from dicomrelay.errors import InstanceNotStored
 from dicomrelay.instance_store import InstanceReader, InstanceStore
 from dicomrelay.ledger.archive import StoredAttributes
+from dicomrelay.web import dicom_json, pixels
 from dicomrelay.web.multipart import closing, part_header
 from dicomrelay.web.pixels import Frame
 
@@ -98,3 +101,27 @@ def header_of(located: Located, a: StoredAttributes) -> bytes:
     return read_range(
         located, a.digest, 0, a.pixel_offset if a.pixel_offset is not None else a.size
     )
+
+
+def frames(located: Located, a: StoredAttributes, numbers: list[int]) -> list[Frame]:
+    """Where the numbered frames of a stored instance lie (reads its offset table, if any)."""
+
+    def read(start: int, stop: int) -> bytes:
+        return read_range(located, a.digest, start, stop)
+
+    return pixels.pick(pixels.frames_of(a, read), numbers)
+
+
+def rendered_image(located: Located, a: StoredAttributes, number: int) -> Image.Image:
+    """A frame of a stored instance as an 8-bit image (BadRequest if it cannot be)."""
+    [frame] = frames(located, a, [number])
+    data = b"".join(read_range(located, a.digest, start, stop) for start, stop in frame.pieces)
+    if a.encapsulated:
+        kind = pixels.FRAME_MEDIA_TYPES.get(a.transfer_syntax, "application/octet-stream")
+        return pixels.encapsulated_image(data, kind)
+    header = dicom_json.header_dataset(header_of(located, a))
+    return pixels.native_image(data, a, header)
+
+
+def rendered(located: Located, a: StoredAttributes, number: int, media_type: str) -> bytes:
+    return pixels.encode(rendered_image(located, a, number), media_type)
