@@ -277,6 +277,14 @@ class SegmentStore:
         self, path: str | os.PathLike[str], digest: str, *, algorithm: _DigestName = "sha256"
     ) -> _Location:
         """A record of the whole file, read a buffer at a time (for large instances)."""
+    def append_parts(
+        self,
+        parts: Sequence[_Buffer | Payload],
+        digest: str,
+        *,
+        algorithm: _DigestName = "sha256",
+    ) -> _Location:
+        """A record of ``parts`` one after another, not joined in memory first."""
     def append_many(
         self,
         records: Iterable[tuple[_Buffer | Payload, str]],

@@ -45,6 +45,7 @@ from dicomrelay._native import Payload, SegmentFaults, SegmentStore
 from dicomrelay.config import DigestName
 from dicomrelay.errors import CorruptRecord, InstanceNotStored, StorageError
 from dicomrelay.ledger import IncomingInstance, Ledger, Location
+from dicomrelay.ledger.reconciliations import ReconciledInstance
 
 T = TypeVar("T")
 STORE_NAME_FILE = "store-name"
@@ -56,11 +57,12 @@ CHUNK = 1 << 20  # what iterating an InstanceReader yields at a time
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One instance for a round: its bytes (a buffer, never copied, or a file
-    read a buffer at a time: a large instance), its digest and the algorithm
-    that digest was made with."""
+    """One instance for a round: its bytes (a buffer, never copied; a file
+    read a buffer at a time: a large instance; or parts written one after
+    another: a rewritten instance's new header, its source's pixel data and a
+    trailer), its digest and the algorithm that digest was made with."""
 
-    data: Payload | bytes | memoryview | Path
+    data: Payload | bytes | memoryview | Path | tuple[Payload | bytes | memoryview, ...]
     digest: str
     algorithm: DigestName
 
@@ -185,15 +187,21 @@ class InstanceStore:
                 for algorithm, group in by_algorithm.items():
                     buffers: list[tuple[Payload | bytes | memoryview, str]] = []
                     files: list[tuple[Path, str]] = []
+                    parted: list[tuple[tuple[Payload | bytes | memoryview, ...], str]] = []
                     for r in group:
                         if isinstance(r.data, Path):
                             files.append((r.data, r.digest))
+                        elif isinstance(r.data, tuple):
+                            parted.append((r.data, r.digest))
                         else:
                             buffers.append((r.data, r.digest))
                     places = segments.append_many(buffers, algorithm=algorithm)
                     located.extend(zip((d for _, d in buffers), places, strict=True))
                     for path, digest in files:
                         where = segments.append_file(path, digest, algorithm=algorithm)
+                        located.append((digest, where))
+                    for parts, digest in parted:
+                        where = segments.append_parts(parts, digest, algorithm=algorithm)
                         located.append((digest, where))
                 return segments.commit()
 
@@ -273,6 +281,36 @@ class InstanceStore:
             return 0
         async with self._lock:
             return await self.ledger.drop_studies(studies)
+
+    async def switch_reconciled(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_uid: str,
+        instances: Sequence[ReconciledInstance],
+        *,
+        rule: str | None,
+        foreign: tuple[str | None, str | None],
+        local: tuple[str | None, str | None],
+        reason: str,
+    ) -> int:
+        """The store's rows of a reconciled transfer switched to the rewritten
+        records and the received ones dropped (``Ledger.finish_reconciliation``,
+        with the (patient ID, issuer) it was ``foreign``, now ``local``), run as
+        drops are: one at a time. How many rows switched."""
+        async with self._lock:
+            return await self.ledger.finish_reconciliation(
+                sender,
+                transfer_id,
+                study_uid,
+                instances,
+                rule=rule,
+                foreign_patient_id=foreign[0],
+                foreign_issuer=foreign[1],
+                local_patient_id=local[0],
+                local_issuer=local[1],
+                reason=reason,
+            )
 
     async def drop_routed(self, before: float) -> int:
         """Drop what the DICOM SCP stored and a transfer done before ``before``

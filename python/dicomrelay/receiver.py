@@ -30,6 +30,7 @@ from dicomrelay._native import Hasher, Payload, TlsConfig
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.connection import Connection
 from dicomrelay.errors import DicomrelayError, StorageError, TlsError, first_failure
+from dicomrelay.inbound import InboundRules
 from dicomrelay.instance_store import InstanceStore, Record
 from dicomrelay.ledger import IncomingInstance, Ledger
 from dicomrelay.protocol import Kind, Offer
@@ -168,7 +169,7 @@ class Receiver:
         tls: TlsConfig | None,
         key_pem: bytes | None,
         *,
-        on_committed: Callable[[str], None] | None = None,
+        on_committed: Callable[[StudyCommitted], None] | None = None,
     ) -> None:
         """``on_committed`` hears of each study committed (for delivery onwards)."""
         self.config = config
@@ -180,6 +181,7 @@ class Receiver:
         self.tls = tls
         self.key_pem = key_pem
         self._write_limit = anyio.CapacityLimiter(8)
+        self.inbound = InboundRules.of(config.policy)  # None: no receive rules
 
     async def handle(self, sock: socket.socket) -> None:
         """Serve one accepted connection until it closes; never raises."""
@@ -255,6 +257,8 @@ class _Session:
             write_buffer_bytes=receiver.config.limits.write_buffer_bytes,
         )
         self.algorithms: dict[str, DigestName] = {}  # each offered transfer's digest
+        self.priorities: dict[str, str] = {}  # and priority
+        self.judged: set[str] = set()  # transfers whose allowing was audited
         self.durable: list[tuple[int, float]] = []  # from the committer, not yet answered
         self.failures: list[tuple[int, BaseException]] = []
         self.stored = anyio.Event()
@@ -296,6 +300,8 @@ class _Session:
         """Each effect in order; a question's answer's effects before the next."""
         for effect in effects:
             if isinstance(effect, WriteInstance):
+                if self.r.inbound is not None:
+                    await self._judge(effect.transfer_id, effect.data)
                 self.r.committer.write(
                     self._stored(effect.slot, effect.transfer_id, effect.instance), effect.data
                 )
@@ -313,6 +319,7 @@ class _Session:
         control, ledger, sender = self.control, self.r.ledger, self.control.sender
         if isinstance(effect, LookUpHeld):
             self.algorithms[effect.offer.transfer_id] = cast(DigestName, effect.offer.digest)
+            self.priorities[effect.offer.transfer_id] = effect.offer.priority
             await self._perform(control.held(await self._held(effect.offer), time.time()))
         elif isinstance(effect, ResumePartial):
             offset, hasher = await self._resume(effect)
@@ -344,7 +351,7 @@ class _Session:
             await ledger.audit(effect.org, effect.action, effect.transfer_id, effect.detail)
         elif isinstance(effect, StudyCommitted):
             if self.r.on_committed is not None:
-                self.r.on_committed(effect.study_instance_uid)
+                self.r.on_committed(effect)
         else:
             raise AssertionError(f"unhandled effect {effect!r}")
 
@@ -410,11 +417,46 @@ class _Session:
             await self._perform(self.control.write_failed(effect.slot, reason))
             return
 
+        if self.r.inbound is not None:
+            await self._judge(effect.transfer_id, path)
+
         def after() -> None:
             partials.discard_partial(key)
 
         stored = self._stored(effect.slot, effect.transfer_id, effect.instance)
         self.r.committer.write(stored, path, after)
+
+    async def _judge(self, transfer_id: str, data: Payload | Path) -> None:
+        """The inbound rules on one whole instance before it is stored: a
+        refusal is audited and ends the transfer (the control's effects close
+        the connection); the first instance allowed of a transfer on this
+        connection is audited as the transfer's allowing."""
+        inbound = self.r.inbound
+        assert inbound is not None
+        sender, priority = self.control.sender, self.priorities.get(transfer_id, "routine")
+        if isinstance(data, Path):
+            verdict = await anyio.to_thread.run_sync(
+                lambda: inbound.judge(data, sender=sender, priority=priority)
+            )
+        else:
+            verdict = inbound.judge(data, sender=sender, priority=priority)
+        decision = verdict.decision
+        if decision.allowed and transfer_id in self.judged:
+            return
+        study = verdict.study_uid or "?"
+        action = "policy-allowed" if decision.allowed else "policy-refused"
+        await self.r.ledger.audit(
+            sender,
+            action,
+            transfer_id,
+            f"study {study} from {sender}: {decision.reason}",
+            study_uid=verdict.study_uid,
+            patient_id=verdict.patient_id,
+            remote=self.control.address,
+        )
+        if not decision.allowed:
+            await self._perform(self.control.policy_refused(decision.reason))
+        self.judged.add(transfer_id)
 
     async def _commit(self, receipt: Receipt) -> bytes:
         """Sign the receipt, then make the study visible and keep the receipt: the

@@ -9,6 +9,12 @@ from typing import Any, Protocol
 
 from dicomrelay.audit import AuditQuery, AuditRecord, Outcome
 from dicomrelay.ledger.archive import ApiToken, StoredAttributes
+from dicomrelay.ledger.reconciliations import (
+    RECONCILE_STATES,
+    ReconciledInstance,
+    Reconciliation,
+    ReconcileState,
+)
 from dicomrelay.ledger.search import Search
 
 # Where a segment store keeps a record: (segment, offset of its header, data length).
@@ -318,3 +324,48 @@ class Ledger(Protocol):
         ...
 
     async def counts(self) -> dict[str, int]: ...
+
+    # Patient-ID reconciliation (ledger/reconciliations.py).
+    async def add_reconciliation(
+        self, sender: str, transfer_id: str, study_uid: str, priority: str
+    ) -> Reconciliation: ...
+    async def reconciliation(self, sender: str, transfer_id: str) -> Reconciliation | None: ...
+    async def reconciliations(
+        self,
+        *,
+        states: Sequence[ReconcileState] = RECONCILE_STATES,
+        study_uid: str | None = None,
+    ) -> list[Reconciliation]: ...
+    async def hold_reconciliation(
+        self,
+        sender: str,
+        transfer_id: str,
+        *,
+        foreign_patient_id: str | None,
+        foreign_issuer: str | None,
+        reason: str,
+    ) -> None: ...
+    async def resolve_reconciliation(
+        self, study_uid: str, *, local_patient_id: str, local_issuer: str | None, reason: str
+    ) -> int: ...
+    async def finish_reconciliation(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_uid: str,
+        instances: Sequence[ReconciledInstance],
+        *,
+        rule: str | None,
+        foreign_patient_id: str | None,
+        foreign_issuer: str | None,
+        local_patient_id: str | None,
+        local_issuer: str | None,
+        reason: str,
+    ) -> int: ...
+    async def reconciled_instances(
+        self, sender: str, transfer_id: str
+    ) -> list[ReconciledInstance]: ...
+    async def reconciliation_counts(self) -> dict[str, int]: ...
+    async def patient_mapping_rows(
+        self, table: str, *, nhs_number: str | None, sender_id: tuple[str, str, str] | None
+    ) -> list[tuple[str, str | None]]: ...

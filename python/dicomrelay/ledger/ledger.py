@@ -23,6 +23,7 @@ from dicomrelay.ledger.base import (
     TransferState,
 )
 from dicomrelay.ledger.dialect import Dialect
+from dicomrelay.ledger.reconciliations import ReconciliationRecords, ReconcileStatements
 from dicomrelay.ledger.search import Search, search_sql
 from dicomrelay.ledger.statements import (
     Statements,
@@ -56,12 +57,13 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
-class SqlLedger:
+class SqlLedger(ReconciliationRecords):
     """The ``Ledger`` over any driver."""
 
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
         self._sql = Statements(driver.dialect)
+        self._rsql = ReconcileStatements(driver.dialect)
         self._array = driver.dialect.array
 
     async def close(self) -> None:
@@ -504,6 +506,8 @@ class SqlLedger:
             out["stored_instances"] = (yield Query(q.stored_instances)).scalar()
             for state, n in (yield Query(q.deliveries_by_state)).rows:
                 out[f"deliveries_{state}"] = n
+            for state, n in (yield Query(self._rsql.counts)).rows:
+                out[f"reconciliations_{state}"] = n
             return out
 
         return await self._driver.run(work)
