@@ -28,6 +28,7 @@ from dicomrelay.cli import (
     node_commands,
     operator_errors,
     pki_commands,
+    reconcile_command,
     scan_command,
     token_command,
 )
@@ -42,6 +43,7 @@ SUBCOMMANDS = (
     deidentify_command,
     morph_command,
     token_command,
+    reconcile_command,
 )
 
 

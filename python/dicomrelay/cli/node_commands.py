@@ -316,13 +316,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from dicomrelay.cli.reconcile_command import held_row, write_held
     from dicomrelay.config import NodeConfig
     from dicomrelay.ledger import TransferState, open_ledger
 
     config = NodeConfig.from_toml(args.config)
     require_ledger(config, args.config)
 
-    async def status() -> tuple[dict[str, int], Rows, Rows]:
+    async def status() -> tuple[dict[str, int], Rows, Rows, Rows]:
         ledger = await open_ledger(
             config.ledger, data_dir=config.data_dir, schema=config.ledger_schema
         )
@@ -330,6 +331,7 @@ def run_status(args: argparse.Namespace) -> int:
             counts = await ledger.counts()
             transfers = await ledger.all_outgoing(limit=50)
             dead = await ledger.all_outgoing(limit=10_000, state=TransferState.DEAD)
+            held = await ledger.reconciliations(states=("held", "resolving"))
         finally:
             await ledger.close()
         rows: list[dict[str, object]] = [
@@ -357,11 +359,18 @@ def run_status(args: argparse.Namespace) -> int:
             }
             for t in dead
         ]
-        return counts, rows, dead_letters
+        # Studies no inbound mapping placed: each waits for `reconcile`.
+        needs: Rows = [held_row(r) for r in held]
+        return counts, rows, dead_letters, needs
 
-    counts, rows, dead_letters = anyio.run(status)
+    counts, rows, dead_letters, needs = anyio.run(status)
     if args.json:
-        report = {"counts": counts, "transfers": rows, "dead_letters": dead_letters}
+        report = {
+            "counts": counts,
+            "transfers": rows,
+            "dead_letters": dead_letters,
+            "needs_reconciliation": needs,
+        }
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
     sys.stdout.write("  ".join(f"{k}: {v}" for k, v in counts.items()) + "\n")
@@ -376,4 +385,5 @@ def run_status(args: argparse.Namespace) -> int:
         sys.stdout.write("dead letters (`dicomrelay retry TRANSFER_ID` queues one again):\n")
     for d in dead_letters:
         sys.stdout.write(f"{d['id']}  {d['to']:<8} {d['study']}  {d['reason']}\n")
+    write_held(needs)
     return 0
