@@ -30,6 +30,7 @@ record up again.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -43,9 +44,16 @@ import anyio.to_thread
 
 from dicomrelay._native import Payload, SegmentFaults, SegmentStore
 from dicomrelay.config import DigestName
-from dicomrelay.errors import CorruptRecord, InstanceNotStored, StorageError
+from dicomrelay.errors import (
+    CorruptRecord,
+    DicomParseError,
+    InstanceNotStored,
+    RewriteError,
+    StorageError,
+)
 from dicomrelay.ledger import IncomingInstance, Ledger, Location
-from dicomrelay.ledger.reconciliations import ReconciledInstance
+from dicomrelay.ledger.reconciliations import ReconciledInstance, ReconciledRow
+from dicomrelay.rewrite import Edit, rewrite
 
 T = TypeVar("T")
 STORE_NAME_FILE = "store-name"
@@ -65,6 +73,21 @@ class Record:
     data: Payload | bytes | memoryview | Path | tuple[Payload | bytes | memoryview, ...]
     digest: str
     algorithm: DigestName
+    # Stored rewritten instead (an instance reconciled as it arrives): the
+    # record is then the rewrite's, under its own digest, and the round
+    # records which received digest it stands for.
+    rewrite: OnTheWay | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OnTheWay:
+    """The header edits to store a received instance with, and whose it is."""
+
+    edits: tuple[Edit, ...]
+    sender: str
+    transfer_id: str
+    study_uid: str
+    sop_uid: str
 
 
 def store_name(root: Path) -> str:
@@ -171,16 +194,21 @@ class InstanceStore:
             if self._broken:
                 await self._reopen()
             fresh: dict[str, Record] = {}
+            rewriting = [r for r in records if r.rewrite is not None]
             for r in records:
-                fresh.setdefault(r.digest, r)
+                if r.rewrite is None:
+                    fresh.setdefault(r.digest, r)
             if fresh:
                 stored = await self.ledger.locations(self.name, list(fresh))
                 for digest in stored:
                     del fresh[digest]
             located: list[tuple[str, Location]] = []
+            reconciled: list[ReconciledRow] = []
             segments = self._segments
 
             def append_and_commit() -> tuple[int, int]:
+                for r in rewriting:
+                    _append_rewritten(segments, r, located, reconciled)
                 by_algorithm: dict[DigestName, list[Record]] = {}
                 for r in fresh.values():
                     by_algorithm.setdefault(r.algorithm, []).append(r)
@@ -207,7 +235,7 @@ class InstanceStore:
 
             self._broken = True  # until the ledger holds the round
             end = await anyio.to_thread.run_sync(append_and_commit)
-            await self.ledger.record_round(self.name, end, located, received)
+            await self.ledger.record_round(self.name, end, located, received, reconciled)
             self._recorded = end
             self._broken = False
 
@@ -369,6 +397,65 @@ class InstanceStore:
                 moved += await self.ledger.move_records(self.name, moves, end)
                 self._recorded = end
                 self._broken = False
+
+
+def _append_rewritten(
+    segments: SegmentStore,
+    record: Record,
+    located: list[tuple[str, Location]],
+    reconciled: list[ReconciledRow],
+) -> None:
+    """Append ``record`` rewritten by its edits (on the round's thread): the new
+    header, a view of the received pixel bytes (a large instance's file
+    mapped, not read), the trailer. An instance the edits cannot be applied to
+    is stored as received: its reconciliation then holds it, with the reason."""
+    assert record.rewrite is not None
+    way = record.rewrite
+    mapped: mmap.mmap | None = None
+    try:
+        data: Payload | bytes | memoryview | mmap.mmap
+        if isinstance(record.data, Path):
+            with open(record.data, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            data = mapped
+        elif isinstance(record.data, tuple):
+            raise TypeError("a record of parts is rewritten already")
+        else:
+            data = record.data
+        try:
+            out = rewrite(data, way.edits, digest=record.algorithm)
+        except (RewriteError, DicomParseError):
+            where = (
+                segments.append_file(record.data, record.digest, algorithm=record.algorithm)
+                if isinstance(record.data, Path)
+                else segments.append(data, record.digest, algorithm=record.algorithm)
+            )
+            located.append((record.digest, where))
+            return
+        assert out.digest is not None
+        view = memoryview(data)
+        try:
+            pixels = view[out.pixel_offset : out.pixel_offset + out.pixel_length]
+            parts = (out.header, pixels, out.trailer)
+            where = segments.append_parts(parts, out.digest, algorithm=record.algorithm)
+            pixels.release()
+        finally:
+            view.release()
+        located.append((out.digest, where))
+        reconciled.append(
+            (
+                way.sender,
+                way.transfer_id,
+                record.digest,
+                out.digest,
+                way.study_uid,
+                way.sop_uid,
+                out.size,
+            )
+        )
+    finally:
+        if mapped is not None:
+            mapped.close()
 
 
 def _copy(

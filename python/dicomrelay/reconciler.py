@@ -35,6 +35,8 @@ from dicomrelay._native import Payload, SegmentStore, header_values
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.errors import (
     ConfigurationError,
+    CorruptRecord,
+    InstanceNotStored,
     DicomParseError,
     DicomrelayError,
     LedgerUnavailable,
@@ -188,24 +190,35 @@ class Reconciler:
         try:
             await self._reconcile(row, local)
         except Held as e:
-            foreign = e.foreign
-            await self.ledger.hold_reconciliation(
-                row.sender,
-                row.transfer_id,
-                foreign_patient_id=foreign.patient_id if foreign else None,
-                foreign_issuer=foreign.issuer if foreign else None,
-                reason=str(e),
-            )
-            await self.ledger.audit(
-                row.sender,
-                "reconcile-held",
-                row.transfer_id,
-                f"study {row.study_uid} from {row.sender} held: {e}",
-                study_uid=row.study_uid,
-                patient_id=foreign.patient_id if foreign else None,
-            )
+            await self._hold(row, e)
+        except (CorruptRecord, InstanceNotStored) as e:
+            await self._hold(row, Held(f"an instance cannot be read from the store: {e}"))
+        except LedgerUnavailable:
+            raise  # the node stops, as after a crash, and resumes from the ledger
         except (StorageError, OSError) as e:
             log.error("reconciling %s from %s failed, tried again: %s", row.study_uid, row.sender, e)
+        except Exception as e:
+            # A defect met on one study must not stop the node: it waits for a person.
+            log.exception("reconciling %s from %s failed", row.study_uid, row.sender)
+            await self._hold(row, Held(f"reconciliation failed: {type(e).__name__}: {e}"))
+
+    async def _hold(self, row: Reconciliation, held: Held) -> None:
+        foreign = held.foreign
+        await self.ledger.hold_reconciliation(
+            row.sender,
+            row.transfer_id,
+            foreign_patient_id=foreign.patient_id if foreign else None,
+            foreign_issuer=foreign.issuer if foreign else None,
+            reason=str(held),
+        )
+        await self.ledger.audit(
+            row.sender,
+            "reconcile-held",
+            row.transfer_id,
+            f"study {row.study_uid} from {row.sender} held: {held}",
+            study_uid=row.study_uid,
+            patient_id=foreign.patient_id if foreign else None,
+        )
 
     async def _reconcile(self, row: Reconciliation, local: LocalPatient | None) -> None:
         incoming = await self.ledger.incoming(row.sender, row.transfer_id)
@@ -216,7 +229,12 @@ class Reconciler:
         # Each content once, in transfer order (the last of a repeated UID wins, as in the store).
         by_uid = {i.sop_instance_uid: i for i in sorted(received.values(), key=lambda i: i.index)}
         instances = list({i.digest: i for i in by_uid.values()}.values())
-        plan: tuple[Reconcile, ForeignPatient, LocalPatient, str] | None = None
+        # Those the session rewrote as they arrived are reconciled already
+        # (the commit stored them); the rest are read back and rewritten here.
+        arrived = await self.ledger.reconciled_instances(row.sender, row.transfer_id)
+        rewritten = {m.received_digest for m in arrived}
+        instances = [i for i in instances if i.digest not in rewritten]
+        plan = self._planned(row) if local is None and arrived else None
         done: list[ReconciledInstance] = []
         now = datetime.datetime.now(datetime.UTC)
         for batch in _batches(instances):
@@ -231,6 +249,8 @@ class Reconciler:
             )
             await self.store.write_round(records, [])
             done += outcome
+        if plan is None and not instances and arrived:
+            raise Held("its instances were rewritten as they arrived, by a rule since removed")
         reason = "no inbound rule reconciles its instances"
         rule_name: str | None = None
         foreign_ids: tuple[str | None, str | None] = (None, None)
@@ -239,6 +259,8 @@ class Reconciler:
             rule, foreign, found, rule_name = plan
             how = "named by an operator" if local is not None else f"by rule {rule_name}"
             reason = f"coerced to {found.patient_id} ({how})"
+            if arrived:
+                reason += f", {len(arrived)} instances as they arrived"
             foreign_ids = (foreign.patient_id, foreign.issuer)
             local_ids = (found.patient_id, found.issuer or rule.local_issuer)
         switched = await self.store.switch_reconciled(
@@ -254,7 +276,7 @@ class Reconciler:
         if plan is not None:
             detail = (
                 f"study {row.study_uid} from {row.sender}: patient {foreign_ids[0]!r} "
-                f"(issuer {foreign_ids[1]!r}) {reason}; {switched} instances rewritten"
+                f"(issuer {foreign_ids[1]!r}) {reason}; {switched + len(arrived)} instances rewritten"
             )
             await self.ledger.audit(
                 row.sender,
@@ -269,6 +291,19 @@ class Reconciler:
     def _released(self, study: StudyCommitted) -> None:
         if self._releasing:
             self._release.send_nowait(study)
+
+    def _planned(
+        self, row: Reconciliation
+    ) -> tuple[Reconcile, ForeignPatient, LocalPatient, str] | None:
+        """The plan the receiving session recorded (its rule still configured)."""
+        rule = self._rules.get(row.rule or "")
+        if rule is None or rule.reconcile is None or not row.local_patient_id:
+            return None
+        foreign = ForeignPatient(
+            sender=row.sender, patient_id=row.foreign_patient_id, issuer=row.foreign_issuer
+        )
+        local = LocalPatient(patient_id=row.local_patient_id, issuer=row.local_issuer)
+        return rule.reconcile, foreign, local, rule.name
 
     async def _decide(
         self, row: Reconciliation, read: list[_Read], local: LocalPatient | None

@@ -148,10 +148,14 @@ def assert_reconciled(
                 assert after[element.tag].value == element.value, element.keyword
 
 
+@pytest.mark.parametrize(
+    ("profile", "count"),
+    [("mr", 4), ("cr", 2)],  # cr: 8.4 MB instances, each through a partial file
+)
 async def test_a_study_from_trust_a_arrives_in_bs_pacs_under_bs_patient(
-    orgs: Pki, tmp_path: Path
+    orgs: Pki, tmp_path: Path, profile: str, count: int
 ) -> None:
-    source = make_study(tmp_path / "study", 4, seed=7)
+    source = make_study(tmp_path / "study", count, profile=profile, seed=7)
     sources = study_files(source)
     pacs_port = closed_port()
     path = b_toml(orgs, tmp_path / "b", pacs_port, RECONCILE_FROM_A)
@@ -190,10 +194,12 @@ async def test_a_study_from_trust_a_arrives_in_bs_pacs_under_bs_patient(
         assert not query(db, "SELECT 1 FROM segment_records WHERE digest = ?", received)
     actions = [a for (a,) in query(db, "SELECT action FROM audit ORDER BY id")]
     assert "reconciled" in actions and actions.index("reconciled") < actions.index("delivered")
-    [(patient, study)] = query(
-        db, "SELECT patient_id, study_uid FROM audit WHERE action = 'reconciled'"
+    [(patient, study, detail)] = query(
+        db, "SELECT patient_id, study_uid, detail FROM audit WHERE action = 'reconciled'"
     )
     assert (patient, study) == ("B-7007", receipt.study_instance_uid)
+    # Rewritten as they arrived (the received bytes were never stored as such).
+    assert f"{len(sources)} instances as they arrived" in detail
 
 
 async def test_an_unmatched_study_is_held_until_an_operator_names_the_patient(
@@ -308,3 +314,31 @@ modalities = ["CT"]
     assert study == scan_file(study_files(source)[0]).study_instance_uid
     assert "no rule allows MR from RX1" in detail
     assert committed["received_committed"] == 0 and committed["stored_instances"] == 0
+
+
+async def test_what_cannot_be_coerced_cleanly_is_held_not_cut(orgs: Pki, tmp_path: Path) -> None:
+    """A prefix that would make the accession number longer than its 16
+    characters holds the study (nothing delivered, nothing rewritten in the
+    store), with the reason, rather than cutting the number short."""
+    source = make_study(tmp_path / "study", 2, seed=7)  # accession ACC000007: 9 characters
+    pacs_port = closed_port()
+    rules = RECONCILE_FROM_A.replace('accession_prefix = "A-"', 'accession_prefix = "TRUST-B-"')
+    path = b_toml(orgs, tmp_path / "b", pacs_port, rules)
+    (tmp_path / "b" / "patients.csv").write_text(
+        f"sender,issuer,patient_id,local_patient_id\nRX1,DICOMRELAY,{SENDER_PATIENT},B-7007\n"
+    )
+    with anyio.fail_after(TIMEOUT):
+        async with Node(NodeConfig.from_toml(path)) as rx:
+            assert rx.port is not None
+            async with trust_a(orgs, tmp_path, rx.port) as tx:
+                receipt = await (await tx.send(source, to="RX2")).wait()
+            db = rx.config.data_dir / "ledger.sqlite"
+            while not (held_rows := query(db, "SELECT reason FROM reconciliations WHERE state = 'held'")):
+                await anyio.sleep(0.05)
+            stored = await rx.study(receipt.study_instance_uid)
+    [(reason,)] = held_rows
+    assert "TRUST-B-ACC000007" in reason and "longer than 16 characters" in reason
+    # The store still holds exactly what was received; nothing went to a PACS.
+    assert sorted(d for _, d in stored) == sorted(i.digest for i in receipt.instances)
+    assert query(db, "SELECT count(*) FROM deliveries") == [(0,)]
+    assert query(db, "SELECT count(*) FROM reconciled_instances") == [(0,)]

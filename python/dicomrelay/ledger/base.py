@@ -12,6 +12,7 @@ from dicomrelay.ledger.archive import ApiToken, StoredAttributes
 from dicomrelay.ledger.reconciliations import (
     RECONCILE_STATES,
     ReconciledInstance,
+    ReconciledRow,
     Reconciliation,
     ReconcileState,
 )
@@ -205,10 +206,13 @@ class Ledger(Protocol):
         end: tuple[int, int],
         located: Sequence[tuple[str, Location]],
         received: Sequence[tuple[str, str, IncomingInstance]],
+        reconciled: Sequence[ReconciledRow] = (),
     ) -> None:
         """One durable round, in one transaction: the new records' locations (a
         digest located before keeps its place), the instances received
-        ``(sender, transfer_id, instance)``, and the store's new durable end."""
+        ``(sender, transfer_id, instance)``, those rewritten as they arrived
+        (``reconciled``: received digest -> stored digest), and the store's new
+        durable end."""
         ...
 
     async def locations(self, store: str, digests: Sequence[str]) -> dict[str, Location]:
@@ -329,6 +333,17 @@ class Ledger(Protocol):
     async def add_reconciliation(
         self, sender: str, transfer_id: str, study_uid: str, priority: str
     ) -> Reconciliation: ...
+    async def note_reconciliation(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_uid: str,
+        *,
+        priority: str,
+        rule: str,
+        foreign: tuple[str | None, str | None],
+        local: tuple[str, str | None],
+    ) -> None: ...
     async def reconciliation(self, sender: str, transfer_id: str) -> Reconciliation | None: ...
     async def reconciliations(
         self,

@@ -23,7 +23,11 @@ from dicomrelay.ledger.base import (
     TransferState,
 )
 from dicomrelay.ledger.dialect import Dialect
-from dicomrelay.ledger.reconciliations import ReconciliationRecords, ReconcileStatements
+from dicomrelay.ledger.reconciliations import (
+    ReconciledRow,
+    ReconciliationRecords,
+    ReconcileStatements,
+)
 from dicomrelay.ledger.search import Search, search_sql
 from dicomrelay.ledger.statements import (
     Statements,
@@ -260,6 +264,7 @@ class SqlLedger(ReconciliationRecords):
             if rows and rows[0][0] is not None:
                 return bytes(rows[0][0])
             yield Query(q.commit_to_store, (study_instance_uid, committed, *key))
+            yield Query(self._rsql.switch_committed, (study_instance_uid, *key))
             yield Query(q.commit_incoming, (committed, receipt, *key))
             return receipt
 
@@ -280,9 +285,11 @@ class SqlLedger(ReconciliationRecords):
         end: tuple[int, int],
         located: Sequence[tuple[str, Location]],
         received: Sequence[tuple[str, str, IncomingInstance]],
+        reconciled: Sequence[ReconciledRow] = (),
     ) -> None:
         q = self._sql
         places = [(store, digest, *where) for digest, where in located]
+        mapped = [(*r, time.time()) for r in reconciled]
         rows = [
             (sender, transfer_id, i.index, i.sop_instance_uid, i.size, i.digest, i.stored)
             for sender, transfer_id, i in received
@@ -294,6 +301,8 @@ class SqlLedger(ReconciliationRecords):
                 yield Query(q.locate, places, many=True)
             if rows:
                 yield Query(q.record_received, rows, many=True)
+            if mapped:
+                yield Query(self._rsql.insert_instance, mapped, many=True)
             yield Query(q.set_segment_end, segment_end)
 
         await self._driver.run(work)

@@ -56,6 +56,11 @@ class ReconciledInstance:
     size: int
 
 
+# An instance rewritten as it arrived, for the round that stores it: (sender,
+# transfer id, received digest, reconciled digest, study UID, SOP UID, size).
+ReconciledRow = tuple[str, str, str, str, str, str, int]
+
+
 def _reconciliation(row: Row) -> Reconciliation:
     return Reconciliation(
         sender=row[0],
@@ -123,6 +128,29 @@ class ReconcileStatements:
             " WHERE sender = ? AND transfer_id = ? ORDER BY sop_uid"
         )
         self.counts = sql("SELECT state, count(*) FROM reconciliations GROUP BY state")
+        # A plan made as the transfer arrived: the rule, and whom it maps to whom.
+        self.note = sql(
+            f"INSERT INTO reconciliations ({_COLUMNS})"
+            " VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, NULL, ?)"
+            " ON CONFLICT (sender, transfer_id) DO UPDATE SET rule = excluded.rule,"
+            " foreign_patient_id = excluded.foreign_patient_id,"
+            " foreign_issuer = excluded.foreign_issuer,"
+            " local_patient_id = excluded.local_patient_id,"
+            " local_issuer = excluded.local_issuer, updated = excluded.updated"
+            " WHERE reconciliations.state = 'pending'"
+        )
+        # At commit: the store's new rows name the instances rewritten as they
+        # arrived, not what was received (every SET sees the row as it was).
+        mapped = (
+            " FROM reconciled_instances r WHERE r.sender = store.sender"
+            " AND r.transfer_id = store.transfer_id AND r.received_digest = store.digest"
+        )
+        self.switch_committed = sql(
+            f"UPDATE store SET digest = (SELECT r.reconciled_digest{mapped}),"
+            f" size = (SELECT r.size{mapped})"
+            " WHERE study_uid = ? AND sender = ? AND transfer_id = ?"
+            f" AND EXISTS (SELECT 1{mapped})"
+        )
 
 
 class ReconciliationRecords:
@@ -147,6 +175,32 @@ class ReconciliationRecords:
             return _reconciliation((yield Query(q.one, key)).rows[0])
 
         return await self._driver.run(work)  # type: ignore[no-any-return]
+
+    async def note_reconciliation(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_uid: str,
+        *,
+        priority: str,
+        rule: str,
+        foreign: tuple[str | None, str | None],
+        local: tuple[str, str | None],
+    ) -> None:
+        """A transfer is being reconciled as it arrives, by ``rule``, from the
+        patient ``foreign`` to ``local`` ((patient ID, issuer) each): recorded
+        pending (a row still pending gets the plan)."""
+        params = (
+            sender,
+            transfer_id,
+            study_uid,
+            priority,
+            rule,
+            *foreign,
+            *local,
+            time.time(),
+        )
+        await self._one(Query(self._rsql.note, params))
 
     async def reconciliation(self, sender: str, transfer_id: str) -> Reconciliation | None:
         rows = await self._one(Query(self._rsql.one, (sender, transfer_id)))
