@@ -13,6 +13,7 @@ reason: this is only the fast way to the same result.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from pathlib import Path
 import anyio.to_thread
 
 from dicomrelay._native import Payload, header_values, header_values_file
-from dicomrelay.config import NodeConfig
-from dicomrelay.errors import DicomParseError, PatientMappingError
+from dicomrelay.config import DigestName, NodeConfig
+from dicomrelay.errors import DicomParseError, PatientMappingError, RewriteError
 from dicomrelay.instance_store import OnTheWay
 from dicomrelay.ledger import Ledger
 from dicomrelay.policy import Decision
@@ -36,6 +37,7 @@ from dicomrelay.reconcile import (
     patient_index,
     plan_reconciliation,
 )
+from dicomrelay.rewrite import rewrite
 
 log = logging.getLogger("dicomrelay.arrival")
 
@@ -144,6 +146,17 @@ class ArrivalPlanner:
             study_uid=study_uid,
             sop_uid=sop_uid,
         )
+
+
+async def rewritten(way: OnTheWay, data: Payload, algorithm: DigestName) -> OnTheWay | None:
+    """``way`` with its rewrite made, on a worker thread (hashing the output
+    is most of it), so the store's round only appends it; None when the edits
+    cannot be applied (the instance is then stored as received)."""
+    try:
+        out = await anyio.to_thread.run_sync(lambda: rewrite(data, way.edits, digest=algorithm))
+    except (RewriteError, DicomParseError):
+        return None
+    return dataclasses.replace(way, done=out)
 
 
 async def read_values(data: Payload | Path) -> dict[int, str] | None:

@@ -53,7 +53,7 @@ from dicomrelay.errors import (
 )
 from dicomrelay.ledger import IncomingInstance, Ledger, Location
 from dicomrelay.ledger.reconciliations import ReconciledInstance, ReconciledRow
-from dicomrelay.rewrite import Edit, rewrite
+from dicomrelay.rewrite import Edit, Rewritten, rewrite
 
 T = TypeVar("T")
 STORE_NAME_FILE = "store-name"
@@ -88,6 +88,9 @@ class OnTheWay:
     transfer_id: str
     study_uid: str
     sop_uid: str
+    # The rewrite made already (as the instance arrived, off the round's
+    # path): the round only appends it. None: the round rewrites it.
+    done: Rewritten | None = None
 
 
 def store_name(root: Path) -> str:
@@ -423,7 +426,7 @@ def _append_rewritten(
         else:
             data = record.data
         try:
-            out = rewrite(data, way.edits, digest=record.algorithm)
+            out = way.done or rewrite(data, way.edits, digest=record.algorithm)
         except (RewriteError, DicomParseError):
             where = (
                 segments.append_file(record.data, record.digest, algorithm=record.algorithm)

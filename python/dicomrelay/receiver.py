@@ -30,7 +30,7 @@ from dicomrelay._native import Hasher, Payload, TlsConfig
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.connection import Connection
 from dicomrelay.errors import DicomrelayError, StorageError, TlsError, first_failure
-from dicomrelay.arrival import ArrivalPlanner, TransferPlan, read_values
+from dicomrelay.arrival import ArrivalPlanner, TransferPlan, read_values, rewritten
 from dicomrelay.inbound import InboundRules
 from dicomrelay.instance_store import InstanceStore, OnTheWay, Record
 from dicomrelay.ledger import IncomingInstance, Ledger
@@ -498,13 +498,16 @@ class _Session:
         plan = self.plans[transfer_id]
         if plan is None:
             return None
-        return planner.edits(
+        way = planner.edits(
             plan,
             values,
             transfer_id=transfer_id,
             study_uid=study,
             sop_uid=instance.sop_instance_uid,
         )
+        if way is None or isinstance(data, Path):
+            return way  # a large instance is rewritten by the round, its file mapped
+        return await rewritten(way, data, self.algorithms[transfer_id])
 
     async def _commit(self, receipt: Receipt) -> bytes:
         """Sign the receipt, then make the study visible and keep the receipt: the

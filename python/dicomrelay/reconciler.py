@@ -1,15 +1,19 @@
 """``Reconciler``: a node's patient-ID reconciliation of studies committed from
 other organisations (IHE IRWF.b), between the inbox and delivery into the PACS.
 
-For each committed study whose sender an inbound rule reconciles, the local
-patient is looked up in the rule's mapping (``dicomrelay.reconcile``); every
-instance is read from the store, its header rewritten in Rust (the pixel data
-neither copied nor touched: the new record is the new header, a view of the
-received record's pixel bytes, and a trailer) and stored in durable rounds;
-then, in one ledger transaction, the store's rows switch to the rewritten
-instances, each received digest is mapped to its reconciled one, and the
-received records go. Only then is the study released for delivery. The
-receipt the sender holds still names what was received.
+Most instances are reconciled as they arrive (``arrival``: the receiving
+session finds the patient at a transfer's first instance and the store's
+round stores each rewritten), and the commit stores the rewritten ones. For
+each committed study whose sender an inbound rule reconciles, this part
+finishes the rest: the local patient is looked up in the rule's mapping
+(``dicomrelay.reconcile``) unless the session found it; every instance not
+yet rewritten is read from the store, its header rewritten in Rust (the pixel
+data neither copied nor touched: the new record is the new header, a view of
+the received record's pixel bytes, and a trailer) and stored in durable
+rounds; then, in one ledger transaction, the store's rows switch to the
+rewritten instances, each received digest is mapped to its reconciled one,
+and the received records go. Only then is the study released for delivery.
+The receipt the sender holds still names what was received.
 
 No match is never guessed: the study is held (``reconcile-held``) until an
 operator names the patient (``dicomrelay reconcile``: the ledger row becomes
@@ -222,8 +226,10 @@ class Reconciler:
 
     async def _reconcile(self, row: Reconciliation, local: LocalPatient | None) -> None:
         incoming = await self.ledger.incoming(row.sender, row.transfer_id)
+        if incoming is None or incoming.receipt is None:
+            return  # still arriving (the session planned it): its commit brings it back
         received = await self.ledger.received(row.sender, row.transfer_id)
-        if incoming is None or not received:
+        if not received:
             raise Held("the transfer's instances are not in the ledger")
         algorithm: DigestName = "blake3" if incoming.digest == "blake3" else "sha256"
         # Each content once, in transfer order (the last of a repeated UID wins, as in the store).
