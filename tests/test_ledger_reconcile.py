@@ -84,18 +84,27 @@ async def test_a_reconciled_transfer_switches_the_store_and_drops_what_was_recei
         assert await ledger.counts() == {**(await ledger.counts()), "reconciliations_held": 1}
         [held] = await ledger.reconciliations(states=("held",))
         assert (held.foreign_patient_id, held.reason) == ("P1", "no match")
-        assert await ledger.resolve_reconciliation(
-            "1.2.3", local_patient_id="B1", local_issuer="TB", reason="operator"
-        ) == 1
-        assert await ledger.resolve_reconciliation(
-            "1.2.3", local_patient_id="B2", local_issuer=None, reason="again"
-        ) == 0  # no longer held
+        assert (
+            await ledger.resolve_reconciliation(
+                "1.2.3", local_patient_id="B1", local_issuer="TB", reason="operator"
+            )
+            == 1
+        )
+        assert (
+            await ledger.resolve_reconciliation(
+                "1.2.3", local_patient_id="B2", local_issuer=None, reason="again"
+            )
+            == 0
+        )  # no longer held
         [resolving] = await ledger.reconciliations(study_uid="1.2.3")
         assert (resolving.state, resolving.local_patient_id) == ("resolving", "B1")
 
         rewritten = ["2" * 64, "3" * 64]
         await ledger.record_round(
-            STORE, (1, 131072), [(d, (1, 70000 + n * 4096, 120)) for n, d in enumerate(rewritten)], []
+            STORE,
+            (1, 131072),
+            [(d, (1, 70000 + n * 4096, 120)) for n, d in enumerate(rewritten)],
+            [],
         )
         done = [
             ReconciledInstance(
@@ -116,7 +125,10 @@ async def test_a_reconciled_transfer_switches_the_store_and_drops_what_was_recei
             reason="coerced",
         )
         assert switched == 2
-        assert await ledger.study("1.2.3") == [("1.2.3.0", rewritten[0], 120), ("1.2.3.1", rewritten[1], 120)]
+        assert await ledger.study("1.2.3") == [
+            ("1.2.3.0", rewritten[0], 120),
+            ("1.2.3.1", rewritten[1], 120),
+        ]
         assert await ledger.reconciled_instances("RX1", TID) == done
         # The received records are garbage now; the rewritten ones are located.
         assert set(await ledger.locations(STORE, received + rewritten)) == set(rewritten)
@@ -147,18 +159,21 @@ async def test_a_row_a_later_transfer_replaced_is_not_switched(open_ledger: Open
                 sop_uid="1.2.3.0", received_digest="0" * 64, reconciled_digest="6" * 64, size=9
             )
         ]
-        assert await ledger.finish_reconciliation(
-            "RX1",
-            TID,
-            "1.2.3",
-            done,
-            rule="r",
-            foreign_patient_id=None,
-            foreign_issuer=None,
-            local_patient_id="B1",
-            local_issuer=None,
-            reason="coerced",
-        ) == 0
+        assert (
+            await ledger.finish_reconciliation(
+                "RX1",
+                TID,
+                "1.2.3",
+                done,
+                rule="r",
+                foreign_patient_id=None,
+                foreign_issuer=None,
+                local_patient_id="B1",
+                local_issuer=None,
+                reason="coerced",
+            )
+            == 0
+        )
         assert await ledger.study("1.2.3") == [("1.2.3.0", "5" * 64, 100)]
     finally:
         await ledger.close()

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from dicomrelay.config import NodeConfig, Peer
 from dicomrelay.errors import ConfigurationError
-from dicomrelay.reconcile import Reconcile
 from dicomrelay.policy import (
     ROLES,
     Counterpart,
@@ -21,6 +20,7 @@ from dicomrelay.policy import (
     decide,
     study_refusal,
 )
+from dicomrelay.reconcile import Reconcile
 
 CT = Subject(modality="CT", sop_class_uid="1.2.840.10008.5.1.4.1.1.2", priority="routine")
 MR = Subject(modality="MR", sop_class_uid="1.2.840.10008.5.1.4.1.1.4", priority="routine")

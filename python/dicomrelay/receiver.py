@@ -27,10 +27,10 @@ import anyio.to_thread
 
 from dicomrelay import pki
 from dicomrelay._native import Hasher, Payload, TlsConfig
+from dicomrelay.arrival import ArrivalPlanner, TransferPlan, read_values, rewritten
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.connection import Connection
 from dicomrelay.errors import DicomrelayError, StorageError, TlsError, first_failure
-from dicomrelay.arrival import ArrivalPlanner, TransferPlan, read_values, rewritten
 from dicomrelay.inbound import InboundRules
 from dicomrelay.instance_store import InstanceStore, OnTheWay, Record
 from dicomrelay.ledger import IncomingInstance, Ledger
@@ -309,7 +309,9 @@ class _Session:
                 way = None
                 if self.r.inbound is not None:
                     decision = await self._judge(effect.transfer_id, effect.data)
-                    way = await self._on_the_way(effect.transfer_id, effect.instance, effect.data, decision)
+                    way = await self._on_the_way(
+                        effect.transfer_id, effect.instance, effect.data, decision
+                    )
                 stored = self._stored(effect.slot, effect.transfer_id, effect.instance, way)
                 self.r.committer.write(stored, effect.data)
             elif isinstance(effect, SendFrame):

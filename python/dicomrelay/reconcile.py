@@ -280,7 +280,7 @@ class TablePatientIndex:
         return None
 
 
-Lookup = Callable[[ForeignPatient], "LocalPatient | None | Awaitable[LocalPatient | None]"]
+Lookup = Callable[[ForeignPatient], "LocalPatient | Awaitable[LocalPatient | None] | None"]
 
 
 class CallablePatientIndex:

@@ -24,6 +24,7 @@ from the ledger's ``pending`` and ``resolving`` rows.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import math
 import time
@@ -40,9 +41,9 @@ from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.errors import (
     ConfigurationError,
     CorruptRecord,
-    InstanceNotStored,
     DicomParseError,
     DicomrelayError,
+    InstanceNotStored,
     LedgerUnavailable,
     PatientMappingError,
     RewriteError,
@@ -200,7 +201,9 @@ class Reconciler:
         except LedgerUnavailable:
             raise  # the node stops, as after a crash, and resumes from the ledger
         except (StorageError, OSError) as e:
-            log.error("reconciling %s from %s failed, tried again: %s", row.study_uid, row.sender, e)
+            log.error(
+                "reconciling %s from %s failed, tried again: %s", row.study_uid, row.sender, e
+            )
         except Exception as e:
             # A defect met on one study must not stop the node: it waits for a person.
             log.exception("reconciling %s from %s failed", row.study_uid, row.sender)
@@ -249,9 +252,8 @@ class Reconciler:
                 plan = await self._decide(row, read, local)
                 if plan is None:
                     break  # no rule reconciles its instances
-            rule, foreign, found, _ = plan
             records, outcome = await anyio.to_thread.run_sync(
-                lambda: _rewrite_batch(read, rule, foreign, found, self._system, now, algorithm)
+                functools.partial(_rewrite_batch, read, plan, self._system, now, algorithm)
             )
             await self.store.write_round(records, [])
             done += outcome
@@ -282,7 +284,8 @@ class Reconciler:
         if plan is not None:
             detail = (
                 f"study {row.study_uid} from {row.sender}: patient {foreign_ids[0]!r} "
-                f"(issuer {foreign_ids[1]!r}) {reason}; {switched + len(arrived)} instances rewritten"
+                f"(issuer {foreign_ids[1]!r}) {reason};"
+                f" {switched + len(arrived)} instances rewritten"
             )
             await self.ledger.audit(
                 row.sender,
@@ -396,15 +399,14 @@ def _read_batch(
 
 def _rewrite_batch(
     read: Sequence[_Read],
-    rule: Reconcile,
-    foreign: ForeignPatient,
-    local: LocalPatient,
+    plan: tuple[Reconcile, ForeignPatient, LocalPatient, str],
     system: str,
     now: datetime.datetime,
     algorithm: DigestName,
 ) -> tuple[list[Record], list[ReconciledInstance]]:
     """Each instance's header rewritten (on a worker thread): the record to
     store is the new header, a view of the received pixel bytes, the trailer."""
+    rule, foreign, local, _ = plan
     records: list[Record] = []
     done: list[ReconciledInstance] = []
     for r in read:

@@ -58,9 +58,7 @@ def held_row(r: Reconciliation) -> dict[str, object]:
 def write_held(rows: Rows) -> None:
     if not rows:
         return
-    sys.stdout.write(
-        "needs reconciliation (`dicomrelay reconcile STUDY_UID --patient-id ID`):\n"
-    )
+    sys.stdout.write("needs reconciliation (`dicomrelay reconcile STUDY_UID --patient-id ID`):\n")
     for r in rows:
         state = "" if r["state"] == "held" else f"  ({r['state']})"
         sys.stdout.write(
@@ -177,7 +175,5 @@ def _resolve(config: Any, args: argparse.Namespace) -> int:
     if failed:
         sys.stderr.write(f"dicomrelay reconcile: study {study} still held: {failed[0].reason}\n")
         return 1
-    sys.stdout.write(
-        f"study {study}: reconciled to patient {patient}; released for delivery\n"
-    )
+    sys.stdout.write(f"study {study}: reconciled to patient {patient}; released for delivery\n")
     return 0

@@ -13,8 +13,8 @@ from dicomrelay.ledger.reconciliations import (
     RECONCILE_STATES,
     ReconciledInstance,
     ReconciledRow,
-    Reconciliation,
     ReconcileState,
+    Reconciliation,
 )
 from dicomrelay.ledger.search import Search
 

@@ -25,8 +25,8 @@ from dicomrelay.ledger.base import (
 from dicomrelay.ledger.dialect import Dialect
 from dicomrelay.ledger.reconciliations import (
     ReconciledRow,
-    ReconciliationRecords,
     ReconcileStatements,
+    ReconciliationRecords,
 )
 from dicomrelay.ledger.search import Search, search_sql
 from dicomrelay.ledger.statements import (

@@ -6,7 +6,7 @@ table. A mixin of ``SqlLedger``: the same statements on both backends."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -14,6 +14,7 @@ from dicomrelay.ledger.dialect import Dialect
 from dicomrelay.ledger.work import Query, Row, Work
 
 if TYPE_CHECKING:
+    from dicomrelay.ledger.ledger import Driver
     from dicomrelay.ledger.statements import Statements
 
 T = TypeVar("T")
@@ -156,11 +157,16 @@ class ReconcileStatements:
 class ReconciliationRecords:
     """``SqlLedger``'s reconciliation calls (it provides the driver)."""
 
-    _driver: Any
+    _driver: Driver
     _sql: Statements
-    _one: Callable[[Query], Any]
-    _array: Callable[[Sequence[Any]], Any]
+    _array: Callable[[Iterable[Any]], Any]
     _rsql: ReconcileStatements
+
+    async def _one(self, query: Query) -> list[Row]:
+        def work() -> Work[list[Row]]:
+            return (yield query).rows
+
+        return await self._driver.run(work)
 
     async def add_reconciliation(
         self, sender: str, transfer_id: str, study_uid: str, priority: str
@@ -174,7 +180,7 @@ class ReconciliationRecords:
             yield Query(q.add, (*key, study_uid, priority, time.time()))
             return _reconciliation((yield Query(q.one, key)).rows[0])
 
-        return await self._driver.run(work)  # type: ignore[no-any-return]
+        return await self._driver.run(work)
 
     async def note_reconciliation(
         self,
@@ -243,7 +249,7 @@ class ReconciliationRecords:
         def work() -> Work[int]:
             return (yield Query(q.resolve, params)).rowcount
 
-        return await self._driver.run(work)  # type: ignore[no-any-return]
+        return await self._driver.run(work)
 
     async def finish_reconciliation(
         self,
@@ -316,11 +322,9 @@ class ReconciliationRecords:
                 yield Query(s.drop_unreferenced, (self._array(replaced),))
             return switched
 
-        return await self._driver.run(work)  # type: ignore[no-any-return]
+        return await self._driver.run(work)
 
-    async def reconciled_instances(
-        self, sender: str, transfer_id: str
-    ) -> list[ReconciledInstance]:
+    async def reconciled_instances(self, sender: str, transfer_id: str) -> list[ReconciledInstance]:
         rows = await self._one(Query(self._rsql.instances, (sender, transfer_id)))
         return [
             ReconciledInstance(
@@ -346,9 +350,8 @@ class ReconciliationRecords:
         else:
             assert sender_id is not None
             sender, issuer, patient_id = sender_id
-            where = (
-                " WHERE patient_id = ? AND coalesce(issuer, '') = ?"
-                + (" AND upper(sender) = ?" if sender else " AND coalesce(sender, '') = ?")
+            where = " WHERE patient_id = ? AND coalesce(issuer, '') = ?" + (
+                " AND upper(sender) = ?" if sender else " AND coalesce(sender, '') = ?"
             )
             query = Query(render(select + where), (patient_id, issuer, sender))
         rows = await self._one(query)

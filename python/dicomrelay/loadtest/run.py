@@ -184,7 +184,8 @@ def _run_in_process(
             return result
 
     result = anyio.run(go, backend_options={"use_uvloop": worker._has_uvloop()})
-    reconciled = {k: result[k] for k in ("reconciled_at", "reconciled", "held") if k in result}
+    keys = ("reconciled_at", "reconciled", "held")
+    reconciled: dict[str, Any] = {k: result[k] for k in keys if k in result}
     return dict(result), reconciled
 
 
