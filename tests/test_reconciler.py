@@ -36,7 +36,12 @@ TID = "c" * 32
 
 
 def test_a_record_of_parts_reads_back_joined(tmp_path: Path) -> None:
-    parts = [b"header-bytes", memoryview(b"0123456789" * 1000)[5:9005], b"", b"trailer"]
+    parts: list[bytes | memoryview] = [
+        b"header-bytes",
+        memoryview(b"0123456789" * 1000)[5:9005],
+        b"",
+        b"trailer",
+    ]
     joined = b"".join(bytes(p) for p in parts)
     digest = hashlib.sha256(joined).hexdigest()
     with SegmentStore(tmp_path, durable_end=None, segment_size=1 << 20) as store:
