@@ -9,7 +9,9 @@ inbound rules refuse is refused to A and audited."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,6 +27,9 @@ import pytest
 from dicomrelay import scan, scan_file
 from dicomrelay.config import NodeConfig
 from dicomrelay.node import Node
+from dicomrelay.policy import Rule
+from dicomrelay.reconcile import ForeignPatient, LocalPatient, Reconcile
+from dicomrelay.rewrite import Set, rewrite_file
 from dicomrelay.transfer import TransferFailed
 
 from .chain_helpers import dataset, held, storescp
@@ -36,6 +41,7 @@ from .helpers import (
     peer,
     query,
     read_stored,
+    receiver_config,
     study_files,
 )
 
@@ -359,3 +365,49 @@ async def test_what_cannot_be_coerced_cleanly_is_held_not_cut(orgs: Pki, tmp_pat
     assert sorted(d for _, d in stored) == sorted(i.digest for i in receipt.instances)
     assert query(db, "SELECT count(*) FROM deliveries") == [(0,)]
     assert query(db, "SELECT count(*) FROM reconciled_instances") == [(0,)]
+
+
+async def test_an_embedding_service_looks_the_patient_up(orgs: Pki, tmp_path: Path) -> None:
+    """From Python, ``Reconcile(lookup=...)``: an async callable is asked, once,
+    for the local patient of an NHS-numbered patient; what the node stores
+    is filed under the answer."""
+    source = make_study(tmp_path / "study", 3, seed=7)
+    nhs = [
+        Set(tag=0x00100020, value="9434765919", vr="LO"),
+        Set(tag=0x00100021, value="NHS", vr="LO"),
+    ]
+    for path in study_files(source):
+        rewrite_file(path, path, nhs)
+    asked: list[ForeignPatient] = []
+
+    async def lookup(patient: ForeignPatient) -> LocalPatient | None:
+        asked.append(patient)
+        await anyio.sleep(0)
+        return LocalPatient(patient_id=f"B-{patient.nhs_number}") if patient.nhs_number else None
+
+    rule = Rule(
+        name="embedded",
+        direction="receive",
+        allow=True,
+        orgs=frozenset({"RX1"}),
+        reconcile=Reconcile(lookup=lookup, local_issuer="TRUSTB"),
+    )
+    config = dataclasses.replace(receiver_config(orgs, tmp_path), rules=(rule,))
+    with anyio.fail_after(TIMEOUT):
+        async with Node(config) as rx:
+            assert rx.port is not None
+            async with trust_a(orgs, tmp_path, rx.port) as tx:
+                receipt = await (await tx.send(source, to="RX2")).wait()
+            db = rx.config.data_dir / "ledger.sqlite"
+            while query(db, "SELECT state FROM reconciliations") != [("reconciled",)]:
+                await anyio.sleep(0.05)
+            stored = [
+                pydicom.dcmread(io.BytesIO(bytes(await rx.store.read_instance(digest))))
+                for _uid, digest in await rx.study(receipt.study_instance_uid)
+            ]
+    assert asked == [ForeignPatient(sender="RX1", patient_id="9434765919", issuer="NHS")]
+    assert len(stored) == 3
+    for ds in stored:
+        assert (ds.PatientID, ds.IssuerOfPatientID) == ("B-9434765919", "TRUSTB")
+        [other] = ds.OtherPatientIDsSequence
+        assert (other.PatientID, other.IssuerOfPatientID) == ("9434765919", "NHS")
