@@ -56,6 +56,7 @@ from dicomrelay.ledger.reconciliations import ReconciledInstance, Reconciliation
 from dicomrelay.policy import Rule, Subject, decide
 from dicomrelay.receiver_control import StudyCommitted
 from dicomrelay.reconcile import (
+    PATIENT_ID,
     TAGS_TO_READ,
     ForeignPatient,
     LocalPatient,
@@ -243,6 +244,8 @@ class Reconciler:
         arrived = await self.ledger.reconciled_instances(row.sender, row.transfer_id)
         rewritten = {m.received_digest for m in arrived}
         instances = [i for i in instances if i.digest not in rewritten]
+        if local is not None and arrived:
+            await self._check_filed(row, arrived, local)
         plan = self._planned(row) if local is None and arrived else None
         done: list[ReconciledInstance] = []
         now = datetime.datetime.now(datetime.UTC)
@@ -252,8 +255,10 @@ class Reconciler:
                 plan = await self._decide(row, read, local)
                 if plan is None:
                     break  # no rule reconciles its instances
+            # An operator's answer covers every instance, whichever patient it names.
+            check = local is None
             records, outcome = await anyio.to_thread.run_sync(
-                functools.partial(_rewrite_batch, read, plan, self._system, now, algorithm)
+                functools.partial(_rewrite_batch, read, plan, self._system, now, algorithm, check)
             )
             await self.store.write_round(records, [])
             done += outcome
@@ -300,6 +305,23 @@ class Reconciler:
     def _released(self, study: StudyCommitted) -> None:
         if self._releasing:
             self._release.send_nowait(study)
+
+    async def _check_filed(
+        self, row: Reconciliation, arrived: Sequence[ReconciledInstance], local: LocalPatient
+    ) -> None:
+        """Instances rewritten as they arrived are filed under the patient the
+        mapping named; an operator naming another would split the study."""
+        data = await self.store.read_instance(arrived[0].reconciled_digest)
+        filed = _values(data).get(PATIENT_ID)
+        if filed != local.patient_id:
+            foreign = ForeignPatient(
+                sender=row.sender, patient_id=row.foreign_patient_id, issuer=row.foreign_issuer
+            )
+            raise Held(
+                f"{len(arrived)} of its instances were filed under {filed!r} as they arrived:"
+                f" name {filed!r} (or correct those in the PACS)",
+                foreign,
+            )
 
     def _planned(
         self, row: Reconciliation
@@ -403,15 +425,18 @@ def _rewrite_batch(
     system: str,
     now: datetime.datetime,
     algorithm: DigestName,
+    check_patient: bool,
 ) -> tuple[list[Record], list[ReconciledInstance]]:
     """Each instance's header rewritten (on a worker thread): the record to
-    store is the new header, a view of the received pixel bytes, the trailer."""
+    store is the new header, a view of the received pixel bytes, the trailer.
+    ``check_patient``: hold the study if an instance names another patient
+    than its first does."""
     rule, foreign, local, _ = plan
     records: list[Record] = []
     done: list[ReconciledInstance] = []
     for r in read:
         here = foreign_patient(foreign.sender, r.values)
-        if here != foreign:
+        if check_patient and here != foreign:
             raise Held(
                 f"instance {r.instance.sop_instance_uid} names patient {here.patient_id!r},"
                 f" not {foreign.patient_id!r} as the study's first does",

@@ -411,3 +411,58 @@ async def test_an_embedding_service_looks_the_patient_up(orgs: Pki, tmp_path: Pa
         assert (ds.PatientID, ds.IssuerOfPatientID) == ("B-9434765919", "TRUSTB")
         [other] = ds.OtherPatientIDsSequence
         assert (other.PatientID, other.IssuerOfPatientID) == ("9434765919", "NHS")
+
+
+async def test_a_study_naming_two_patients_is_held_and_never_split(
+    orgs: Pki, tmp_path: Path
+) -> None:
+    """The first instances are filed under B's patient as they arrive; one
+    naming another patient holds the study. An operator naming a third patient
+    would split it, so that is refused (held, with why); naming the patient
+    the others were filed under files the rest there too."""
+    source = make_study(tmp_path / "study", 3, seed=7)
+    odd = study_files(source)[1]
+    rewrite_file(odd, odd, [Set(tag=0x00100020, value="OTHER-1", vr="LO")])
+    path = b_toml(orgs, tmp_path / "b", closed_port(), RECONCILE_FROM_A)
+    (tmp_path / "b" / "patients.csv").write_text(
+        f"sender,issuer,patient_id,local_patient_id\nRX1,DICOMRELAY,{SENDER_PATIENT},B-7007\n"
+    )
+
+    async def reason(db: Path, after: int) -> str:
+        while True:
+            rows = query(
+                db,
+                "SELECT r.reason FROM reconciliations r WHERE r.state = 'held'"
+                " AND (SELECT count(*) FROM audit WHERE action = 'reconcile-held') > ?",
+                after,
+            )
+            if rows:
+                return str(rows[0][0])
+            await anyio.sleep(0.05)
+
+    def resolve(patient: str) -> subprocess.CompletedProcess[str]:
+        return cli("reconcile", study, "--patient-id", patient, "--config", str(path))
+
+    with anyio.fail_after(TIMEOUT):
+        async with Node(NodeConfig.from_toml(path)) as rx:
+            assert rx.port is not None
+            async with trust_a(orgs, tmp_path, rx.port) as tx:
+                receipt = await (await tx.send(source, to="RX2")).wait()
+            study = receipt.study_instance_uid
+            db = rx.config.data_dir / "ledger.sqlite"
+            first = await reason(db, 0)
+            wrong = await anyio.to_thread.run_sync(resolve, "B-9999")
+            second = await reason(db, 1)
+            right = await anyio.to_thread.run_sync(resolve, "B-7007")
+            stored = [
+                pydicom.dcmread(io.BytesIO(bytes(await rx.store.read_instance(digest))))
+                for _uid, digest in await rx.study(study)
+            ]
+    assert "names patient 'OTHER-1', not 'SYN00000007'" in first
+    assert wrong.returncode == 1
+    assert "filed under 'B-7007' as they arrived" in second
+    assert right.returncode == 0, right.stderr
+    assert sorted(ds.PatientID for ds in stored) == ["B-7007"] * 3
+    [odd_one] = [ds for ds in stored if ds.OtherPatientIDsSequence[0].PatientID == "OTHER-1"]
+    [previous] = odd_one.OriginalAttributesSequence[0].ModifiedAttributesSequence
+    assert previous.PatientID == "OTHER-1"
