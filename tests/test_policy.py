@@ -20,6 +20,7 @@ from dicomrelay.policy import (
     decide,
     study_refusal,
 )
+from dicomrelay.reconcile import Reconcile
 
 CT = Subject(modality="CT", sop_class_uid="1.2.840.10008.5.1.4.1.1.2", priority="routine")
 MR = Subject(modality="MR", sop_class_uid="1.2.840.10008.5.1.4.1.1.4", priority="routine")
@@ -142,7 +143,7 @@ def test_rules_that_would_leak_to_research_are_refused_at_configuration() -> Non
         ({"direction": "sideways"}, "direction must be send or receive"),
         ({"roles": frozenset({"hospital"})}, "unknown role 'hospital'"),
         ({"direction": "receive", "deidentify": KEY}, "only a send rule de-identifies"),
-        ({"reconcile": True}, "only a receive rule reconciles"),
+        ({"reconcile": Reconcile(table="patient_mapping")}, "only a receive rule reconciles"),
         ({"allow": False, "deidentify": KEY}, "a refusing rule applies no transforms"),
     ],
 )
@@ -239,7 +240,7 @@ deidentify = { options = ["retain-longitudinal-modified-dates"], key_file = "pro
 [[rules]]
 direction = "receive"
 from = ["RX2"]
-reconcile = true
+reconcile = { table = "patient_mapping" }
 
 [[rules]]
 direction = "send"
@@ -265,7 +266,7 @@ def test_rules_and_roles_are_read_from_the_node_toml(tmp_path: Path) -> None:
     assert research.deidentify == Deidentify(
         options=("retain-longitudinal-modified-dates",), key_file=tmp_path / "project.key"
     )
-    assert inbound.reconcile
+    assert inbound.reconcile == Reconcile(table="patient_mapping")
     assert inbound.orgs == frozenset({"RX2"})
     assert inbound.name == "#3"
     assert not last.allow

@@ -440,7 +440,7 @@ def test_commit_signs_records_and_returns_the_receipt_the_ledger_keeps() -> None
     audit, sent, announced = c.committed(b'{"kept": 1}')
     assert audit == Audit("RX1", "received", TRANSFER_ID, "2 instances of 1.2.3")
     assert sent == SendFrame(Kind.RECEIPT, b'{"kept": 1}')
-    assert announced == StudyCommitted("1.2.3")
+    assert announced == StudyCommitted("1.2.3", "RX1", TRANSFER_ID)
 
 
 def test_a_committed_transfer_answers_its_commit_with_the_same_receipt() -> None:

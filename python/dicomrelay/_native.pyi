@@ -125,7 +125,9 @@ def scan_many(
     chunk_size: int | None = None,
     threads: int | None = None,
 ) -> list[InstanceInfo | DicomParseError | OSError]: ...
-def header_values(data: _Buffer, tags: Sequence[int]) -> tuple[dict[int, str], dict[int, str]]:
+def header_values(
+    data: _Buffer | Payload, tags: Sequence[int]
+) -> tuple[dict[int, str], dict[int, str]]:
     """The top-level text of ``tags`` present with a value, and every private
     creator ((gggg,00bb) -> name), decoded and stripped of padding."""
 
@@ -139,7 +141,7 @@ def header_values_file(
 _RewriteOutput: TypeAlias = tuple[bytes, int, int, bytes, str | None]
 
 def rewrite(
-    data: _Buffer, ops: Iterable[tuple[object, ...]], *, digest: _DigestName | None = None
+    data: _Buffer | Payload, ops: Iterable[tuple[object, ...]], *, digest: _DigestName | None = None
 ) -> _RewriteOutput: ...
 def rewrite_file(
     path: str | os.PathLike[str],
@@ -277,6 +279,14 @@ class SegmentStore:
         self, path: str | os.PathLike[str], digest: str, *, algorithm: _DigestName = "sha256"
     ) -> _Location:
         """A record of the whole file, read a buffer at a time (for large instances)."""
+    def append_parts(
+        self,
+        parts: Sequence[_Buffer | Payload],
+        digest: str,
+        *,
+        algorithm: _DigestName = "sha256",
+    ) -> _Location:
+        """A record of ``parts`` one after another, not joined in memory first."""
     def append_many(
         self,
         records: Iterable[tuple[_Buffer | Payload, str]],

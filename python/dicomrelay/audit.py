@@ -36,7 +36,7 @@ def outcome_of(action: str) -> Outcome:
     """The outcome an action's name implies (rows written before outcomes were kept)."""
     if action in _FAILED:
         return Outcome.SERIOUS_FAILURE
-    if action.endswith("-refused") or action in ("refused", "unrouted"):
+    if action.endswith("-refused") or action in ("refused", "unrouted", "reconcile-held"):
         return Outcome.MINOR_FAILURE
     return Outcome.SUCCESS
 
@@ -98,6 +98,7 @@ class _Event(NamedTuple):
 _TRANSFERRED = ("110104", "DICOM Instances Transferred")
 _SECURITY = ("110113", "Security Alert")
 _NODE_AUTHENTICATION = ("110126", "Node Authentication")
+_PATIENT_RECORD = ("110110", "Patient Record")
 EVENTS: dict[str, _Event] = {
     "sent": _Event(*_TRANSFERRED, "R"),
     "received": _Event(*_TRANSFERRED, "C"),
@@ -119,6 +120,10 @@ EVENTS: dict[str, _Event] = {
     "dicom-tls-refused": _Event(*_SECURITY, "E", _NODE_AUTHENTICATION),
     "dicom-association-refused": _Event(*_SECURITY, "E", _NODE_AUTHENTICATION),
     "dicom-dataset-refused": _Event(*_TRANSFERRED, "C"),
+    # Patient-ID reconciliation: the study's patient record coerced, held, resolved.
+    "reconciled": _Event(*_PATIENT_RECORD, "U"),
+    "reconcile-held": _Event(*_PATIENT_RECORD, "R"),
+    "reconcile-resolved": _Event(*_PATIENT_RECORD, "U"),
 }
 _OTHER = _Event("110100", "Application Activity", "E")
 

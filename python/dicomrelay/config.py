@@ -12,6 +12,7 @@ from dicomrelay.errors import ConfigurationError
 from dicomrelay.ledger import POSTGRES_SCHEMES
 from dicomrelay.pki import Identity, check_org_code
 from dicomrelay.policy import ROLES, Deidentify, Policy, Rule
+from dicomrelay.reconcile import MATCHES, MatchBy, Reconcile
 
 if TYPE_CHECKING:
     from dicomrelay.config_file import Table
@@ -374,7 +375,7 @@ def _rule_from_toml(r: Table, number: int) -> Rule:
     """``[[rules]]``: name, direction (send|receive), effect (allow|refuse),
     to / from (organisation codes), roles, modalities, sop_classes,
     source_aes, priorities, ``deidentify = {options = [...], key_file}``
-    (send) and ``reconcile`` (receive)."""
+    (send) and ``reconcile = {csv | table, ...}`` (receive: ``_reconcile_from_toml``)."""
     name = r.text("name", f"#{number}")
     direction = r.text("direction")
     if direction not in ("send", "receive"):
@@ -416,10 +417,34 @@ def _rule_from_toml(r: Table, number: int) -> Rule:
         source_aes=frozenset(r.texts("source_aes")),
         priorities=frozenset(r.texts("priorities")),
         deidentify=deidentify,
-        reconcile=r.flag("reconcile", False),
+        reconcile=None if (rec := r.table("reconcile")) is None else _reconcile_from_toml(rec),
     )
     r.finish()
     return rule
+
+
+def _reconcile_from_toml(t: Table) -> Reconcile:
+    """A receive rule's ``reconcile`` table: the mapping (``csv = "path"`` or
+    ``table = "name"`` in the ledger's database), ``match`` (``nhs-number``,
+    ``sender-id``, in the order tried), ``local_issuer``, ``accession_prefix``
+    or ``replace_accession``, ``institution_name`` (absent: kept)."""
+    match = t.texts("match") if "match" in t else MATCHES
+    if unknown := [m for m in match if m not in MATCHES]:
+        raise t.error(f"match: unknown {unknown[0]!r} (nhs-number, sender-id)")
+    try:
+        config = Reconcile(
+            csv=t.path("csv", None, exists=True),
+            table=t.text("table", None),
+            match=cast(tuple[MatchBy, ...], tuple(match)),
+            local_issuer=t.text("local_issuer", None),
+            accession_prefix=t.text("accession_prefix", None),
+            replace_accession=t.text("replace_accession", None),
+            institution_name=t.text("institution_name", None),
+        )
+    except ConfigurationError as e:
+        raise t.error(str(e)) from None
+    t.finish()
+    return config
 
 
 def _web_from_toml(w: Table) -> WebConfig:

@@ -50,6 +50,30 @@ class ConfigurationError(DicomrelayError, ValueError):
     """A node's configuration cannot work: a bad certificate, key, peer or path."""
 
 
+class PatientMappingError(ConfigurationError):
+    """A patient mapping (the CSV file or ledger table an inbound rule's
+    reconciliation reads) that cannot be used: a missing column, a malformed
+    row, an invalid NHS number, one foreign patient mapped to two local ones.
+    ``source`` names the file or table, ``line`` the row (1: the header line;
+    None when the whole mapping is at fault)."""
+
+    source: str
+    line: int | None
+
+    def __init__(self, message: str, source: str = "", line: int | None = None) -> None:
+        where = source if line is None else f"{source}:{line}"
+        super().__init__(f"{where}: {message}" if where else message)
+        self.source = source
+        self.line = line
+
+    def __reduce__(self) -> tuple[type[PatientMappingError], tuple[str, str, int | None]]:
+        message = str(self)
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        if where and message.startswith(f"{where}: "):
+            message = message[len(where) + 2 :]
+        return (type(self), (message, self.source, self.line))
+
+
 class UsageError(DicomrelayError, ValueError):
     """A command line asks for something that cannot be: an unknown
     organisation, a path that does not exist. The CLI exits with status 2."""

@@ -24,6 +24,7 @@ from dicomrelay.errors import DicomrelayError
 from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger
 from dicomrelay.pacs_delivery import deliver_instances
+from dicomrelay.receiver_control import StudyCommitted
 from dicomrelay.scp_store import StoreCommit
 from dicomrelay.transfer import Transfer
 
@@ -49,10 +50,11 @@ class DicomGateway:
         ledger: Ledger,
         store: InstanceStore,
         sender: StudySender,
-        committed: MemoryObjectReceiveStream[str] | None,
+        committed: MemoryObjectReceiveStream[StudyCommitted] | None,
     ) -> None:
-        """``committed``: UIDs of studies committed from other organisations, to
-        deliver into ``dicom.deliver_to`` (None when there is no PACS to feed)."""
+        """``committed``: studies committed from other organisations (and
+        reconciled, where a rule says so), to deliver into ``dicom.deliver_to``
+        (None when there is no PACS to feed)."""
         self.config = config
         self.dicom = dicom
         self.ledger = ledger
@@ -169,9 +171,10 @@ class DicomGateway:
 
     # Out: studies committed here, into the PACS.
     async def _deliver_committed(
-        self, tg: TaskGroup, committed: MemoryObjectReceiveStream[str]
+        self, tg: TaskGroup, committed: MemoryObjectReceiveStream[StudyCommitted]
     ) -> None:
-        async for study in committed:
+        async for commit in committed:
+            study = commit.study_instance_uid
             requested = await self.ledger.add_delivery(study)  # survives a restart until done
             tg.start_soon(self._deliver_to_pacs, study, requested)
 

@@ -18,6 +18,7 @@ from dicomrelay.config import NodeConfig
 from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger
 from dicomrelay.receiver import Committer, Receiver, discard_stored_partials
+from dicomrelay.receiver_control import StudyCommitted
 from dicomrelay.store import PartialFiles
 
 
@@ -33,14 +34,15 @@ class Inbox:
         *,
         report_commits: bool = False,
     ) -> None:
-        """``report_commits``: put each committed study's UID on ``committed``
-        (unbounded: a commit never waits for a delivery; studies are few)."""
+        """``report_commits``: put each committed study (``StudyCommitted``) on
+        ``committed`` (unbounded: a commit never waits for a delivery; studies
+        are few)."""
         self.config = config
         self._ledger = ledger
         self._partials = partials
         self.committer = Committer(store)
-        send, receive = anyio.create_memory_object_stream[str](math.inf)
-        self.committed: MemoryObjectReceiveStream[str] = receive
+        send, receive = anyio.create_memory_object_stream[StudyCommitted](math.inf)
+        self.committed: MemoryObjectReceiveStream[StudyCommitted] = receive
         self._receiver = Receiver(
             config,
             ledger,

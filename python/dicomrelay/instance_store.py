@@ -30,6 +30,7 @@ record up again.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -43,8 +44,16 @@ import anyio.to_thread
 
 from dicomrelay._native import Payload, SegmentFaults, SegmentStore
 from dicomrelay.config import DigestName
-from dicomrelay.errors import CorruptRecord, InstanceNotStored, StorageError
+from dicomrelay.errors import (
+    CorruptRecord,
+    DicomParseError,
+    InstanceNotStored,
+    RewriteError,
+    StorageError,
+)
 from dicomrelay.ledger import IncomingInstance, Ledger, Location
+from dicomrelay.ledger.reconciliations import ReconciledInstance, ReconciledRow
+from dicomrelay.rewrite import Edit, Rewritten, rewrite
 
 T = TypeVar("T")
 STORE_NAME_FILE = "store-name"
@@ -56,13 +65,32 @@ CHUNK = 1 << 20  # what iterating an InstanceReader yields at a time
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One instance for a round: its bytes (a buffer, never copied, or a file
-    read a buffer at a time: a large instance), its digest and the algorithm
-    that digest was made with."""
+    """One instance for a round: its bytes (a buffer, never copied; a file
+    read a buffer at a time: a large instance; or parts written one after
+    another: a rewritten instance's new header, its source's pixel data and a
+    trailer), its digest and the algorithm that digest was made with."""
 
-    data: Payload | bytes | memoryview | Path
+    data: Payload | bytes | memoryview | Path | tuple[Payload | bytes | memoryview, ...]
     digest: str
     algorithm: DigestName
+    # Stored rewritten instead (an instance reconciled as it arrives): the
+    # record is then the rewrite's, under its own digest, and the round
+    # records which received digest it stands for.
+    rewrite: OnTheWay | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OnTheWay:
+    """The header edits to store a received instance with, and whose it is."""
+
+    edits: tuple[Edit, ...]
+    sender: str
+    transfer_id: str
+    study_uid: str
+    sop_uid: str
+    # The rewrite made already (as the instance arrived, off the round's
+    # path): the round only appends it. None: the round rewrites it.
+    done: Rewritten | None = None
 
 
 def store_name(root: Path) -> str:
@@ -169,25 +197,33 @@ class InstanceStore:
             if self._broken:
                 await self._reopen()
             fresh: dict[str, Record] = {}
+            rewriting = [r for r in records if r.rewrite is not None]
             for r in records:
-                fresh.setdefault(r.digest, r)
+                if r.rewrite is None:
+                    fresh.setdefault(r.digest, r)
             if fresh:
                 stored = await self.ledger.locations(self.name, list(fresh))
                 for digest in stored:
                     del fresh[digest]
             located: list[tuple[str, Location]] = []
+            reconciled: list[ReconciledRow] = []
             segments = self._segments
 
             def append_and_commit() -> tuple[int, int]:
+                for r in rewriting:
+                    _append_rewritten(segments, r, located, reconciled)
                 by_algorithm: dict[DigestName, list[Record]] = {}
                 for r in fresh.values():
                     by_algorithm.setdefault(r.algorithm, []).append(r)
                 for algorithm, group in by_algorithm.items():
                     buffers: list[tuple[Payload | bytes | memoryview, str]] = []
                     files: list[tuple[Path, str]] = []
+                    parted: list[tuple[tuple[Payload | bytes | memoryview, ...], str]] = []
                     for r in group:
                         if isinstance(r.data, Path):
                             files.append((r.data, r.digest))
+                        elif isinstance(r.data, tuple):
+                            parted.append((r.data, r.digest))
                         else:
                             buffers.append((r.data, r.digest))
                     places = segments.append_many(buffers, algorithm=algorithm)
@@ -195,11 +231,14 @@ class InstanceStore:
                     for path, digest in files:
                         where = segments.append_file(path, digest, algorithm=algorithm)
                         located.append((digest, where))
+                    for parts, digest in parted:
+                        where = segments.append_parts(parts, digest, algorithm=algorithm)
+                        located.append((digest, where))
                 return segments.commit()
 
             self._broken = True  # until the ledger holds the round
             end = await anyio.to_thread.run_sync(append_and_commit)
-            await self.ledger.record_round(self.name, end, located, received)
+            await self.ledger.record_round(self.name, end, located, received, reconciled)
             self._recorded = end
             self._broken = False
 
@@ -274,6 +313,36 @@ class InstanceStore:
         async with self._lock:
             return await self.ledger.drop_studies(studies)
 
+    async def switch_reconciled(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_uid: str,
+        instances: Sequence[ReconciledInstance],
+        *,
+        rule: str | None,
+        foreign: tuple[str | None, str | None],
+        local: tuple[str | None, str | None],
+        reason: str,
+    ) -> int:
+        """The store's rows of a reconciled transfer switched to the rewritten
+        records and the received ones dropped (``Ledger.finish_reconciliation``,
+        with the (patient ID, issuer) it was ``foreign``, now ``local``), run as
+        drops are: one at a time. How many rows switched."""
+        async with self._lock:
+            return await self.ledger.finish_reconciliation(
+                sender,
+                transfer_id,
+                study_uid,
+                instances,
+                rule=rule,
+                foreign_patient_id=foreign[0],
+                foreign_issuer=foreign[1],
+                local_patient_id=local[0],
+                local_issuer=local[1],
+                reason=reason,
+            )
+
     async def drop_routed(self, before: float) -> int:
         """Drop what the DICOM SCP stored and a transfer done before ``before``
         sent on (unless something else names it); how many records went."""
@@ -331,6 +400,65 @@ class InstanceStore:
                 moved += await self.ledger.move_records(self.name, moves, end)
                 self._recorded = end
                 self._broken = False
+
+
+def _append_rewritten(
+    segments: SegmentStore,
+    record: Record,
+    located: list[tuple[str, Location]],
+    reconciled: list[ReconciledRow],
+) -> None:
+    """Append ``record`` rewritten by its edits (on the round's thread): the new
+    header, a view of the received pixel bytes (a large instance's file
+    mapped, not read), the trailer. An instance the edits cannot be applied to
+    is stored as received: its reconciliation then holds it, with the reason."""
+    assert record.rewrite is not None
+    way = record.rewrite
+    mapped: mmap.mmap | None = None
+    try:
+        data: Payload | bytes | memoryview | mmap.mmap
+        if isinstance(record.data, Path):
+            with open(record.data, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            data = mapped
+        elif isinstance(record.data, tuple):
+            raise TypeError("a record of parts is rewritten already")
+        else:
+            data = record.data
+        try:
+            out = way.done or rewrite(data, way.edits, digest=record.algorithm)
+        except (RewriteError, DicomParseError):
+            where = (
+                segments.append_file(record.data, record.digest, algorithm=record.algorithm)
+                if isinstance(record.data, Path)
+                else segments.append(data, record.digest, algorithm=record.algorithm)
+            )
+            located.append((record.digest, where))
+            return
+        assert out.digest is not None
+        view = memoryview(data)
+        try:
+            pixels = view[out.pixel_offset : out.pixel_offset + out.pixel_length]
+            parts = (out.header, pixels, out.trailer)
+            where = segments.append_parts(parts, out.digest, algorithm=record.algorithm)
+            pixels.release()
+        finally:
+            view.release()
+        located.append((out.digest, where))
+        reconciled.append(
+            (
+                way.sender,
+                way.transfer_id,
+                record.digest,
+                out.digest,
+                way.study_uid,
+                way.sop_uid,
+                out.size,
+            )
+        )
+    finally:
+        if mapped is not None:
+            mapped.close()
 
 
 def _copy(

@@ -22,6 +22,7 @@ from dicomrelay.inbox import Inbox
 from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger, open_ledger
 from dicomrelay.outbox import Outbox
+from dicomrelay.reconciler import Reconciler
 from dicomrelay.retention import StoreKeeper
 from dicomrelay.sharing import DEFAULT_LIFETIME, SharedLink, revoke_share, share_study
 from dicomrelay.sources import Source
@@ -93,6 +94,7 @@ class Node:
         stack.callback(tg.cancel_scope.cancel)  # leaving: stop the parts, then wait for them
         if self._store is not None:
             delivers = dicom is not None and dicom.deliver_to is not None
+            reconciles = Reconciler.needed(cfg)
             self.inbox = Inbox(
                 cfg,
                 self.ledger,
@@ -100,12 +102,20 @@ class Node:
                 PartialFiles(cfg.data_dir / "store"),
                 server_tls,
                 key_pem,
-                report_commits=delivers,
+                report_commits=delivers or reconciles,
             )
             await tg.start(self.inbox.run)
             self.port = self.inbox.port
+            released = self.inbox.committed
+            if reconciles:
+                # Between the inbox and the PACS: a study is delivered once reconciled.
+                reconciler = Reconciler(
+                    cfg, self.ledger, self._store, self.inbox.committed, release=delivers
+                )
+                await tg.start(reconciler.run)
+                released = reconciler.released
             if dicom is not None:
-                committed = self.inbox.committed if delivers else None
+                committed = released if delivers else None
                 gateway = DicomGateway(cfg, dicom, self.ledger, self._store, self.outbox, committed)
                 await tg.start(gateway.run)
                 self.dicom_port = gateway.port

@@ -25,6 +25,7 @@ from typing import Literal
 from dicomrelay.confidentiality_profile import Option
 from dicomrelay.deidentify import check_options
 from dicomrelay.errors import ConfigurationError, DicomrelayError
+from dicomrelay.reconcile import Reconcile
 
 ROLES = ("trust", "private-provider", "teleradiology", "network", "research", "other")
 Direction = Literal["send", "receive"]
@@ -96,7 +97,7 @@ class Rule:
     source_aes: frozenset[str] = frozenset()
     priorities: frozenset[str] = frozenset()
     deidentify: Deidentify | None = None  # send rules only
-    reconcile: bool = False  # receive rules only
+    reconcile: Reconcile | None = None  # receive rules only
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -107,9 +108,9 @@ class Rule:
             )
         if self.deidentify is not None and self.direction != "send":
             raise ConfigurationError(f"rule {self.name}: only a send rule de-identifies")
-        if self.reconcile and self.direction != "receive":
+        if self.reconcile is not None and self.direction != "receive":
             raise ConfigurationError(f"rule {self.name}: only a receive rule reconciles")
-        if not self.allow and (self.deidentify is not None or self.reconcile):
+        if not self.allow and (self.deidentify is not None or self.reconcile is not None):
             raise ConfigurationError(f"rule {self.name}: a refusing rule applies no transforms")
 
     def matches(self, subject: Subject, counterpart: Counterpart) -> bool:
@@ -133,7 +134,7 @@ class Decision:
     reason: str  # for the audit trail and the error a person reads
     rule: str | None = None  # the rule that decided; None: the default
     deidentify: Deidentify | None = None
-    reconcile: bool = False
+    reconcile: Reconcile | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,11 +27,14 @@ import anyio.to_thread
 
 from dicomrelay import pki
 from dicomrelay._native import Hasher, Payload, TlsConfig
+from dicomrelay.arrival import ArrivalPlanner, TransferPlan, read_values, rewritten
 from dicomrelay.config import DigestName, NodeConfig
 from dicomrelay.connection import Connection
 from dicomrelay.errors import DicomrelayError, StorageError, TlsError, first_failure
-from dicomrelay.instance_store import InstanceStore, Record
+from dicomrelay.inbound import InboundRules
+from dicomrelay.instance_store import InstanceStore, OnTheWay, Record
 from dicomrelay.ledger import IncomingInstance, Ledger
+from dicomrelay.policy import Decision
 from dicomrelay.protocol import Kind, Offer
 from dicomrelay.receipt import Receipt
 from dicomrelay.receiver_control import (
@@ -81,6 +84,7 @@ class Stored:
     algorithm: DigestName
     acknowledge: Callable[[int, float, BaseException | None], None]
     slot: int
+    rewrite: OnTheWay | None = None  # reconciled as it arrives: stored rewritten
 
 
 class Committer:
@@ -103,7 +107,7 @@ class Committer:
     ) -> None:
         """Make ``data`` durable as the record of ``item``, record and acknowledge
         it; ``after`` runs (on a worker thread) once the round has succeeded."""
-        record = Record(data, item.instance.digest, item.algorithm)
+        record = Record(data, item.instance.digest, item.algorithm, item.rewrite)
         self._ready.append((item, record, after))
         self._wake.set()
 
@@ -168,7 +172,7 @@ class Receiver:
         tls: TlsConfig | None,
         key_pem: bytes | None,
         *,
-        on_committed: Callable[[str], None] | None = None,
+        on_committed: Callable[[StudyCommitted], None] | None = None,
     ) -> None:
         """``on_committed`` hears of each study committed (for delivery onwards)."""
         self.config = config
@@ -180,6 +184,8 @@ class Receiver:
         self.tls = tls
         self.key_pem = key_pem
         self._write_limit = anyio.CapacityLimiter(8)
+        self.inbound = InboundRules.of(config.policy)  # None: no receive rules
+        self.arrival = ArrivalPlanner.of(config, ledger)  # None: nothing reconciled
 
     async def handle(self, sock: socket.socket) -> None:
         """Serve one accepted connection until it closes; never raises."""
@@ -255,6 +261,10 @@ class _Session:
             write_buffer_bytes=receiver.config.limits.write_buffer_bytes,
         )
         self.algorithms: dict[str, DigestName] = {}  # each offered transfer's digest
+        self.priorities: dict[str, str] = {}  # and priority
+        self.studies: dict[str, str] = {}  # and study
+        self.plans: dict[str, TransferPlan | None] = {}  # reconciled as they arrive
+        self.judged: set[str] = set()  # transfers whose allowing was audited
         self.durable: list[tuple[int, float]] = []  # from the committer, not yet answered
         self.failures: list[tuple[int, BaseException]] = []
         self.stored = anyio.Event()
@@ -296,9 +306,14 @@ class _Session:
         """Each effect in order; a question's answer's effects before the next."""
         for effect in effects:
             if isinstance(effect, WriteInstance):
-                self.r.committer.write(
-                    self._stored(effect.slot, effect.transfer_id, effect.instance), effect.data
-                )
+                way = None
+                if self.r.inbound is not None:
+                    decision = await self._judge(effect.transfer_id, effect.data)
+                    way = await self._on_the_way(
+                        effect.transfer_id, effect.instance, effect.data, decision
+                    )
+                stored = self._stored(effect.slot, effect.transfer_id, effect.instance, way)
+                self.r.committer.write(stored, effect.data)
             elif isinstance(effect, SendFrame):
                 await self.conn.send(effect.kind, effect.payload)
             elif isinstance(effect, AppendChunk):
@@ -313,6 +328,8 @@ class _Session:
         control, ledger, sender = self.control, self.r.ledger, self.control.sender
         if isinstance(effect, LookUpHeld):
             self.algorithms[effect.offer.transfer_id] = cast(DigestName, effect.offer.digest)
+            self.priorities[effect.offer.transfer_id] = effect.offer.priority
+            self.studies[effect.offer.transfer_id] = effect.offer.study_instance_uid
             await self._perform(control.held(await self._held(effect.offer), time.time()))
         elif isinstance(effect, ResumePartial):
             offset, hasher = await self._resume(effect)
@@ -344,7 +361,7 @@ class _Session:
             await ledger.audit(effect.org, effect.action, effect.transfer_id, effect.detail)
         elif isinstance(effect, StudyCommitted):
             if self.r.on_committed is not None:
-                self.r.on_committed(effect.study_instance_uid)
+                self.r.on_committed(effect)
         else:
             raise AssertionError(f"unhandled effect {effect!r}")
 
@@ -410,11 +427,89 @@ class _Session:
             await self._perform(self.control.write_failed(effect.slot, reason))
             return
 
+        way = None
+        if self.r.inbound is not None:
+            decision = await self._judge(effect.transfer_id, path)
+            way = await self._on_the_way(effect.transfer_id, effect.instance, path, decision)
+
         def after() -> None:
             partials.discard_partial(key)
 
-        stored = self._stored(effect.slot, effect.transfer_id, effect.instance)
+        stored = self._stored(effect.slot, effect.transfer_id, effect.instance, way)
         self.r.committer.write(stored, path, after)
+
+    async def _judge(self, transfer_id: str, data: Payload | Path) -> Decision:
+        """The inbound rules on one whole instance before it is stored: a
+        refusal is audited and ends the transfer (the control's effects close
+        the connection); the first instance allowed of a transfer on this
+        connection is audited as the transfer's allowing."""
+        inbound = self.r.inbound
+        assert inbound is not None
+        sender, priority = self.control.sender, self.priorities.get(transfer_id, "routine")
+        if isinstance(data, Path):
+            verdict = await anyio.to_thread.run_sync(
+                lambda: inbound.judge(data, sender=sender, priority=priority)
+            )
+        else:
+            verdict = inbound.judge(data, sender=sender, priority=priority)
+        decision = verdict.decision
+        if decision.allowed and transfer_id in self.judged:
+            return decision
+        study = verdict.study_uid or "?"
+        action = "policy-allowed" if decision.allowed else "policy-refused"
+        await self.r.ledger.audit(
+            sender,
+            action,
+            transfer_id,
+            f"study {study} from {sender}: {decision.reason}",
+            study_uid=verdict.study_uid,
+            patient_id=verdict.patient_id,
+            remote=self.control.address,
+        )
+        if not decision.allowed:
+            await self._perform(self.control.policy_refused(decision.reason))
+        self.judged.add(transfer_id)
+        return decision
+
+    async def _on_the_way(
+        self,
+        transfer_id: str,
+        instance: IncomingInstance,
+        data: Payload | Path,
+        decision: Decision,
+    ) -> OnTheWay | None:
+        """The edits that reconcile this instance as it is stored, when its
+        rule reconciles and its transfer's patient was found (looked up at
+        the transfer's first such instance on this connection)."""
+        planner = self.r.arrival
+        if planner is None or decision.reconcile is None:
+            return None
+        values = await read_values(data)
+        if values is None:
+            return None
+        study = self.studies.get(transfer_id, "")
+        if transfer_id not in self.plans:
+            self.plans[transfer_id] = await planner.plan(
+                decision,
+                values,
+                sender=self.control.sender,
+                transfer_id=transfer_id,
+                study_uid=study,
+                priority=self.priorities.get(transfer_id, "routine"),
+            )
+        plan = self.plans[transfer_id]
+        if plan is None:
+            return None
+        way = planner.edits(
+            plan,
+            values,
+            transfer_id=transfer_id,
+            study_uid=study,
+            sop_uid=instance.sop_instance_uid,
+        )
+        if way is None or isinstance(data, Path):
+            return way  # a large instance is rewritten by the round, its file mapped
+        return await rewritten(way, data, self.algorithms[transfer_id])
 
     async def _commit(self, receipt: Receipt) -> bytes:
         """Sign the receipt, then make the study visible and keep the receipt: the
@@ -429,7 +524,13 @@ class _Session:
             receipt.committed_at,
         )
 
-    def _stored(self, slot: int, transfer_id: str, instance: IncomingInstance) -> Stored:
+    def _stored(
+        self,
+        slot: int,
+        transfer_id: str,
+        instance: IncomingInstance,
+        rewrite: OnTheWay | None = None,
+    ) -> Stored:
         return Stored(
             sender=self.control.sender,
             transfer_id=transfer_id,
@@ -437,6 +538,7 @@ class _Session:
             algorithm=self.algorithms[transfer_id],
             acknowledge=self._acknowledge,
             slot=slot,
+            rewrite=rewrite,
         )
 
     def _acknowledge(self, slot: int, stored_at: float, error: BaseException | None) -> None:

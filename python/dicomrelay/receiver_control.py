@@ -32,6 +32,7 @@ from dicomrelay._native import Hasher, Payload
 from dicomrelay.config import DigestName
 from dicomrelay.errors import DicomrelayError, ProtocolError
 from dicomrelay.ledger import IncomingInstance, IncomingTransfer
+from dicomrelay.policy import PolicyRefused
 from dicomrelay.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -190,9 +191,13 @@ class Audit:
 
 @dataclass(frozen=True, slots=True)
 class StudyCommitted:
-    """A study is committed and visible: for whoever delivers it onwards."""
+    """A study is committed and visible: for whoever delivers it onwards
+    (and reconciles it first), with the transfer that carried it."""
 
     study_instance_uid: str
+    sender: str
+    transfer_id: str
+    priority: str = "routine"  # as the sender offered it
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +291,7 @@ class ReceiverControl:
         self._waiting: deque[WriteInstance] = deque()  # whole, waiting for room
         self._failed: set[int] = set()  # slots whose partial could not be written
         self._after_append: list[Effect] = []
+        self._priorities: dict[str, str] = {}  # each offered transfer's
 
     @property
     def waiting_for_room(self) -> bool:
@@ -424,6 +430,7 @@ class ReceiverControl:
     def held(self, answer: Held, now: float) -> list[Effect]:
         """The answer to ``LookUpHeld``."""
         offer = self._answered(LookUpHeld).offer
+        self._priorities[offer.transfer_id] = offer.priority
         if answer.receipt is not None:
             have = Have(transfer_id=offer.transfer_id, offsets={}, receipt=answer.receipt)
             return [SendFrame(Kind.HAVE, have.payload())]
@@ -541,7 +548,21 @@ class ReceiverControl:
         return [
             Audit(self.sender, "received", receipt.transfer_id, detail),
             SendFrame(Kind.RECEIPT, stored),
-            StudyCommitted(study),
+            StudyCommitted(
+                study,
+                self.sender,
+                receipt.transfer_id,
+                self._priorities.get(receipt.transfer_id, "routine"),
+            ),
+        ]
+
+    def policy_refused(self, reason: str) -> list[Effect]:
+        """The driver's verdict on an instance arriving: this node's inbound
+        rules refuse it, so the transfer ends (nothing more of it is stored,
+        and it is never committed); the sender is told it is no use retrying."""
+        return [
+            _failure("policy", reason, retriable=False),
+            Close(PolicyRefused(reason)),
         ]
 
     # Decisions.

@@ -24,6 +24,7 @@ naming the tag; input the scanner refuses raises
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -240,7 +241,7 @@ def _ops(edits: Iterable[Edit]) -> list[tuple[object, ...]]:
 
 
 def rewrite(
-    data: bytes | bytearray | memoryview,
+    data: bytes | bytearray | memoryview | mmap.mmap | _native.Payload,
     edits: Iterable[Edit],
     *,
     digest: DigestName | None = "sha256",

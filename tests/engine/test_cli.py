@@ -36,6 +36,16 @@ SUMMARY_KEYS = {
             {"tls": False, "processes": "one", "digest": "blake3"},
             id="in-process-plaintext-blake3",
         ),
+        pytest.param(
+            ("--reconcile",),
+            {"processes": "two", "reconciled_studies": 4, "held_studies": 0},
+            id="two-processes-reconciling",
+        ),
+        pytest.param(
+            ("--in-process", "--reconcile"),
+            {"processes": "one", "reconciled_studies": 4, "held_studies": 0},
+            id="in-process-reconciling",
+        ),
     ],
 )
 def test_loadtest(tmp_path: Path, flags: tuple[str, ...], expect: dict[str, object]) -> None:

@@ -29,6 +29,7 @@ from dicomrelay.cli import (
     operator_errors,
     pki_commands,
     quarantine_command,
+    reconcile_command,
     scan_command,
     share_command,
     token_command,
@@ -46,6 +47,7 @@ SUBCOMMANDS = (
     morph_command,
     token_command,
     share_command,
+    reconcile_command,
 )
 
 

@@ -32,6 +32,11 @@ ROWS = (
     ("receiver peak RSS MB", "receiver_peak_rss_mb"),
 )
 
+RECONCILE_ROWS = (
+    ("seconds to last receipt", "receipts_seconds"),
+    ("studies reconciled", "reconciled_studies"),
+    ("studies held", "held_studies"),
+)
 
 # What a run without --count sends (plan.plan_studies with the default study
 # size; a test keeps these in step).
@@ -84,6 +89,16 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="where to put the temporary data (default: the system's temporary folder)",
     )
+    p.add_argument(
+        "--reconcile",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CSV",
+        help="the receiver reconciles every study's patient ID by this mapping (alone:"
+        " one made for the synthetic patients); the run ends when the last study is"
+        " reconciled",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary data")
     p.add_argument("--json", action="store_true", help="end with one JSON object")
     p.set_defaults(run=run)
@@ -108,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.source is not None and not args.source.is_dir():
         raise UsageError(f"--from {args.source}: no such folder")
+    if args.reconcile == "" and args.source is not None:
+        raise UsageError("--reconcile with --from needs the mapping of those files' patients")
+    if args.reconcile and not Path(args.reconcile).is_file():
+        raise UsageError(f"--reconcile {args.reconcile}: no such file")
 
     options = LoadtestOptions(
         profile=args.profile,
@@ -119,11 +138,13 @@ def run(args: argparse.Namespace) -> int:
         in_process=args.in_process,
         workdir=args.workdir,
         keep=args.keep,
+        reconcile=args.reconcile,
     )
     sys.stderr.write(
         f"dicomrelay loadtest: profile {options.profile}, digest {options.digest}, "
         f"{'plaintext' if options.plaintext else 'mutual TLS'}, "
-        f"{'one process' if options.in_process else 'two processes'}\n"
+        f"{'one process' if options.in_process else 'two processes'}"
+        f"{'' if options.reconcile is None else ', reconciling at the receiver'}\n"
     )
     try:
         summary = run_loadtest(options, progress=_progress_line, notice=_notice)
@@ -132,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     sys.stderr.write("\n")
     width = max(len(label) for label, _ in ROWS)
-    for label, key in ROWS:
+    rows = ROWS if options.reconcile is None else ROWS + RECONCILE_ROWS
+    for label, key in rows:
         sys.stdout.write(f"{label:<{width}}  {summary[key]}\n")
     if args.json:
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")

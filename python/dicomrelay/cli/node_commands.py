@@ -328,6 +328,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     from dicomrelay.cli import quarantine_command
+    from dicomrelay.cli.reconcile_command import write_held
     from dicomrelay.config import NodeConfig
     from dicomrelay.ledger import open_ledger
     from dicomrelay.status_report import status_report
@@ -346,7 +347,7 @@ def run_status(args: argparse.Namespace) -> int:
 
     report = anyio.run(status)
     counts, rows, dead_letters = report["counts"], report["transfers"], report["dead_letters"]
-    held = report["held"]
+    held, needs = report["held"], report["needs_reconciliation"]
     if args.json:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
@@ -366,4 +367,5 @@ def run_status(args: argparse.Namespace) -> int:
         sys.stdout.write("held in quarantine (`dicomrelay quarantine show|release|delete ID`):\n")
     for h in held:
         sys.stdout.write(quarantine_command.line(h) + "\n")
+    write_held(needs)
     return 0

@@ -10,6 +10,13 @@ from typing import Any, Protocol
 from dicomrelay.audit import AuditQuery, AuditRecord, Outcome
 from dicomrelay.ledger.archive import ApiToken, StoredAttributes
 from dicomrelay.ledger.quarantine import HeldInstance, HoldState
+from dicomrelay.ledger.reconciliations import (
+    RECONCILE_STATES,
+    ReconciledInstance,
+    ReconciledRow,
+    ReconcileState,
+    Reconciliation,
+)
 from dicomrelay.ledger.search import Search
 from dicomrelay.ledger.shares import ShareLink
 
@@ -212,10 +219,13 @@ class Ledger(Protocol):
         end: tuple[int, int],
         located: Sequence[tuple[str, Location]],
         received: Sequence[tuple[str, str, IncomingInstance]],
+        reconciled: Sequence[ReconciledRow] = (),
     ) -> None:
         """One durable round, in one transaction: the new records' locations (a
         digest located before keeps its place), the instances received
-        ``(sender, transfer_id, instance)``, and the store's new durable end."""
+        ``(sender, transfer_id, instance)``, those rewritten as they arrived
+        (``reconciled``: received digest -> stored digest), and the store's new
+        durable end."""
         ...
 
     async def locations(self, store: str, digests: Sequence[str]) -> dict[str, Location]:
@@ -378,3 +388,59 @@ class Ledger(Protocol):
     async def held_counts(self) -> dict[str, int]: ...
 
     async def counts(self) -> dict[str, int]: ...
+
+    # Patient-ID reconciliation (ledger/reconciliations.py).
+    async def add_reconciliation(
+        self, sender: str, transfer_id: str, study_uid: str, priority: str
+    ) -> Reconciliation: ...
+    async def note_reconciliation(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_uid: str,
+        *,
+        priority: str,
+        rule: str,
+        foreign: tuple[str | None, str | None],
+        local: tuple[str, str | None],
+    ) -> None: ...
+    async def reconciliation(self, sender: str, transfer_id: str) -> Reconciliation | None: ...
+    async def reconciliations(
+        self,
+        *,
+        states: Sequence[ReconcileState] = RECONCILE_STATES,
+        study_uid: str | None = None,
+    ) -> list[Reconciliation]: ...
+    async def hold_reconciliation(
+        self,
+        sender: str,
+        transfer_id: str,
+        *,
+        foreign_patient_id: str | None,
+        foreign_issuer: str | None,
+        reason: str,
+    ) -> None: ...
+    async def resolve_reconciliation(
+        self, study_uid: str, *, local_patient_id: str, local_issuer: str | None, reason: str
+    ) -> int: ...
+    async def finish_reconciliation(
+        self,
+        sender: str,
+        transfer_id: str,
+        study_uid: str,
+        instances: Sequence[ReconciledInstance],
+        *,
+        rule: str | None,
+        foreign_patient_id: str | None,
+        foreign_issuer: str | None,
+        local_patient_id: str | None,
+        local_issuer: str | None,
+        reason: str,
+    ) -> int: ...
+    async def reconciled_instances(
+        self, sender: str, transfer_id: str
+    ) -> list[ReconciledInstance]: ...
+    async def reconciliation_counts(self) -> dict[str, int]: ...
+    async def patient_mapping_rows(
+        self, table: str, *, nhs_number: str | None, sender_id: tuple[str, str, str] | None
+    ) -> list[tuple[str, str | None]]: ...

@@ -31,6 +31,11 @@ from dicomrelay.ledger.quarantine import (
     hold_rows,
     resolve,
 )
+from dicomrelay.ledger.reconciliations import (
+    ReconciledRow,
+    ReconcileStatements,
+    ReconciliationRecords,
+)
 from dicomrelay.ledger.search import Search, search_sql
 from dicomrelay.ledger.shares import ShareLink, ShareStatements, share_from_row
 from dicomrelay.ledger.statements import (
@@ -65,7 +70,7 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
-class SqlLedger(QuarantineLedger):
+class SqlLedger(QuarantineLedger, ReconciliationRecords):
     """The ``Ledger`` over any driver."""
 
     def __init__(self, driver: Driver) -> None:
@@ -74,6 +79,7 @@ class SqlLedger(QuarantineLedger):
         self._quarantine = QuarantineStatements(driver.dialect)
         render = driver.dialect.render
         self._shares = {k: render(v) for k, v in vars(ShareStatements).items() if k[0] != "_"}
+        self._rsql = ReconcileStatements(driver.dialect)
         self._array = driver.dialect.array
 
     async def close(self) -> None:
@@ -280,6 +286,7 @@ class SqlLedger(QuarantineLedger):
             if rows and rows[0][0] is not None:
                 return bytes(rows[0][0])
             yield Query(q.commit_to_store, (study_instance_uid, committed, *key))
+            yield Query(self._rsql.switch_committed, (study_instance_uid, *key))
             yield Query(q.commit_incoming, (committed, receipt, *key))
             return receipt
 
@@ -300,9 +307,11 @@ class SqlLedger(QuarantineLedger):
         end: tuple[int, int],
         located: Sequence[tuple[str, Location]],
         received: Sequence[tuple[str, str, IncomingInstance]],
+        reconciled: Sequence[ReconciledRow] = (),
     ) -> None:
         q = self._sql
         places = [(store, digest, *where) for digest, where in located]
+        mapped = [(*r, time.time()) for r in reconciled]
         rows = [
             (sender, transfer_id, i.index, i.sop_instance_uid, i.size, i.digest, i.stored)
             for sender, transfer_id, i in received
@@ -314,6 +323,8 @@ class SqlLedger(QuarantineLedger):
                 yield Query(q.locate, places, many=True)
             if rows:
                 yield Query(q.record_received, rows, many=True)
+            if mapped:
+                yield Query(self._rsql.insert_instance, mapped, many=True)
             yield Query(q.set_segment_end, segment_end)
 
         await self._driver.run(work)
@@ -578,6 +589,8 @@ class SqlLedger(QuarantineLedger):
             for state, n in (yield Query(q.deliveries_by_state)).rows:
                 out[f"deliveries_{state}"] = n
             out["held"] = sum(n for _, n in (yield Query(self._quarantine.held_by_kind)).rows)
+            for state, n in (yield Query(self._rsql.counts)).rows:
+                out[f"reconciliations_{state}"] = n
             return out
 
         return await self._driver.run(work)

@@ -284,6 +284,59 @@ MIGRATIONS = (
             "CREATE UNIQUE INDEX share_links_hash ON share_links (token_hash)",
         ),
     ),
+    Migration(
+        8,
+        "patient-ID reconciliation: studies held or reconciled, received digest -> stored "
+        "digest, and the operator's patient mapping table",
+        (
+            # One row per committed transfer an inbound rule reconciles: pending
+            # (committed, not yet rewritten), held (no match: an operator
+            # decides), resolving (an operator named the patient), reconciled.
+            """CREATE TABLE reconciliations (
+                sender TEXT NOT NULL,
+                transfer_id TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                state TEXT NOT NULL,
+                priority TEXT NOT NULL,
+                rule TEXT,
+                foreign_patient_id TEXT,
+                foreign_issuer TEXT,
+                local_patient_id TEXT,
+                local_issuer TEXT,
+                reason TEXT,
+                updated {real} NOT NULL,
+                PRIMARY KEY (sender, transfer_id)
+            ){without_rowid}""",
+            "CREATE INDEX reconciliations_state ON reconciliations (state)",
+            "CREATE INDEX reconciliations_study ON reconciliations (study_uid)",
+            # What was received (the receipt's digest) and what the store holds
+            # in its place, the rewritten instance.
+            """CREATE TABLE reconciled_instances (
+                sender TEXT NOT NULL,
+                transfer_id TEXT NOT NULL,
+                received_digest TEXT NOT NULL,
+                reconciled_digest TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                sop_uid TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                reconciled {real} NOT NULL,
+                PRIMARY KEY (sender, transfer_id, received_digest)
+            ){without_rowid}""",
+            "CREATE INDEX reconciled_by_digest ON reconciled_instances (reconciled_digest)",
+            # A mapping the operator may fill (or replace by a view): the CSV
+            # file's columns. A rule names it with table = "patient_mapping".
+            """CREATE TABLE patient_mapping (
+                local_patient_id TEXT NOT NULL,
+                local_issuer TEXT,
+                nhs_number TEXT,
+                sender TEXT,
+                issuer TEXT,
+                patient_id TEXT
+            )""",
+            "CREATE INDEX patient_mapping_nhs ON patient_mapping (nhs_number)",
+            "CREATE INDEX patient_mapping_id ON patient_mapping (patient_id)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -39,6 +39,15 @@ class LoadtestOptions:
     in_process: bool = False
     workdir: Path | None = None
     keep: bool = False
+    # The receiver reconciles every study by a patient mapping: this CSV file,
+    # or ("") one made for the synthetic studies' patients. None: it does not.
+    reconcile: str | None = None
+
+
+def mapping_path(options: LoadtestOptions, work: Path) -> Path | None:
+    if options.reconcile is None:
+        return None
+    return Path(options.reconcile).resolve() if options.reconcile else work / "patients.csv"
 
 
 def prepare(options: LoadtestOptions, work: Path) -> int:
@@ -54,6 +63,11 @@ def prepare(options: LoadtestOptions, work: Path) -> int:
         synth.write_study(
             source / f"study-{n:05d}", synth.PROFILES[study.profile], study.images, seed=n
         )
+    if options.reconcile == "":
+        # Every synthetic patient (synth.write_study: SYN and the seed) has a local one.
+        rows = [f"{worker.SENDER},DICOMRELAY,SYN{n:08d},LOCAL{n:08d}" for n in range(len(plan))]
+        text = "sender,issuer,patient_id,local_patient_id\n" + "\n".join(rows) + "\n"
+        (work / "patients.csv").write_text(text)
     return sum(s.images for s in plan)
 
 
@@ -73,7 +87,15 @@ def _link_real_studies(directory: Path, source: Path) -> int:
 
 
 def _spawn(role: str, work: Path, port: int, options: LoadtestOptions) -> subprocess.Popen[bytes]:
-    args = [role, os.fspath(work), str(port), options.digest, "1" if options.plaintext else "0"]
+    mapping = mapping_path(options, work)
+    args = [
+        role,
+        os.fspath(work),
+        str(port),
+        options.digest,
+        "1" if options.plaintext else "0",
+        "" if mapping is None else os.fspath(mapping),
+    ]
     return subprocess.Popen(
         [sys.executable, "-m", "dicomrelay.loadtest.worker", *args],
         stdin=subprocess.PIPE,
@@ -112,7 +134,8 @@ def _run_processes(
         for message in messages:
             if "result" in message:
                 receiver_result = message["result"]
-        receiver.wait(timeout=60)
+        # A reconciling receiver first finishes reconciling what it committed.
+        receiver.wait(timeout=60 if options.reconcile is None else 660)
         if not result:
             raise RuntimeError(f"the sending process failed (exit {sender.returncode})")
         return result, receiver_result
@@ -134,7 +157,12 @@ def _run_in_process(
         from dicomrelay.node import Node
 
         rcfg = worker.node_config(
-            "receiver", work, port=0, digest=options.digest, plaintext=options.plaintext
+            "receiver",
+            work,
+            port=0,
+            digest=options.digest,
+            plaintext=options.plaintext,
+            reconcile=mapping_path(options, work),
         )
         async with Node(rcfg) as receiver:
             assert receiver.port is not None
@@ -147,10 +175,18 @@ def _run_in_process(
             )
             studies = sorted(p for p in (work / "source").iterdir() if p.is_dir())
             sizes = {f: f.stat().st_size for s in studies for f in s.iterdir()}
-            return await worker.run_sender(scfg, studies, emit, sizes)
+            result = await worker.run_sender(scfg, studies, emit, sizes)
+            if rcfg.rules:
+                result["reconciled_at"] = await worker.wait_reconciled(receiver.ledger)
+                counts = await receiver.ledger.counts()
+                result["reconciled"] = counts.get("reconciliations_reconciled", 0)
+                result["held"] = counts.get("reconciliations_held", 0)
+            return result
 
     result = anyio.run(go, backend_options={"use_uvloop": worker._has_uvloop()})
-    return dict(result), {}
+    keys = ("reconciled_at", "reconciled", "held")
+    reconciled: dict[str, Any] = {k: result[k] for k in keys if k in result}
+    return dict(result), reconciled
 
 
 def run_loadtest(
@@ -201,8 +237,21 @@ def summarise(
     sender: dict[str, Any], receiver: dict[str, Any], options: LoadtestOptions
 ) -> dict[str, Any]:
     seconds = max(sender["seconds"], 1e-9)
+    reconciled: dict[str, Any] = {}
+    if options.reconcile is not None:
+        # Done when the receiver has reconciled the last study, not when the
+        # sender holds the last receipt: reconciling follows each commit.
+        last = receiver.get("reconciled_at")
+        if last is not None:
+            seconds = max(seconds, last - sender["started_at"])
+        reconciled = {
+            "reconciled_studies": receiver.get("reconciled", 0),
+            "held_studies": receiver.get("held", 0),
+            "receipts_seconds": round(sender["seconds"], 3),
+        }
     latencies = sorted(sender.get("latencies", []))
     return {
+        **reconciled,
         "profile": "from-dir" if options.source else options.profile,
         "digest": options.digest,
         "tls": not options.plaintext,

@@ -18,8 +18,11 @@ import orjson
 
 from dicomrelay.allocator import keep_freed_memory
 from dicomrelay.config import DigestName, NodeConfig, Peer
+from dicomrelay.ledger import Ledger
 from dicomrelay.node import Node
 from dicomrelay.pki import Identity
+from dicomrelay.policy import Rule
+from dicomrelay.reconcile import Reconcile
 from dicomrelay.transfer import Event, EventKind, TransferFailed
 
 RECEIVER, SENDER = "RX2", "RX1"
@@ -60,8 +63,16 @@ def peak_rss_kb() -> float:
 
 
 def node_config(
-    role: str, work: Path, *, port: int, digest: DigestName, plaintext: bool
+    role: str,
+    work: Path,
+    *,
+    port: int,
+    digest: DigestName,
+    plaintext: bool,
+    reconcile: Path | None = None,
 ) -> NodeConfig:
+    """One side's node; with ``reconcile`` (a patient mapping), the receiver
+    reconciles every study from the sender by it."""
     org = RECEIVER if role == "receiver" else SENDER
     other = SENDER if role == "receiver" else RECEIVER
     certs = work / "pki"
@@ -79,7 +90,34 @@ def node_config(
         peers=(Peer(code=other, host="127.0.0.1", port=port),),
         digest=digest,
         insecure_plaintext=plaintext,
+        rules=()
+        if reconcile is None or role != "receiver"
+        else (
+            Rule(
+                name="loadtest-reconcile",
+                direction="receive",
+                allow=True,
+                orgs=frozenset({SENDER}),
+                reconcile=Reconcile(csv=reconcile, local_issuer=RECEIVER),
+            ),
+        ),
     )
+
+
+async def wait_reconciled(ledger: Ledger, timeout: float = 600.0) -> float | None:
+    """Once every committed transfer is reconciled (or held), the time the
+    last one was (seconds since the epoch); None if none was."""
+    with anyio.move_on_after(timeout):
+        while True:
+            counts = await ledger.counts()
+            finished = counts.get("reconciliations_reconciled", 0) + counts.get(
+                "reconciliations_held", 0
+            )
+            if finished >= counts["received_committed"]:
+                break
+            await anyio.sleep(0.05)
+    rows = await ledger.reconciliations(states=("reconciled", "held"))
+    return max((r.updated for r in rows), default=None)
 
 
 @dataclass
@@ -102,13 +140,20 @@ class Tally:
 
 
 async def run_receiver(config: NodeConfig, emit: Callable[[dict[str, object]], None]) -> None:
-    """Serve until stdin closes (the parent's signal to stop)."""
+    """Serve until stdin closes (the parent's signal to stop), and, when it
+    reconciles, until every committed study is reconciled."""
+    reconciled: dict[str, object] = {}
     async with Node(config) as node:
         emit({"ready": node.port})
         before = usage()
         await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        if config.rules:
+            reconciled["reconciled_at"] = await wait_reconciled(node.ledger)
+            counts = await node.ledger.counts()
+            reconciled["reconciled"] = counts.get("reconciliations_reconciled", 0)
+            reconciled["held"] = counts.get("reconciliations_held", 0)
         during = transfer_cpu(before, usage())
-    emit({"result": {**usage(), **during}})
+    emit({"result": {**usage(), **during, **reconciled}})
 
 
 async def run_sender(
@@ -120,6 +165,7 @@ async def run_sender(
     tally = Tally()
     async with Node(config, observer=tally.observe) as node:
         started = time.perf_counter()
+        started_at = time.time()
         before = usage()
         failed_instances = 0
 
@@ -156,6 +202,7 @@ async def run_sender(
     total_bytes = sum(sizes.values())
     return {
         "seconds": seconds,
+        "started_at": started_at,
         "images": tally.acked,
         "failed": failed_instances,
         "retries": tally.retries,
@@ -167,8 +214,9 @@ async def run_sender(
 
 
 def main(argv: list[str]) -> None:
-    """Entry point of a worker process: ``role work port digest plaintext``."""
-    role, work, port, digest, plaintext = argv
+    """Entry point of a worker process: ``role work port digest plaintext
+    reconcile`` (reconcile: a patient mapping's path, or "" for none)."""
+    role, work, port, digest, plaintext, reconcile = argv
     keep_freed_memory()
     config = node_config(
         role,
@@ -176,6 +224,7 @@ def main(argv: list[str]) -> None:
         port=int(port),
         digest="blake3" if digest == "blake3" else "sha256",
         plaintext=plaintext == "1",
+        reconcile=Path(reconcile) if reconcile else None,
     )
 
     def emit(message: dict[str, object]) -> None:

@@ -293,6 +293,21 @@ impl SegmentStore {
         lock(&self.writer).append_from(&self.dir, &*self.io, algorithm, digest, length, source)
     }
 
+    /// Append one record whose bytes are `parts`, one after another (a
+    /// rewritten instance: its new header, the original pixel data, a
+    /// trailer), under `digest` (of the whole; the caller made it), without
+    /// joining them in memory first.
+    pub fn append_parts(
+        &self,
+        algorithm: DigestAlgorithm,
+        digest: &[u8; 32],
+        parts: &[&[u8]],
+    ) -> Result<Location> {
+        let length = parts.iter().map(|p| p.len() as u64).sum();
+        let mut source = PartsReader { parts, offset: 0 };
+        self.append_from(algorithm, digest, length, &mut source)
+    }
+
     /// Make every record appended so far durable: one fdatasync per segment
     /// written since the last commit. Returns the new durable end. On an error
     /// the round failed: none of its records is durable, the durable end stays
@@ -465,5 +480,54 @@ impl SegmentReader {
             });
         }
         Ok(self.readers.read(location, digest, verify)?.1)
+    }
+}
+
+/// Reads byte slices one after another, as if they were one.
+struct PartsReader<'a> {
+    parts: &'a [&'a [u8]],
+    offset: usize, // into parts[0]
+}
+
+impl std::io::Read for PartsReader<'_> {
+    fn read(&mut self, into: &mut [u8]) -> std::io::Result<usize> {
+        while let Some((first, rest)) = self.parts.split_first() {
+            let left = &first[self.offset.min(first.len())..];
+            if left.is_empty() {
+                self.parts = rest;
+                self.offset = 0;
+                continue;
+            }
+            let n = left.len().min(into.len());
+            into[..n].copy_from_slice(&left[..n]);
+            self.offset += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::PartsReader;
+    use std::io::Read;
+
+    #[test]
+    fn parts_read_as_one() {
+        let parts: [&[u8]; 4] = [b"head", b"", b"pixels", b"!"];
+        let mut reader = PartsReader {
+            parts: &parts,
+            offset: 0,
+        };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 3];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, b"headpixels!");
     }
 }

@@ -151,6 +151,30 @@ impl SegmentStore {
         .map_err(segment_error)
     }
 
+    /// Append a record of `parts` one after another (a rewritten instance:
+    /// its new header, the source's pixel data, a trailer), under `digest`
+    /// (of the whole, already made), without joining them first.
+    #[pyo3(signature = (parts, digest, *, algorithm="sha256"))]
+    fn append_parts(
+        &self,
+        py: Python<'_>,
+        parts: Vec<Bound<'_, PyAny>>,
+        digest: &str,
+        algorithm: &str,
+    ) -> PyResult<PyLocation> {
+        let algorithm = crate::channel::algorithm(algorithm)?;
+        let digest = digest_bytes(digest)?;
+        let store = self.store()?;
+        let views = parts
+            .iter()
+            .map(ByteView::new)
+            .collect::<PyResult<Vec<_>>>()?;
+        let slices: Vec<&[u8]> = views.iter().map(|v| v.as_slice()).collect();
+        py.detach(|| store.append_parts(algorithm, &digest, &slices))
+            .map(py_location)
+            .map_err(segment_error)
+    }
+
     /// Append `(data, digest)` records, in order: one call for a round.
     #[pyo3(signature = (records, *, algorithm="sha256"))]
     fn append_many(
