@@ -21,8 +21,8 @@ from peers import dicomrelay_command, run
 from .helpers import Pki, closed_port
 
 
-def write_config(root: Path, orgs: Pki, *, https: bool = False) -> Path:
-    """RX1's TOML file (a peer RX2), its DICOMweb on a free port."""
+def write_config(root: Path, orgs: Pki, *, https: bool = False, rules: str = "") -> Path:
+    """RX1's TOML file (a peer RX2; ``rules``, TOML of its own), its DICOMweb on a free port."""
     rx1 = orgs.identity("RX1")
     web = "[web]\nport = 0\n"
     if https:
@@ -43,7 +43,8 @@ org = "RX2"
 host = "127.0.0.1"
 port = {closed_port()}
 
-{web}"""
+{web}
+{rules}"""
     )
     return path
 

@@ -19,8 +19,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from dicomrelay._native import InstanceInfo
+from dicomrelay.audit import Outcome
 from dicomrelay.config import NodeConfig
 from dicomrelay.errors import BadRequest, InstanceNotStored
+from dicomrelay.inbound import InboundRules
 from dicomrelay.instance_store import InstanceStore
 from dicomrelay.ledger import Ledger
 from dicomrelay.ledger.archive import StoredAttributes
@@ -70,6 +73,7 @@ class DicomWebApp:
         self.ledger = ledger
         self.store = store
         self.peers = frozenset(p.code for p in config.peers)
+        self.inbound_rules = InboundRules.of(config.policy)
         self.quarantine = config.data_dir / "web" / "quarantine"
         # STOW-RS parts as they arrive; a round appends them to the store.
         # Left over by a crash: never acknowledged, nothing refers to them.
@@ -217,6 +221,7 @@ class DicomWebApp:
                 sender=call.caller.org,
                 study_uid=study,
                 refused=refused,
+                inbound=self._inbound(call),
             )
             base = self._base(request)
             studies = sorted({a.study_uid for a in result.stored})
@@ -236,6 +241,40 @@ class DicomWebApp:
             return Response(orjson.dumps(answer), status_code=status, media_type=DICOM_JSON)
 
         return await self._handle(request, what, serve)
+
+    def _inbound(self, call: _Call) -> stow.Inbound | None:
+        """The node's inbound rules for a caller of another organisation (its
+        certificate): each instance judged as one arriving over the exchange
+        would be, refusals audited with their study and patient. A study its
+        rule reconciles is refused: STOW-RS does not reconcile, and an
+        unreconciled study must not be filed. None for the node's own callers."""
+        org = call.caller.org
+        if org == self.config.org or self.inbound_rules is None:
+            return None
+        rules = self.inbound_rules
+
+        async def judge(info: InstanceInfo) -> stow.Failure | None:
+            decision = rules.judge_info(info, sender=org, priority="routine").decision
+            reason = decision.reason
+            if decision.allowed and decision.reconcile is not None:
+                reason = f"{reason}, which reconciles: send it over the exchange, not STOW-RS"
+            elif decision.allowed:
+                return None
+            await self.ledger.audit(
+                org,
+                "policy-refused",
+                None,
+                f"{call.who}: STOW-RS of {info.sop_instance_uid}: {reason}",
+                study_uid=info.study_instance_uid,
+                patient_id=info.patient_id,
+                remote=call.where,
+                outcome=Outcome.MINOR_FAILURE,
+            )
+            return stow.Failure(
+                info.sop_class_uid or "", info.sop_instance_uid or "", stow.NOT_AUTHORIZED, reason
+            )
+
+        return judge
 
     # QIDO-RS.
     def _qido(self, level: Level) -> Callable[[Request], Awaitable[Response]]:

@@ -35,6 +35,7 @@ OUT_OF_RESOURCES = 0xA700
 DOES_NOT_MATCH = 0xA900  # the dataset does not match its SOP class, or the study asked
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.5.x: refused, not authorised (the node's inbound rules)
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
 
 
@@ -123,6 +124,8 @@ class _Part:
 
 
 Refuse = Callable[[Failure], Awaitable[None]]
+# The node's inbound rules on one scanned instance: None to store it, else why not.
+Inbound = Callable[[InstanceInfo], Awaitable[Failure | None]]
 
 
 async def receive(
@@ -137,9 +140,11 @@ async def receive(
     sender: str,
     study_uid: str | None,
     refused: Refuse,
+    inbound: Inbound | None = None,
 ) -> StowResult:
     """Store what ``body`` holds; what was stored and what failed, and why.
-    ``refused`` hears each failure.
+    ``refused`` hears each failure; ``inbound``, when another organisation
+    stores, judges each sound instance before it is kept.
     Raises BadRequest for a body that is not a well-formed multipart (then
     nothing is stored)."""
     parser = MultipartParser(boundary)
@@ -159,7 +164,7 @@ async def receive(
                 elif isinstance(event, PartEnd):
                     assert part is not None
                     done, part = part, None
-                    outcome = await _check(done, study_uid, quarantine)
+                    outcome = await _check(done, study_uid, quarantine, inbound)
                     if isinstance(outcome, Failure):
                         result.failed.append(outcome)
                         await refused(outcome)
@@ -178,7 +183,7 @@ async def receive(
 
 
 async def _check(
-    part: _Part, study_uid: str | None, quarantine: Path
+    part: _Part, study_uid: str | None, quarantine: Path, inbound: Inbound | None
 ) -> StoredAttributes | Failure:
     if not part.dicom:
         part.discard()
@@ -199,6 +204,9 @@ async def _check(
             info.sop_class_uid or "", info.sop_instance_uid or "", verdict[0], verdict[1]
         )
         return _quarantine(part, quarantine, failure)
+    if inbound is not None and (refusal := await inbound(info)) is not None:
+        part.discard()  # refused by rule, as the receiver refuses a transfer: not kept
+        return refusal
     return StoredAttributes.of(info, digest)
 
 
