@@ -51,6 +51,7 @@ def _session(orgs: Pki, code: str) -> requests.Session:
 
 
 def _failed_reasons(error: requests.HTTPError) -> list[int]:
+    assert error.response is not None
     answer = error.response.json()
     return [item["00081197"]["Value"][0] for item in answer["00081198"]["Value"]]
 
@@ -72,6 +73,7 @@ def test_inbound_rules_refuse_what_they_do_not_allow(tmp_path: Path, orgs: Pki) 
         rx2 = DICOMwebClient(s.base, session=_session(orgs, "RX2"))
         with pytest.raises(requests.HTTPError) as refused:
             rx2.store_instances(mr)
+        assert refused.value.response is not None
         assert refused.value.response.status_code == 409
         assert _failed_reasons(refused.value) == [0x0124, 0x0124]
         assert rx2.search_for_studies() == []  # nothing of it was kept
