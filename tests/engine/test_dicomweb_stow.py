@@ -92,19 +92,26 @@ def test_stow_refusals(tmp_path: Path, orgs: Pki) -> None:
         assert post(body(("application/dicom", good))).status_code == 200
         assert stored_count(tmp_path) == 1
 
-    quarantine = tmp_path / "data" / "web" / "quarantine"
-    reasons = sorted(p.read_text() for p in quarantine.glob("*.reason"))
-    assert len(reasons) == 3
-    assert any("belongs to study" in r for r in reasons)
+    quarantine = tmp_path / "data" / "quarantine"
     with sqlite3.connect(tmp_path / "data" / "ledger.sqlite") as db:
+        held = db.execute(
+            "SELECT id, kind, direction, location, reason FROM quarantine ORDER BY held"
+        ).fetchall()
         refused = db.execute(
             "SELECT detail FROM audit WHERE action = 'dicomweb-dataset-refused'"
         ).fetchall()
         failures = db.execute(
             "SELECT detail FROM audit WHERE action = 'dicomweb-failed'"
         ).fetchall()
+    assert len(held) == 3  # the malformed one, the one missing a UID, the misplaced one
+    assert {kind for _, kind, *_ in held} == {"unreadable", "not-storable"}
+    assert all(direction == "receive" for _, _, direction, _, _ in held)
+    assert any("belongs to study" in reason for *_, reason in held)
+    for hold_id, _, _, location, _ in held:
+        assert Path(location) == quarantine / f"{hold_id}.dcm"
+        assert Path(location).is_file()
     assert len(refused) == 4
-    assert sum("kept as" in d for (d,) in refused) == 3
+    assert sum("held in quarantine as" in d for (d,) in refused) == 3
     assert len(failures) == 5  # the 415s and 400s
 
 

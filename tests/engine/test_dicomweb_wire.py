@@ -117,4 +117,4 @@ async def test_metrics_move_as_a_study_is_sent(tmp_path: Path, orgs: Pki) -> Non
     assert after["dicomrelay_sent_bytes_total"][(("destination", "RX2"),)] == size
     refused = after["dicomrelay_refusals_total"]
     assert refused[(("reason", "dicomweb-refused"),)] == 1  # the scrape without a token
-    assert after["dicomrelay_quarantined"][(("via", "dicomweb"),)] == 0
+    assert after["dicomrelay_quarantined"][(("kind", "unreadable"),)] == 0

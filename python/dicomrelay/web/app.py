@@ -25,6 +25,7 @@ from dicomrelay.config import NodeConfig
 from dicomrelay.errors import BadRequest, InstanceNotStored
 from dicomrelay.inbound import InboundRules
 from dicomrelay.instance_store import InstanceStore
+from dicomrelay.intake import QUARANTINE
 from dicomrelay.ledger import Ledger
 from dicomrelay.ledger.archive import StoredAttributes
 from dicomrelay.ledger.search import Match, Search
@@ -74,7 +75,7 @@ class DicomWebApp:
         self.store = store
         self.peers = frozenset(p.code for p in config.peers)
         self.inbound_rules = InboundRules.of(config.policy)
-        self.quarantine = config.data_dir / "web" / "quarantine"
+        self.quarantine = config.data_dir / QUARANTINE
         # STOW-RS parts as they arrive; a round appends them to the store.
         # Left over by a crash: never acknowledged, nothing refers to them.
         self.incoming = config.data_dir / "web" / "incoming"
@@ -171,8 +172,11 @@ class DicomWebApp:
         except Denied as e:
             return _problem(e.status, str(e), e.headers)
         counts = await self.ledger.metrics()
-        folders = await anyio.to_thread.run_sync(metrics.quarantined, self.config.data_dir)
-        return Response(metrics.exposition(counts, folders), media_type=metrics.CONTENT_TYPE)
+        held = await self.ledger.held_counts()
+        quarantined = await anyio.to_thread.run_sync(
+            metrics.quarantined, self.config.data_dir, held
+        )
+        return Response(metrics.exposition(counts, quarantined), media_type=metrics.CONTENT_TYPE)
 
     async def _status(self, request: Request) -> Response:
         """What ``dicomrelay status`` reports, for the node's own operators
@@ -207,7 +211,7 @@ class DicomWebApp:
             async def refused(f: stow.Failure) -> None:
                 detail = f"{call.who}: {f.sop_instance_uid or '?'}: {f.why}"
                 if f.kept is not None:
-                    detail += f"; kept as {f.kept}"
+                    detail += f"; held in quarantine as {f.kept.id}"
                 await self._audit(call.caller.org, "dataset-refused", detail)
 
             result = await stow.receive(

@@ -109,23 +109,28 @@ class _Snapshot(Collector):
             refusals.add_metric([action], n)
         yield refusals
         quarantine = GaugeMetricFamily(
-            "dicomrelay_quarantined", "Refused datasets kept in quarantine", labels=["via"]
+            "dicomrelay_quarantined",
+            "Instances held in quarantine, by the kind of hold",
+            labels=["kind"],
         )
-        for via, n in self.quarantined.items():
-            quarantine.add_metric([via], n)
+        for kind, n in sorted(self.quarantined.items()):
+            quarantine.add_metric([kind], n)
         yield quarantine
 
 
-def quarantined(data_dir: Path) -> dict[str, int]:
-    """Datasets in each quarantine folder (each kept with its .reason file)."""
-    folders = {
-        "dicom": data_dir / "dicom" / "quarantine",
-        "dicomweb": data_dir / "web" / "quarantine",
-    }
-    return {
-        via: sum(1 for _ in folder.glob("*.reason")) if folder.is_dir() else 0
-        for via, folder in folders.items()
-    }
+# Kinds of hold always reported (zero included): a gauge that can drop.
+HOLD_KINDS = ("burned-in-annotation", "dicom-refused", "not-storable", "unreadable")
+
+
+def quarantined(data_dir: Path, held: dict[str, int]) -> dict[str, int]:
+    """Instances held, by kind: the ledger's holds (``held_counts``), and the
+    datasets the storage SCP refused (files in its folder, each with a
+    .reason file)."""
+    folder = data_dir / "dicom" / "quarantine"
+    refused = sum(1 for _ in folder.glob("*.reason")) if folder.is_dir() else 0
+    counts = dict.fromkeys(HOLD_KINDS, 0) | held
+    counts["dicom-refused"] += refused
+    return counts
 
 
 def exposition(counts: Counts, quarantine: dict[str, int]) -> bytes:

@@ -1,10 +1,12 @@
 """STOW-RS (PS3.18 10.5): a multipart/related body of Part 10 instances,
 stored the way the node's storage SCP stores a C-STORE: each part streamed
 to a temporary file as it arrives (digested on the way, never whole in
-memory), its header checked by the scanner, a refused one quarantined with
-its reason and reported, the sound ones made durable together (one syncfs),
-moved into the content-addressed store and recorded in the ledger (the
-store's rows and their attributes in one transaction) before the answer."""
+memory), its header checked by the scanner, a refused one held in the
+node's quarantine (its bytes in ``data_dir/quarantine``, its row in the
+ledger: ``dicomrelay quarantine`` lists and deletes it) and reported, the
+sound ones made durable together (one syncfs), moved into the
+content-addressed store and recorded in the ledger (the store's rows and
+their attributes in one transaction) before the answer."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from dicomrelay.errors import BadRequest, DicomParseError, DicomrelayError
 from dicomrelay.instance_store import InstanceStore, Record
 from dicomrelay.ledger import Ledger
 from dicomrelay.ledger.archive import StoredAttributes
+from dicomrelay.ledger.quarantine import HeldInstance
 from dicomrelay.web import media
 from dicomrelay.web.multipart import MultipartParser, PartData, PartEnd, PartStart
 
@@ -45,7 +48,7 @@ class Failure:
     sop_instance_uid: str
     reason: int
     why: str
-    kept: str | None = None  # where in quarantine the refused bytes are
+    kept: HeldInstance | None = None  # the refused bytes, held in quarantine
 
 
 @dataclass(slots=True)
@@ -164,8 +167,10 @@ async def receive(
                 elif isinstance(event, PartEnd):
                     assert part is not None
                     done, part = part, None
-                    outcome = await _check(done, study_uid, quarantine, inbound)
+                    outcome = await _check(done, study_uid, quarantine, inbound, sender)
                     if isinstance(outcome, Failure):
+                        if outcome.kept is not None:
+                            await ledger.hold([outcome.kept])
                         result.failed.append(outcome)
                         await refused(outcome)
                     else:
@@ -183,7 +188,7 @@ async def receive(
 
 
 async def _check(
-    part: _Part, study_uid: str | None, quarantine: Path, inbound: Inbound | None
+    part: _Part, study_uid: str | None, quarantine: Path, inbound: Inbound | None, sender: str
 ) -> StoredAttributes | Failure:
     if not part.dicom:
         part.discard()
@@ -197,30 +202,55 @@ async def _check(
     try:
         info = await anyio.to_thread.run_sync(scan_file, part.path)
     except DicomParseError as e:
-        return _quarantine(part, quarantine, Failure("", "", CANNOT_UNDERSTAND, f"malformed: {e}"))
+        failure = Failure("", "", CANNOT_UNDERSTAND, f"malformed: {e}")
+        return _quarantine(part, quarantine, failure, None, digest, sender)
     verdict = judge(info, study_uid)
     if verdict is not None:
         failure = Failure(
             info.sop_class_uid or "", info.sop_instance_uid or "", verdict[0], verdict[1]
         )
-        return _quarantine(part, quarantine, failure)
+        return _quarantine(part, quarantine, failure, info, digest, sender)
     if inbound is not None and (refusal := await inbound(info)) is not None:
         part.discard()  # refused by rule, as the receiver refuses a transfer: not kept
         return refusal
     return StoredAttributes.of(info, digest)
 
 
-def _quarantine(part: _Part, quarantine: Path, failure: Failure) -> Failure:
-    """Keep the refused bytes with their reason, as the SCP does."""
-    target = quarantine / part.path.name.replace(".tmp", ".dcm")
+def _quarantine(
+    part: _Part,
+    quarantine: Path,
+    failure: Failure,
+    info: InstanceInfo | None,
+    digest: str,
+    sender: str,
+) -> Failure:
+    """Keep the refused bytes, for the hold the caller records (as the SCP
+    keeps what it refuses); if they cannot be kept, the failure alone."""
+    hold_id = uuid.uuid4().hex[:12]
+    target = quarantine / f"{hold_id}.dcm"
     try:
         quarantine.mkdir(parents=True, exist_ok=True)
+        size = part.path.stat().st_size
         os.replace(part.path, target)
-        target.with_suffix(".reason").write_text(failure.why + "\n")
     except OSError:
         part.discard()
         return failure
-    return dataclasses.replace(failure, kept=str(target))
+    kept = HeldInstance(
+        id=hold_id,
+        kind="unreadable" if failure.reason == CANNOT_UNDERSTAND else "not-storable",
+        direction="receive",
+        org=sender,
+        study_uid=(info.study_instance_uid if info else None) or "",
+        sop_uid=(info.sop_instance_uid if info else None) or "",
+        patient_id=info.patient_id if info else None,
+        digest=digest,
+        size=size,
+        location=os.fspath(target),
+        reason=failure.why,
+        context={"via": "stow-rs"},
+        held=time.time(),
+    )
+    return dataclasses.replace(failure, kept=kept)
 
 
 async def _keep(
