@@ -219,6 +219,51 @@ async def test_a_failed_transaction_leaves_nothing(backend: Backend) -> None:
     await ledger.close()
 
 
+async def test_a_commit_records_what_it_owes_next(backend: Backend) -> None:
+    """The delivery into the PACS, or the reconciliation, that a commit owes is
+    recorded in the commit's own transaction: a node killed right after the
+    commit finds it on restart. A repeated commit owes nothing again."""
+    ledger = await backend.open()
+    for tid, study in (("d" * 32, "1.2.1"), ("r" * 32, "1.2.2"), ("n" * 32, "1.2.3")):
+        await ledger.note_incoming("RX1", tid, study, 1, "sha256")
+        await ledger.record_received("RX1", tid, received([(f"u{study}", f"{1:064x}")]))
+    await ledger.commit_incoming("RX1", "d" * 32, "1.2.1", b"r1", 2.0, then="deliver")
+    await ledger.commit_incoming(
+        "RX1", "r" * 32, "1.2.2", b"r2", 2.0, then="reconcile", priority="urgent"
+    )
+    await ledger.commit_incoming("RX1", "n" * 32, "1.2.3", b"r3", 2.0)
+    await ledger.close()
+    ledger = await backend.open()  # as after a crash
+    [(study, first)] = await ledger.pending_deliveries()
+    assert study == "1.2.1"
+    [owed] = await ledger.reconciliations()
+    assert (owed.transfer_id, owed.study_uid, owed.state, owed.priority) == (
+        "r" * 32,
+        "1.2.2",
+        "pending",
+        "urgent",
+    )
+    # Committed before: the receipt kept, nothing owed twice.
+    await ledger.commit_incoming("RX1", "d" * 32, "1.2.1", b"again", 3.0, then="deliver")
+    assert await ledger.pending_deliveries() == [("1.2.1", first)]
+    # A reconciliation finished with its delivery: requested in that transaction.
+    await ledger.finish_reconciliation(
+        "RX1",
+        "r" * 32,
+        "1.2.2",
+        [],
+        rule=None,
+        foreign_patient_id=None,
+        foreign_issuer=None,
+        local_patient_id=None,
+        local_issuer=None,
+        reason="no inbound rule reconciles its instances",
+        deliver=True,
+    )
+    assert [s for s, _ in await ledger.pending_deliveries()] == ["1.2.1", "1.2.2"]
+    await ledger.close()
+
+
 async def test_a_delivery_asked_for_again_stays_due(backend: Backend) -> None:
     """A delivery that finishes after the study was asked for again (a newer
     version committed meanwhile) does not close the newer request."""

@@ -7,6 +7,7 @@ studies onwards."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
@@ -16,7 +17,7 @@ from dicomrelay import sockets
 from dicomrelay._native import TlsConfig
 from dicomrelay.config import NodeConfig
 from dicomrelay.instance_store import InstanceStore
-from dicomrelay.ledger import Ledger
+from dicomrelay.ledger import AfterCommit, Ledger
 from dicomrelay.receiver import Committer, Receiver, discard_stored_partials
 from dicomrelay.receiver_control import StudyCommitted
 from dicomrelay.store import PartialFiles
@@ -33,6 +34,7 @@ class Inbox:
         key_pem: bytes | None,
         *,
         report_commits: bool = False,
+        after_commit: Callable[[str], AfterCommit | None] | None = None,
     ) -> None:
         """``report_commits``: put each committed study (``StudyCommitted``) on
         ``committed`` (unbounded: a commit never waits for a delivery; studies
@@ -52,6 +54,7 @@ class Inbox:
             server_tls,
             key_pem,
             on_committed=send.send_nowait if report_commits else None,
+            after_commit=after_commit,
         )
         self._commits = send
         self.port: int | None = None

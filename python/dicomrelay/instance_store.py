@@ -324,11 +324,13 @@ class InstanceStore:
         foreign: tuple[str | None, str | None],
         local: tuple[str | None, str | None],
         reason: str,
+        deliver: bool = False,
     ) -> int:
         """The store's rows of a reconciled transfer switched to the rewritten
         records and the received ones dropped (``Ledger.finish_reconciliation``,
-        with the (patient ID, issuer) it was ``foreign``, now ``local``), run as
-        drops are: one at a time. How many rows switched."""
+        with the (patient ID, issuer) it was ``foreign``, now ``local``; with
+        ``deliver``, its delivery requested), run as drops are: one at a time.
+        How many rows switched."""
         async with self._lock:
             return await self.ledger.finish_reconciliation(
                 sender,
@@ -341,6 +343,7 @@ class InstanceStore:
                 local_patient_id=local[0],
                 local_issuer=local[1],
                 reason=reason,
+                deliver=deliver,
             )
 
     async def drop_routed(self, before: float) -> int:

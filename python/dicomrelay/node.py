@@ -20,7 +20,7 @@ from dicomrelay.errors import ConfigurationError, DicomrelayError
 from dicomrelay.gateway import DicomGateway
 from dicomrelay.inbox import Inbox
 from dicomrelay.instance_store import InstanceStore
-from dicomrelay.ledger import Ledger, open_ledger
+from dicomrelay.ledger import AfterCommit, Ledger, open_ledger
 from dicomrelay.outbox import Outbox
 from dicomrelay.reconciler import Reconciler
 from dicomrelay.retention import StoreKeeper
@@ -95,6 +95,12 @@ class Node:
         if self._store is not None:
             delivers = dicom is not None and dicom.deliver_to is not None
             reconciles = Reconciler.needed(cfg)
+
+            def after_commit(sender: str) -> AfterCommit | None:
+                if reconciles and Reconciler.reconciles(cfg, sender):
+                    return "reconcile"
+                return "deliver" if delivers else None
+
             self.inbox = Inbox(
                 cfg,
                 self.ledger,
@@ -103,6 +109,7 @@ class Node:
                 server_tls,
                 key_pem,
                 report_commits=delivers or reconciles,
+                after_commit=after_commit,
             )
             await tg.start(self.inbox.run)
             self.port = self.inbox.port

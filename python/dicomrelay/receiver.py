@@ -33,7 +33,7 @@ from dicomrelay.connection import Connection
 from dicomrelay.errors import DicomrelayError, StorageError, TlsError, first_failure
 from dicomrelay.inbound import InboundRules
 from dicomrelay.instance_store import InstanceStore, OnTheWay, Record
-from dicomrelay.ledger import IncomingInstance, Ledger
+from dicomrelay.ledger import AfterCommit, IncomingInstance, Ledger
 from dicomrelay.policy import Decision
 from dicomrelay.protocol import Kind, Offer
 from dicomrelay.receipt import Receipt
@@ -173,10 +173,14 @@ class Receiver:
         key_pem: bytes | None,
         *,
         on_committed: Callable[[StudyCommitted], None] | None = None,
+        after_commit: Callable[[str], AfterCommit | None] | None = None,
     ) -> None:
-        """``on_committed`` hears of each study committed (for delivery onwards)."""
+        """``on_committed`` hears of each study committed (for delivery onwards);
+        ``after_commit`` says, for a sender, what its commits owe next (recorded
+        with the commit)."""
         self.config = config
         self.on_committed = on_committed
+        self.after_commit = after_commit
         self.ledger = ledger
         self.store = store
         self.partials = partials
@@ -516,12 +520,15 @@ class _Session:
         one the ledger keeps (an earlier one, if committed before)."""
         if self.r.key_pem is not None:
             receipt = receipt.signed(self.r.key_pem)
+        then = self.r.after_commit(receipt.sender) if self.r.after_commit else None
         return await self.r.ledger.commit_incoming(
             receipt.sender,
             receipt.transfer_id,
             receipt.study_instance_uid,
             receipt.to_json(),
             receipt.committed_at,
+            then=then,
+            priority=self.priorities.get(receipt.transfer_id, "routine"),
         )
 
     def _stored(

@@ -95,6 +95,18 @@ class _Read:
     values: dict[int, str]
 
 
+def _reconciling_rules(config: NodeConfig, sender: str) -> list[Rule]:
+    """The reconciling rules that could apply to a study from ``sender``."""
+    counterpart = config.policy.counterpart(sender)
+    return [
+        r
+        for r in config.rules
+        if r.reconcile is not None
+        and (not r.orgs or counterpart.code in r.orgs)
+        and (not r.roles or counterpart.role in r.roles)
+    ]
+
+
 class Reconciler:
     def __init__(
         self,
@@ -127,6 +139,12 @@ class Reconciler:
     @staticmethod
     def needed(config: NodeConfig) -> bool:
         return any(r.reconcile is not None for r in config.rules)
+
+    @staticmethod
+    def reconciles(config: NodeConfig, sender: str) -> bool:
+        """Whether a rule could reconcile a study from ``sender``: its commit
+        then records it as to be reconciled, in the same transaction."""
+        return bool(_reconciling_rules(config, sender))
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Reconcile what the inbox commits, and what operators resolve, until
@@ -167,18 +185,8 @@ class Reconciler:
                     f"rule {rule.name}: the patient mapping table {table!r} cannot be read: {e}"
                 ) from e
 
-    def _candidates(self, sender: str) -> list[Rule]:
-        """The reconciling rules that could apply to a study from ``sender``."""
-        counterpart = self.config.policy.counterpart(sender)
-        return [
-            r
-            for r in self._rules.values()
-            if (not r.orgs or counterpart.code in r.orgs)
-            and (not r.roles or counterpart.role in r.roles)
-        ]
-
     async def _on_commit(self, commit: StudyCommitted) -> None:
-        if not self._candidates(commit.sender):
+        if not _reconciling_rules(self.config, commit.sender):
             self._released(commit)  # no rule reconciles this sender's studies
             return
         row = await self.ledger.add_reconciliation(
@@ -285,6 +293,7 @@ class Reconciler:
             foreign=foreign_ids,
             local=local_ids,
             reason=reason,
+            deliver=self._releasing,  # requested with the switch: a crash cannot lose it
         )
         if plan is not None:
             detail = (

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dicomrelay.errors import ConfigurationError
 from dicomrelay.ledger.base import (
+    AfterCommit,
     IncomingInstance,
     IncomingTransfer,
     Ledger,
@@ -31,6 +32,7 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 __all__ = [
     "POSTGRES_SCHEMES",
+    "AfterCommit",
     "HeldInstance",
     "HoldState",
     "IncomingInstance",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from dicomrelay.audit import AuditQuery, AuditRecord, Outcome
 from dicomrelay.ledger.archive import ApiToken, StoredAttributes
@@ -22,6 +22,10 @@ from dicomrelay.ledger.shares import ShareLink
 
 # Where a segment store keeps a record: (segment, offset of its header, data length).
 Location = tuple[int, int, int]
+
+
+# What a commit owes next, recorded in its own transaction (see commit_incoming).
+AfterCommit = Literal["deliver", "reconcile"]
 
 
 class TransferState(enum.StrEnum):
@@ -198,9 +202,15 @@ class Ledger(Protocol):
         study_instance_uid: str,
         receipt: bytes,
         committed: float,
+        *,
+        then: AfterCommit | None = None,
+        priority: str = "routine",
     ) -> bytes:
-        """Make the study visible and keep its receipt, atomically. Returns the
-        receipt stored, which is the earlier one if the transfer was committed before."""
+        """Make the study visible and keep its receipt, atomically, with what
+        the commit owes next (``then``: a delivery into the PACS requested, or
+        the transfer recorded as to be reconciled, at ``priority``), so that a
+        crash right after the commit cannot lose it. Returns the receipt
+        stored, which is the earlier one if the transfer was committed before."""
         ...
 
     async def study(self, study_instance_uid: str) -> list[tuple[str, str, int]]:
@@ -436,6 +446,7 @@ class Ledger(Protocol):
         local_patient_id: str | None,
         local_issuer: str | None,
         reason: str,
+        deliver: bool = False,
     ) -> int: ...
     async def reconciled_instances(
         self, sender: str, transfer_id: str

@@ -32,6 +32,10 @@ class Dialect:
         return json.dumps(list(values)) if self.json_arrays else list(values)
 
 
+# How much later than the last a repeated delivery request is stamped, at
+# least (``add_delivery``: a newer request is always a later stamp).
+STAMP_STEP = 1e-6
+
 SQLITE = Dialect(
     name="sqlite",
     placeholder="?",

@@ -15,6 +15,7 @@ from dicomrelay.ledger.archive import (
     attributes_row,
 )
 from dicomrelay.ledger.base import (
+    AfterCommit,
     IncomingInstance,
     IncomingTransfer,
     Location,
@@ -22,7 +23,7 @@ from dicomrelay.ledger.base import (
     OutgoingTransfer,
     TransferState,
 )
-from dicomrelay.ledger.dialect import Dialect
+from dicomrelay.ledger.dialect import STAMP_STEP, Dialect
 from dicomrelay.ledger.quarantine import (
     HeldInstance,
     HoldState,
@@ -51,9 +52,6 @@ from dicomrelay.ledger.statements import (
 from dicomrelay.ledger.work import Query, Row, Work
 
 T = TypeVar("T")
-
-# How much later than the last a repeated delivery request is stamped, at least.
-STAMP_STEP = 1e-6
 
 
 class Driver(Protocol):
@@ -277,6 +275,9 @@ class SqlLedger(QuarantineLedger, ReconciliationRecords):
         study_instance_uid: str,
         receipt: bytes,
         committed: float,
+        *,
+        then: AfterCommit | None = None,
+        priority: str = "routine",
     ) -> bytes:
         q = self._sql
         key = (sender, transfer_id)
@@ -288,6 +289,11 @@ class SqlLedger(QuarantineLedger, ReconciliationRecords):
             yield Query(q.commit_to_store, (study_instance_uid, committed, *key))
             yield Query(self._rsql.switch_committed, (study_instance_uid, *key))
             yield Query(q.commit_incoming, (committed, receipt, *key))
+            if then == "deliver":
+                yield Query(q.add_delivery, (study_instance_uid, time.time(), STAMP_STEP))
+            elif then == "reconcile":
+                row = (*key, study_instance_uid, priority, time.time())
+                yield Query(self._rsql.add, row)
             return receipt
 
         return await self._driver.run(work)

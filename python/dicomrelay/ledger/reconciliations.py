@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from dicomrelay.ledger.dialect import Dialect
+from dicomrelay.ledger.dialect import STAMP_STEP, Dialect
 from dicomrelay.ledger.work import Query, Row, Work
 
 if TYPE_CHECKING:
@@ -264,12 +264,14 @@ class ReconciliationRecords:
         local_patient_id: str | None,
         local_issuer: str | None,
         reason: str,
+        deliver: bool = False,
     ) -> int:
         """In one transaction: each received digest's reconciled digest kept,
         the store's rows switched to the reconciled instances (where they still
-        hold what this transfer received), the transfer marked reconciled, and
-        the received records nothing names any more dropped (garbage for
-        compaction). Returns how many store rows switched."""
+        hold what this transfer received), the transfer marked reconciled, the
+        received records nothing names any more dropped (garbage for
+        compaction) and, with ``deliver``, the study's delivery into the PACS
+        requested. Returns how many store rows switched."""
         q, s = self._rsql, self._sql
         now = time.time()
         rows = [
@@ -318,6 +320,8 @@ class ReconciliationRecords:
             for params in switches:
                 switched += (yield Query(q.switch, params)).rowcount
             yield Query(q.done, done)
+            if deliver:
+                yield Query(s.add_delivery, (study_uid, now, STAMP_STEP))
             if replaced:
                 yield Query(s.drop_unreferenced, (self._array(replaced),))
             return switched
