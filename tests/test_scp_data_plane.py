@@ -20,6 +20,7 @@ from dicomrelay._native import (
     AssociateRq,
     PresentationContextRq,
     ReleaseRq,
+    ScpCommand,
     ScpEnd,
     ScpMessage,
     ScpReceiver,
@@ -135,7 +136,7 @@ def test_stores_arrive_in_their_files_whatever_the_pieces(spares: SparePool) -> 
     rng = random.Random(11)
     for _ in range(3):
         r = receiver(spares)
-        events: list[ScpMessage | ScpEnd] = []
+        events: list[ScpCommand | ScpMessage | ScpEnd] = []
         at = 0
         while at < len(stream):
             step = rng.randint(1, 40_000)
@@ -143,8 +144,12 @@ def test_stores_arrive_in_their_files_whatever_the_pieces(spares: SparePool) -> 
             at += step
             if events and isinstance(events[-1], ScpEnd):
                 break
-        *messages, end = events
+        # Each dataset's command comes ahead of it, numbered.
+        commands = [e for e in events if isinstance(e, ScpCommand)]
+        assert [(c.sequence, c.context_id) for c in commands] == [(1, 1), (2, 1), (3, 1)]
+        *messages, end = [e for e in events if not isinstance(e, ScpCommand)]
         assert isinstance(end, ScpEnd) and end.kind == "handback"
+        assert [m.sequence for m in messages if isinstance(m, ScpMessage)][:3] == [1, 2, 3]
         # The release request, and what came after it in the same piece.
         assert end.data.startswith(release)
         assert (release + b"after").startswith(end.data)
@@ -187,7 +192,8 @@ def test_broken_streams_end_the_data_plane_with_a_reason(
     r = receiver(spares)
     rq = CStoreRq(message_id=1, sop_class_uid=SC_STORAGE, sop_instance_uid="1.2.5")
     pdus = fragment_pdata(1, False, dataset("1.2.5", 60_000), 16384)
-    assert r.feed(fragment_pdata(1, True, rq.encode(), 16384) + pdus[: 2 * (16384 + 6)]) == []
+    [command] = r.feed(fragment_pdata(1, True, rq.encode(), 16384) + pdus[: 2 * (16384 + 6)])
+    assert isinstance(command, ScpCommand) and command.command == rq.encode()
     [end] = r.feed(ReleaseRq().encode())
     assert isinstance(end, ScpEnd) and end.kind == "handback"
     spares.close()  # and the spare files with it

@@ -28,6 +28,7 @@ from anyio.abc import ByteStream, TaskGroup
 from dicomrelay._native import (
     AssociateRj,
     AssociateRq,
+    ScpCommand,
     ScpEnd,
     ScpMessage,
     ScpPump,
@@ -102,12 +103,20 @@ class Session:
             with anyio.CancelScope(shield=True):
                 await self._hand_over(await self._settle())
 
-    def _stop_data_plane(self) -> None:
+    def _stop_data_plane(self) -> bytes:
         """The pump's thread ends before the socket can close (the files of
-        messages it read but nobody took are removed)."""
+        messages it read but nobody took are removed); what it had yet to
+        write is returned, for the stream to send."""
         plane, self.data_plane = self.data_plane, None
         if isinstance(plane, ScpPump):
-            plane.stop()
+            return plane.stop()
+        return b""
+
+    async def _end_data_plane(self) -> None:
+        """The socket is the session's again, reads and writes."""
+        unsent = self._stop_data_plane()
+        if unsent:
+            await self.stream.send(unsent)
 
     async def _hand_over(self, durable: list[StoredInstance]) -> None:
         """Give what the association stored to ``on_association_end``, once."""
@@ -183,17 +192,27 @@ class Session:
 
     async def _flush(self) -> None:
         data = self.association.data_to_send()
-        if data:
+        if not data:
+            return
+        if isinstance(self.data_plane, ScpPump):
+            try:
+                self.data_plane.send(data)  # behind any answer it is sending
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+        else:
             await self.stream.send(data)
 
-    async def _event(self, event: ScpMessage | ScpEnd) -> None:
+    async def _event(self, event: ScpCommand | ScpMessage | ScpEnd) -> None:
+        if isinstance(event, ScpCommand):
+            self._decide_ahead(event)
+            return
         if isinstance(event, ScpMessage):
             if self.association.close_transport:
                 _discard(event)  # read ahead of an abort
             else:
                 await self._message(event)
             return
-        self._stop_data_plane()
+        await self._end_data_plane()
         if event.kind == "handback":
             for indication in self.association.receive(event.data):
                 await self._indication(indication)
@@ -283,6 +302,31 @@ class Session:
             self.sock.fileno(), self.scp.spares, idle_seconds=self.scp.idle_seconds, **terms
         )
 
+    def _decide_ahead(self, event: ScpCommand) -> None:
+        """Answer Success now to a C-STORE whose dataset is still arriving,
+        for the pump to send the moment it is stored, if its header then names
+        the command's instance and class and a study (what ``_check`` asks of
+        it): the peer's next request need not wait for this task to wake.
+        Not when each instance must be durable before its answer."""
+        pump = self.data_plane
+        if not isinstance(pump, ScpPump) or self.scp.sync_each_instance:
+            return
+        try:
+            command = parse_command(event.command)
+        except DimseError:
+            return  # the message itself will be refused
+        if not isinstance(command, CStoreRq) or not _SAFE_UID.match(command.sop_instance_uid):
+            return
+        success = CStoreRsp(
+            responding_to=command.message_id,
+            sop_class_uid=command.sop_class_uid,
+            sop_instance_uid=command.sop_instance_uid,
+        )
+        pdus = fragment_pdata(event.context_id, True, success.encode(), self.peer_max_pdu)
+        pump.answer_when_stored(
+            event.sequence, pdus, command.sop_instance_uid, command.sop_class_uid
+        )
+
     async def _respond(self, context_id: int, response: CEchoRsp | CStoreRsp) -> None:
         pdus = fragment_pdata(context_id, True, response.encode(), self.peer_max_pdu)
         self.association.send_pdata(pdus)
@@ -293,6 +337,7 @@ class Session:
         except DimseError as e:
             _discard(message)
             log.warning("aborting the association from %s: %s", self.peer, e)
+            await self._end_data_plane()  # nothing more is answered ahead
             self.association.abort()
             return
         if isinstance(command, CEchoRq):
@@ -303,6 +348,14 @@ class Session:
             _discard(message)
             return  # responses, or services this SCP does not offer
         status, comment, outcome = self._check(message, command)
+        if message.answered:
+            # Sent by the pump, as decided when the command came: the check
+            # it made is this one's.
+            if not isinstance(outcome, StoredInstance):
+                log.error("answered Success ahead, but the check says %#06x", status)
+                return
+            await self._commit(message, outcome)
+            return
         if isinstance(outcome, StoredInstance):
             status, comment = await self._commit(message, outcome)
         elif isinstance(outcome, Refusal):

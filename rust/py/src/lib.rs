@@ -237,6 +237,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pdu::fragment_pdata, m)?)?;
     m.add_class::<scp::SparePool>()?;
     m.add_class::<scp::ScpMessage>()?;
+    m.add_class::<scp::ScpCommand>()?;
     m.add_class::<scp::ScpEnd>()?;
     m.add_class::<scp::ScpReceiver>()?;
     m.add_class::<scp::ScpPump>()?;

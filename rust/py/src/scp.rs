@@ -64,6 +64,19 @@ pub struct ScpMessage {
     scan_error: Option<Py<PyAny>>,
     /// OSError: the data set could not be written (the file is gone).
     error: Option<Py<PyAny>>,
+    /// Of a data-set message: the number its `ScpCommand` carried.
+    sequence: u64,
+    /// The answer decided ahead for it (`ScpPump.answer_when_stored`) was sent.
+    answered: bool,
+}
+
+/// A command announcing a data set, whole before the data set is: its answer
+/// may be decided while the data set arrives.
+#[pyclass(frozen, module = "dicomrelay._native", name = "ScpCommand", get_all)]
+pub struct ScpCommand {
+    sequence: u64,
+    context_id: u8,
+    command: Py<PyBytes>,
 }
 
 /// The last event: why the data plane stopped. `kind` is one of "handback"
@@ -104,10 +117,21 @@ fn end<'py>(
 
 fn event_to_python<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>> {
     match event {
+        Event::Command {
+            sequence,
+            context_id,
+            command,
+        } => ScpCommand {
+            sequence,
+            context_id,
+            command: PyBytes::new(py, &command).unbind(),
+        }
+        .into_bound_py_any(py),
         Event::Message(m) => {
             let (mut path, mut length, mut digest) = (None, 0, None);
             let (mut info, mut scan_error, mut error) = (None, None, None);
             let has_dataset = m.dataset.is_some();
+            let (sequence, answered) = (m.sequence, m.answered);
             if let Some(d) = m.dataset {
                 (path, length, digest) = (d.path, d.length, d.digest);
                 match d.scan {
@@ -127,6 +151,8 @@ fn event_to_python<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, Py
                 info,
                 scan_error,
                 error,
+                sequence,
+                answered,
             }
             .into_bound_py_any(py)
         }
@@ -309,12 +335,49 @@ impl ScpPump {
         events_to_python(py, events)
     }
 
-    /// Stop reading and wait for the thread; the files of messages never
-    /// taken are removed. Again: nothing.
-    fn stop(&mut self, py: Python<'_>) {
-        if let Some(pump) = self.pump.take() {
-            py.detach(|| drop(pump));
+    /// Send `data` (PDUs) after whatever waits: while the pump runs the
+    /// socket's writes are its too. Raises OSError for a broken socket.
+    fn send(&self, data: &[u8]) -> PyResult<()> {
+        let pump = self
+            .pump
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("the pump has stopped"))?;
+        pump.send(data).map_err(|e| os_error(&e))
+    }
+
+    /// The answer to data-set message `sequence` (an `ScpCommand`'s), decided
+    /// ahead: `pdus` are sent from the pump's thread the moment the data set
+    /// is stored whole, if its header names `sop_instance_uid` (and
+    /// `sop_class_uid`, when it names a class) and a study; the message then
+    /// comes with `answered`. Otherwise nothing is sent.
+    fn answer_when_stored(
+        &self,
+        sequence: u64,
+        pdus: &[u8],
+        sop_instance_uid: String,
+        sop_class_uid: String,
+    ) {
+        if let Some(pump) = &self.pump {
+            pump.answer_when_stored(
+                sequence,
+                core::Answer {
+                    pdus: pdus.to_vec(),
+                    sop_instance_uid,
+                    sop_class_uid,
+                },
+            );
         }
+    }
+
+    /// Stop reading and wait for the thread; no answer decided ahead goes out
+    /// after this, and the files of messages never taken are removed. Returns
+    /// the bytes queued but not yet written (the caller's to send). Again: b"".
+    fn stop<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let unsent = match self.pump.take() {
+            Some(mut pump) => py.detach(|| pump.stop()),
+            None => Vec::new(),
+        };
+        PyBytes::new(py, &unsent)
     }
 }
 

@@ -18,6 +18,6 @@ mod spares;
 
 pub use command::{read_command, CommandFields};
 pub use meta::{file_meta, Implementation};
-pub use pump::{End, Pump, PumpEvent, MAX_WAITING};
+pub use pump::{Answer, End, Pump, PumpEvent, MAX_WAITING};
 pub use receiver::{Dataset, Event, Failure, Message, Receiver, ReceiverConfig};
 pub use spares::{Destination, SparePool};

@@ -1,9 +1,16 @@
 //! `Pump`: a thread of its own reads an association's socket into a
 //! [`Receiver`] and queues what it completes; the caller takes the events in
 //! batches when woken (`notify`), never per read.
+//!
+//! While it runs, the pump owns the socket's writes too: the caller's bytes
+//! go out through `send`, and an answer the caller decided ahead for a data
+//! set still arriving (`answer_when_stored`) goes out from the pump's thread
+//! the moment the data set is stored whole and matches, without waiting for
+//! the caller to wake. Both share one queue, so PDUs never interleave.
 
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -47,10 +54,40 @@ struct Queue {
     stop: bool,
 }
 
+/// The answer to a C-STORE the caller decided before its data set was whole:
+/// the PDUs to send once it is stored, if its header names this instance (and
+/// this SOP class, when it names one) and a study.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub pdus: Vec<u8>,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+}
+
+impl Answer {
+    fn fits(&self, dataset: &super::receiver::Dataset) -> bool {
+        let Some(Ok(info)) = &dataset.scan else {
+            return false;
+        };
+        dataset.error.is_none()
+            && dataset.path.is_some()
+            && info.sop_instance_uid.as_deref() == Some(self.sop_instance_uid.as_str())
+            && info.study_instance_uid.is_some()
+            && info
+                .sop_class_uid
+                .as_deref()
+                .is_none_or(|c| c == self.sop_class_uid)
+    }
+}
+
 struct Shared {
     queue: Mutex<Queue>,
     room: Condvar,
     notify: Box<dyn Fn() + Send + Sync>,
+    answers: Mutex<HashMap<u64, Answer>>,
+    /// Bytes for the socket not yet written, whoever queued them.
+    outbox: Mutex<Vec<u8>>,
+    fd: RawFd,
 }
 
 impl Shared {
@@ -70,6 +107,33 @@ impl Shared {
         }
     }
 
+    /// Queue `data` behind what waits and write what the socket takes now;
+    /// whether bytes remain (the thread writes them when it can).
+    fn send(&self, data: &[u8]) -> io::Result<bool> {
+        let mut outbox = self
+            .outbox
+            .lock()
+            .map_err(|_| io::Error::other("outbox poisoned"))?;
+        outbox.extend_from_slice(data);
+        write_pending(self.fd, &mut outbox)
+    }
+
+    /// Send the answer decided for a message just stored, if it fits.
+    fn answer(&self, message: &mut super::receiver::Message) {
+        let Some(dataset) = &message.dataset else {
+            return;
+        };
+        let answer = match self.answers.lock() {
+            Ok(mut answers) => answers.remove(&message.sequence),
+            Err(_) => None,
+        };
+        if let Some(answer) = answer.filter(|a| a.fits(dataset)) {
+            // A socket error is the reader's to find; the answer counts as sent.
+            let _ = self.send(&answer.pdus);
+            message.answered = true;
+        }
+    }
+
     /// Wait while the caller has too much to take; false once stopped.
     fn wait_for_room(&self) -> bool {
         let Ok(mut queue) = self.queue.lock() else {
@@ -85,9 +149,29 @@ impl Shared {
     }
 }
 
+/// Write queued bytes to the non-blocking socket until it would block;
+/// whether bytes remain.
+fn write_pending(fd: RawFd, outbox: &mut Vec<u8>) -> io::Result<bool> {
+    let mut socket = Socket::new(fd);
+    let mut written = 0;
+    let result = loop {
+        if written == outbox.len() {
+            break Ok(false);
+        }
+        match socket.write(&outbox[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(true),
+            Err(e) => break Err(e),
+        }
+    };
+    outbox.drain(..written);
+    result
+}
+
 pub struct Pump {
     shared: Arc<Shared>,
-    stop: Option<UnixStream>,
+    /// Closed to stop the thread; a byte written wakes it to write the outbox.
+    control: Option<UnixStream>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -102,26 +186,55 @@ impl Pump {
         idle: Option<Duration>,
         notify: impl Fn() + Send + Sync + 'static,
     ) -> io::Result<Pump> {
-        let (stop, stopped) = UnixStream::pair()?;
+        let (control, controlled) = UnixStream::pair()?;
+        control.set_nonblocking(true)?;
+        controlled.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             room: Condvar::new(),
             notify: Box::new(notify),
+            answers: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Vec::new()),
+            fd,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("scp-pump".into())
             .spawn(move || {
-                let end = run(fd, receiver, idle, &stopped.into(), &worker);
+                let end = run(fd, receiver, idle, controlled, &worker);
                 if let Some(end) = end {
                     worker.push([PumpEvent::Ended(end)]);
                 }
             })?;
         Ok(Pump {
             shared,
-            stop: Some(stop),
+            control: Some(control),
             thread: Some(thread),
         })
+    }
+
+    /// Send `data` after whatever waits to be sent (the socket is the pump's
+    /// while it runs). Raises the socket's error.
+    pub fn send(&self, data: &[u8]) -> io::Result<()> {
+        if self.shared.send(data)? {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Decide ahead the answer to the data-set message `sequence` (see
+    /// `Event::Command`): sent by the pump once the data set is stored, if
+    /// it fits; else the message comes to the caller unanswered.
+    pub fn answer_when_stored(&self, sequence: u64, answer: Answer) {
+        if let Ok(mut answers) = self.shared.answers.lock() {
+            answers.insert(sequence, answer);
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(control) = &self.control {
+            let _ = (&*control).write(&[1]);
+        }
     }
 
     /// Every event queued so far, in order.
@@ -137,17 +250,26 @@ impl Pump {
     }
 
     /// Stop reading and wait for the thread (it finishes the write in hand);
-    /// again: nothing. Events not yet taken stay to take.
-    pub fn stop(&mut self) {
+    /// no answer decided ahead is sent after this. Returns the bytes not yet
+    /// written (the caller's to send). Again: nothing. Events not yet taken
+    /// stay to take.
+    pub fn stop(&mut self) -> Vec<u8> {
         if let Ok(mut queue) = self.shared.queue.lock() {
             queue.stop = true;
         }
         self.shared.room.notify_all();
-        if let Some(stop) = self.stop.take() {
-            drop(stop); // the thread's end reads end-of-file: it wakes
+        if let Some(control) = self.control.take() {
+            drop(control); // the thread's end reads end-of-file: it wakes
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        if let Ok(mut answers) = self.shared.answers.lock() {
+            answers.clear();
+        }
+        match self.shared.outbox.lock() {
+            Ok(mut outbox) => std::mem::take(&mut *outbox),
+            Err(_) => Vec::new(),
         }
     }
 }
@@ -155,7 +277,7 @@ impl Pump {
 impl Drop for Pump {
     /// Stops, and removes the files of data sets nobody took.
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
         for event in self.take() {
             if let PumpEvent::Event(Event::Message(m)) = event {
                 if let Some(path) = m.dataset.and_then(|d| d.path) {
@@ -172,7 +294,7 @@ fn run(
     fd: RawFd,
     mut receiver: Receiver,
     idle: Option<Duration>,
-    stopped: &OwnedFd,
+    control: UnixStream,
     shared: &Shared,
 ) -> Option<End> {
     let mut socket = Socket::new(fd);
@@ -182,14 +304,16 @@ fn run(
         if !shared.wait_for_room() {
             return Some(End::Stopped);
         }
+        let pending = shared.outbox.lock().map_or(false, |o| !o.is_empty());
+        let writable = if pending { libc::POLLOUT } else { 0 };
         let mut fds = [
             libc::pollfd {
                 fd,
-                events: libc::POLLIN,
+                events: libc::POLLIN | writable,
                 revents: 0,
             },
             libc::pollfd {
-                fd: stopped.as_raw_fd(),
+                fd: control.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -204,13 +328,29 @@ fn run(
             return Some(End::Socket(e));
         }
         if fds[1].revents != 0 {
-            return Some(End::Stopped);
+            // A byte: wake to write the outbox; end-of-file: stop.
+            let mut bytes = [0u8; 64];
+            match (&control).read(&mut bytes) {
+                Ok(0) => return Some(End::Stopped),
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Some(End::Stopped),
+                _ => {}
+            }
         }
         if ready == 0 {
             return Some(End::Idle);
         }
         if fds[0].revents & libc::POLLNVAL != 0 {
             return Some(End::Socket(io::Error::from_raw_os_error(libc::EBADF)));
+        }
+        if fds[0].revents & libc::POLLOUT != 0 {
+            if let Ok(mut outbox) = shared.outbox.lock() {
+                if let Err(e) = write_pending(fd, &mut outbox) {
+                    return Some(End::Socket(e));
+                }
+            }
+        }
+        if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            continue;
         }
         // Read until the socket is empty (a short read says so).
         loop {
@@ -221,7 +361,13 @@ fn run(
                 Err(e) => return Some(End::Socket(e)),
             };
             receiver.feed(&buf[..n]);
-            shared.push(receiver.take_events().into_iter().map(PumpEvent::Event));
+            let mut events = receiver.take_events();
+            for event in &mut events {
+                if let Event::Message(message) = event {
+                    shared.answer(message);
+                }
+            }
+            shared.push(events.into_iter().map(PumpEvent::Event));
             if receiver.finished() {
                 return None;
             }

@@ -52,6 +52,10 @@ pub struct Message {
     pub command: Vec<u8>,
     /// For a command that announced one.
     pub dataset: Option<Dataset>,
+    /// Of a command with a data set: the number its `Event::Command` carried.
+    pub sequence: u64,
+    /// Whether the answer decided ahead for it was sent (see `Pump::answer_when_stored`).
+    pub answered: bool,
 }
 
 /// Why the receiver stopped on a broken stream (the association is to be aborted).
@@ -65,6 +69,13 @@ pub enum Failure {
 
 #[derive(Debug)]
 pub enum Event {
+    /// A command that announces a data set, as soon as it is whole: the
+    /// caller may decide its answer while the data set arrives.
+    Command {
+        sequence: u64,
+        context_id: u8,
+        command: Vec<u8>,
+    },
     Message(Message),
     /// A PDU other than P-DATA-TF (encoded again) and every byte fed after
     /// it: the association machine's to handle. The receiver is done.
@@ -75,6 +86,7 @@ pub enum Event {
 
 /// A data set being written: the file, its digest so far, and its message.
 struct Incoming {
+    sequence: u64,
     context_id: u8,
     command: Vec<u8>,
     path: Option<PathBuf>,
@@ -124,6 +136,8 @@ impl Incoming {
             context_id: self.context_id,
             command: std::mem::take(&mut self.command),
             dataset: Some(dataset),
+            sequence: self.sequence,
+            answered: false,
         }
     }
 }
@@ -173,7 +187,9 @@ struct Assembly {
     command: Vec<u8>,
     command_context: Option<u8>,
     incoming: Option<Incoming>,
-    done: Vec<Message>,
+    /// Data-set messages begun so far.
+    sequence: u64,
+    done: Vec<Event>,
     failure: Option<String>,
 }
 
@@ -195,11 +211,13 @@ impl Assembly {
             Err(reason) => return self.fail(reason),
         };
         if !fields.has_dataset {
-            self.done.push(Message {
+            self.done.push(Event::Message(Message {
                 context_id,
                 command,
                 dataset: None,
-            });
+                sequence: 0,
+                answered: false,
+            }));
             return;
         }
         let syntax = self.contexts[usize::from(context_id)]
@@ -213,7 +231,14 @@ impl Assembly {
             &config.calling_ae_title,
             &config.implementation,
         );
+        self.sequence += 1;
+        self.done.push(Event::Command {
+            sequence: self.sequence,
+            context_id,
+            command: command.clone(),
+        });
         let mut incoming = Incoming {
+            sequence: self.sequence,
             context_id,
             command,
             path: None,
@@ -295,7 +320,7 @@ impl PdvSink for Assembly {
         if is_command {
             self.command_ended();
         } else if let Some(incoming) = self.incoming.take() {
-            self.done.push(incoming.finish());
+            self.done.push(Event::Message(incoming.finish()));
         }
     }
 }
@@ -323,6 +348,7 @@ impl Receiver {
                 command: Vec::new(),
                 command_context: None,
                 incoming: None,
+                sequence: 0,
                 done: Vec::new(),
                 failure: None,
             },
@@ -344,8 +370,7 @@ impl Receiver {
         }
         let mut pdus = Vec::new();
         let result = self.decoder.feed_pdvs(data, &mut pdus, &mut self.assembly);
-        self.events
-            .extend(self.assembly.done.drain(..).map(Event::Message));
+        self.events.extend(self.assembly.done.drain(..));
         if let Some(reason) = self.assembly.failure.take() {
             return self.end(Event::Failed(Failure::Dimse(reason)));
         }
@@ -461,11 +486,21 @@ mod tests {
                 events.extend(r.take_events());
             }
             assert!(r.finished());
+            let commands: Vec<_> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Command { sequence, .. } => Some(*sequence),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(commands, [1, 2], "each data set's command comes first");
+            events.retain(|e| !matches!(e, Event::Command { .. }));
             let [Event::Message(a), Event::Message(b), Event::Message(e), Event::Handback(back)] =
                 &events[..]
             else {
                 panic!("{events:?}")
             };
+            assert_eq!((a.sequence, b.sequence), (1, 2));
             assert_eq!(e.context_id, 3);
             assert!(e.dataset.is_none());
             // The release request, and the rest of the read it ended in.
@@ -503,7 +538,10 @@ mod tests {
         stream.extend(&pdus[..6 + 16_384]);
         let mut r = receiver(&dir);
         r.feed(&stream);
-        assert!(r.take_events().is_empty());
+        assert!(matches!(
+            r.take_events()[..],
+            [Event::Command { sequence: 1, .. }]
+        ));
         r.feed(&fragment_pdata(1, true, &c_store("1.2.31"), 16_384, true).unwrap());
         let events = r.take_events();
         let [Event::Failed(Failure::Dimse(reason))] = &events[..] else {
