@@ -148,7 +148,8 @@ def test_stores_arrive_in_their_files_whatever_the_pieces(spares: SparePool) -> 
         commands = [e for e in events if isinstance(e, ScpCommand)]
         assert [(c.sequence, c.context_id) for c in commands] == [(1, 1), (2, 1), (3, 1)]
         *messages, end = [e for e in events if not isinstance(e, ScpCommand)]
-        assert isinstance(end, ScpEnd) and end.kind == "handback"
+        assert isinstance(end, ScpEnd)
+        assert end.kind == "handback"
         assert [m.sequence for m in messages if isinstance(m, ScpMessage)][:3] == [1, 2, 3]
         # The release request, and what came after it in the same piece.
         assert end.data.startswith(release)
@@ -160,7 +161,8 @@ def test_stores_arrive_in_their_files_whatever_the_pieces(spares: SparePool) -> 
             False,
         ]
         for message, (uid, data) in zip(messages, sets.items(), strict=False):
-            assert isinstance(message, ScpMessage) and message.path is not None
+            assert isinstance(message, ScpMessage)
+            assert message.path is not None
             stored = Path(message.path).read_bytes()
             meta = file_meta(
                 sop_class_uid=SC_STORAGE,
@@ -171,31 +173,36 @@ def test_stores_arrive_in_their_files_whatever_the_pieces(spares: SparePool) -> 
             assert stored == meta + data
             assert message.digest == hashlib.sha256(stored).hexdigest()
             assert message.length == len(stored)
-            assert message.info is not None and message.info.sop_instance_uid == uid
-            assert message.error is None and message.scan_error is None
+            assert message.info is not None
+            assert message.info.sop_instance_uid == uid
+            assert message.error is None
+            assert message.scan_error is None
             Path(message.path).unlink()
 
 
-def test_broken_streams_end_the_data_plane_with_a_reason(
-    spares: SparePool, tmp_path: Path
-) -> None:
+def test_broken_streams_end_the_data_plane_with_a_reason(spares: SparePool, tmp_path: Path) -> None:
     r = receiver(spares)
     [end] = r.feed(b"\x42" + bytes(9))
-    assert isinstance(end, ScpEnd) and end.kind == "pdu-error"
-    assert isinstance(end.error, PduError) and end.error.abort_reason == 1
+    assert isinstance(end, ScpEnd)
+    assert end.kind == "pdu-error"
+    assert isinstance(end.error, PduError)
+    assert end.error.abort_reason == 1
     assert r.feed(b"more") == []  # nothing after the end
     r = receiver(spares)
     [end] = r.feed(fragment_pdata(3, True, CEchoRq(message_id=1).encode(), 16384))
-    assert isinstance(end, ScpEnd) and end.kind == "dimse-error"
+    assert isinstance(end, ScpEnd)
+    assert end.kind == "dimse-error"
     assert "presentation context 3" in end.reason
     # Two PDUs of a dataset, then the association ends: no file of it is left.
     r = receiver(spares)
     rq = CStoreRq(message_id=1, sop_class_uid=SC_STORAGE, sop_instance_uid="1.2.5")
     pdus = fragment_pdata(1, False, dataset("1.2.5", 60_000), 16384)
     [command] = r.feed(fragment_pdata(1, True, rq.encode(), 16384) + pdus[: 2 * (16384 + 6)])
-    assert isinstance(command, ScpCommand) and command.command == rq.encode()
+    assert isinstance(command, ScpCommand)
+    assert command.command == rq.encode()
     [end] = r.feed(ReleaseRq().encode())
-    assert isinstance(end, ScpEnd) and end.kind == "handback"
+    assert isinstance(end, ScpEnd)
+    assert end.kind == "handback"
     spares.close()  # and the spare files with it
     assert left_in(tmp_path / "incoming") == []
 

@@ -618,6 +618,7 @@ def file_meta(
     implementation_class_uid: str,
     implementation_version_name: str,
 ) -> bytes: ...
+
 @final
 class SparePool:
     """Temporary files for received datasets, made ahead of need by a thread."""
@@ -636,7 +637,7 @@ class ScpMessage:
     @property
     def has_dataset(self) -> bool: ...
     @property
-    def path(self) -> os.PathLike[str] | str | None: ...
+    def path(self) -> str | None: ...
     @property
     def length(self) -> int: ...
     @property

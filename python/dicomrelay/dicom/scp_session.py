@@ -86,6 +86,8 @@ class Session:
         self.peer_max_pdu = MAX_PDU
         self.rq: AssociateRq | None = None
         self.data_plane: ScpPump | ScpReceiver | None = None
+        # C-STORE commands answered ahead, by sequence: parsed once.
+        self.ahead: dict[int, CStoreRq] = {}
         # By final path, with its commit ticket: an instance stored again in the
         # same association replaces the earlier (its file does too).
         self.stored: dict[Path, tuple[int, StoredInstance]] = {}
@@ -286,20 +288,29 @@ class Session:
         self.association.accept(answer)
         if not self.association.established:
             return
-        terms = {
-            "contexts": list(self.contexts.items()),
-            "calling_ae_title": rq.calling_ae_title,
-            "implementation_class_uid": IMPLEMENTATION_CLASS_UID,
-            "implementation_version_name": IMPLEMENTATION_VERSION,
-            "digest": self.scp.digest,
-            "max_pdu_length": MAX_PDU,
-        }
+        contexts = list(self.contexts.items())
         if self.sock is None:
-            self.data_plane = ScpReceiver(self.scp.spares, **terms)
+            self.data_plane = ScpReceiver(
+                self.scp.spares,
+                contexts=contexts,
+                calling_ae_title=rq.calling_ae_title,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION,
+                digest=self.scp.digest,
+                max_pdu_length=MAX_PDU,
+            )
             return
-        await self._flush()  # the acceptance goes out before the pump reads
+        await self._flush()  # the acceptance goes out before the pump owns the socket
         self.data_plane = ScpPump(
-            self.sock.fileno(), self.scp.spares, idle_seconds=self.scp.idle_seconds, **terms
+            self.sock.fileno(),
+            self.scp.spares,
+            contexts=contexts,
+            calling_ae_title=rq.calling_ae_title,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION,
+            digest=self.scp.digest,
+            max_pdu_length=MAX_PDU,
+            idle_seconds=self.scp.idle_seconds,
         )
 
     def _decide_ahead(self, event: ScpCommand) -> None:
@@ -326,6 +337,7 @@ class Session:
         pump.answer_when_stored(
             event.sequence, pdus, command.sop_instance_uid, command.sop_class_uid
         )
+        self.ahead[event.sequence] = command
 
     async def _respond(self, context_id: int, response: CEchoRsp | CStoreRsp) -> None:
         pdus = fragment_pdata(context_id, True, response.encode(), self.peer_max_pdu)
@@ -333,7 +345,7 @@ class Session:
 
     async def _message(self, message: ScpMessage) -> None:
         try:
-            command = parse_command(message.command)
+            command = self.ahead.pop(message.sequence, None) or parse_command(message.command)
         except DimseError as e:
             _discard(message)
             log.warning("aborting the association from %s: %s", self.peer, e)
@@ -347,17 +359,18 @@ class Session:
         if not isinstance(command, CStoreRq):
             _discard(message)
             return  # responses, or services this SCP does not offer
-        status, comment, outcome = self._check(message, command)
+        path = None if message.path is None else Path(message.path)
+        status, comment, outcome = self._check(message, path, command)
         if message.answered:
             # Sent by the pump, as decided when the command came: the check
             # it made is this one's.
             if not isinstance(outcome, StoredInstance):
                 log.error("answered Success ahead, but the check says %#06x", status)
                 return
-            await self._commit(message, outcome)
+            await self._commit(path, outcome)
             return
         if isinstance(outcome, StoredInstance):
-            status, comment = await self._commit(message, outcome)
+            status, comment = await self._commit(path, outcome)
         elif isinstance(outcome, Refusal):
             await self.scp.refused(outcome)
         await self._respond(
@@ -371,10 +384,10 @@ class Session:
             ),
         )
 
-    async def _commit(self, message: ScpMessage, instance: StoredInstance) -> tuple[int, str | None]:
-        assert message.path is not None
+    async def _commit(self, temp: Path | None, instance: StoredInstance) -> tuple[int, str | None]:
+        assert temp is not None
         commits = self.scp.committer
-        ticket = commits.add(Path(message.path), instance.path, instance.digest)
+        ticket = commits.add(temp, instance.path, instance.digest)
         if self.scp.sync_each_instance:
             try:
                 await commits.wait(ticket)
@@ -388,15 +401,14 @@ class Session:
                 self.background.start_soon(commits.flush_soon, FLUSH_INTERVAL)
         return Status.SUCCESS, None
 
-    def _check(self, message: ScpMessage, command: CStoreRq) -> Outcome:
-        """The instance to keep, or the status that refuses it (with the
-        Refusal to report when it went to quarantine)."""
-        if message.error is not None or message.path is None:
+    def _check(self, message: ScpMessage, path: Path | None, command: CStoreRq) -> Outcome:
+        """The instance to keep (received in ``path``), or the status that
+        refuses it (with the Refusal to report when it went to quarantine)."""
+        if message.error is not None or path is None:
             e = message.error
             full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
             comment = "out of storage" if full or e is None else str(e)[:64]
             return Status.OUT_OF_RESOURCES, comment, None
-        path = Path(message.path)
         info = message.info
         if info is None:
             reason = str(message.scan_error)

@@ -55,7 +55,7 @@ pub struct ScpMessage {
     command: Py<PyBytes>,
     has_dataset: bool,
     /// None without a data set, or when writing it failed (see `error`).
-    path: Option<PathBuf>,
+    path: Option<String>,
     length: u64,
     digest: Option<String>,
     /// The file's header, or None (see `scan_error`, `error`).
@@ -133,9 +133,10 @@ fn event_to_python<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, Py
             let has_dataset = m.dataset.is_some();
             let (sequence, answered) = (m.sequence, m.answered);
             if let Some(d) = m.dataset {
-                (path, length, digest) = (d.path, d.length, d.digest);
+                path = d.path.map(|p| p.to_string_lossy().into_owned());
+                (length, digest) = (d.length, d.digest);
                 match d.scan {
-                    Some(Ok(i)) => info = Some(Py::new(py, InstanceInfo(i))?),
+                    Some(Ok(i)) => info = Some(Py::new(py, InstanceInfo(*i))?),
                     Some(Err(e)) => scan_error = Some(parse_error(e).into_value(py).into_any()),
                     None => {}
                 }

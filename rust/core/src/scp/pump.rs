@@ -304,7 +304,7 @@ fn run(
         if !shared.wait_for_room() {
             return Some(End::Stopped);
         }
-        let pending = shared.outbox.lock().map_or(false, |o| !o.is_empty());
+        let pending = shared.outbox.lock().is_ok_and(|o| !o.is_empty());
         let writable = if pending { libc::POLLOUT } else { 0 };
         let mut fds = [
             libc::pollfd {
@@ -383,7 +383,6 @@ mod tests {
     use super::*;
     use crate::pdu::{fragment_pdata, Pdu};
     use crate::scp::{Implementation, ReceiverConfig, SparePool};
-    use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn receiver(dir: &std::path::Path) -> Receiver {
@@ -439,6 +438,71 @@ mod tests {
         assert!(matches!(events[3], PumpEvent::Event(Event::Handback(_))));
         assert!(wakes.load(Ordering::SeqCst) >= 1);
         pump.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn element(group: u16, element: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = group.to_le_bytes().to_vec();
+        out.extend(element.to_le_bytes());
+        out.extend((value.len() as u32).to_le_bytes());
+        out.extend(value);
+        out
+    }
+
+    /// A C-STORE of instance `command_uid` whose data set names `dataset_uid`.
+    fn c_store(command_uid: &str, dataset_uid: &str) -> Vec<u8> {
+        let mut command = element(0, 0x0002, b"1.2.840.10008.5.1.4.1.1.7\0");
+        command.extend(element(0, 0x0100, &1u16.to_le_bytes()));
+        command.extend(element(0, 0x0800, &0u16.to_le_bytes()));
+        command.extend(element(0, 0x1000, command_uid.as_bytes()));
+        let mut dataset = vec![0x08, 0, 0x18, 0, b'U', b'I', 6, 0];
+        dataset.extend(dataset_uid.as_bytes());
+        dataset.extend([0x20, 0, 0x0D, 0, b'U', b'I', 4, 0]);
+        dataset.extend(b"1.9\0");
+        dataset.extend([0xE0, 0x7F, 0x10, 0, b'O', b'B', 0, 0]);
+        dataset.extend(50_000u32.to_le_bytes());
+        dataset.extend(vec![7u8; 50_000]);
+        let mut out = fragment_pdata(1, true, &command, 16_384, true).unwrap();
+        out.extend(fragment_pdata(1, false, &dataset, 16_384, true).unwrap());
+        out
+    }
+
+    #[test]
+    fn answers_decided_ahead_go_out_only_for_data_sets_that_fit() {
+        let dir =
+            std::env::temp_dir().join(format!("dicomrelay-pump-ahead-{}", std::process::id()));
+        let (mut peer, ours) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let pump = Pump::start(ours.as_raw_fd(), receiver(&dir), None, || {}).unwrap();
+        for (n, named) in [(1u64, "1.2.30"), (2, "1.2.99")] {
+            peer.write_all(&c_store("1.2.30", named)[..200]).unwrap();
+            let mut events = Vec::new();
+            wait_for(&mut events, &pump, |e| !e.is_empty());
+            assert!(
+                matches!(events[..], [PumpEvent::Event(Event::Command { sequence, .. })] if sequence == n)
+            );
+            let answer = Answer {
+                pdus: format!("ANSWER{n}").into_bytes(),
+                sop_instance_uid: "1.2.30".into(),
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
+            };
+            pump.answer_when_stored(n, answer);
+            peer.write_all(&c_store("1.2.30", named)[200..]).unwrap();
+            let mut events = Vec::new();
+            wait_for(&mut events, &pump, |e| !e.is_empty());
+            let [PumpEvent::Event(Event::Message(m))] = &events[..] else {
+                panic!("{events:?}")
+            };
+            let _ = std::fs::remove_file(m.dataset.as_ref().unwrap().path.as_ref().unwrap());
+            // The first names the command's instance: answered. The second
+            // names another: left to the caller, nothing sent.
+            assert_eq!(m.answered, n == 1);
+        }
+        pump.send(b"CALLER").unwrap();
+        let mut got = [0u8; 13];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ANSWER1CALLER");
+        drop(pump);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -41,7 +41,7 @@ pub struct Dataset {
     /// Of the file's bytes, meta included.
     pub digest: Option<String>,
     /// The file's header, scanned once it was written.
-    pub scan: Option<Result<InstanceInfo, ScanError>>,
+    pub scan: Option<Result<Box<InstanceInfo>, ScanError>>,
     pub error: Option<io::Error>,
 }
 
@@ -122,7 +122,7 @@ impl Incoming {
     fn finish(mut self) -> Message {
         let file = self.file.take();
         let scanned = match (&file, self.error.is_none()) {
-            (Some(file), true) => Some(scan_file(file, self.length)),
+            (Some(file), true) => Some(scan_file(file, self.length).map(Box::new)),
             _ => None,
         };
         let dataset = Dataset {
@@ -370,7 +370,7 @@ impl Receiver {
         }
         let mut pdus = Vec::new();
         let result = self.decoder.feed_pdvs(data, &mut pdus, &mut self.assembly);
-        self.events.extend(self.assembly.done.drain(..));
+        self.events.append(&mut self.assembly.done);
         if let Some(reason) = self.assembly.failure.take() {
             return self.end(Event::Failed(Failure::Dimse(reason)));
         }

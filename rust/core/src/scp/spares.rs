@@ -17,6 +17,8 @@ pub trait Destination: Send + Sync {
 
 struct State {
     ready: Vec<(PathBuf, File)>,
+    /// Set by the first `create`: a server that never receives makes no file.
+    wanted: bool,
     closed: bool,
 }
 
@@ -28,7 +30,8 @@ struct Shared {
     counter: AtomicU64,
 }
 
-/// Files in `directory` made by a thread of its own, `keep` of them ready.
+/// Files in `directory` made by a thread of its own, `keep` of them ready
+/// once the first was asked for.
 pub struct SparePool {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -50,6 +53,7 @@ impl SparePool {
             keep: keep.max(1),
             state: Mutex::new(State {
                 ready: Vec::new(),
+                wanted: false,
                 closed: false,
             }),
             low: Condvar::new(),
@@ -105,6 +109,7 @@ impl Destination for SparePool {
                     .lock()
                     .map_err(|_| io::Error::other("spare files poisoned"))?;
                 let spare = state.ready.pop();
+                state.wanted = true;
                 if state.ready.len() < self.shared.keep / 2 + 1 {
                     self.shared.low.notify_one();
                 }
@@ -153,7 +158,7 @@ impl Shared {
                 let Ok(mut state) = self.state.lock() else {
                     return;
                 };
-                while !state.closed && state.ready.len() >= self.keep {
+                while !state.closed && (!state.wanted || state.ready.len() >= self.keep) {
                     state = match self.low.wait(state) {
                         Ok(s) => s,
                         Err(_) => return,
@@ -201,6 +206,12 @@ mod tests {
         std::fs::write(dir.join("stale.dcm"), b"left by a crash").unwrap();
         let pool = SparePool::new(dir.clone(), 4).unwrap();
         assert!(!dir.join("stale.dcm").exists());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "none made unasked"
+        );
         let mut taken = Vec::new();
         for _ in 0..10 {
             let (path, file) = pool.create().unwrap();
@@ -208,7 +219,9 @@ mod tests {
             assert!(!taken.contains(&path));
             taken.push(path);
         }
-        // The folder removed under the pool: it is made again.
+        // The folder removed under the pool (once its thread is idle, as an
+        // operator would between associations): it is made again.
+        std::thread::sleep(std::time::Duration::from_millis(100));
         std::fs::remove_dir_all(&dir).unwrap();
         let (path, _) = pool.create().unwrap();
         assert!(path.exists());
