@@ -366,6 +366,8 @@ class Session:
             # it made is this one's.
             if not isinstance(outcome, StoredInstance):
                 log.error("answered Success ahead, but the check says %#06x", status)
+                if isinstance(outcome, Refusal):
+                    await self.scp.refused(outcome)
                 return
             await self._commit(path, outcome)
             return
