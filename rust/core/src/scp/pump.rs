@@ -51,7 +51,18 @@ pub enum PumpEvent {
 struct Queue {
     events: Vec<PumpEvent>,
     waiting: usize, // messages among `events`
+    /// The caller was woken and has not taken the events since.
+    notified: bool,
     stop: bool,
+}
+
+impl Queue {
+    fn wake(&mut self, notify: &(dyn Fn() + Send + Sync)) {
+        if !self.notified {
+            self.notified = true;
+            notify();
+        }
+    }
 }
 
 /// The answer to a C-STORE the caller decided before its data set was whole:
@@ -91,19 +102,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// Queue events; wake the caller for any that needs it. A message
+    /// already answered (as the caller decided ahead) needs nothing now: it
+    /// waits for the next wake, so a C-STORE costs the caller one wake-up.
     fn push(&self, events: impl IntoIterator<Item = PumpEvent>) {
         let Ok(mut queue) = self.queue.lock() else {
             return;
         };
-        let was_empty = queue.events.is_empty();
+        let mut urgent = false;
         for event in events {
-            if matches!(event, PumpEvent::Event(Event::Message(_))) {
-                queue.waiting += 1;
+            match &event {
+                PumpEvent::Event(Event::Message(m)) => {
+                    queue.waiting += 1;
+                    urgent |= !m.answered;
+                }
+                _ => urgent = true,
             }
             queue.events.push(event);
         }
-        if was_empty && !queue.events.is_empty() {
-            (self.notify)();
+        if urgent {
+            queue.wake(&*self.notify);
         }
     }
 
@@ -140,6 +158,7 @@ impl Shared {
             return false;
         };
         while queue.waiting >= MAX_WAITING && !queue.stop {
+            queue.wake(&*self.notify); // it must take them for room to come
             queue = match self.room.wait(queue) {
                 Ok(q) => q,
                 Err(_) => return false,
@@ -243,6 +262,7 @@ impl Pump {
             return Vec::new();
         };
         queue.waiting = 0;
+        queue.notified = false;
         let events = std::mem::take(&mut queue.events);
         drop(queue);
         self.shared.room.notify_all();
