@@ -219,10 +219,16 @@ mod tests {
             assert!(!taken.contains(&path));
             taken.push(path);
         }
-        // The folder removed under the pool (once its thread is idle, as an
-        // operator would between associations): it is made again.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        std::fs::remove_dir_all(&dir).unwrap();
+        // The folder removed under the pool: it is made again.
+        // (The pool may still be refilling: a file made meanwhile fails the
+        // removal, as `rm -r` would; then try again.)
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                break;
+            }
+        }
+        assert!(!dir.exists());
         let (path, _) = pool.create().unwrap();
         assert!(path.exists());
         pool.close();
