@@ -188,8 +188,14 @@ class Session:
         """Answer what the pump completes until it stops reading."""
         while self.data_plane is pump:
             await anyio.wait_readable(pump.fileno())
-            for event in pump.take():
-                await self._event(event)
+            events = pump.take()
+            # Decisions ahead first: the datasets they are for are arriving.
+            for event in events:
+                if isinstance(event, ScpCommand):
+                    self._decide_ahead(event)
+            for event in events:
+                if not isinstance(event, ScpCommand):
+                    await self._event(event)
             await self._flush()
 
     async def _flush(self) -> None:
