@@ -215,10 +215,10 @@ class Session:
             self._decide_ahead(event)
             return
         if isinstance(event, ScpMessage):
-            if self.association.close_transport:
-                _discard(event)  # read ahead of an abort
-            else:
+            if self.association.established:
                 await self._message(event)
+            else:
+                _discard(event)  # read ahead of an abort
             return
         await self._end_data_plane()
         if event.kind == "handback":
