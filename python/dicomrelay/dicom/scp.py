@@ -42,7 +42,7 @@ from dicomrelay.config import DigestName
 from dicomrelay.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from dicomrelay.dicom.scp_records import Refusal, StoredInstance
 from dicomrelay.dicom.scp_session import MAX_PDU, Session
-from dicomrelay.dicom.socket_stream import SocketByteStream
+from dicomrelay.dicom.socket_stream import DrainingTLSStream, SocketByteStream
 from dicomrelay.groupcommit import Commits, GroupCommit
 
 __all__ = ["Refusal", "StoreScp", "StoredInstance"]
@@ -150,7 +150,7 @@ class StoreScp:
         alert, such as unknown_ca, that OpenSSL had ready for it.)"""
         try:
             with anyio.fail_after(TLS_HANDSHAKE_SECONDS):
-                return await TLSStream.wrap(
+                return await DrainingTLSStream.wrap(
                     stream, server_side=True, ssl_context=tls, standard_compatible=False
                 )
         except anyio.EndOfStream:
