@@ -65,10 +65,11 @@ bench: deps install ## pytest-benchmark suites in short mode; JSON to build-arti
 wheel-check: ## build the wheel; install it with no extras in a fresh environment; run it
 	bash .ci/wheel-check.sh
 
-fuzz: install ## build the cargo-fuzz targets (scan, rewrite, pdu) and run each for FUZZ_SECONDS (default 60)
+fuzz: install ## build the cargo-fuzz targets (scan, rewrite, pdu, scp_receiver) and run each for FUZZ_SECONDS (default 60)
 	PYTHON=$(PYTHON) bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60} scan
 	PYTHON=$(PYTHON) bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60} rewrite
 	PYTHON=$(PYTHON) bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60} pdu
+	PYTHON=$(PYTHON) bash rust/core/fuzz/run.sh $${FUZZ_SECONDS:-60} scp_receiver
 
 clean-venv: ## remove the project's virtual environment
 	rm -rf .venv

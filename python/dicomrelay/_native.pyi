@@ -26,16 +26,23 @@ __all__ = [
     "ReleaseRp",
     "ReleaseRq",
     "RoleSelection",
+    "ScpCommand",
+    "ScpEnd",
+    "ScpMessage",
+    "ScpPump",
+    "ScpReceiver",
     "SegmentFaults",
     "SegmentReader",
     "SegmentStore",
     "SopClassCommonExtended",
     "SopClassExtended",
+    "SparePool",
     "StreamFile",
     "TlsConfig",
     "UserIdentity",
     "UserInformation",
     "__version__",
+    "file_meta",
     "fragment_pdata",
     "header_values",
     "header_values_file",
@@ -604,9 +611,6 @@ class PduDecoder:
 
     def __new__(cls, max_pdu_length: int) -> PduDecoder: ...
     def feed(self, data: _Buffer) -> list[_Pdu]: ...
-    def feed_streaming(
-        self, data: _Buffer, sink: StreamFile | None = None
-    ) -> tuple[list[_Pdu], int]: ...
     @property
     def max_pdu_length(self) -> int: ...
     @property
@@ -615,3 +619,114 @@ class PduDecoder:
 def fragment_pdata(
     context_id: int, is_command: bool, data: _Buffer, max_pdu_length: int, *, last: bool = True
 ) -> bytes: ...
+def file_meta(
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    source_ae_title: str | None,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes: ...
+
+@final
+class SparePool:
+    """Temporary files for received datasets, made ahead of need by a thread."""
+
+    def __new__(cls, directory: str | os.PathLike[str], *, keep: int = 8) -> SparePool: ...
+    def close(self) -> None: ...
+
+@final
+class ScpMessage:
+    """A whole DIMSE message; for a C-STORE, its dataset in a file (not durable)."""
+
+    @property
+    def context_id(self) -> int: ...
+    @property
+    def command(self) -> bytes: ...
+    @property
+    def has_dataset(self) -> bool: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def digest(self) -> str | None: ...
+    @property
+    def info(self) -> InstanceInfo | None: ...
+    @property
+    def scan_error(self) -> DicomParseError | None: ...
+    @property
+    def error(self) -> OSError | None: ...
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def answered(self) -> bool: ...
+
+@final
+class ScpCommand:
+    """A command announcing a dataset, whole before the dataset is."""
+
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def context_id(self) -> int: ...
+    @property
+    def command(self) -> bytes: ...
+
+@final
+class ScpEnd:
+    """Why the data plane stopped: "handback" (``data``: a PDU other than
+    P-DATA-TF and what followed it), "pdu-error" (``error``: PduError),
+    "dimse-error" (``reason``), "closed", "idle", "stopped", "socket-error"."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def error(self) -> Exception | None: ...
+
+@final
+class ScpReceiver:
+    """The storage SCP's data plane on bytes the caller reads."""
+
+    def __new__(
+        cls,
+        spares: SparePool,
+        *,
+        contexts: list[tuple[int, str]],
+        calling_ae_title: str,
+        implementation_class_uid: str,
+        implementation_version_name: str,
+        digest: _DigestName | None,
+        max_pdu_length: int,
+    ) -> ScpReceiver: ...
+    def feed(self, data: _Buffer) -> list[ScpCommand | ScpMessage | ScpEnd]: ...
+
+@final
+class ScpPump:
+    """The storage SCP's data plane on a thread reading the socket ``fd``."""
+
+    def __new__(
+        cls,
+        fd: int,
+        spares: SparePool,
+        *,
+        contexts: list[tuple[int, str]],
+        calling_ae_title: str,
+        implementation_class_uid: str,
+        implementation_version_name: str,
+        digest: _DigestName | None,
+        max_pdu_length: int,
+        idle_seconds: float | None = None,
+    ) -> ScpPump: ...
+    def fileno(self) -> int: ...
+    def take(self) -> list[ScpCommand | ScpMessage | ScpEnd]: ...
+    def send(self, data: bytes) -> None: ...
+    def answer_when_stored(
+        self, sequence: int, pdus: bytes, sop_instance_uid: str, sop_class_uid: str
+    ) -> None: ...
+    def stop(self) -> bytes: ...

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import anyio
 import anyio.to_thread
-from anyio.abc import SocketAttribute, TaskGroup, TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from dicomrelay import sockets
@@ -81,10 +81,10 @@ class DicomGateway:
         try:
             listener = None
             if scp is not None:
-                listener = await sockets.tcp_listener(
+                listener = await sockets.Listener.bind(
                     self.dicom.listen_host, self.dicom.listen_port or 0
                 )
-                self.port = listener.extra(SocketAttribute.local_port)
+                self.port = listener.port
         except BaseException:
             if scp is not None:
                 scp.close()

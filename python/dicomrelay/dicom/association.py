@@ -20,7 +20,6 @@ from dicomrelay._native import (
     PduDecoder,
     ReleaseRp,
     ReleaseRq,
-    StreamFile,
 )
 from dicomrelay.dicom.fsm import Event, State, action_for, next_state
 from dicomrelay.errors import PduError
@@ -160,26 +159,12 @@ class Association:
                 break
         return self._take()
 
-    def receive_streaming(
-        self, data: bytes | bytearray | memoryview, sink: StreamFile | None
-    ) -> tuple[list[Indication], int]:
-        """Like ``receive``, but data-set fragments are written to ``sink`` as
-        they arrive (their PDVs carry no data), and decoding stops after a PDU
-        that ends a command, so that the caller can choose the sink of the data
-        set that follows. Returns the indications and how many bytes were used:
-        feed the rest again."""
-        try:
-            pdus, used = self._decoder.feed_streaming(data, sink)
-        except PduError as e:
-            self._abort_reason = e.abort_reason
-            self._step(Event.EVT19)
-            return self._take(), len(data)
-        for pdu in pdus:
-            self._pdu = pdu
-            self._step(_PDU_EVENTS[type(pdu)])
-            if self.close_transport:
-                return self._take(), len(data)
-        return self._take(), used
+    def protocol_error(self, abort_reason: int) -> list[Indication]:
+        """Bytes that are not PDUs, found by a decoder outside this machine
+        (the storage SCP's data plane): A-ABORT with ``abort_reason``."""
+        self._abort_reason = abort_reason
+        self._step(Event.EVT19)
+        return self._take()
 
     def transport_closed(self) -> list[Indication]:
         self._step(Event.EVT17)

@@ -3,29 +3,24 @@ presentation context (PS3.7 section 6.3.1, PS3.8 annex E)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dicomrelay.dicom.dimse import Command, CStoreRq, DimseError, parse_command
-
-# Where a dataset's fragments go: given the context id and each fragment.
-DatasetSink = Callable[[int, bytes], None]
 
 
 @dataclass(slots=True)
 class Message:
     context_id: int
     command: Command
-    dataset: bytes | None = None  # None when it was streamed to a sink, or there is none
+    dataset: bytes | None = None  # None when there is none
 
 
 @dataclass(slots=True)
 class MessageAssembler:
-    """Feed PDVs in order; whole messages come out. A dataset is collected in
-    memory unless ``sink`` is given, which then receives it fragment by fragment
-    (so a large C-STORE never has to fit in memory)."""
+    """Feed PDVs in order; whole messages come out, each dataset collected in
+    memory (an SCU's responses have none; the storage SCP's data plane, which
+    streams C-STORE datasets to files, is native: ``ScpReceiver``)."""
 
-    sink: DatasetSink | None = None
     _command: bytearray = field(default_factory=bytearray)
     _pending: Message | None = None
     _dataset: bytearray = field(default_factory=bytearray)
@@ -54,16 +49,12 @@ class MessageAssembler:
             raise DimseError("a dataset fragment arrived without its command")
         if context_id != pending.context_id:
             raise DimseError("a dataset fragment on another presentation context")
-        if self.sink is not None:
-            self.sink(context_id, data)
-        else:
-            self._dataset += data
+        self._dataset += data
         if not is_last:
             return None
         self._pending = None
-        if self.sink is None:
-            pending.dataset = bytes(self._dataset)
-            self._dataset.clear()
+        pending.dataset = bytes(self._dataset)
+        self._dataset.clear()
         return pending
 
 

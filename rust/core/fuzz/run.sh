@@ -7,7 +7,8 @@
 #
 # TARGET is `scan` (the Part 10 scanner, the default), `rewrite` (header
 # rewriting, the edits chosen by the first byte) or `pdu` (the DICOM Upper
-# Layer PDU decoder).
+# Layer PDU decoder) or `scp_receiver` (the storage SCP's data plane on an
+# established association's bytes).
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). cargo-fuzz passes
 # nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets stable accept them.
@@ -49,8 +50,28 @@ pdu)
         done
     done
     ;;
+scp_receiver)
+    # C-STORE streams of small pydicom test files (command, data set in
+    # 16 KiB PDUs, then A-RELEASE-RQ), behind the piece-size byte.
+    "${PYTHON:-python3}" - "$corpus" <<'PY'
+import hashlib, pathlib, sys
+import pydicom.data
+from dicomrelay import scan_file
+from dicomrelay._native import ReleaseRq, fragment_pdata
+from dicomrelay.dicom.dimse import CStoreRq
+corpus = pathlib.Path(sys.argv[1])
+for name in ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"]:
+    path = pathlib.Path(pydicom.data.get_testdata_file(name))
+    info = scan_file(path)
+    rq = CStoreRq(message_id=1, sop_class_uid=info.sop_class_uid, sop_instance_uid=info.sop_instance_uid)
+    dataset = path.read_bytes()[info.dataset_offset:]
+    stream = b"\x07" + fragment_pdata(1, True, rq.encode(), 16384)
+    stream += fragment_pdata(1, False, dataset, 16384) + ReleaseRq().encode()
+    (corpus / hashlib.sha1(stream).hexdigest()).write_bytes(stream)
+PY
+    ;;
 *)
-    echo "unknown fuzz target: $target (scan, rewrite or pdu)" >&2
+    echo "unknown fuzz target: $target (scan, rewrite, pdu or scp_receiver)" >&2
     exit 2
     ;;
 esac

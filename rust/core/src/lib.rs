@@ -16,6 +16,7 @@ pub mod header_values;
 pub mod pdu;
 pub mod rewrite;
 pub mod scan;
+pub mod scp;
 pub mod segment;
 pub mod sequences;
 pub mod socket;

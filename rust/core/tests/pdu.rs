@@ -4,8 +4,8 @@
 //! bytes are in pdu_random.rs.
 
 use dicomrelay_core::pdu::{
-    decode_all, fragment_pdata, Abort, AssociateAc, AssociateRj, AssociateRq, AsyncOpsWindow,
-    DatasetSink, Pdu, PduDecoder, PduErrorKind, Pdv, PresentationContextAc, PresentationContextRq,
+    decode_all, fragment_pdata, Abort, AssociateAc, AssociateRj, AssociateRq, AsyncOpsWindow, Pdu,
+    PduDecoder, PduErrorKind, Pdv, PdvSink, PresentationContextAc, PresentationContextRq,
     RoleSelection, SopClassCommonExtended, SopClassExtended, UserIdentity, UserInformation,
     APPLICATION_CONTEXT, MAX_ASSOCIATE_LENGTH,
 };
@@ -491,64 +491,75 @@ fn mutations_never_panic_and_decodes_are_stable() {
     }
 }
 
-struct Collect(Vec<u8>);
+/// Messages as a sink sees them: each PDV's context and kind, its bytes joined.
+#[derive(Default)]
+struct Collect {
+    messages: Vec<(u8, bool, Vec<u8>)>,
+    open: Option<(u8, bool, bool, Vec<u8>)>,
+    pending: Vec<u8>,
+}
 
-impl DatasetSink for Collect {
-    fn write(&mut self, data: &[u8]) {
-        self.0.extend_from_slice(data);
+impl PdvSink for Collect {
+    fn begin(&mut self, context_id: u8, is_command: bool, is_last: bool) {
+        assert!(self.open.is_none(), "a PDV began inside another");
+        self.open = Some((context_id, is_command, is_last, Vec::new()));
+    }
+
+    fn data(&mut self, data: &[u8]) {
+        let open = self.open.as_mut().expect("data inside a PDV");
+        open.3.extend_from_slice(data);
+    }
+
+    fn end(&mut self) {
+        let (context_id, is_command, is_last, data) = self.open.take().expect("an open PDV");
+        self.pending.extend(data);
+        if is_last {
+            self.messages
+                .push((context_id, is_command, std::mem::take(&mut self.pending)));
+        }
     }
 }
 
-/// Streaming: data-set bytes reach the sink whatever the read sizes, their
-/// PDVs come out empty, and decoding pauses after each command's last PDU.
+/// Streaming: every PDV reaches the sink whatever the read sizes (nothing
+/// comes out for P-DATA-TF), and decoding stops after any other PDU.
 #[test]
-fn streaming_sends_datasets_to_the_sink_and_pauses_after_commands() {
+fn streaming_sends_every_pdv_to_the_sink_and_stops_after_other_pdus() {
     let dataset_a: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
     let dataset_b: Vec<u8> = (0..9_000u32).map(|i| (i % 13) as u8).collect();
     let mut stream = Vec::new();
     for dataset in [&dataset_a, &dataset_b] {
         stream.extend(fragment_pdata(1, true, b"command", 16_384, true).unwrap());
-        stream.extend(fragment_pdata(1, false, dataset, 16_384, true).unwrap());
+        stream.extend(fragment_pdata(3, false, dataset, 16_384, true).unwrap());
     }
+    stream.extend(fragment_pdata(1, false, b"", 16_384, true).unwrap());
+    let pdata_end = stream.len();
+    stream.extend(Pdu::ReleaseRq.encode().unwrap());
+    stream.extend(fragment_pdata(1, true, b"after", 16_384, true).unwrap());
     for read in [1usize, 7, 4_096, 16_390, stream.len()] {
         let mut decoder = PduDecoder::new(16_384);
-        let mut sinks = [Collect(Vec::new()), Collect(Vec::new())];
-        let mut commands = 0;
+        let mut sink = Collect::default();
         let mut pdus = Vec::new();
+        let mut consumed = 0;
         for piece in stream.chunks(read) {
-            let mut piece = piece;
-            while !piece.is_empty() {
-                // The sink for a data set is chosen once its command is in.
-                let sink: Option<&mut dyn DatasetSink> = match commands {
-                    0 => None,
-                    n => Some(&mut sinks[n - 1]),
-                };
-                let before = pdus.len();
-                let used = decoder.feed_streaming(piece, &mut pdus, sink).unwrap();
-                for pdu in &pdus[before..] {
-                    let Pdu::PData(pdata) = pdu else {
-                        panic!("{pdu:?}")
-                    };
-                    for pdv in &pdata.pdvs {
-                        if pdv.is_command {
-                            assert_eq!(pdv.data, b"command");
-                            commands += usize::from(pdv.is_last);
-                        } else {
-                            assert!(pdv.data.is_empty(), "a data set's bytes went to the sink");
-                        }
-                    }
-                }
-                let paused = used < piece.len();
-                assert!(
-                    !paused
-                        || matches!(pdus.last(), Some(Pdu::PData(p)) if p.pdvs.iter().any(|v| v.is_command && v.is_last))
-                );
-                piece = &piece[used..];
+            consumed += decoder.feed_pdvs(piece, &mut pdus, &mut sink).unwrap();
+            if !pdus.is_empty() {
+                break;
             }
         }
-        assert_eq!(commands, 2);
-        assert_eq!(sinks[0].0, dataset_a, "read size {read}");
-        assert_eq!(sinks[1].0, dataset_b, "read size {read}");
+        assert_eq!(pdus, vec![Pdu::ReleaseRq], "read size {read}");
+        assert_eq!(
+            consumed,
+            pdata_end + 10,
+            "stopped right after the release request"
+        );
+        let expected = vec![
+            (1, true, b"command".to_vec()),
+            (3, false, dataset_a.clone()),
+            (1, true, b"command".to_vec()),
+            (3, false, dataset_b.clone()),
+            (1, false, Vec::new()),
+        ];
+        assert_eq!(sink.messages, expected, "read size {read}");
         assert_eq!(decoder.pending(), 0);
     }
 }

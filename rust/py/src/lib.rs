@@ -10,6 +10,7 @@ mod info;
 mod pdu;
 mod pdu_items;
 mod rewrite;
+mod scp;
 mod segments;
 mod writer;
 
@@ -234,6 +235,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pdu_items::SopClassCommonExtended>()?;
     m.add_class::<pdu_items::UserIdentity>()?;
     m.add_function(wrap_pyfunction!(pdu::fragment_pdata, m)?)?;
+    m.add_class::<scp::SparePool>()?;
+    m.add_class::<scp::ScpMessage>()?;
+    m.add_class::<scp::ScpCommand>()?;
+    m.add_class::<scp::ScpEnd>()?;
+    m.add_class::<scp::ScpReceiver>()?;
+    m.add_class::<scp::ScpPump>()?;
+    m.add_function(wrap_pyfunction!(scp::file_meta, m)?)?;
     m.add("DEFAULT_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -12,7 +12,6 @@ use pyo3::IntoPyObjectExt;
 use crate::buf::ByteView;
 use crate::error::pdu_error;
 use crate::pdu_items::{encode_error, AssociateAc, AssociateRq};
-use crate::writer::StreamFile;
 
 /// Inputs shorter than this are handled without releasing the GIL: the
 /// release costs more than the copy.
@@ -258,35 +257,6 @@ impl PduDecoder {
             out.append(to_python(py, pdu)?)?;
         }
         Ok(out)
-    }
-
-    /// Like `feed`, but the data-set fragments' bytes are written to `sink`
-    /// as they arrive (their PDVs come out with empty data), and decoding
-    /// stops after a PDU that ends a command, for the caller to choose the
-    /// sink of the data set that follows. Returns the PDUs and how many bytes
-    /// of `data` were used; feed the rest again.
-    #[pyo3(signature = (data, sink=None))]
-    fn feed_streaming<'py>(
-        &mut self,
-        py: Python<'py>,
-        data: &Bound<'py, PyAny>,
-        mut sink: Option<PyRefMut<'py, StreamFile>>,
-    ) -> PyResult<(Bound<'py, PyList>, usize)> {
-        let view = ByteView::new(data)?;
-        let bytes = view.as_slice();
-        let decoder = &mut self.0;
-        let file: Option<&mut StreamFile> = sink.as_deref_mut();
-        let mut pdus = Vec::new();
-        let result = py.detach(|| {
-            let sink = file.map(|f| f as &mut dyn core::DatasetSink);
-            decoder.feed_streaming(bytes, &mut pdus, sink)
-        });
-        let used = result.map_err(pdu_error)?;
-        let out = PyList::empty(py);
-        for pdu in pdus {
-            out.append(to_python(py, pdu)?)?;
-        }
-        Ok((out, used))
     }
 
     #[getter]

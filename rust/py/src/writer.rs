@@ -112,22 +112,8 @@ impl DurableWriter {
 pub struct StreamFile {
     inner: Option<CoreStreamFile>,
     path: PathBuf,
-    /// A write that failed while a PDU decoder fed this file directly: every
-    /// later write is skipped, and `finish` raises it.
+    /// A write that failed: every later write fails, and so does `finish`.
     failed: Option<std::io::Error>,
-}
-
-impl dicomrelay_core::pdu::DatasetSink for StreamFile {
-    fn write(&mut self, data: &[u8]) {
-        if self.failed.is_some() {
-            return;
-        }
-        if let Some(inner) = self.inner.as_mut() {
-            if let Err(e) = inner.write(data) {
-                self.failed = Some(e);
-            }
-        }
-    }
 }
 
 fn os_error(e: std::io::Error, path: &std::path::Path) -> PyErr {
@@ -165,7 +151,7 @@ impl StreamFile {
         let view = crate::buf::ByteView::new(data)?;
         let bytes = view.as_slice();
         if let Err(e) = py.detach(|| inner.write(bytes)) {
-            // Sticky, as for the decoder's writes: nothing after a hole is written.
+            // Sticky: nothing after a hole is written.
             let err = os_error(copy_error(&e), &self.path);
             self.failed = Some(e);
             return Err(err);

@@ -20,10 +20,18 @@ const UNLIMITED_PREALLOC: usize = 1 << 20;
 
 const HEADER_LEN: usize = 6;
 
-/// Where data-set bytes go when they are not to be held: written as they
-/// arrive (to a file, a hash). A sink keeps its own errors: decoding goes on.
-pub trait DatasetSink {
-    fn write(&mut self, data: &[u8]);
+/// Where P-DATA-TF contents go when they are not to be held: each PDV's
+/// header, then its bytes as they arrive, then its end (a storage SCP writes
+/// data sets to files as they come). A sink keeps its own errors: decoding
+/// goes on, and the caller asks the sink once the call returns.
+pub trait PdvSink {
+    /// A PDV begins: its presentation context, whether it carries a command
+    /// (else a data set), and whether it is its message's last fragment.
+    fn begin(&mut self, context_id: u8, is_command: bool, is_last: bool);
+    /// The next bytes of the PDV begun last.
+    fn data(&mut self, data: &[u8]);
+    /// The PDV begun last is complete.
+    fn end(&mut self);
 }
 
 enum State {
@@ -101,33 +109,32 @@ impl PduDecoder {
     /// Decode `data`, appending every PDU it completes to `out`. On an error,
     /// `out` keeps the PDUs completed before it and the decoder stays failed.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<Pdu>) -> Result<()> {
-        self.feed_checked(data, out, None, false).map(|_| ())
+        self.feed_checked(data, out, None).map(|_| ())
     }
 
-    /// Like `feed`, but the data-set fragments' bytes go to `sink` as they
-    /// arrive (their PDVs come out with no data), and decoding stops after a
-    /// PDU that ends a command, so that the caller can choose the sink for
-    /// the data set that follows. Returns how many bytes of `data` were used.
-    pub fn feed_streaming(
+    /// Like `feed`, but every PDV goes to `sink` as it arrives (P-DATA-TF
+    /// PDUs do not come out at all), and decoding stops after any other PDU,
+    /// which comes out in `out`: what follows it is the caller's to handle.
+    /// Returns how many bytes of `data` were used.
+    pub fn feed_pdvs(
         &mut self,
         data: &[u8],
         out: &mut Vec<Pdu>,
-        sink: Option<&mut dyn DatasetSink>,
+        sink: &mut dyn PdvSink,
     ) -> Result<usize> {
-        self.feed_checked(data, out, sink, true)
+        self.feed_checked(data, out, Some(sink))
     }
 
     fn feed_checked(
         &mut self,
         data: &[u8],
         out: &mut Vec<Pdu>,
-        sink: Option<&mut dyn DatasetSink>,
-        stop_after_command: bool,
+        sink: Option<&mut dyn PdvSink>,
     ) -> Result<usize> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let result = self.feed_inner(data, out, sink, stop_after_command);
+        let result = self.feed_inner(data, out, sink);
         if let Err(e) = &result {
             self.failed = Some(e.clone());
         }
@@ -153,8 +160,7 @@ impl PduDecoder {
         &mut self,
         input: &[u8],
         out: &mut Vec<Pdu>,
-        mut sink: Option<&mut (dyn DatasetSink + 's)>,
-        stop_after_command: bool,
+        mut sink: Option<&mut (dyn PdvSink + 's)>,
     ) -> Result<usize> {
         let mut data = input;
         while !data.is_empty() {
@@ -186,6 +192,9 @@ impl PduDecoder {
                         out.push(decode_body(*pdu_type, body, base)?);
                         self.end_pdu(n);
                         data = &data[n..];
+                        if sink.is_some() {
+                            break;
+                        }
                         continue;
                     }
                     n
@@ -193,18 +202,15 @@ impl PduDecoder {
                 State::PData { left, pdvs, pdv } => {
                     let at = self.offset;
                     let limit = self.max_pdu_length;
-                    let sink = sink.as_deref_mut();
-                    let n = feed_pdata(at, limit, left, pdvs, pdv, data, sink)?;
+                    let streaming = sink.is_some();
+                    let n = feed_pdata(at, limit, left, pdvs, pdv, data, sink.as_deref_mut())?;
                     if *left == 0 {
-                        let ends_command = pdvs.iter().any(|p| p.is_command && p.is_last);
-                        out.push(Pdu::PData(PData {
-                            pdvs: std::mem::take(pdvs),
-                        }));
+                        let pdvs = std::mem::take(pdvs);
+                        if !streaming {
+                            out.push(Pdu::PData(PData { pdvs }));
+                        }
                         self.end_pdu(n);
                         data = &data[n..];
-                        if stop_after_command && ends_command {
-                            break;
-                        }
                         continue;
                     }
                     n
@@ -306,7 +312,7 @@ fn take(buf: &mut [u8], filled: &mut usize, data: &[u8]) -> usize {
 /// Feed P-DATA-TF body bytes: PDV headers (4-byte item length, context id,
 /// message control header) and PDV data. Returns how many bytes of `data`
 /// were used; `left` counts down the PDU body. `at` is the offset of `data`.
-/// With a `sink`, data-set PDVs' bytes go there instead of into their PDVs.
+/// With a `sink`, every PDV goes there instead of into `pdvs`.
 fn feed_pdata<'s>(
     at: u64,
     max_pdu_length: u32,
@@ -314,7 +320,7 @@ fn feed_pdata<'s>(
     pdvs: &mut Vec<Pdv>,
     pdv: &mut PdvState,
     data: &[u8],
-    sink: Option<&mut (dyn DatasetSink + 's)>,
+    mut sink: Option<&mut (dyn PdvSink + 's)>,
 ) -> Result<usize> {
     let data = &data[..data.len().min(*left)];
     let n = match pdv {
@@ -351,24 +357,30 @@ fn feed_pdata<'s>(
                     _ => data_len,
                 };
                 let control = buf[5];
-                let is_command = control & 1 != 0;
-                let held = is_command || sink.is_none();
-                pdvs.push(Pdv {
-                    context_id: buf[4],
-                    is_command,
-                    is_last: control & 2 != 0,
-                    data: Vec::with_capacity(if held { prealloc } else { 0 }),
-                });
+                let (context_id, is_command, is_last) =
+                    (buf[4], control & 1 != 0, control & 2 != 0);
+                match sink.as_deref_mut() {
+                    Some(sink) => sink.begin(context_id, is_command, is_last),
+                    None => pdvs.push(Pdv {
+                        context_id,
+                        is_command,
+                        is_last,
+                        data: Vec::with_capacity(prealloc),
+                    }),
+                }
                 *pdv = PdvState::Data { left: data_len };
             }
             n
         }
         PdvState::Data { left: pdv_left } => {
             let n = (*pdv_left).min(data.len());
-            if let Some(last) = pdvs.last_mut() {
-                match sink {
-                    Some(sink) if !last.is_command => sink.write(&data[..n]),
-                    _ => last.data.extend_from_slice(&data[..n]),
+            match sink.as_deref_mut() {
+                Some(sink) if n > 0 => sink.data(&data[..n]),
+                Some(_) => {}
+                None => {
+                    if let Some(last) = pdvs.last_mut() {
+                        last.data.extend_from_slice(&data[..n]);
+                    }
                 }
             }
             *pdv_left -= n;
@@ -377,6 +389,9 @@ fn feed_pdata<'s>(
     };
     *left -= n;
     if matches!(pdv, PdvState::Data { left: 0 }) {
+        if let Some(sink) = sink {
+            sink.end();
+        }
         *pdv = PdvState::Header {
             buf: [0; HEADER_LEN],
             filled: 0,

@@ -18,7 +18,7 @@ mod items;
 mod read;
 mod text;
 
-pub use decoder::{decode_all, DatasetSink, PduDecoder, MAX_ASSOCIATE_LENGTH};
+pub use decoder::{decode_all, PduDecoder, PdvSink, MAX_ASSOCIATE_LENGTH};
 pub use error::{PduError, PduErrorKind, Result};
 pub use fragment::{fragment_pdata, fragment_pdata_into, fragmented_len, PDV_OVERHEAD};
 
