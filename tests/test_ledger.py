@@ -640,3 +640,47 @@ async def test_what_the_scp_stored_goes_once_the_transfer_routing_it_is_done(
     await ledger.set_outgoing_state(other, TransferState.DONE)
     assert await ledger.drop_routed("S", before=1e12) == 1
     await ledger.close()
+
+
+async def test_what_the_scp_stored_goes_once_a_copy_made_from_it_is_sent(
+    backend: Backend,
+) -> None:
+    """A transfer that sends de-identified copies (from its spool) names each
+    one's origin, the stored instance it was made from: that goes once the
+    transfer is done, unless another transfer still to send names it (as an
+    origin or as what it sends itself). The copies' own digests are never
+    the store's."""
+    import dataclasses
+
+    ledger = await backend.open()
+    originals = instances(3)
+    copies = [
+        dataclasses.replace(
+            i, path=f"/spool/{TID}#{i.index}", digest=f"c{i.index:063x}", origin=i.digest
+        )
+        for i in originals
+    ]
+    await ledger.add_outgoing(transfer(), copies)
+    [back] = [i for i in await ledger.pending_instances(TID) if i.index == 1]
+    assert back.origin == originals[1].digest
+    other, plain = "d" * 32, "e" * 32
+    await ledger.add_outgoing(transfer(1, id=other), copies[2:])  # a copy of the third, again
+    sent = dataclasses.replace(originals[1], index=0, path=f"store:{originals[1].digest}")
+    await ledger.add_outgoing(transfer(1, id=plain), [sent])  # the second, as it is
+    located = [(i.digest, (1, 4096 * (n + 1), i.size)) for n, i in enumerate(originals)]
+    await ledger.record_round("S", (1, 20480), located, [])
+    assert await ledger.drop_routed("S", before=1e12) == 0, "not done yet"
+    await ledger.set_outgoing_state(TID, TransferState.DONE)
+    assert await ledger.drop_routed("S", before=0.0) == 0, "done after the time given"
+    assert await ledger.drop_routed("S", before=1e12) == 1, "others still need two"
+    assert (await ledger.locations("S", [i.digest for i in originals])).keys() == {
+        originals[1].digest,
+        originals[2].digest,
+    }
+    await ledger.set_outgoing_state(other, TransferState.DEAD)
+    await ledger.set_outgoing_state(plain, TransferState.DONE)
+    assert await ledger.drop_routed("S", before=1e12) == 1, "a dead letter may be sent again"
+    await ledger.set_outgoing_state(other, TransferState.DONE)
+    assert await ledger.drop_routed("S", before=1e12) == 1
+    assert await ledger.locations("S", [i.digest for i in originals]) == {}
+    await ledger.close()

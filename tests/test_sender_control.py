@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicomrelay.errors import ProtocolError
+from dicomrelay.errors import PolicyRefused, ProtocolError
 from dicomrelay.ledger import OutgoingInstance, OutgoingTransfer, TransferState
 from dicomrelay.protocol import Ack, Failure, Have, Kind, Nack, Offer
 from dicomrelay.sender_control import (
@@ -21,6 +21,7 @@ from dicomrelay.sender_control import (
     SendFrame,
     StreamInstance,
 )
+from dicomrelay.transfer import RefusedByReceiver, TransferFailed, failure_reason, transfer_failed
 
 TRANSFER_ID = "ab" * 16
 CHUNK = 1000
@@ -199,6 +200,32 @@ def test_an_error_frame_fails_the_attempt(retriable: bool) -> None:
     with pytest.raises(AttemptFailed, match="storage: disk full") as failed:
         c.receive(Kind.ERROR, error.payload(), 1)
     assert failed.value.retriable is retriable
+
+
+def test_a_receivers_policy_refusal_is_recorded_and_raised_typed() -> None:
+    """The ERROR frame's code decides the reason the ledger keeps, and the
+    reason read back (by this process or another) decides the error raised."""
+    c = control([10])
+    c.effects(0)
+    refusal = Failure(
+        code="policy", message="no rule allows MR from RX1", retriable=False, transfer_id=None
+    )
+    with pytest.raises(AttemptFailed) as failed:
+        c.receive(Kind.ERROR, refusal.payload(), 1)
+    reason = failure_reason(failed.value)
+    assert reason == "refused by the receiver's policy: no rule allows MR from RX1"
+    error = transfer_failed(TRANSFER_ID, reason)
+    assert isinstance(error, RefusedByReceiver)
+    assert isinstance(error, PolicyRefused)
+    assert isinstance(error, TransferFailed)
+    assert str(error) == f"transfer {TRANSFER_ID} failed: {reason}"
+
+    storage = Failure(code="storage", message="disk full", retriable=False, transfer_id=None)
+    with pytest.raises(AttemptFailed) as failed:
+        c.receive(Kind.ERROR, storage.payload(), 2)
+    other = transfer_failed(TRANSFER_ID, failure_reason(failed.value))
+    assert type(other) is TransferFailed
+    assert str(other).endswith("failed: AttemptFailed: receiver: storage: disk full")
 
 
 @pytest.mark.parametrize(

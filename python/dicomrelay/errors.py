@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 
 
@@ -79,6 +81,11 @@ class UsageError(DicomrelayError, ValueError):
     organisation, a path that does not exist. The CLI exits with status 2."""
 
 
+class PolicyRefused(DicomrelayError, PermissionError):
+    """The node's rules do not allow this study to go to (or come from) that
+    organisation. Nothing was queued or stored; the decision was audited."""
+
+
 class ProtocolError(DicomrelayError):
     """A peer sent bytes that are not frames of the dicomrelay wire protocol."""
 
@@ -123,11 +130,24 @@ class PeerUnreachable(DicomrelayError, ConnectionError):
 
 def first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first exception in a (nested) task-group failure that is not a
-    cancellation: what to report, retry on, or raise in the group's place."""
+    cancellation: what to report, retry on, or raise in the group's place.
+    Also called once the event loop has gone (a command's ``anyio.run``
+    failed), where anyio cannot name its cancellation class: then asyncio's,
+    the only backend dicomrelay runs on (uvloop included)."""
+    try:
+        cancelled = anyio.get_cancelled_exc_class()
+    except RuntimeError:  # anyio's NoEventLoopError: no loop running
+        cancelled = asyncio.CancelledError
+    return _first_failure(group, cancelled)
+
+
+def _first_failure(
+    group: BaseExceptionGroup[BaseException], cancelled: type[BaseException]
+) -> BaseException:
     for e in group.exceptions:
         if isinstance(e, BaseExceptionGroup):
-            return first_failure(e)
-        if not isinstance(e, anyio.get_cancelled_exc_class()):
+            return _first_failure(e, cancelled)
+        if not isinstance(e, cancelled):
             return e
     return group
 

@@ -7,8 +7,11 @@ caller turned away, route and delivery is audited."""
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -22,7 +25,9 @@ from dicomrelay.dicom import tls
 from dicomrelay.dicom.scp import Refusal, StoredInstance, StoreScp
 from dicomrelay.errors import DicomrelayError
 from dicomrelay.instance_store import InstanceStore
+from dicomrelay.intake import QUARANTINE
 from dicomrelay.ledger import Ledger
+from dicomrelay.ledger.quarantine import DICOM_REFUSED, HeldInstance
 from dicomrelay.pacs_delivery import deliver_instances
 from dicomrelay.receiver_control import StudyCommitted
 from dicomrelay.scp_store import StoreCommit
@@ -105,13 +110,16 @@ class DicomGateway:
         return StoreScp(
             ae_title=dicom.ae_title,
             output_dir=root / "received",
-            quarantine_dir=root / "quarantine",
+            # Refused datasets are held in the node's one quarantine, as a
+            # hold each in the ledger (``dicomrelay quarantine`` handles them).
+            quarantine_dir=self.config.data_dir / QUARANTINE,
+            reason_files=False,
             allowed_calling=frozenset(dicom.allowed_calling),
             # The PACS addresses the node by its configured AE title; a
             # caller addressing another has been misconfigured.
             require_called_ae_title=True,
             on_association_end=self._route_received,
-            on_refusal=self._audit_refusal,
+            on_refusal=self._refused,
             # Into the node's store, by rounds (each file digested as it arrives).
             digest=self.config.digest,
             commits=StoreCommit(self.store, self.config.digest),
@@ -126,15 +134,21 @@ class DicomGateway:
         )
 
     # In: from the PACS to other organisations.
-    async def _audit_refusal(self, refused: Refusal) -> None:
-        """Every DICOM caller turned away is audited, as every wire peer is."""
+    async def _refused(self, refused: Refusal) -> None:
+        """Every DICOM caller turned away is audited, as every wire peer is; a
+        dataset refused and kept is recorded as a hold first."""
         who = f"{refused.calling_ae_title or '?'} at {refused.peer}"
+        reason = refused.reason
         if refused.what == "tls":
             who = refused.peer
         elif refused.what == "dataset":
             who = f"{refused.sop_instance_uid} from {who}"
+            if refused.kept is not None:
+                hold = refused_hold(self.config.org, refused, refused.kept)
+                await self.ledger.hold([hold])
+                reason += f"; held in quarantine as {hold.id}"
         await self.ledger.audit(
-            self.config.org, f"dicom-{refused.what}-refused", None, f"{who}: {refused.reason}"
+            self.config.org, f"dicom-{refused.what}-refused", None, f"{who}: {reason}"
         )
 
     async def _route_received(self, stored: list[StoredInstance]) -> None:
@@ -218,3 +232,31 @@ class DicomGateway:
         else:
             detail = f"{study} to {pacs.ae_title}: {error}"
             await self.ledger.audit(self.config.org, "delivery-dead", None, detail, study_uid=study)
+
+
+def refused_hold(org: str, refused: Refusal, kept: Path) -> HeldInstance:
+    """The hold of a dataset the node's storage SCP refused and ``kept``. It
+    is held for ``org``, the node's own: the caller is a modality or PACS of
+    the node's organisation (as a DICOMweb caller's token is one of it), so it
+    is named in the context instead, by AE titles and address."""
+    info = refused.info
+    context = {"via": "c-store", "peer": refused.peer}
+    if refused.calling_ae_title is not None:
+        context["calling_ae_title"] = refused.calling_ae_title
+    if refused.called_ae_title is not None:
+        context["called_ae_title"] = refused.called_ae_title
+    return HeldInstance(
+        id=kept.stem,
+        kind=DICOM_REFUSED,
+        direction="receive",
+        org=org,
+        study_uid=(info.study_instance_uid if info else None) or "",
+        sop_uid=(info.sop_instance_uid if info else None) or refused.sop_instance_uid or "",
+        patient_id=info.patient_id if info else None,
+        digest=refused.digest or "",
+        size=kept.stat().st_size,
+        location=os.fspath(kept),
+        reason=refused.reason,
+        context=context,
+        held=time.time(),
+    )

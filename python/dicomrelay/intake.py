@@ -220,7 +220,9 @@ async def queue_held(
     return await _queue(config, ledger, request, [source], open_file_region, None)
 
 
-def _outgoing(index: int, path: str, info: InstanceInfo, digest: str) -> OutgoingInstance:
+def _outgoing(
+    index: int, path: str, info: InstanceInfo, digest: str, *, origin: str | None = None
+) -> OutgoingInstance:
     return OutgoingInstance(
         index=index,
         path=os.fspath(path),
@@ -228,7 +230,13 @@ def _outgoing(index: int, path: str, info: InstanceInfo, digest: str) -> Outgoin
         size=info.size,
         digest=digest,
         chunk_digests=info.chunk_digests,
+        origin=origin,
     )
+
+
+def _stored(where: str) -> str | None:
+    """The store digest a source names (``store:<digest>``), or None for a file."""
+    return where[len(STORED) :] if where.startswith(STORED) else None
 
 
 def _store_opener(store: InstanceStore, locations: dict[str, tuple[int, int, int]]) -> Opener:
@@ -298,9 +306,9 @@ async def _queue(
         assert out_study is not None
         path = spooled.spool.path
         instances = [
-            _outgoing(n, locator(path, offset), info, info.digest or "")
-            for n, ((offset, _), info) in enumerate(
-                zip(spooled.spool.entries, spooled.infos, strict=True)
+            _outgoing(n, locator(path, offset), info, info.digest or "", origin=_stored(where))
+            for n, ((offset, _), info, where) in enumerate(
+                zip(spooled.spool.entries, spooled.infos, spooled.origins, strict=True)
             )
         ]
         transfer = _transfer(config, request, out_study, len(instances))

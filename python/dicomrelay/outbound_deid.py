@@ -113,6 +113,7 @@ class SpooledStudy:
     spool: Spool
     infos: list[InstanceInfo]  # each spooled instance as the scanner read it, in order
     held: list[HeldCopy]
+    origins: list[str]  # each spooled instance's source (its ``where``), in order
 
     def discard(self) -> None:
         """Undo: the spool and the held copies removed (nothing was recorded)."""
@@ -137,6 +138,7 @@ def spool_study(
     thread."""
     spool = Spool(folder, digest=digest, chunk_size=chunk_size)
     held: list[HeldCopy] = []
+    origins: list[str] = []
     tags = sorted(tags_to_read(transform.options)) if transform is not None else []
     plans = _Plans(transform) if transform is not None else None
     try:
@@ -145,6 +147,7 @@ def spool_study(
             try:
                 if plans is None:
                     spool.add_copy(region)
+                    origins.append(source.where)
                     continue
                 with mapped(region) as view:
                     values, creators = header_values(view, tags)
@@ -154,15 +157,16 @@ def spool_study(
                         held.append(_hold(source, refusal, region, view, quarantine, digest))
                         continue
                     spool.add_rewritten(region, view, edits)
+                    origins.append(source.where)
             finally:
                 os.close(region.fd)
         infos = spool.finish()
         if held:
             _sync_folder(quarantine)
     except BaseException:
-        SpooledStudy(spool, [], held).discard()
+        SpooledStudy(spool, [], held, []).discard()
         raise
-    return SpooledStudy(spool, infos, held)
+    return SpooledStudy(spool, infos, held, origins)
 
 
 class _Plans:

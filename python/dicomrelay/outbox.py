@@ -36,7 +36,7 @@ from dicomrelay.sender import Attempt, AttemptFailed, greet, open_file
 from dicomrelay.sources import Source
 from dicomrelay.spool import SPOOL_NAME, SPOOLED, parse_locator, spool_folders
 from dicomrelay.spool import remove as remove_spool
-from dicomrelay.transfer import Event, EventKind, Transfer
+from dicomrelay.transfer import Event, EventKind, Transfer, failure_reason
 from dicomrelay.wakeup import WakeSocket
 
 log = logging.getLogger("dicomrelay.outbox")
@@ -411,7 +411,7 @@ class Outbox:
             cap=limits.backoff_cap,
             unit=self._random.random(),
         )
-        message = f"{type(error).__name__}: {error}"
+        message = failure_reason(error)
         await self.ledger.set_outgoing_state(
             transfer.id,
             outcome.state,

@@ -24,17 +24,13 @@ from typing import Literal
 
 from dicomrelay.confidentiality_profile import Option
 from dicomrelay.deidentify import check_options
-from dicomrelay.errors import ConfigurationError, DicomrelayError
+from dicomrelay.errors import ConfigurationError
+from dicomrelay.errors import PolicyRefused as PolicyRefused  # defined with the other errors
 from dicomrelay.reconcile import Reconcile
 
 ROLES = ("trust", "private-provider", "teleradiology", "network", "research", "other")
 Direction = Literal["send", "receive"]
 DIRECTIONS: tuple[Direction, ...] = ("send", "receive")
-
-
-class PolicyRefused(DicomrelayError, PermissionError):
-    """The node's rules do not allow this study to go to (or come from) that
-    organisation. Nothing was queued or stored; the decision was audited."""
 
 
 @dataclass(frozen=True, kw_only=True)

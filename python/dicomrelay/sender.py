@@ -45,7 +45,12 @@ async def greet(conn: Connection, org: str, expected: str, digest: str) -> None:
         frame = frames[0]
         if frame.kind is Kind.ERROR:
             f = Failure.parse(frame.payload)
-            raise AttemptFailed(f"{expected} refused us: {f.message}", retriable=f.retriable)
+            raise AttemptFailed(
+                f"{expected} refused us: {f.message}",
+                retriable=f.retriable,
+                code=f.code,
+                receiver_message=f.message,
+            )
         if frame.kind is not Kind.WELCOME:
             raise ProtocolError(f"expected WELCOME, got {frame.kind.name}")
         welcome = Welcome.parse(frame.payload)

@@ -27,11 +27,23 @@ OFFERS_AHEAD = 2  # batches offered and not yet wholly streamed
 
 
 class AttemptFailed(DicomrelayError):
-    """One attempt failed; ``retriable`` says whether another may succeed."""
+    """One attempt failed; ``retriable`` says whether another may succeed.
+    ``code`` and ``receiver_message`` are the receiver's, when it ended the
+    attempt with an ERROR frame (docs/protocol.md: code ``policy`` when its
+    inbound rules refuse the study)."""
 
-    def __init__(self, message: str, *, retriable: bool) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retriable: bool,
+        code: str | None = None,
+        receiver_message: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.code = code
+        self.receiver_message = message if receiver_message is None else receiver_message
 
 
 # Effects: what the driver is to do, in the order given.
@@ -125,7 +137,12 @@ class SenderControl:
             self._receipt = payload
         elif kind is Kind.ERROR:
             f = Failure.parse(payload)
-            raise AttemptFailed(f"receiver: {f.code}: {f.message}", retriable=f.retriable)
+            raise AttemptFailed(
+                f"receiver: {f.code}: {f.message}",
+                retriable=f.retriable,
+                code=f.code,
+                receiver_message=f.message,
+            )
         else:
             raise ProtocolError(f"unexpected {kind.name} from a receiver")
 

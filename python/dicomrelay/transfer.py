@@ -11,13 +11,42 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from dicomrelay.errors import DicomrelayError
+from dicomrelay.errors import DicomrelayError, PolicyRefused
 from dicomrelay.ledger.quarantine import HeldInstance
 from dicomrelay.receipt import Receipt
 
 
 class TransferFailed(DicomrelayError):
     """The transfer is a dead letter: out of attempts, or refused for good."""
+
+
+class RefusedByReceiver(TransferFailed, PolicyRefused):
+    """The receiving organisation's inbound rules refused the study: a dead
+    letter at once (its rules will not change their mind on a retry). Caught
+    as either a failed transfer or a policy refusal."""
+
+
+# How the ledger records why a transfer failed, written and read back here
+# only: a receiver's policy refusal starts with this, so that a process that
+# learns of the dead letter from the ledger alone (``dicomrelay send``
+# following a serving node) raises the same typed error as the one that sent.
+RECEIVER_POLICY_REFUSAL = "refused by the receiver's policy: "
+
+
+def failure_reason(error: BaseException) -> str:
+    """What the ledger keeps as the reason an attempt failed. ``code`` is the
+    one the receiver's ERROR frame carried (``sender_control.AttemptFailed``)."""
+    if getattr(error, "code", None) == "policy":
+        return RECEIVER_POLICY_REFUSAL + getattr(error, "receiver_message", str(error))
+    return f"{type(error).__name__}: {error}"
+
+
+def transfer_failed(transfer_id: str, reason: str | None) -> TransferFailed:
+    """The error a dead letter raises, typed by the reason the ledger keeps."""
+    message = f"transfer {transfer_id} failed: {reason or 'dead letter'}"
+    if reason is not None and reason.startswith(RECEIVER_POLICY_REFUSAL):
+        return RefusedByReceiver(message)
+    return TransferFailed(message)
 
 
 class UnknownTransfer(DicomrelayError):
@@ -70,7 +99,7 @@ class Transfer:
     async def wait(self) -> Receipt:
         await self._done.wait()
         if self._receipt is None:
-            raise TransferFailed(f"transfer {self.id} failed: {self._error}")
+            raise transfer_failed(self.id, self._error)
         return self._receipt
 
     @property

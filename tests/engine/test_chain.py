@@ -25,11 +25,14 @@ import anyio
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from dicomrelay import scan_file, synth
+from dicomrelay import quarantine, scan_file, synth
 from dicomrelay.config import DicomTls, Peer, Route
 from dicomrelay.dicom.dimse import Status
 from dicomrelay.dicom.scu import Client, contexts_for
+from dicomrelay.errors import CannotRelease
+from dicomrelay.ledger.quarantine import HoldState
 from dicomrelay.node import Node
+from dicomrelay.web import metrics
 from tls_certificates import Pki as DicomPki
 from tls_certificates import make_pki
 
@@ -326,7 +329,9 @@ async def test_a_released_association_is_already_routed(orgs: Pki, tmp_path: Pat
 async def test_callers_turned_away_are_audited(orgs: Pki, tmp_path: Path) -> None:
     """Node A audits every DICOM caller it turns away, as it audits wire peers:
     an association from an AE title it does not know, and a dataset it
-    quarantined (and routes nothing of either)."""
+    refused (and routes nothing of either). The dataset is held in the node's
+    one quarantine: a hold in its ledger, which ``dicomrelay quarantine``
+    lists, shows and deletes, and ``/metrics`` counts."""
     study = synth.write_study(tmp_path / "study", synth.PROFILES["mr"], 1)
     [spoiled] = study.iterdir()
     info = scan_file(spoiled)
@@ -347,14 +352,37 @@ async def test_callers_turned_away_are_audited(orgs: Pki, tmp_path: Path) -> Non
             a_db = c.a.config.data_dir / "ledger.sqlite"
             audit = query(a_db, "SELECT org, action, detail FROM audit ORDER BY id")
             outgoing = query(a_db, "SELECT count(*) FROM outgoing")
+            [hold] = await c.a.ledger.held_instances()
+            counted = metrics.quarantined(await c.a.ledger.held_counts())
+            with pytest.raises(CannotRelease):
+                await quarantine.release(c.a.config, c.a.ledger, hold.id)
+            kept = Path(hold.location).read_bytes()
+            await quarantine.delete(c.a.config, c.a.ledger, hold.id)
+            gone = not Path(hold.location).exists()
+            [after] = await c.a.ledger.held_instances(HoldState.DELETED)
     assert status & 0xF000 == Status.CANNOT_UNDERSTAND
-    [(org, action, detail), (org2, action2, detail2)] = audit
+    [(org, action, detail), (org2, action2, detail2), *_] = audit
     assert (org, action) == ("RX1", "dicom-association-refused")
     assert re.fullmatch(r"ROGUE at 127\.0\.0\.1:\d+: calling AE title not recognized", detail)
     assert (org2, action2) == ("RX1", "dicom-dataset-refused")
     assert detail2.startswith(f"{info.sop_instance_uid} from PACSA at 127.0.0.1:"), detail2
     assert "malformed dataset" in detail2
+    assert detail2.endswith(f"; held in quarantine as {hold.id}")
     assert outgoing == [(0,)]
+    # The hold: the node's own organisation's, the caller named in its context.
+    assert (hold.kind, hold.direction, hold.org) == ("dicom-refused", "receive", "RX1")
+    assert hold.sop_uid == info.sop_instance_uid
+    assert hold.reason.startswith("malformed dataset: ")
+    assert hold.context["calling_ae_title"] == "PACSA"
+    assert hold.context["via"] == "c-store"
+    assert Path(hold.location) == tmp_path / "a" / "quarantine" / f"{hold.id}.dcm"
+    # The dataset as the caller sent it, behind the file meta the SCP writes.
+    assert kept.endswith(spoiled.read_bytes()[info.dataset_offset :])
+    assert hold.size == len(kept)
+    assert not (tmp_path / "a" / "dicom" / "quarantine").exists()  # no second folder
+    assert counted["dicom-refused"] == 1
+    assert gone
+    assert after.id == hold.id
 
 
 def open_descriptors() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from io import BytesIO
@@ -23,7 +24,7 @@ from pydicom.tag import Tag
 from deid_reference import read, remapped_uid
 from dicomrelay import quarantine, scan, synth
 from dicomrelay.audit import AuditQuery
-from dicomrelay.config import Peer, Route
+from dicomrelay.config import Peer, Route, StoreConfig
 from dicomrelay.deidentify import Option, resolved_action
 from dicomrelay.errors import StudyHeld
 from dicomrelay.instance_store import InstanceStore, Record
@@ -31,12 +32,13 @@ from dicomrelay.intake import queue
 from dicomrelay.ledger import HoldState, TransferState
 from dicomrelay.node import Node
 from dicomrelay.policy import Deidentify, PolicyRefused, Rule
+from dicomrelay.retention import DAY, StoreKeeper
 from dicomrelay.rewrite import Set, rewrite_file
 from test_deidentify_study import make_study, uids
 from test_deidentify_table import TABLE, check_row, originals, output_elements
 
 from .chain_helpers import routing_node, run, storescu_args
-from .helpers import QUICK, Pki, closed_port, node_config, peer
+from .helpers import QUICK, Pki, closed_port, node_config, peer, query
 
 pytestmark = pytest.mark.anyio
 
@@ -355,7 +357,8 @@ async def test_routed_from_the_store_leaves_de_identified(orgs: Pki, tmp_path: P
 async def test_a_route_from_the_pacs_leaves_de_identified(orgs: Pki, tmp_path: Path) -> None:
     """A modality stores a study into the node's DICOM SCP (DCMTK storescu);
     its route names the research organisation: the study goes on from the
-    node's store, de-identified."""
+    node's store, de-identified. Each de-identified copy names the stored
+    instance it was made from, so retention drops those once it is sent."""
     ct = make_study(tmp_path / "study")
     key_path = key_file(tmp_path)
     key = key_path.read_bytes().strip()
@@ -379,6 +382,24 @@ async def test_a_route_from_the_pacs_leaves_de_identified(orgs: Pki, tmp_path: P
             [transfer] = done
             assert transfer.study_instance_uid == remapped_uid(key, read(ct[0]).StudyInstanceUID)
             stored = await received(rx, transfer.study_instance_uid)
+            rows = query(
+                tx.config.data_dir / "ledger.sqlite",
+                "SELECT origin, digest, path FROM outgoing_instances ORDER BY idx",
+            )
+            origins = [origin for origin, _, _ in rows]
+            kept_before = await tx.store.locations(origins)
+            keeper = StoreKeeper(tx.store, StoreConfig(segment_mb=4, keep_days=1))
+            await keeper.sweep(transfer.created + DAY / 2)  # sent less than a day before
+            kept_young = await tx.store.locations(origins)
+            await keeper.sweep(time.time() + 2 * DAY)
+            kept_after = await tx.store.locations(origins)
+    assert len(rows) == len(ct)
+    for origin, digest, path in rows:
+        assert origin is not None  # the stored original, not the copy sent
+        assert origin != digest
+        assert not path.startswith("store:")
+    assert kept_before.keys() == kept_young.keys() == set(origins)
+    assert kept_after == {}
     by_sop = {remapped_uid(key, read(p).SOPInstanceUID): p for p in ct}
     assert stored.keys() == by_sop.keys()
     for sop, ds in stored.items():

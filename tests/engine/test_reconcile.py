@@ -27,10 +27,10 @@ import pytest
 from dicomrelay import scan, scan_file
 from dicomrelay.config import NodeConfig
 from dicomrelay.node import Node
-from dicomrelay.policy import Rule
+from dicomrelay.policy import PolicyRefused, Rule
 from dicomrelay.reconcile import ForeignPatient, LocalPatient, Reconcile
 from dicomrelay.rewrite import Set, rewrite_file
-from dicomrelay.transfer import TransferFailed
+from dicomrelay.transfer import RefusedByReceiver, TransferFailed
 
 from .chain_helpers import dataset, held, storescp
 from .helpers import (
@@ -44,6 +44,7 @@ from .helpers import (
     receiver_config,
     study_files,
 )
+from .processes import dicomrelay, node_toml
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 90
@@ -102,6 +103,15 @@ match = ["nhs-number", "sender-id"]
 local_issuer = "TRUSTB"
 accession_prefix = "A-"
 institution_name = "Trust B"
+"""
+
+
+REFUSE_MR = """
+[[rules]]
+name = "ct-from-trusts"
+direction = "receive"
+roles = ["trust"]
+modalities = ["CT"]
 """
 
 
@@ -297,15 +307,7 @@ async def test_a_study_bs_inbound_rules_refuse_is_refused_to_a_and_audited(
     orgs: Pki, tmp_path: Path
 ) -> None:
     source = make_study(tmp_path / "study", 3, seed=7)  # MR
-    pacs_port = closed_port()
-    rules = """
-[[rules]]
-name = "ct-from-trusts"
-direction = "receive"
-roles = ["trust"]
-modalities = ["CT"]
-"""
-    path = b_toml(orgs, tmp_path / "b", pacs_port, rules)
+    path = b_toml(orgs, tmp_path / "b", closed_port(), REFUSE_MR)
     with anyio.fail_after(TIMEOUT):
         async with Node(NodeConfig.from_toml(path)) as rx:
             assert rx.port is not None
@@ -324,7 +326,9 @@ modalities = ["CT"]
                 " WHERE action = 'policy-refused'",
             )
             committed = await rx.ledger.counts()
-    assert "policy" in str(refused.value)
+    assert isinstance(refused.value, RefusedByReceiver)
+    assert isinstance(refused.value, PolicyRefused)  # caught as either
+    assert f"transfer {transfer.id} failed: refused by the receiver's policy:" in str(refused.value)
     assert "no rule allows MR from RX1" in str(refused.value)
     assert (state, attempts) == ("dead", 1)  # not retried: the rules will not change their mind
     assert "no rule allows MR from RX1 (trust)" in error
@@ -334,6 +338,34 @@ modalities = ["CT"]
     assert "no rule allows MR from RX1" in detail
     assert committed["received_committed"] == 0
     assert committed["stored_instances"] == 0
+
+
+async def test_send_tells_a_receivers_policy_refusal_in_one_line(orgs: Pki, tmp_path: Path) -> None:
+    """``dicomrelay send`` ends with one line naming the receiver's refusal,
+    exit status 1."""
+    source = make_study(tmp_path / "study", 2, seed=7)  # MR
+    path = b_toml(orgs, tmp_path / "b", closed_port(), REFUSE_MR)
+    with anyio.fail_after(TIMEOUT):
+        async with Node(NodeConfig.from_toml(path)) as rx:
+            assert rx.port is not None
+            a = node_toml(
+                tmp_path / "rx1.toml",
+                orgs.identity("RX1"),
+                data_dir=tmp_path / "a",
+                peer=("RX2", rx.port),
+            )
+            sent = await anyio.to_thread.run_sync(
+                dicomrelay, "send", str(source), "--to", "RX2", "--config", str(a)
+            )
+    assert sent.returncode == 1, sent.stderr
+    assert "Traceback" not in sent.stderr
+    lines = sent.stderr.strip().splitlines()
+    told = [line for line in lines if "no rule allows MR from RX1" in line]
+    assert told == [lines[-1]]  # told once, as the command's last line
+    assert lines[-1].endswith(
+        "failed: refused by the receiver's policy: no rule allows MR from RX1 (trust)"
+    )
+    assert sent.stdout == ""  # no receipt
 
 
 async def test_what_cannot_be_coerced_cleanly_is_held_not_cut(orgs: Pki, tmp_path: Path) -> None:

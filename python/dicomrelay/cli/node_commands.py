@@ -181,7 +181,7 @@ async def _follow(
     None if no node takes it up (then this process sends it)."""
     from dicomrelay.follow import Follower
     from dicomrelay.receipt import Receipt
-    from dicomrelay.transfer import TransferFailed
+    from dicomrelay.transfer import transfer_failed
 
     follower = Follower(ledger, transfer)
     grace = max(FOLLOW_GRACE, 3 * config.limits.claim_poll_seconds)
@@ -193,7 +193,7 @@ async def _follow(
             assert row.receipt is not None
             return Receipt.from_json(row.receipt)
         if row.state == "dead":
-            raise TransferFailed(f"transfer {row.id} failed: {row.last_error}")
+            raise transfer_failed(row.id, row.last_error)
         if follower.unattended_for() > grace:
             return None
         await anyio.sleep(FOLLOW_INTERVAL)
@@ -242,8 +242,9 @@ class Progress:
             if self.verified == self.total or now - self._told >= PROGRESS_EVERY:
                 self._told = now
                 self.say(f"verified: {self.verified}/{self.total} instances held by the receiver")
-        elif kind in ("retrying", "failed"):
+        elif kind == "retrying":
             self.say(f"{kind}: {event.detail}")
+        # "failed" is not told: the command's last line says why, once.
         elif kind in ("started", "committed"):
             self.say(kind)
 

@@ -4,7 +4,6 @@ and one per caller it turned away, so every access is accounted for."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -55,9 +54,16 @@ class RefusedLog:
     async def append(self, refused: Refusal) -> None:
         """Record a failed TLS handshake, a rejected association or a
         quarantined dataset (appended, then fsynced)."""
-        line = orjson.dumps(
-            {**dataclasses.asdict(refused), "at": time.time()}, option=orjson.OPT_APPEND_NEWLINE
-        )
+        record = {
+            "what": refused.what,
+            "peer": refused.peer,
+            "reason": refused.reason,
+            "calling_ae_title": refused.calling_ae_title,
+            "called_ae_title": refused.called_ae_title,
+            "sop_instance_uid": refused.sop_instance_uid,
+            "at": time.time(),
+        }
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         await anyio.to_thread.run_sync(append_durably, self.path, line)
 
 

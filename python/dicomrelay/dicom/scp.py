@@ -57,7 +57,7 @@ class StoreScp:
     """``allowed_calling``: calling AE titles accepted (None: any). Any called
     AE title is accepted, as by DCMTK's storescp, unless
     ``require_called_ae_title`` (then only ``ae_title``). Received instances
-    go to ``output_dir``; refused ones to ``quarantine_dir``. With ``tls``
+    go to ``output_dir``; refused ones to ``quarantine_dir`` (see ``reason_files``). With ``tls``
     (see ``dicomrelay.dicom.tls.server_context``) every connection must first
     complete a TLS handshake; one that fails is logged and closed.
 
@@ -75,6 +75,11 @@ class StoreScp:
     on_association_end: Callable[[list[StoredInstance]], Awaitable[None]] | None = None
     # Called with each refusal, after it is logged (a node audits it).
     on_refusal: Callable[[Refusal], Awaitable[None]] | None = None
+    # A refused dataset stays in quarantine_dir under its own name with a
+    # ``.reason`` file beside it, as DCMTK's storescp keeps things; a node
+    # turns this off and records each as a hold in its ledger instead (the
+    # file named by the hold id, found through ``Refusal.kept``).
+    reason_files: bool = True
     digest: DigestName | None = "sha256"
     sync_each_instance: bool = False
     tls: ssl.SSLContext | None = None

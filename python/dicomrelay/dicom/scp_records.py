@@ -23,7 +23,10 @@ class StoredInstance:
 class Refusal:
     """Something the SCP turned away, for an audit trail: a TLS handshake that
     failed (``tls``), an association it rejected (``association``), or a
-    dataset it quarantined (``dataset``)."""
+    dataset it quarantined (``dataset``). For a dataset: what it read of it
+    (``info``, None if unreadable; ``digest``), and, when the SCP's owner
+    records holds (``StoreScp.reason_files`` off), the file it was ``kept`` in
+    (None if it could not be moved there)."""
 
     what: Literal["tls", "association", "dataset"]
     peer: str  # the caller's address
@@ -31,3 +34,6 @@ class Refusal:
     calling_ae_title: str | None = None
     called_ae_title: str | None = None
     sop_instance_uid: str | None = None
+    kept: Path | None = None
+    info: InstanceInfo | None = None
+    digest: str | None = None

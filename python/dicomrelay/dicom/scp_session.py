@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -421,7 +422,12 @@ class Session:
         if info is None:
             reason = str(message.scan_error)
             return self._quarantine(
-                path, command, Status.CANNOT_UNDERSTAND, reason[:64], f"malformed dataset: {reason}"
+                message,
+                path,
+                command,
+                Status.CANNOT_UNDERSTAND,
+                reason[:64],
+                f"malformed dataset: {reason}",
             )
         if not info.sop_instance_uid:
             # No SOP Instance UID at all (an empty dataset has none): the SCP
@@ -432,12 +438,15 @@ class Session:
             # transient refusal, which a sender would retry.)
             empty = info.size == info.dataset_offset
             comment = "empty dataset" if empty else "no SOP Instance UID"
-            return self._quarantine(path, command, Status.CANNOT_UNDERSTAND, comment, comment)
+            return self._quarantine(
+                message, path, command, Status.CANNOT_UNDERSTAND, comment, comment
+            )
         mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         if info.sop_instance_uid != command.sop_instance_uid or not _SAFE_UID.match(
             command.sop_instance_uid
         ):
             return self._quarantine(
+                message,
                 path,
                 command,
                 mismatch,
@@ -446,9 +455,10 @@ class Session:
             )
         if not info.study_instance_uid:  # type 1 in every composite IOD; routing needs it
             reason = "no Study Instance UID"
-            return self._quarantine(path, command, mismatch, reason, reason)
+            return self._quarantine(message, path, command, mismatch, reason, reason)
         if info.sop_class_uid not in (None, command.sop_class_uid):
             return self._quarantine(
+                message,
                 path,
                 command,
                 mismatch,
@@ -466,16 +476,31 @@ class Session:
         return Status.SUCCESS, None, kept
 
     def _quarantine(
-        self, path: Path, command: CStoreRq, status: int, comment: str, reason: str
+        self,
+        message: ScpMessage,
+        path: Path,
+        command: CStoreRq,
+        status: int,
+        comment: str,
+        reason: str,
     ) -> Outcome:
-        """Move the instance to quarantine with its reason: ``status`` and
-        ``comment`` answer the C-STORE, and the Refusal is to report."""
-        target = self.scp.quarantine_dir / path.name.lstrip(".")
+        """Move the instance to quarantine: ``status`` and ``comment`` answer
+        the C-STORE, and the Refusal is to report. With ``reason_files`` (the
+        standalone SCP) the file keeps its name and a ``.reason`` file beside
+        it says why; otherwise it is named by a new hold id, and the Refusal
+        says where it was kept, for the owner to record the hold."""
+        if self.scp.reason_files:
+            target = self.scp.quarantine_dir / path.name.lstrip(".")
+        else:
+            target = self.scp.quarantine_dir / f"{uuid.uuid4().hex[:12]}.dcm"
+        kept: Path | None = target
         try:
             os.replace(path, target)
-            target.with_suffix(".reason").write_text(reason + "\n")
+            if self.scp.reason_files:
+                target.with_suffix(".reason").write_text(reason + "\n")
         except OSError:
             log.exception("cannot quarantine %s", path)
+            kept = None
         log.warning("quarantined %s: %s", target, reason)
         assert self.rq is not None
         return (
@@ -484,10 +509,13 @@ class Session:
             Refusal(
                 what="dataset",
                 peer=self.peer,
-                reason=f"{reason}; kept as {path.name}",
+                reason=f"{reason}; kept as {path.name}" if self.scp.reason_files else reason,
                 calling_ae_title=self.rq.calling_ae_title,
                 called_ae_title=self.rq.called_ae_title,
                 sop_instance_uid=command.sop_instance_uid,
+                kept=None if self.scp.reason_files else kept,
+                info=message.info,
+                digest=message.digest,
             ),
         )
 

@@ -44,6 +44,9 @@ class OutgoingInstance:
     digest: str
     chunk_digests: tuple[str, ...]
     acked: bool = False
+    # The store digest a spooled copy (de-identified) was made from, when it
+    # came from this node's store: retention drops the original once sent.
+    origin: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -337,6 +337,15 @@ MIGRATIONS = (
             "CREATE INDEX patient_mapping_id ON patient_mapping (patient_id)",
         ),
     ),
+    Migration(
+        9,
+        "an outgoing instance spooled from the store (a de-identified copy) names its origin, "
+        "the stored digest, so that retention drops the original once it is sent",
+        (
+            AddColumn("outgoing_instances", "origin", "TEXT"),
+            "CREATE INDEX outgoing_instances_origin ON outgoing_instances (origin)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 # Kinds of hold. Each side adds its own; a kind is text in the ledger.
 BURNED_IN = "burned-in-annotation"  # sending: pixels may show identity, de-identified data only
+DICOM_REFUSED = "dicom-refused"  # receiving: a C-STORE dataset the node's storage SCP refused
 
 
 class HoldState(enum.StrEnum):

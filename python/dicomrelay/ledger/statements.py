@@ -29,7 +29,7 @@ OUTGOING_COLUMNS = (
 )
 # The upper bounds (seconds) of the transfer latency histogram's buckets.
 LATENCY_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-OUTGOING_INSTANCE_COLUMNS = "idx, path, sop_uid, size, digest, chunk_digests"
+OUTGOING_INSTANCE_COLUMNS = "idx, path, sop_uid, size, digest, chunk_digests, origin"
 INCOMING_INSTANCE_COLUMNS = "idx, sop_uid, size, digest, stored"
 
 # claim_outgoing hands out the most urgent, then the oldest (as the scheduler does).
@@ -120,7 +120,7 @@ class Statements:
         )
         self.insert_outgoing_instance = sql(
             f"INSERT INTO outgoing_instances (transfer_id, {OUTGOING_INSTANCE_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self.outgoing = sql(f"SELECT {OUTGOING_COLUMNS} FROM outgoing o WHERE id = ?")
         self.unfinished_outgoing = sql(
@@ -276,17 +276,24 @@ class Statements:
         # What this node's DICOM SCP stored and routed on: once the transfer
         # that sent it is done, before the parameter, a digest nothing else
         # names (no committed study, no transfer arriving, no transfer still
-        # to send or that may be sent again) goes.
+        # to send or that may be sent again) goes. A transfer sends a stored
+        # instance itself (its path ``store:``) or a copy made from it (a
+        # de-identified one in its spool: the stored digest is its origin).
         self.drop_routed = sql(
             "DELETE FROM segment_records WHERE store = ? AND digest IN"
-            " (SELECT o.digest FROM outgoing t JOIN outgoing_instances o ON o.transfer_id = t.id"
-            " WHERE t.state = 'done' AND t.updated < ? AND substr(o.path, 1, 6) = 'store:')"
+            " (SELECT coalesce(o.origin, o.digest) FROM outgoing t"
+            " JOIN outgoing_instances o ON o.transfer_id = t.id"
+            " WHERE t.state = 'done' AND t.updated < ?"
+            " AND (o.origin IS NOT NULL OR substr(o.path, 1, 6) = 'store:'))"
             " AND NOT EXISTS (SELECT 1 FROM store s WHERE s.digest = segment_records.digest)"
             " AND NOT EXISTS (SELECT 1 FROM incoming_instances i JOIN incoming t"
             " ON t.sender = i.sender AND t.transfer_id = i.transfer_id"
             " WHERE i.digest = segment_records.digest AND t.committed IS NULL)"
             " AND NOT EXISTS (SELECT 1 FROM outgoing_instances o JOIN outgoing t"
             " ON t.id = o.transfer_id WHERE o.digest = segment_records.digest"
+            " AND t.state IN ('queued', 'active', 'dead'))"
+            " AND NOT EXISTS (SELECT 1 FROM outgoing_instances o JOIN outgoing t"
+            " ON t.id = o.transfer_id WHERE o.origin = segment_records.digest"
             " AND t.state IN ('queued', 'active', 'dead'))"
         )
 
@@ -428,7 +435,7 @@ def outgoing_from_row(row: Sequence[Any]) -> OutgoingTransfer:
 
 def outgoing_instance_from_row(row: Sequence[Any]) -> OutgoingInstance:
     """An outgoing instance from a row of ``OUTGOING_INSTANCE_COLUMNS``."""
-    idx, path, uid, size, digest, chunks = row
+    idx, path, uid, size, digest, chunks, origin = row
     return OutgoingInstance(
         index=idx,
         path=path,
@@ -436,6 +443,7 @@ def outgoing_instance_from_row(row: Sequence[Any]) -> OutgoingInstance:
         size=size,
         digest=digest,
         chunk_digests=tuple(chunks.split(",")) if chunks else (),
+        origin=origin,
     )
 
 
@@ -489,4 +497,5 @@ def outgoing_instance_insert_row(transfer_id: str, i: OutgoingInstance) -> tuple
         i.size,
         i.digest,
         ",".join(i.chunk_digests),
+        i.origin,
     )

@@ -172,10 +172,7 @@ class DicomWebApp:
         except Denied as e:
             return _problem(e.status, str(e), e.headers)
         counts = await self.ledger.metrics()
-        held = await self.ledger.held_counts()
-        quarantined = await anyio.to_thread.run_sync(
-            metrics.quarantined, self.config.data_dir, held
-        )
+        quarantined = metrics.quarantined(await self.ledger.held_counts())
         return Response(metrics.exposition(counts, quarantined), media_type=metrics.CONTENT_TYPE)
 
     async def _status(self, request: Request) -> Response:

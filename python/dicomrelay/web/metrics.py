@@ -9,7 +9,6 @@ lies in quarantine."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -122,15 +121,10 @@ class _Snapshot(Collector):
 HOLD_KINDS = ("burned-in-annotation", "dicom-refused", "not-storable", "unreadable")
 
 
-def quarantined(data_dir: Path, held: dict[str, int]) -> dict[str, int]:
-    """Instances held, by kind: the ledger's holds (``held_counts``), and the
-    datasets the storage SCP refused (files in its folder, each with a
-    .reason file)."""
-    folder = data_dir / "dicom" / "quarantine"
-    refused = sum(1 for _ in folder.glob("*.reason")) if folder.is_dir() else 0
-    counts = dict.fromkeys(HOLD_KINDS, 0) | held
-    counts["dicom-refused"] += refused
-    return counts
+def quarantined(held: dict[str, int]) -> dict[str, int]:
+    """Instances held, by kind: the ledger's holds (``held_counts``), every
+    kind named (the storage SCP's refusals are holds too, ``dicom-refused``)."""
+    return dict.fromkeys(HOLD_KINDS, 0) | held
 
 
 def exposition(counts: Counts, quarantine: dict[str, int]) -> bytes:
