@@ -2,7 +2,8 @@
 
 The sans-IO ``Association`` negotiates. Once it is established, the bytes go
 to the native data plane, which reassembles P-DATA, writes each C-STORE
-dataset (file meta in front) into a spare file as it arrives, digests and
+dataset (file meta in front) into a spare file as it arrives (or, up to the
+SCP's ``in_memory`` bytes, into memory: no file at all), digests and
 scans it, and hands over whole messages: without TLS a thread of its own
 reads the socket (``ScpPump``), and the event loop hears from it only when
 messages are complete; with TLS the session reads the stream and feeds the
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +31,7 @@ from anyio.abc import ByteStream, TaskGroup
 from dicomrelay._native import (
     AssociateRj,
     AssociateRq,
+    Payload,
     ScpCommand,
     ScpEnd,
     ScpMessage,
@@ -304,6 +308,7 @@ class Session:
                 implementation_version_name=IMPLEMENTATION_VERSION,
                 digest=self.scp.digest,
                 max_pdu_length=MAX_PDU,
+                in_memory=self.scp.in_memory,
             )
             return
         await self._flush()  # the acceptance goes out before the pump owns the socket
@@ -317,6 +322,7 @@ class Session:
             digest=self.scp.digest,
             max_pdu_length=MAX_PDU,
             idle_seconds=self.scp.idle_seconds,
+            in_memory=self.scp.in_memory,
         )
 
     def _decide_ahead(self, event: ScpCommand) -> None:
@@ -365,8 +371,8 @@ class Session:
         if not isinstance(command, CStoreRq):
             _discard(message)
             return  # responses, or services this SCP does not offer
-        path = None if message.path is None else Path(message.path)
-        status, comment, outcome = self._check(message, path, command)
+        received = _received(message)
+        status, comment, outcome = self._check(message, received, command)
         if message.answered:
             # Sent by the pump, as decided when the command came: the check
             # it made is this one's.
@@ -375,10 +381,10 @@ class Session:
                 if isinstance(outcome, Refusal):
                     await self.scp.refused(outcome)
                 return
-            await self._commit(path, outcome)
+            await self._commit(received, outcome)
             return
         if isinstance(outcome, StoredInstance):
-            status, comment = await self._commit(path, outcome)
+            status, comment = await self._commit(received, outcome)
         elif isinstance(outcome, Refusal):
             await self.scp.refused(outcome)
         await self._respond(
@@ -392,10 +398,12 @@ class Session:
             ),
         )
 
-    async def _commit(self, temp: Path | None, instance: StoredInstance) -> tuple[int, str | None]:
-        assert temp is not None
+    async def _commit(
+        self, received: Path | Payload | None, instance: StoredInstance
+    ) -> tuple[int, str | None]:
+        assert received is not None
         commits = self.scp.committer
-        ticket = commits.add(temp, instance.path, instance.digest)
+        ticket = commits.add(received, instance.path, instance.digest)
         if self.scp.sync_each_instance:
             try:
                 await commits.wait(ticket)
@@ -409,9 +417,12 @@ class Session:
                 self.background.start_soon(commits.flush_soon, FLUSH_INTERVAL)
         return Status.SUCCESS, None
 
-    def _check(self, message: ScpMessage, path: Path | None, command: CStoreRq) -> Outcome:
-        """The instance to keep (received in ``path``), or the status that
-        refuses it (with the Refusal to report when it went to quarantine)."""
+    def _check(
+        self, message: ScpMessage, path: Path | Payload | None, command: CStoreRq
+    ) -> Outcome:
+        """The instance to keep (received in ``path``, a file or bytes), or the
+        status that refuses it (with the Refusal to report when it went to
+        quarantine)."""
         if message.error is not None or path is None:
             e = message.error
             full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -466,13 +477,20 @@ class Session:
         return Status.SUCCESS, None, kept
 
     def _quarantine(
-        self, path: Path, command: CStoreRq, status: int, comment: str, reason: str
+        self, received: Path | Payload, command: CStoreRq, status: int, comment: str, reason: str
     ) -> Outcome:
-        """Move the instance to quarantine with its reason: ``status`` and
-        ``comment`` answer the C-STORE, and the Refusal is to report."""
+        """Move (or write) the instance to quarantine with its reason: ``status``
+        and ``comment`` answer the C-STORE, and the Refusal is to report."""
+        if isinstance(received, Path):
+            path = received
+        else:  # held in memory: named as a spare file would be
+            path = Path(f"{os.getpid():x}-{time.time_ns():x}-{next(_held):x}.dcm")
         target = self.scp.quarantine_dir / path.name.lstrip(".")
         try:
-            os.replace(path, target)
+            if isinstance(received, Path):
+                os.replace(received, target)
+            else:
+                received.write_new_file(target)
             target.with_suffix(".reason").write_text(reason + "\n")
         except OSError:
             log.exception("cannot quarantine %s", path)
@@ -490,6 +508,16 @@ class Session:
                 sop_instance_uid=command.sop_instance_uid,
             ),
         )
+
+
+_held = itertools.count()
+
+
+def _received(message: ScpMessage) -> Path | Payload | None:
+    """Where the message's data set is: its bytes, or its file."""
+    if message.data is not None:
+        return message.data
+    return None if message.path is None else Path(message.path)
 
 
 def _discard(message: ScpMessage) -> None:
