@@ -169,6 +169,12 @@ impl Incoming {
     }
 
     fn finish(mut self) -> Message {
+        if self.memory.is_some() && self.error.is_none() {
+            // Held, not written: refused now if the disk could not keep it.
+            if let Err(e) = self.destination.room_for(self.length) {
+                self.fail(e);
+            }
+        }
         let file = self.file.take();
         let memory = self.memory.take();
         let scanned = match (&file, &memory, self.error.is_none()) {
@@ -644,6 +650,40 @@ mod tests {
             Some(&crate::digest(&bytes, DigestAlgorithm::Sha256, None).whole[..])
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Files nowhere, and no room: as a full disk.
+    struct Full;
+
+    impl Destination for Full {
+        fn create(&self) -> io::Result<(PathBuf, File)> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+
+        fn room_for(&self, _bytes: u64) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+    }
+
+    #[test]
+    fn a_data_set_held_in_memory_is_refused_when_the_disk_has_no_room_for_it() {
+        let dir = temp("receiver-full");
+        let mut r = Receiver::new(ReceiverConfig {
+            in_memory: 1 << 20,
+            destination: Arc::new(Full),
+            ..receiver(&dir).assembly.config.clone()
+        });
+        let mut stream = fragment_pdata(1, true, &c_store("1.2.50"), 16_384, true).unwrap();
+        stream.extend(fragment_pdata(1, false, &dataset("1.2.50", 100), 16_384, true).unwrap());
+        r.feed(&stream);
+        let events = r.take_events();
+        let [Event::Command { .. }, Event::Message(m)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        let d = m.dataset.as_ref().unwrap();
+        assert!(d.data.is_none() && d.path.is_none() && d.scan.is_none());
+        assert_eq!(d.error.as_ref().unwrap().raw_os_error(), Some(libc::ENOSPC));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
