@@ -69,7 +69,8 @@ def node_stored(out: Path) -> int:
 
 def scp_command(name: str, port: int, out: Path) -> list[str]:
     if name == "dicomrelay-node":
-        return [sys.executable, "-m", "dicomrelay", "serve", "--config", str(node_config(port, out))]
+        config = node_config(port, out)
+        return [sys.executable, "-m", "dicomrelay", "serve", "--config", str(config)]
     if name == "dcmtk-storescp":
         return [str(DCMTK / "storescp"), "-od", str(out), "-aet", "SCP", str(port)]
     command = [sys.executable, "-m", "dicomrelay", "storescp", str(port), "-od", str(out)]

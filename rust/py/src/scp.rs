@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dicomrelay_core::aligned::AlignedBytes;
 use dicomrelay_core::scp::{
     self as core, Destination, End, Event, Failure, Implementation, PumpEvent, ReceiverConfig,
 };
@@ -19,7 +20,6 @@ use pyo3::types::{PyBytes, PyList};
 use pyo3::IntoPyObjectExt;
 
 use crate::buf::{ByteView, Payload};
-use dicomrelay_core::aligned::AlignedBytes;
 use crate::error::{parse_error, pdu_error};
 use crate::info::InstanceInfo;
 

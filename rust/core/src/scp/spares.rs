@@ -39,6 +39,7 @@ pub fn room_in(path: &Path, bytes: u64) -> io::Result<()> {
     if status != 0 {
         return Err(io::Error::last_os_error());
     }
+    #[allow(clippy::useless_conversion)] // narrower than u64 on some targets
     let free = u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize));
     if free < bytes {
         return Err(io::Error::from_raw_os_error(libc::ENOSPC));
