@@ -1,6 +1,7 @@
 """DICOM networking, the same 1,000-slice CT study in the same run:
-DCMTK storescu into our storescp against into DCMTK storescp, and our storescu
-into DCMTK storescp against DCMTK's own storescu. Images/s of each (the median
+DCMTK storescu into our storescp and into a node's SCP (which stores into the
+node's segment store) against into DCMTK storescp, and our storescu into
+DCMTK storescp against DCMTK's own storescu. Images/s of each (the median
 of its interleaved rounds), the ratios, and CPU per image and side (user and
 system apart) go to build-artifacts/dicom-ratios.json and to the end of the
 session's output."""
@@ -8,6 +9,7 @@ session's output."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 
 from benches import races
 from benches.peers import DCMTK, free_port, listening, rounds, run_client, settle_disk
+from dicomrelay import pki
 from dicomrelay.dicom.received_log import RECEIVED_LOG
 
 CPU_COVERS = {
@@ -36,12 +39,38 @@ PAIRS = [
     ("dcmtk-storescp", "dcmtk-storescu"),
     ("dicomrelay-storescp", "dcmtk-storescu"),
     ("dicomrelay-storescp-blake3", "dcmtk-storescu"),
+    ("dicomrelay-node", "dcmtk-storescu"),
     ("dcmtk-storescp", "dicomrelay-storescu"),
 ]
 ROUNDS = 3
 
 
+def node_config(port: int, out: Path) -> Path:
+    """A node whose SCP "SCP" takes storescu's associations, its data in ``out``
+    (its mTLS identity is needed to start, not used: it has no peer to reach)."""
+    ca = pki.make_ca(out / "pki")
+    me = pki.issue_org(ca.parent, "RX1", out / "pki")
+    config = out / "node.toml"
+    config.write_text(
+        f'[node]\norg = "RX1"\ndata_dir = "{out / "data"}"\n\n'
+        f'[tls]\ncert = "{me.cert}"\nkey = "{me.key}"\nca = "{ca}"\n\n'
+        f'[dicom]\nae_title = "SCP"\nlisten_port = {port}\n'
+        'allowed_calling = ["STORESCU"]\n'
+    )
+    return config
+
+
+def node_stored(out: Path) -> int:
+    """The instances a node's ledger locates in its store."""
+    with sqlite3.connect(out / "data" / "ledger.sqlite") as db:
+        [(count,)] = db.execute("SELECT count(*) FROM segment_records").fetchall()
+    return int(count)
+
+
 def scp_command(name: str, port: int, out: Path) -> list[str]:
+    if name == "dicomrelay-node":
+        config = node_config(port, out)
+        return [sys.executable, "-m", "dicomrelay", "serve", "--config", str(config)]
     if name == "dcmtk-storescp":
         return [str(DCMTK / "storescp"), "-od", str(out), "-aet", "SCP", str(port)]
     command = [sys.executable, "-m", "dicomrelay", "storescp", str(port), "-od", str(out)]
@@ -83,8 +112,11 @@ def test_store_1000(
             run_client, args=(scu_command(scu, port, files),), rounds=1, iterations=1
         )
         receiver = server.cpu() - before
-    stored = [p for p in out.iterdir() if p.is_file() and p.name != RECEIVED_LOG]
-    assert len(stored) == len(files)
+    if scp == "dicomrelay-node":
+        assert node_stored(out) == len(files)
+    else:
+        stored = [p for p in out.iterdir() if p.is_file() and p.name != RECEIVED_LOG]
+        assert len(stored) == len(files)
     shutil.rmtree(out)  # the next round (another contender's) pays for the deletion
     measured = races.Round(
         images=len(files),

@@ -638,7 +638,8 @@ class SparePool:
 
 @final
 class ScpMessage:
-    """A whole DIMSE message; for a C-STORE, its dataset in a file (not durable)."""
+    """A whole DIMSE message; for a C-STORE, its dataset in a file or, up to
+    ``in_memory`` bytes, in ``data`` (not durable)."""
 
     @property
     def context_id(self) -> int: ...
@@ -648,6 +649,8 @@ class ScpMessage:
     def has_dataset(self) -> bool: ...
     @property
     def path(self) -> str | None: ...
+    @property
+    def data(self) -> Payload | None: ...
     @property
     def length(self) -> int: ...
     @property
@@ -703,6 +706,7 @@ class ScpReceiver:
         implementation_version_name: str,
         digest: _DigestName | None,
         max_pdu_length: int,
+        in_memory: int = 0,
     ) -> ScpReceiver: ...
     def feed(self, data: _Buffer) -> list[ScpCommand | ScpMessage | ScpEnd]: ...
 
@@ -722,6 +726,7 @@ class ScpPump:
         digest: _DigestName | None,
         max_pdu_length: int,
         idle_seconds: float | None = None,
+        in_memory: int = 0,
     ) -> ScpPump: ...
     def fileno(self) -> int: ...
     def take(self) -> list[ScpCommand | ScpMessage | ScpEnd]: ...

@@ -33,6 +33,13 @@ from dicomrelay.receiver_control import StudyCommitted
 from dicomrelay.scp_store import StoreCommit
 from dicomrelay.transfer import Transfer
 
+# The node's SCP holds a dataset up to this size in memory and stores it from
+# there (a CT or MR image, a report: no temporary file); a larger one (a
+# radiograph of tens of MB, a whole-slide image) spills into a file first.
+# Bounded so that an association's waiting datasets (its pump queues 64) stay
+# within tens of MB: 1 MiB holds a CT slice (514 KB) and an ultrasound frame.
+SCP_IN_MEMORY = 1 << 20
+
 
 class StudySender(Protocol):
     """Where routed studies go: the node's outbox, which sends them from the store."""
@@ -123,6 +130,8 @@ class DicomGateway:
             # Into the node's store, by rounds (each file digested as it arrives).
             digest=self.config.digest,
             commits=StoreCommit(self.store, self.config.digest),
+            # Datasets up to this size come as bytes: no file per instance.
+            in_memory=SCP_IN_MEMORY,
             tls=None
             if dicom.tls is None
             else tls.server_context(

@@ -21,14 +21,18 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
-from dicomrelay._native import sync_filesystem
+from dicomrelay._native import Payload, sync_filesystem
 
 
 class Commits(Protocol):
     """Where the storage SCP makes the files it received durable: the folder
     of ``GroupCommit`` (``dicomrelay storescp``), or a node's instance store."""
 
-    def add(self, temp: Path, final: Path, digest: str | None = None) -> int: ...
+    def add(self, temp: Path | Payload, final: Path, digest: str | None = None) -> int:
+        """``temp``: a closed temporary file, or the dataset's bytes (an SCP
+        with ``in_memory`` set; only commits that store by content take them)."""
+        ...
+
     @property
     def flushing(self) -> bool: ...
     async def wait(self, ticket: int) -> None: ...
@@ -112,9 +116,11 @@ class GroupCommit(Rounds):
         self._renamed = 0  # tickets up to here are renamed (or failed)
         self._files: dict[int, tuple[Path, Path]] = {}  # ticket -> (temp, final), not yet renamed
 
-    def add(self, temp: Path, final: Path, digest: str | None = None) -> int:
+    def add(self, temp: Path | Payload, final: Path, digest: str | None = None) -> int:
         """``temp`` is written and closed; it is to become ``final``. (``digest``,
         its bytes' digest, is for commits that store by content.)"""
+        if not isinstance(temp, Path):
+            raise TypeError("GroupCommit renames files into place: give it a file")
         self._added += 1
         self._files[self._added] = (temp, final)
         return self._added

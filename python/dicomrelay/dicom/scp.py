@@ -87,6 +87,10 @@ class StoreScp:
     # Where received files are made durable: by default one file per instance
     # in output_dir (a GroupCommit); a node gives its instance store's.
     commits: Commits | None = None
+    # A dataset up to this many bytes is held in memory and handed to the
+    # commits as bytes, with no temporary file (0: a file each, which
+    # ``GroupCommit`` renames into place). A node's store takes bytes.
+    in_memory: int = 0
     # Temporary files the data plane writes datasets into, made ahead of need.
     spares: SparePool = field(init=False)
 

@@ -2,7 +2,8 @@
 
 The sans-IO ``Association`` negotiates. Once it is established, the bytes go
 to the native data plane, which reassembles P-DATA, writes each C-STORE
-dataset (file meta in front) into a spare file as it arrives, digests and
+dataset (file meta in front) into a spare file as it arrives (or, up to the
+SCP's ``in_memory`` bytes, into memory: no file at all), digests and
 scans it, and hands over whole messages: without TLS a thread of its own
 reads the socket (``ScpPump``), and the event loop hears from it only when
 messages are complete; with TLS the session reads the stream and feeds the
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +32,7 @@ from anyio.abc import ByteStream, TaskGroup
 from dicomrelay._native import (
     AssociateRj,
     AssociateRq,
+    Payload,
     ScpCommand,
     ScpEnd,
     ScpMessage,
@@ -305,6 +309,7 @@ class Session:
                 implementation_version_name=IMPLEMENTATION_VERSION,
                 digest=self.scp.digest,
                 max_pdu_length=MAX_PDU,
+                in_memory=self.scp.in_memory,
             )
             return
         await self._flush()  # the acceptance goes out before the pump owns the socket
@@ -318,6 +323,7 @@ class Session:
             digest=self.scp.digest,
             max_pdu_length=MAX_PDU,
             idle_seconds=self.scp.idle_seconds,
+            in_memory=self.scp.in_memory,
         )
 
     def _decide_ahead(self, event: ScpCommand) -> None:
@@ -366,8 +372,8 @@ class Session:
         if not isinstance(command, CStoreRq):
             _discard(message)
             return  # responses, or services this SCP does not offer
-        path = None if message.path is None else Path(message.path)
-        status, comment, outcome = self._check(message, path, command)
+        received = _received(message)
+        status, comment, outcome = self._check(message, received, command)
         if message.answered:
             # Sent by the pump, as decided when the command came: the check
             # it made is this one's.
@@ -376,10 +382,10 @@ class Session:
                 if isinstance(outcome, Refusal):
                     await self.scp.refused(outcome)
                 return
-            await self._commit(path, outcome)
+            await self._commit(received, outcome)
             return
         if isinstance(outcome, StoredInstance):
-            status, comment = await self._commit(path, outcome)
+            status, comment = await self._commit(received, outcome)
         elif isinstance(outcome, Refusal):
             await self.scp.refused(outcome)
         await self._respond(
@@ -393,10 +399,12 @@ class Session:
             ),
         )
 
-    async def _commit(self, temp: Path | None, instance: StoredInstance) -> tuple[int, str | None]:
-        assert temp is not None
+    async def _commit(
+        self, received: Path | Payload | None, instance: StoredInstance
+    ) -> tuple[int, str | None]:
+        assert received is not None
         commits = self.scp.committer
-        ticket = commits.add(temp, instance.path, instance.digest)
+        ticket = commits.add(received, instance.path, instance.digest)
         if self.scp.sync_each_instance:
             try:
                 await commits.wait(ticket)
@@ -410,9 +418,12 @@ class Session:
                 self.background.start_soon(commits.flush_soon, FLUSH_INTERVAL)
         return Status.SUCCESS, None
 
-    def _check(self, message: ScpMessage, path: Path | None, command: CStoreRq) -> Outcome:
-        """The instance to keep (received in ``path``), or the status that
-        refuses it (with the Refusal to report when it went to quarantine)."""
+    def _check(
+        self, message: ScpMessage, path: Path | Payload | None, command: CStoreRq
+    ) -> Outcome:
+        """The instance to keep (received in ``path``, a file or bytes), or the
+        status that refuses it (with the Refusal to report when it went to
+        quarantine)."""
         if message.error is not None or path is None:
             e = message.error
             full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -478,24 +489,32 @@ class Session:
     def _quarantine(
         self,
         message: ScpMessage,
-        path: Path,
+        received: Path | Payload,
         command: CStoreRq,
         status: int,
         comment: str,
         reason: str,
     ) -> Outcome:
-        """Move the instance to quarantine: ``status`` and ``comment`` answer
-        the C-STORE, and the Refusal is to report. With ``reason_files`` (the
-        standalone SCP) the file keeps its name and a ``.reason`` file beside
-        it says why; otherwise it is named by a new hold id, and the Refusal
-        says where it was kept, for the owner to record the hold."""
+        """Move (or write, if held in memory) the instance to quarantine:
+        ``status`` and ``comment`` answer the C-STORE, and the Refusal is to
+        report. With ``reason_files`` (the standalone SCP) the file keeps its
+        name and a ``.reason`` file beside it says why; otherwise it is named
+        by a new hold id, and the Refusal says where it was kept, for the
+        owner to record the hold."""
+        if isinstance(received, Path):
+            path = received
+        else:  # held in memory: named as a spare file would be
+            path = Path(f"{os.getpid():x}-{time.time_ns():x}-{next(_held):x}.dcm")
         if self.scp.reason_files:
             target = self.scp.quarantine_dir / path.name.lstrip(".")
         else:
             target = self.scp.quarantine_dir / f"{uuid.uuid4().hex[:12]}.dcm"
         kept: Path | None = target
         try:
-            os.replace(path, target)
+            if isinstance(received, Path):
+                os.replace(received, target)
+            else:
+                received.write_new_file(target)
             if self.scp.reason_files:
                 target.with_suffix(".reason").write_text(reason + "\n")
         except OSError:
@@ -518,6 +537,16 @@ class Session:
                 digest=message.digest,
             ),
         )
+
+
+_held = itertools.count()
+
+
+def _received(message: ScpMessage) -> Path | Payload | None:
+    """Where the message's data set is: its bytes, or its file."""
+    if message.data is not None:
+        return message.data
+    return None if message.path is None else Path(message.path)
 
 
 def _discard(message: ScpMessage) -> None:

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dicomrelay_core::aligned::AlignedBytes;
 use dicomrelay_core::scp::{
     self as core, Destination, End, Event, Failure, Implementation, PumpEvent, ReceiverConfig,
 };
@@ -18,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use pyo3::IntoPyObjectExt;
 
-use crate::buf::ByteView;
+use crate::buf::{ByteView, Payload};
 use crate::error::{parse_error, pdu_error};
 use crate::info::InstanceInfo;
 
@@ -54,8 +55,11 @@ pub struct ScpMessage {
     context_id: u8,
     command: Py<PyBytes>,
     has_dataset: bool,
-    /// None without a data set, or when writing it failed (see `error`).
+    /// Its file: None without a data set, when it is in `data`, or when
+    /// writing it failed (see `error`).
     path: Option<String>,
+    /// Its bytes, when it was small enough to hold in memory (`in_memory`).
+    data: Option<Py<Payload>>,
     length: u64,
     digest: Option<String>,
     /// The file's header, or None (see `scan_error`, `error`).
@@ -128,12 +132,17 @@ fn event_to_python<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, Py
         }
         .into_bound_py_any(py),
         Event::Message(m) => {
-            let (mut path, mut length, mut digest) = (None, 0, None);
+            let (mut path, mut data, mut length, mut digest) = (None, None, 0, None);
             let (mut info, mut scan_error, mut error) = (None, None, None);
             let has_dataset = m.dataset.is_some();
             let (sequence, answered) = (m.sequence, m.answered);
             if let Some(d) = m.dataset {
                 path = d.path.map(|p| p.to_string_lossy().into_owned());
+                if let Some(bytes) = d.data {
+                    // Handed over as it is: no copy.
+                    let held = Payload(Arc::new(AlignedBytes::unaligned(bytes)));
+                    data = Some(Py::new(py, held)?);
+                }
                 (length, digest) = (d.length, d.digest);
                 match d.scan {
                     Some(Ok(i)) => info = Some(Py::new(py, InstanceInfo(*i))?),
@@ -147,6 +156,7 @@ fn event_to_python<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, Py
                 command: PyBytes::new(py, &m.command).unbind(),
                 has_dataset,
                 path,
+                data,
                 length,
                 digest,
                 info,
@@ -194,6 +204,7 @@ fn config(
     implementation_version_name: String,
     digest: Option<&str>,
     max_pdu_length: u32,
+    in_memory: u64,
 ) -> PyResult<ReceiverConfig> {
     Ok(ReceiverConfig {
         max_pdu_length,
@@ -205,6 +216,7 @@ fn config(
         },
         digest: digest.map(crate::channel::algorithm).transpose()?,
         destination: spares.0.clone() as Arc<dyn Destination>,
+        in_memory,
     })
 }
 
@@ -216,7 +228,7 @@ pub struct ScpReceiver(core::Receiver);
 impl ScpReceiver {
     /// `contexts`: the accepted presentation contexts, (id, transfer syntax).
     #[new]
-    #[pyo3(signature = (spares, *, contexts, calling_ae_title, implementation_class_uid, implementation_version_name, digest, max_pdu_length))]
+    #[pyo3(signature = (spares, *, contexts, calling_ae_title, implementation_class_uid, implementation_version_name, digest, max_pdu_length, in_memory=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         spares: &SparePool,
@@ -226,6 +238,7 @@ impl ScpReceiver {
         implementation_version_name: String,
         digest: Option<&str>,
         max_pdu_length: u32,
+        in_memory: u64,
     ) -> PyResult<Self> {
         let config = config(
             spares,
@@ -235,6 +248,7 @@ impl ScpReceiver {
             implementation_version_name,
             digest,
             max_pdu_length,
+            in_memory,
         )?;
         Ok(ScpReceiver(core::Receiver::new(config)))
     }
@@ -276,7 +290,7 @@ impl ScpPump {
     /// nothing from it, until `stop()` returns or an `ScpEnd` was taken.
     /// `idle_seconds`: how long the peer may send nothing (None: for ever).
     #[new]
-    #[pyo3(signature = (fd, spares, *, contexts, calling_ae_title, implementation_class_uid, implementation_version_name, digest, max_pdu_length, idle_seconds=None))]
+    #[pyo3(signature = (fd, spares, *, contexts, calling_ae_title, implementation_class_uid, implementation_version_name, digest, max_pdu_length, idle_seconds=None, in_memory=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         fd: i32,
@@ -288,6 +302,7 @@ impl ScpPump {
         digest: Option<&str>,
         max_pdu_length: u32,
         idle_seconds: Option<f64>,
+        in_memory: u64,
     ) -> PyResult<Self> {
         let idle = match idle_seconds {
             None => None,
@@ -306,6 +321,7 @@ impl ScpPump {
             implementation_version_name,
             digest,
             max_pdu_length,
+            in_memory,
         )?;
         let (wakeup, signal) = UnixStream::pair().map_err(|e| os_error(&e))?;
         wakeup.set_nonblocking(true).map_err(|e| os_error(&e))?;

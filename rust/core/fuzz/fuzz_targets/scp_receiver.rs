@@ -64,6 +64,7 @@ fn run(data: &[u8], piece: usize, dir: &PathBuf) -> Vec<Seen> {
         },
         digest: Some(DigestAlgorithm::Blake3),
         destination: Arc::new(Folder(dir.clone())),
+        in_memory: 0,
     });
     let mut seen = Vec::new();
     for chunk in data.chunks(piece) {

@@ -81,7 +81,7 @@ impl Answer {
             return false;
         };
         dataset.error.is_none()
-            && dataset.path.is_some()
+            && (dataset.path.is_some() || dataset.data.is_some())
             && info.sop_instance_uid.as_deref() == Some(self.sop_instance_uid.as_str())
             && info.study_instance_uid.is_some()
             && info
@@ -416,6 +416,7 @@ mod tests {
             },
             digest: None,
             destination: Arc::new(SparePool::new(dir.to_owned(), 2).unwrap()),
+            in_memory: 0,
         })
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::command::read_command;
 use super::meta::{file_meta, Implementation};
 use super::spares::Destination;
+use crate::aligned::{give_back, take_buffer};
 use crate::digest::{to_hex, DigestAlgorithm, Hasher};
 use crate::pdu::{Pdu, PduDecoder, PduError, PdvSink};
 use crate::{scan, InstanceInfo, ScanError, ScanOptions};
@@ -16,6 +17,8 @@ use crate::{scan, InstanceInfo, ScanError, ScanOptions};
 /// The longest command set accepted (a C-STORE-RQ's is about 200 bytes):
 /// fragments beyond this are an attack, not a command.
 const MAX_COMMAND: usize = 64 << 10;
+/// The buffer a data set held in memory starts with (it grows as needed).
+const FIRST_BUFFER: u64 = 1 << 20;
 
 /// What the association agreed, read once.
 #[derive(Clone)]
@@ -29,13 +32,20 @@ pub struct ReceiverConfig {
     pub implementation: Implementation,
     pub digest: Option<DigestAlgorithm>,
     pub destination: Arc<dyn Destination>,
+    /// A data set up to this many bytes (meta included) is held in memory
+    /// and handed over as bytes, with no file made for it; a larger one
+    /// goes on into a file from `destination`. 0: always a file.
+    pub in_memory: u64,
 }
 
-/// A data set received into its file (not yet durable).
+/// A data set received into its file or memory (not yet durable).
 #[derive(Debug)]
 pub struct Dataset {
-    /// None when writing failed: the file is removed, `error` says why.
+    /// Its file; None when it is in `data`, or when writing failed (the file
+    /// is removed, `error` says why).
     pub path: Option<PathBuf>,
+    /// Its bytes, when it was small enough to hold (`ReceiverConfig::in_memory`).
+    pub data: Option<Vec<u8>>,
     /// Of the file, meta included.
     pub length: u64,
     /// Of the file's bytes, meta included.
@@ -91,6 +101,10 @@ struct Incoming {
     command: Vec<u8>,
     path: Option<PathBuf>,
     file: Option<File>,
+    /// The data set so far while it fits in `in_memory` bytes.
+    memory: Option<Vec<u8>>,
+    in_memory: u64,
+    destination: Arc<dyn Destination>,
     hasher: Option<Hasher>,
     length: u64,
     error: Option<io::Error>,
@@ -98,6 +112,20 @@ struct Incoming {
 
 impl Incoming {
     fn write(&mut self, data: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(memory) = self.memory.as_mut() {
+            if self.length + data.len() as u64 <= self.in_memory {
+                if let Some(h) = self.hasher.as_mut() {
+                    h.update(data);
+                }
+                memory.extend_from_slice(data);
+                self.length += data.len() as u64;
+                return;
+            }
+            self.spill();
+        }
         let Some(file) = self.file.as_mut().filter(|_| self.error.is_none()) else {
             return;
         };
@@ -110,23 +138,53 @@ impl Incoming {
         }
     }
 
+    /// Too large to hold: what was held goes into a file, and the rest after it.
+    fn spill(&mut self) {
+        let Some(memory) = self.memory.take() else {
+            return;
+        };
+        match self.destination.create() {
+            Ok((path, mut file)) => {
+                self.path = Some(path);
+                match file.write_all(&memory) {
+                    Ok(()) => self.file = Some(file),
+                    Err(e) => self.fail(e),
+                }
+            }
+            Err(e) => self.fail(e),
+        }
+        give_back(memory);
+    }
+
     /// Sticky: nothing after a hole is written, and the file goes at once.
     fn fail(&mut self, e: io::Error) {
         self.error = Some(e);
         self.file = None;
+        if let Some(memory) = self.memory.take() {
+            give_back(memory);
+        }
         if let Some(path) = self.path.take() {
             let _ = std::fs::remove_file(path);
         }
     }
 
     fn finish(mut self) -> Message {
+        if self.memory.is_some() && self.error.is_none() {
+            // Held, not written: refused now if the disk could not keep it.
+            if let Err(e) = self.destination.room_for(self.length) {
+                self.fail(e);
+            }
+        }
         let file = self.file.take();
-        let scanned = match (&file, self.error.is_none()) {
-            (Some(file), true) => Some(scan_file(file, self.length).map(Box::new)),
+        let memory = self.memory.take();
+        let scanned = match (&file, &memory, self.error.is_none()) {
+            (_, Some(memory), true) => Some(scan(memory, &ScanOptions::default()).map(Box::new)),
+            (Some(file), None, true) => Some(scan_file(file, self.length).map(Box::new)),
             _ => None,
         };
         let dataset = Dataset {
             path: self.path.take(),
+            data: memory,
             length: self.length,
             digest: self.hasher.take().map(|h| to_hex(&h.finish())),
             scan: scanned,
@@ -147,6 +205,9 @@ impl Drop for Incoming {
     fn drop(&mut self) {
         if let Some(path) = self.path.take() {
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(memory) = self.memory.take() {
+            give_back(memory);
         }
     }
 }
@@ -243,17 +304,27 @@ impl Assembly {
             command,
             path: None,
             file: None,
+            memory: None,
+            in_memory: config.in_memory,
+            destination: config.destination.clone(),
             hasher: config.digest.map(DigestAlgorithm::hasher),
             length: 0,
             error: None,
         };
-        match config.destination.create() {
-            Ok((path, file)) => {
-                incoming.path = Some(path);
-                incoming.file = Some(file);
-                incoming.write(&meta);
+        if config.in_memory > 0 {
+            // Pooled: a fresh buffer per data set costs page faults.
+            let first = usize::try_from(config.in_memory.min(FIRST_BUFFER)).unwrap_or(0);
+            incoming.memory = Some(take_buffer(first));
+            incoming.write(&meta);
+        } else {
+            match config.destination.create() {
+                Ok((path, file)) => {
+                    incoming.path = Some(path);
+                    incoming.file = Some(file);
+                    incoming.write(&meta);
+                }
+                Err(e) => incoming.error = Some(e),
             }
-            Err(e) => incoming.error = Some(e),
         }
         self.incoming = Some(incoming);
     }
@@ -455,6 +526,7 @@ mod tests {
             },
             digest: Some(DigestAlgorithm::Sha256),
             destination: Arc::new(SparePool::new(dir.to_owned(), 2).unwrap()),
+            in_memory: 0,
         })
     }
 
@@ -526,6 +598,92 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn small_data_sets_stay_in_memory_and_large_ones_spill_to_a_file() {
+        let dir = temp("receiver-memory");
+        let sets = [dataset("1.2.40", 10), dataset("1.2.41", 70_000)];
+        let receive = |sets: &[Vec<u8>]| {
+            let mut r = Receiver::new(ReceiverConfig {
+                in_memory: 20_000,
+                ..receiver(&dir).assembly.config.clone()
+            });
+            for (i, set) in sets.iter().enumerate() {
+                let uid = format!("1.2.4{i}");
+                let mut stream = fragment_pdata(1, true, &c_store(&uid), 16_384, true).unwrap();
+                stream.extend(fragment_pdata(1, false, set, 16_384, true).unwrap());
+                r.feed(&stream);
+            }
+            r.take_events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Message(m) => m.dataset,
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        // Only small ones: not a file is made, not even a spare.
+        let held = receive(&sets[..1]);
+        let d = &held[0];
+        assert!(d.path.is_none() && d.error.is_none());
+        let bytes = d.data.as_ref().unwrap();
+        let info = d.scan.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(&bytes[info.dataset_offset as usize..], &sets[0][..]);
+        assert_eq!(d.length, bytes.len() as u64);
+        assert_eq!(
+            d.digest.as_deref(),
+            Some(&crate::digest(bytes, DigestAlgorithm::Sha256, None).whole[..])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // A large one goes on in a file, whole: what was held, then the rest.
+        let both = receive(&sets);
+        let large = &both[1];
+        assert!(large.data.is_none());
+        let bytes = std::fs::read(large.path.as_ref().unwrap()).unwrap();
+        let info = large.scan.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(info.sop_instance_uid.as_deref(), Some("1.2.41"));
+        assert_eq!(&bytes[info.dataset_offset as usize..], &sets[1][..]);
+        assert_eq!(
+            large.digest.as_deref(),
+            Some(&crate::digest(&bytes, DigestAlgorithm::Sha256, None).whole[..])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Files nowhere, and no room: as a full disk.
+    struct Full;
+
+    impl Destination for Full {
+        fn create(&self) -> io::Result<(PathBuf, File)> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+
+        fn room_for(&self, _bytes: u64) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+    }
+
+    #[test]
+    fn a_data_set_held_in_memory_is_refused_when_the_disk_has_no_room_for_it() {
+        let dir = temp("receiver-full");
+        let mut r = Receiver::new(ReceiverConfig {
+            in_memory: 1 << 20,
+            destination: Arc::new(Full),
+            ..receiver(&dir).assembly.config.clone()
+        });
+        let mut stream = fragment_pdata(1, true, &c_store("1.2.50"), 16_384, true).unwrap();
+        stream.extend(fragment_pdata(1, false, &dataset("1.2.50", 100), 16_384, true).unwrap());
+        r.feed(&stream);
+        let events = r.take_events();
+        let [Event::Command { .. }, Event::Message(m)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        let d = m.dataset.as_ref().unwrap();
+        assert!(d.data.is_none() && d.path.is_none() && d.scan.is_none());
+        assert_eq!(d.error.as_ref().unwrap().raw_os_error(), Some(libc::ENOSPC));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -13,6 +13,38 @@ use std::thread::JoinHandle;
 /// its path. A file handed out is the caller's: to keep, rename or remove.
 pub trait Destination: Send + Sync {
     fn create(&self) -> io::Result<(PathBuf, File)>;
+
+    /// Whether `bytes` more would fit where data sets are kept, for one held
+    /// in memory: ENOSPC if not, as writing it into a file would have failed
+    /// (the SCP answers Out of Resources instead of accepting what it cannot
+    /// keep).
+    fn room_for(&self, bytes: u64) -> io::Result<()> {
+        let _ = bytes;
+        Ok(())
+    }
+}
+
+/// ENOSPC unless the filesystem holding `path` has `bytes` free for an
+/// unprivileged writer.
+pub fn room_in(path: &Path, bytes: u64) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `statvfs` only writes the struct it is given, which is
+    // zero-initialised plain data, and reads the NUL-terminated name.
+    let (status, stats) = unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(name.as_ptr(), &mut stats), stats)
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion)] // narrower than u64 on some targets
+    let free = u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize));
+    if free < bytes {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    Ok(())
 }
 
 struct State {
@@ -122,6 +154,10 @@ impl Destination for SparePool {
                 None => return self.shared.make(),
             }
         }
+    }
+
+    fn room_for(&self, bytes: u64) -> io::Result<()> {
+        room_in(&self.shared.directory, bytes)
     }
 }
 
