@@ -36,6 +36,7 @@ run: install ## the main job on its embedded default: a load test between two lo
 lint: ## rustfmt, clippy, ruff, mypy strict, stubtest of the native module
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo check --quiet --manifest-path rust/core/fuzz/Cargo.toml --bins  # the fuzz targets keep up with the core
 	$(PYTHON) -m ruff check python tests benches
 	$(PYTHON) -m ruff format --check python tests benches
 	$(PYTHON) -m mypy

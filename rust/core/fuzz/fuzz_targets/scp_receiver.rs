@@ -44,6 +44,11 @@ fn folder() -> PathBuf {
 /// What a run gave, comparable across runs: per event, its kind and contents.
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
+    Command {
+        sequence: u64,
+        context_id: u8,
+        command: Vec<u8>,
+    },
     Message {
         context_id: u8,
         command: Vec<u8>,
@@ -71,6 +76,15 @@ fn run(data: &[u8], piece: usize, dir: &PathBuf) -> Vec<Seen> {
         receiver.feed(chunk);
         for event in receiver.take_events() {
             seen.push(match event {
+                Event::Command {
+                    sequence,
+                    context_id,
+                    command,
+                } => Seen::Command {
+                    sequence,
+                    context_id,
+                    command,
+                },
                 Event::Message(m) => Seen::Message {
                     context_id: m.context_id,
                     command: m.command,
