@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,21 @@ def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             root / f"study-{n:02d}", dicomrelay_synth.PROFILES["small"], SMALL_STUDY_SIZE, seed=n
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def ct_instance() -> bytes:
+    """One synthetic CT instance of the loadtest's profile (patient SYN00000001)."""
+    profile = dicomrelay_synth.PROFILES["ct"]
+    return dicomrelay_synth.instance(
+        profile,
+        study_uid=dicomrelay_synth.new_uid(),
+        series_uid=dicomrelay_synth.new_uid(),
+        sop_uid=dicomrelay_synth.new_uid(),
+        number=1,
+        patient_id="SYN00000001",
+        pixels=os.urandom(profile.pixel_bytes),
+    )
 
 
 @pytest.fixture(params=["512KB", "64MB"])

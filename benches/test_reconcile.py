@@ -9,9 +9,6 @@ store it by its digest)."""
 from __future__ import annotations
 
 import datetime
-import os
-import time
-from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -21,7 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from dicomrelay import scan, synth
+from benches.races import cpu_us
+from dicomrelay import scan
 from dicomrelay._native import header_values
 from dicomrelay.reconcile import (
     TAGS_TO_READ,
@@ -37,27 +35,6 @@ FOREIGN = ForeignPatient(sender="RX1", patient_id="SYN00000001", issuer="DICOMRE
 LOCAL = LocalPatient(patient_id="B-00012345")
 NOW = datetime.datetime(2026, 12, 3, 9, 0, tzinfo=datetime.UTC)
 CPU_LOOPS = 1000
-
-
-@pytest.fixture(scope="module")
-def ct_instance() -> bytes:
-    profile = synth.PROFILES["ct"]
-    return synth.instance(
-        profile,
-        study_uid=synth.new_uid(),
-        series_uid=synth.new_uid(),
-        sop_uid=synth.new_uid(),
-        number=1,
-        patient_id="SYN00000001",
-        pixels=os.urandom(profile.pixel_bytes),
-    )
-
-
-def _cpu_us(fn: Callable[[], object], loops: int) -> float:
-    start = time.process_time()
-    for _ in range(loops):
-        fn()
-    return (time.process_time() - start) / loops * 1e6
 
 
 def _reconcile(data: bytes, digest: DigestName | None) -> Rewritten:
@@ -101,7 +78,7 @@ def test_reconcile_rust(
     benchmark.group = "reconcile"
     result = benchmark(_reconcile, ct_instance, digest)
     loops = CPU_LOOPS if digest is None else CPU_LOOPS // 4
-    benchmark.extra_info["cpu_us_per_instance"] = _cpu_us(
+    benchmark.extra_info["cpu_us_per_instance"] = cpu_us(
         lambda: _reconcile(ct_instance, digest), loops
     )
     out = result.header + ct_instance[result.pixel_offset :][: result.pixel_length]
@@ -115,5 +92,5 @@ def test_reconcile_rust(
 def test_reconcile_pydicom(benchmark: BenchmarkFixture, ct_instance: bytes) -> None:
     benchmark.group = "reconcile"
     out = benchmark(_pydicom, ct_instance)
-    benchmark.extra_info["cpu_us_per_instance"] = _cpu_us(lambda: _pydicom(ct_instance), 200)
+    benchmark.extra_info["cpu_us_per_instance"] = cpu_us(lambda: _pydicom(ct_instance), 200)
     assert scan(out).patient_id == "B-00012345"

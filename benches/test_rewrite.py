@@ -11,16 +11,13 @@ time.
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable
 from io import BytesIO
 
 import pydicom
-import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from dicomrelay import scan, synth
+from benches.races import cpu_us
+from dicomrelay import scan
 from dicomrelay.rewrite import DigestName, Edit, Set, rewrite
 
 EDITS: list[Edit] = [
@@ -29,27 +26,6 @@ EDITS: list[Edit] = [
     Set(tag=0x00080050, value="B-ACC-0001", vr="SH"),
 ]
 CPU_LOOPS = 2000
-
-
-@pytest.fixture(scope="module")
-def ct_instance() -> bytes:
-    profile = synth.PROFILES["ct"]
-    return synth.instance(
-        profile,
-        study_uid=synth.new_uid(),
-        series_uid=synth.new_uid(),
-        sop_uid=synth.new_uid(),
-        number=1,
-        patient_id="SYN00000001",
-        pixels=os.urandom(profile.pixel_bytes),
-    )
-
-
-def _cpu_us(fn: Callable[[], object], loops: int) -> float:
-    start = time.process_time()
-    for _ in range(loops):
-        fn()
-    return (time.process_time() - start) / loops * 1e6
 
 
 def _pixels(data: bytes) -> bytes:
@@ -62,7 +38,7 @@ def _pixels(data: bytes) -> bytes:
 def test_morph_header(benchmark: BenchmarkFixture, ct_instance: bytes) -> None:
     benchmark.group = "morph"
     result = benchmark(rewrite, ct_instance, EDITS, digest=None)
-    benchmark.extra_info["cpu_us_per_instance"] = _cpu_us(
+    benchmark.extra_info["cpu_us_per_instance"] = cpu_us(
         lambda: rewrite(ct_instance, EDITS, digest=None), CPU_LOOPS
     )
     out = result.header + ct_instance[result.pixel_offset :][: result.pixel_length]
@@ -74,7 +50,7 @@ def _morph_with_digest(benchmark: BenchmarkFixture, data: bytes, digest: DigestN
     # The header, and the digest of the whole output (the pixel data read once).
     benchmark.group = "morph"
     result = benchmark(rewrite, data, EDITS, digest=digest)
-    benchmark.extra_info["cpu_us_per_instance"] = _cpu_us(
+    benchmark.extra_info["cpu_us_per_instance"] = cpu_us(
         lambda: rewrite(data, EDITS, digest=digest), CPU_LOOPS // 4
     )
     assert result.digest is not None
@@ -101,7 +77,7 @@ def _pydicom_morph(data: bytes) -> bytes:
 def test_pydicom_read_modify_write(benchmark: BenchmarkFixture, ct_instance: bytes) -> None:
     benchmark.group = "morph"
     out = benchmark(_pydicom_morph, ct_instance)
-    benchmark.extra_info["cpu_us_per_instance"] = _cpu_us(
+    benchmark.extra_info["cpu_us_per_instance"] = cpu_us(
         lambda: _pydicom_morph(ct_instance), CPU_LOOPS // 20
     )
     assert _pixels(out) == _pixels(ct_instance)

@@ -20,6 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dicomrelay.ledger import Ledger, SqliteLedger
+
 ENV = "DICOMRELAY_TEST_POSTGRES"
 
 
@@ -81,6 +83,28 @@ class PrivateCluster:
     def stop(self) -> None:
         """A fast shutdown: sessions are ended at once, as in a failover."""
         self._script("stop")
+
+
+@asynccontextmanager
+async def either_ledger(backend: str, tmp_path: Path) -> AsyncIterator[Ledger]:
+    """A fresh ledger on ``backend``: ``sqlite`` (a file in ``tmp_path``) or
+    ``postgres`` (a schema of its own), closed after."""
+    if backend == "sqlite":
+        opened: Ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+        try:
+            yield opened
+        finally:
+            await opened.close()
+        return
+    url = postgres_url()
+    from dicomrelay.ledger.postgres import PostgresLedger
+
+    async with fresh_schema(url) as schema:
+        opened = await PostgresLedger.open(url, schema=schema)
+        try:
+            yield opened
+        finally:
+            await opened.close()
 
 
 @contextmanager

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dicomrelay.ledger import Ledger, OutgoingTransfer, SqliteLedger, TransferState
+from dicomrelay.ledger import Ledger, OutgoingTransfer, TransferState
 from dicomrelay.ledger.statements import LATENCY_BUCKETS
 from dicomrelay.web.metrics import exposition
-from pg_server import fresh_schema, postgres_url
+from pg_server import either_ledger
 
 pytestmark = pytest.mark.anyio
 NAME = "dicomrelay_transfer_latency_seconds"
@@ -28,18 +28,8 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
-    if request.param == "sqlite":
-        opened: Ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    async with either_ledger(request.param, tmp_path) as opened:
         yield opened
-        await opened.close()
-        return
-    url = postgres_url()
-    from dicomrelay.ledger.postgres import PostgresLedger
-
-    async with fresh_schema(url) as schema:
-        opened = await PostgresLedger.open(url, schema=schema)
-        yield opened
-        await opened.close()
 
 
 async def queue(ledger: Ledger, transfer_id: str, to: str, queued_ago: float) -> None:

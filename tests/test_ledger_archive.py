@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dicomrelay.ledger import IncomingInstance, Ledger, SqliteLedger
+from dicomrelay.ledger import IncomingInstance, Ledger
 from dicomrelay.ledger.archive import StoredAttributes, Visibility
 from dicomrelay.ledger.search import Match, Search, like_pattern
-from pg_server import fresh_schema, postgres_url
+from pg_server import either_ledger
 
 pytestmark = pytest.mark.anyio
 NODE = Visibility(org="RX1", everything=True)
@@ -25,18 +25,8 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
-    if request.param == "sqlite":
-        opened: Ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    async with either_ledger(request.param, tmp_path) as opened:
         yield opened
-        await opened.close()
-        return
-    url = postgres_url()
-    from dicomrelay.ledger.postgres import PostgresLedger
-
-    async with fresh_schema(url) as schema:
-        opened = await PostgresLedger.open(url, schema=schema)
-        yield opened
-        await opened.close()
 
 
 def instance(

@@ -17,7 +17,7 @@ from dicomrelay.config import NodeConfig, WebConfig
 from dicomrelay.errors import ConfigurationError, UnknownStudy
 from dicomrelay.ledger import Ledger, SqliteLedger
 from dicomrelay.ledger.archive import StoredAttributes
-from pg_server import fresh_schema, postgres_url
+from pg_server import either_ledger
 
 pytestmark = pytest.mark.anyio
 STUDY = "1.2.826.0.1.3680043.8.498.7"
@@ -30,18 +30,8 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
-    if request.param == "sqlite":
-        opened: Ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    async with either_ledger(request.param, tmp_path) as opened:
         yield opened
-        await opened.close()
-        return
-    url = postgres_url()
-    from dicomrelay.ledger.postgres import PostgresLedger
-
-    async with fresh_schema(url) as schema:
-        opened = await PostgresLedger.open(url, schema=schema)
-        yield opened
-        await opened.close()
 
 
 def config(tmp_path: Path, **web: object) -> NodeConfig:
