@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
@@ -299,31 +299,22 @@ class Session:
         self.association.accept(answer)
         if not self.association.established:
             return
-        contexts = list(self.contexts.items())
+        # The same receiver either way: fed by the session (TLS), or by a pump.
+        receiver: dict[str, Any] = {
+            "contexts": list(self.contexts.items()),
+            "calling_ae_title": rq.calling_ae_title,
+            "implementation_class_uid": IMPLEMENTATION_CLASS_UID,
+            "implementation_version_name": IMPLEMENTATION_VERSION,
+            "digest": self.scp.digest,
+            "max_pdu_length": MAX_PDU,
+            "in_memory": self.scp.in_memory,
+        }
         if self.sock is None:
-            self.data_plane = ScpReceiver(
-                self.scp.spares,
-                contexts=contexts,
-                calling_ae_title=rq.calling_ae_title,
-                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=IMPLEMENTATION_VERSION,
-                digest=self.scp.digest,
-                max_pdu_length=MAX_PDU,
-                in_memory=self.scp.in_memory,
-            )
+            self.data_plane = ScpReceiver(self.scp.spares, **receiver)
             return
         await self._flush()  # the acceptance goes out before the pump owns the socket
         self.data_plane = ScpPump(
-            self.sock.fileno(),
-            self.scp.spares,
-            contexts=contexts,
-            calling_ae_title=rq.calling_ae_title,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=IMPLEMENTATION_VERSION,
-            digest=self.scp.digest,
-            max_pdu_length=MAX_PDU,
-            idle_seconds=self.scp.idle_seconds,
-            in_memory=self.scp.in_memory,
+            self.sock.fileno(), self.scp.spares, idle_seconds=self.scp.idle_seconds, **receiver
         )
 
     def _decide_ahead(self, event: ScpCommand) -> None:
