@@ -326,3 +326,24 @@ def test_a_configuration_that_would_leak_to_research_is_refused(tmp_path: Path) 
     )
     with pytest.raises(ConfigurationError, match="rule #1 sends to research organisation RES1"):
         NodeConfig.from_toml(path)
+
+
+def test_only_a_rule_that_can_reach_a_peer_may_de_identify_for_it() -> None:
+    policy = Policy(
+        rules=(
+            Rule(
+                name="research",
+                direction="send",
+                allow=True,
+                roles=frozenset({"research"}),
+                deidentify=KEY,
+            ),
+            Rule(name="rx9", direction="send", allow=True, orgs=frozenset({"RX9"}), deidentify=KEY),
+            Rule(name="all", direction="send", allow=True),
+        ),
+        roles={"RES1": "research", "RX2": "trust", "RX9": "trust"},
+    )
+    assert policy.may_deidentify("RES1")
+    assert policy.may_deidentify("RX9")
+    assert not policy.may_deidentify("RX2")  # the study goes as it is: digested in one pass
+    assert not Policy().may_deidentify("RX2")

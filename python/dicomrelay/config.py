@@ -47,9 +47,12 @@ class Limits:
     backoff_cap: float = 300.0
     connect_timeout: float = 10.0
     stall_timeout: float = 30.0  # no progress for this long fails the attempt
-    window_bytes: int = 8 << 20  # unacknowledged bytes in flight per connection
+    # Unacknowledged bytes in flight per connection: several durability rounds'
+    # worth, so the network keeps filling the next round while one is written.
+    window_bytes: int = 32 << 20
     offer_batch: int = 256  # instances per OFFER
     write_buffer_bytes: int = 64 << 20  # receiver: bytes being made durable per connection
+    round_bytes: int = 8 << 20  # receiver: the most one durability round writes
     chunk_size: int = 1 << 20
     # Sending shared by workers on one ledger (NodeConfig.worker):
     lease_seconds: float = 30.0  # a claim lapses unless renewed within this

@@ -42,7 +42,7 @@ class Inbox:
         self.config = config
         self._ledger = ledger
         self._partials = partials
-        self.committer = Committer(store)
+        self.committer = Committer(store, config.limits.round_bytes)
         send, receive = anyio.create_memory_object_stream[StudyCommitted](math.inf)
         self.committed: MemoryObjectReceiveStream[StudyCommitted] = receive
         self._receiver = Receiver(

@@ -21,10 +21,15 @@ transaction as that round's rows, so the two never disagree:
   still where it was read (one transaction, with the new durable end), and
   only then removes the old segment.
 
-Rounds, compaction batches and drops run one at a time (a lock), so the
-index's view of what is live never changes under one of them. Reads run
-beside them: one that meets a segment compaction just removed looks its
-record up again.
+Rounds are pipelined in two stages: while one round's rows go into the
+ledger, the next appends and syncs its records (the disk and the ledger work
+side by side). The ledger takes rounds in the order they were appended, so
+the recorded end only grows; a round that fails fails every round appended
+after it too (the store is cut back to the recorded end before the next).
+Compaction batches and drops run alone: they wait for the rounds before them
+to be recorded, and no round starts meanwhile, so the index's view of what is
+live never changes under one of them. Reads run beside them all: one that
+meets a segment compaction just removed looks its record up again.
 """
 
 from __future__ import annotations
@@ -137,7 +142,13 @@ class InstanceStore:
         self._faults = faults
         self._recorded = segments.durable_end  # the end the ledger holds
         self._broken = False  # a round failed: open again before the next
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock()  # appending (and drops, compaction): one at a time
+        # Set once the last appended round is recorded (or has failed).
+        self._recording = anyio.Event()
+        self._recording.set()
+        self._generation = 0  # grows with every failed round
+        # Digests appended by rounds not yet recorded: not appended again.
+        self._unrecorded: dict[str, object] = {}
 
     @classmethod
     async def open(
@@ -169,6 +180,13 @@ class InstanceStore:
     def close(self) -> None:
         self._segments.close()
 
+    async def _settle(self) -> None:
+        """Wait (holding the lock) until every appended round is recorded or
+        has failed; then, if one failed, open the store again."""
+        await self._recording.wait()
+        if self._broken:
+            await self._reopen()
+
     async def _reopen(self) -> None:
         """After a failed round: the store opened again at the recorded end,
         cutting whatever the round appended."""
@@ -185,62 +203,107 @@ class InstanceStore:
 
     # Writing.
     async def write_round(
-        self, records: Sequence[Record], received: Sequence[tuple[str, str, IncomingInstance]]
+        self,
+        records: Sequence[Record],
+        received: Sequence[tuple[str, str, IncomingInstance]],
+        *,
+        appended: Callable[[], None] | None = None,
     ) -> None:
         """One durable round: ``records`` appended (those whose digest is not
         stored yet, each once) and synced, then their locations, the rows of
         ``received`` ``(sender, transfer_id, instance)`` and the new durable
-        end in one ledger transaction. Raises StorageError (or the ledger's
-        error): then nothing of the round counts, and the next round starts
-        from the store opened again at the recorded end."""
-        async with self._lock:
-            if self._broken:
-                await self._reopen()
-            fresh: dict[str, Record] = {}
-            rewriting = [r for r in records if r.rewrite is not None]
-            for r in records:
-                if r.rewrite is None:
-                    fresh.setdefault(r.digest, r)
-            if fresh:
-                stored = await self.ledger.locations(self.name, list(fresh))
-                for digest in stored:
-                    del fresh[digest]
-            located: list[tuple[str, Location]] = []
-            reconciled: list[ReconciledRow] = []
-            segments = self._segments
-
-            def append_and_commit() -> tuple[int, int]:
-                for r in rewriting:
-                    _append_rewritten(segments, r, located, reconciled)
-                by_algorithm: dict[DigestName, list[Record]] = {}
-                for r in fresh.values():
-                    by_algorithm.setdefault(r.algorithm, []).append(r)
-                for algorithm, group in by_algorithm.items():
-                    buffers: list[tuple[Payload | bytes | memoryview, str]] = []
-                    files: list[tuple[Path, str]] = []
-                    parted: list[tuple[tuple[Payload | bytes | memoryview, ...], str]] = []
-                    for r in group:
-                        if isinstance(r.data, Path):
-                            files.append((r.data, r.digest))
-                        elif isinstance(r.data, tuple):
-                            parted.append((r.data, r.digest))
-                        else:
-                            buffers.append((r.data, r.digest))
-                    places = segments.append_many(buffers, algorithm=algorithm)
-                    located.extend(zip((d for _, d in buffers), places, strict=True))
-                    for path, digest in files:
-                        where = segments.append_file(path, digest, algorithm=algorithm)
-                        located.append((digest, where))
-                    for parts, digest in parted:
-                        where = segments.append_parts(parts, digest, algorithm=algorithm)
-                        located.append((digest, where))
-                return segments.commit()
-
-            self._broken = True  # until the ledger holds the round
-            end = await anyio.to_thread.run_sync(append_and_commit)
+        end in one ledger transaction. ``appended`` is called once the records
+        are synced (or the append failed): the next round may append while
+        this one is recorded. Raises StorageError (or the ledger's error):
+        then nothing of the round counts, nor of any round appended after it,
+        and the next round starts from the store opened again at the recorded
+        end."""
+        try:
+            async with self._lock:
+                if self._broken:
+                    await self._settle()
+                generation, token = self._generation, object()
+                end, located, reconciled = await self._append(records, token)
+                previous, mine = self._recording, anyio.Event()
+                self._recording = mine
+        finally:
+            if appended is not None:
+                appended()
+        try:
+            await previous.wait()  # the rounds appended before are recorded first
+            if self._generation != generation:
+                raise StorageError("an earlier round failed: this one's records were cut")
             await self.ledger.record_round(self.name, end, located, received, reconciled)
             self._recorded = end
-            self._broken = False
+        except BaseException:
+            self._fail()
+            raise
+        finally:
+            for digest, _ in located:
+                if self._unrecorded.get(digest) is token:
+                    del self._unrecorded[digest]
+            mine.set()
+
+    def _fail(self) -> None:
+        """A round failed: it, and every round appended after it, count for
+        nothing; the store opens again at the recorded end before the next."""
+        self._generation += 1
+        self._broken = True
+
+    async def _append(
+        self, records: Sequence[Record], token: object
+    ) -> tuple[tuple[int, int], list[tuple[str, Location]], list[ReconciledRow]]:
+        """Append and sync a round's records (under the lock); their
+        locations and the end the ledger is to record. A failure here fails
+        this round alone: the rounds before it are synced whole."""
+        fresh: dict[str, Record] = {}
+        rewriting = [r for r in records if r.rewrite is not None]
+        for r in records:
+            if r.rewrite is None and r.digest not in self._unrecorded:
+                fresh.setdefault(r.digest, r)
+        if fresh:
+            stored = await self.ledger.locations(self.name, list(fresh))
+            for digest in stored:
+                del fresh[digest]
+        located: list[tuple[str, Location]] = []
+        reconciled: list[ReconciledRow] = []
+        segments = self._segments
+
+        def append_and_commit() -> tuple[int, int]:
+            for r in rewriting:
+                _append_rewritten(segments, r, located, reconciled)
+            by_algorithm: dict[DigestName, list[Record]] = {}
+            for r in fresh.values():
+                by_algorithm.setdefault(r.algorithm, []).append(r)
+            for algorithm, group in by_algorithm.items():
+                buffers: list[tuple[Payload | bytes | memoryview, str]] = []
+                files: list[tuple[Path, str]] = []
+                parted: list[tuple[tuple[Payload | bytes | memoryview, ...], str]] = []
+                for r in group:
+                    if isinstance(r.data, Path):
+                        files.append((r.data, r.digest))
+                    elif isinstance(r.data, tuple):
+                        parted.append((r.data, r.digest))
+                    else:
+                        buffers.append((r.data, r.digest))
+                places = segments.append_many(buffers, algorithm=algorithm)
+                located.extend(zip((d for _, d in buffers), places, strict=True))
+                for path, digest in files:
+                    where = segments.append_file(path, digest, algorithm=algorithm)
+                    located.append((digest, where))
+                for parts, digest in parted:
+                    where = segments.append_parts(parts, digest, algorithm=algorithm)
+                    located.append((digest, where))
+            return segments.commit()
+
+        try:
+            end = await anyio.to_thread.run_sync(append_and_commit)
+        except BaseException:
+            self._broken = True
+            raise
+        for digest, _ in located:
+            self._unrecorded[digest] = token
+        return end, located, reconciled
 
     # Reading.
     async def locate(self, digest: str) -> Location | None:
@@ -311,6 +374,7 @@ class InstanceStore:
         if not studies:
             return 0
         async with self._lock:
+            await self._settle()
             return await self.ledger.drop_studies(studies)
 
     async def switch_reconciled(
@@ -332,6 +396,7 @@ class InstanceStore:
         ``deliver``, its delivery requested), run as drops are: one at a time.
         How many rows switched."""
         async with self._lock:
+            await self._settle()
             return await self.ledger.finish_reconciliation(
                 sender,
                 transfer_id,
@@ -350,6 +415,7 @@ class InstanceStore:
         """Drop what the DICOM SCP stored and a transfer done before ``before``
         sent on (unless something else names it); how many records went."""
         async with self._lock:
+            await self._settle()
             return await self.ledger.drop_routed(self.name, before)
 
     async def sparse_segments(self, below: float) -> list[int]:
@@ -377,8 +443,7 @@ class InstanceStore:
         moved = 0
         while True:
             async with self._lock:
-                if self._broken:
-                    await self._reopen()
+                await self._settle()
                 live = await self.ledger.records_in_segment(self.name, segment)
                 if not live:
                     # Nothing names it any more: remove it (durably).

@@ -122,29 +122,24 @@ async def queue(
     paths = await anyio.to_thread.run_sync(materialise, source, folder)
     if not paths:
         raise NotAStudy(f"nothing to send: {_describe(source)} holds no files")
-    # Headers only: the policy decides on them, and a de-identified study's
-    # digests are those of its copies.
-    results = await anyio.to_thread.run_sync(scan_many, paths)
-    infos: list[InstanceInfo] = []
-    for path, result in zip(paths, results, strict=True):
-        if not isinstance(result, InstanceInfo):
-            raise type(result)(f"{path}: {result}")
-        infos.append(result)
+    # The policy decides on the headers. A study that may be de-identified is
+    # scanned for headers only (its digests are those of its copies); any
+    # other is digested in the same pass, each file read once.
+    digested = not config.policy.may_deidentify(peer.code)
+    infos = await anyio.to_thread.run_sync(_scan_files, paths, config, digested)
     studies = {i.study_instance_uid for i in infos}
     if len(studies) != 1 or None in studies:
         raise NotAStudy(f"a transfer carries one study; {_describe(source)} holds {len(studies)}")
-    limits = config.limits
 
     async def as_they_are() -> list[OutgoingInstance]:
-        scanned = await anyio.to_thread.run_sync(
-            lambda: scan_many(paths, digest=config.digest, chunk_size=limits.chunk_size)
-        )
-        instances = []
-        for n, (path, info) in enumerate(zip(paths, scanned, strict=True)):
-            if not isinstance(info, InstanceInfo):
-                raise type(info)(f"{path}: {info}")
-            instances.append(_outgoing(n, path, info, info.digest or ""))
-        return instances
+        if not digested:
+            scanned = await anyio.to_thread.run_sync(_scan_files, paths, config, True)
+        else:
+            scanned = infos
+        return [
+            _outgoing(n, path, info, info.digest or "")
+            for n, (path, info) in enumerate(zip(paths, scanned, strict=True))
+        ]
 
     request = _Request(
         transfer_id=transfer_id, to=peer.code, priority=priority, source_ae=source_ae
@@ -218,6 +213,21 @@ async def queue_held(
         releases=held.id,
     )
     return await _queue(config, ledger, request, [source], open_file_region, None)
+
+
+def _scan_files(paths: list[str], config: NodeConfig, digested: bool) -> list[InstanceInfo]:
+    """Every file's header (and, when ``digested``, its digest and chunk
+    digests); the first file that is not an instance raises its error."""
+    if digested:
+        results = scan_many(paths, digest=config.digest, chunk_size=config.limits.chunk_size)
+    else:
+        results = scan_many(paths)
+    infos: list[InstanceInfo] = []
+    for path, result in zip(paths, results, strict=True):
+        if not isinstance(result, InstanceInfo):
+            raise type(result)(f"{path}: {result}")
+        infos.append(result)
+    return infos
 
 
 def _outgoing(

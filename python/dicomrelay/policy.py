@@ -141,6 +141,18 @@ class Policy:
     def counterpart(self, code: str) -> Counterpart:
         return Counterpart(code=code, role=self.roles.get(code, "other"))
 
+    def may_deidentify(self, code: str) -> bool:
+        """Whether some send rule could de-identify what goes to ``code``,
+        whatever the instance: if none could, a study goes as it is."""
+        counterpart = self.counterpart(code)
+        return any(
+            rule.direction == "send"
+            and rule.deidentify is not None
+            and _within(rule.orgs, counterpart.code)
+            and _within(rule.roles, counterpart.role)
+            for rule in self.rules
+        )
+
     def check(self) -> None:
         """Refuse rules that could let identifiable data reach a research
         organisation: a send rule that allows one without de-identifying."""

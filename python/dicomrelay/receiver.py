@@ -91,14 +91,20 @@ class Committer:
     """Group commit across every connection, by rounds of the instance store.
 
     Instances written while a round is under way wait for the next: each round
-    appends them all, makes them durable with one fdatasync per segment
-    touched, and records their locations, their rows and the store's durable
-    end in one ledger transaction; then their acknowledgements go out (or,
-    if any step failed, every one of the round's failures).
+    appends them, makes them durable with one fdatasync per segment touched,
+    and records their locations, their rows and the store's durable end in one
+    ledger transaction; then their acknowledgements go out (or, if any step
+    failed, every one of the round's failures). A round takes at most
+    ``round_bytes`` (one instance alone may pass): acknowledgements then flow
+    while the senders' windows still hold data for the next round, so the
+    network and the disk work side by side rather than by turns; and the
+    next round appends while this one's rows go into the ledger (the store
+    keeps them in order).
     """
 
-    def __init__(self, store: InstanceStore) -> None:
+    def __init__(self, store: InstanceStore, round_bytes: int) -> None:
         self.store = store
+        self.round_bytes = round_bytes
         self._ready: list[tuple[Stored, Record, Callable[[], None] | None]] = []
         self._wake = anyio.Event()
 
@@ -112,18 +118,40 @@ class Committer:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            batch, self._ready = self._ready, []
-            await self._round(batch)
+        async with anyio.create_task_group() as rounds:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                batch = self._take_round()
+                if self._ready:
+                    self._wake.set()
+                # The next round appends once this one has, while this one's
+                # rows go into the ledger.
+                appended = anyio.Event()
+                rounds.start_soon(self._round, batch, appended.set)
+                await appended.wait()
 
-    async def _round(self, batch: list[tuple[Stored, Record, Callable[[], None] | None]]) -> None:
+    def _take_round(self) -> list[tuple[Stored, Record, Callable[[], None] | None]]:
+        taken, size = 0, 0
+        for item, _, _ in self._ready:
+            if taken and size + item.instance.size > self.round_bytes:
+                break
+            taken += 1
+            size += item.instance.size
+        batch, self._ready = self._ready[:taken], self._ready[taken:]
+        return batch
+
+    async def _round(
+        self,
+        batch: list[tuple[Stored, Record, Callable[[], None] | None]],
+        appended: Callable[[], None],
+    ) -> None:
         failure: BaseException | None = None
         try:
             await self.store.write_round(
                 [record for _, record, _ in batch],
                 [(item.sender, item.transfer_id, item.instance) for item, _, _ in batch],
+                appended=appended,
             )
         except (OSError, DicomrelayError) as e:
             log.error("a storage round failed: %s", e)

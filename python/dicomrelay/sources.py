@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 # A folder (searched recursively), a file, or instances: paths or encoded bytes.
@@ -17,7 +17,7 @@ def materialise(source: Source, outbox: Path) -> list[str]:
     if isinstance(source, str | os.PathLike):
         root = Path(source)
         if root.is_dir():
-            return sorted(os.path.abspath(p) for p in root.rglob("*") if p.is_file())
+            return sorted(_files_under(os.path.abspath(root)))
         return [os.path.abspath(root)]
     paths: list[str] = []
     for n, item in enumerate(source):
@@ -32,3 +32,14 @@ def materialise(source: Source, outbox: Path) -> list[str]:
         else:
             paths.append(os.path.abspath(item))
     return paths
+
+
+def _files_under(folder: str) -> Iterator[str]:
+    """Every regular file under ``folder``, recursively (symbolic links
+    followed, as to a file; a directory entry's type saves a stat per file)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _files_under(entry.path)
+            elif entry.is_file():
+                yield entry.path
