@@ -14,7 +14,7 @@ import pytest
 
 from dicomrelay.errors import LedgerUnavailable, StorageError
 from dicomrelay.instance_store import InstanceStore, Record
-from dicomrelay.ledger import IncomingInstance, Location
+from dicomrelay.ledger import IncomingInstance, Ledger, Location
 from dicomrelay.ledger.reconciliations import ReconciledRow
 from dicomrelay.ledger.sqlite import SqliteLedger, memory_ledger
 from dicomrelay.receiver import Committer, Stored
@@ -40,7 +40,7 @@ class HeldLedger(SqliteLedger):
 
     def __init__(self) -> None:
         super().__init__(":memory:")
-        self.hold: anyio.Event | None = None
+        self.held_round: anyio.Event | None = None
         self.fail_next = False
         self.ends: list[tuple[int, int]] = []
 
@@ -52,9 +52,9 @@ class HeldLedger(SqliteLedger):
         received: Sequence[tuple[str, str, IncomingInstance]],
         reconciled: Sequence[ReconciledRow] = (),
     ) -> None:
-        if self.hold is not None:
-            hold, self.hold = self.hold, None
-            await hold.wait()
+        if self.held_round is not None:
+            held, self.held_round = self.held_round, None
+            await held.wait()
         if self.fail_next:
             self.fail_next = False
             raise LedgerUnavailable("injected: the ledger's disk failed")
@@ -62,7 +62,7 @@ class HeldLedger(SqliteLedger):
         self.ends.append(end)
 
 
-async def open_store(tmp_path: Path, ledger: SqliteLedger) -> InstanceStore:
+async def open_store(tmp_path: Path, ledger: Ledger) -> InstanceStore:
     await ledger.note_incoming("RX1", TID, "1.2.3", 100, "sha256")
     store = await InstanceStore.open(tmp_path / "segments", ledger, segment_size=1 << 22)
     if isinstance(ledger, HeldLedger):
@@ -77,7 +77,7 @@ async def test_the_next_round_appends_while_one_is_recorded_and_the_ledger_keeps
     store = await open_store(tmp_path, ledger)
     first, second = blob(1), blob(2)
     release = anyio.Event()
-    ledger.hold = release
+    ledger.held_round = release
     second_appended = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(
@@ -98,7 +98,8 @@ async def test_the_next_round_appends_while_one_is_recorded_and_the_ledger_keeps
             await second_appended.wait()
         assert not ledger.ends, "nothing recorded while the first round is held"
         release.set()
-    assert ledger.ends == sorted(ledger.ends) and len(ledger.ends) == 2
+    assert ledger.ends == sorted(ledger.ends)
+    assert len(ledger.ends) == 2
     for data, digest in (first, second):
         assert bytes(await store.read_instance(digest)) == data
     store.close()
@@ -116,7 +117,7 @@ async def test_a_failed_round_fails_the_one_appended_after_it_and_cuts_both(
     recorded = ledger.ends[-1]
     first, second, after = blob(1), blob(2), blob(3)
     release = anyio.Event()
-    ledger.hold, ledger.fail_next = release, True
+    ledger.held_round, ledger.fail_next = release, True
     failures: list[str] = []
 
     async def round_(data: bytes, digest: str, index: int) -> None:
@@ -160,7 +161,7 @@ async def test_a_digest_in_two_rounds_in_flight_is_stored_once(tmp_path: Path) -
     store = await open_store(tmp_path, ledger)
     same = blob(7)
     release = anyio.Event()
-    ledger.hold = release
+    ledger.held_round = release
     async with anyio.create_task_group() as tg:
         tg.start_soon(
             store.write_round, [Record(same[0], same[1], "sha256")], [("RX1", TID, row(0, *same))]

@@ -109,7 +109,10 @@ class Committer:
         self._wake = anyio.Event()
 
     def write(
-        self, item: Stored, data: Payload | Path, after: Callable[[], None] | None = None
+        self,
+        item: Stored,
+        data: Payload | bytes | Path,
+        after: Callable[[], None] | None = None,
     ) -> None:
         """Make ``data`` durable as the record of ``item``, record and acknowledge
         it; ``after`` runs (on a worker thread) once the round has succeeded."""
