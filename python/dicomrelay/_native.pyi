@@ -209,6 +209,13 @@ class Channel:
         digest: bytes | None = None,
         base: int = 0,
     ) -> None: ...
+    def send_many_from_files(
+        self,
+        kind: int,
+        chunks: Sequence[tuple[int, int, int, int, int, bytes | None]],
+        *,
+        flags: int = 0,
+    ) -> None: ...
     def take_outgoing(self) -> Payload: ...
     def close(self) -> None: ...
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -164,6 +164,20 @@ class Connection:
             self.channel.send_from_file(
                 kind, fd, offset, length, stream=stream, flags=flags, digest=digest, base=base
             )
+            await self._write()
+
+    async def send_many_from_files(
+        self,
+        kind: Kind,
+        chunks: Sequence[tuple[int, int, int, int, int, bytes | None]],
+        *,
+        flags: int = 0,
+    ) -> None:
+        """One frame per ``(fd, base, offset, length, stream, digest)`` (as
+        ``send_from_file`` takes them), read and queued in one native call and
+        written together: small instances cost a tuple each, not a call."""
+        async with self._send_lock:
+            self.channel.send_many_from_files(kind, chunks, flags=flags)
             await self._write()
 
     async def flush(self) -> None:

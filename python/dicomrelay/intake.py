@@ -456,20 +456,18 @@ async def _check_policy(
     policy = config.policy
     to = request.to
     counterpart = policy.counterpart(to)
-    decisions = [
-        decide(
-            policy,
-            Subject(
-                modality=i.modality,
-                sop_class_uid=i.sop_class_uid,
-                source_ae=request.source_ae,
-                priority=request.priority,
-            ),
-            direction="send",
-            counterpart=counterpart,
+    # The decision is pure and, within a study, depends only on each
+    # instance's modality and SOP class: decided once for each pair.
+    decided: dict[tuple[str | None, str | None], Decision] = {}
+    for pair in {(i.modality, i.sop_class_uid) for i in infos}:
+        subject = Subject(
+            modality=pair[0],
+            sop_class_uid=pair[1],
+            source_ae=request.source_ae,
+            priority=request.priority,
         )
-        for i in infos
-    ]
+        decided[pair] = decide(policy, subject, direction="send", counterpart=counterpart)
+    decisions = [decided[i.modality, i.sop_class_uid] for i in infos]
     refusal = study_refusal(decisions)
     transforms = {d.deidentify for d in decisions}
     if refusal is None and len(transforms) > 1:

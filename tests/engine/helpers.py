@@ -108,6 +108,7 @@ def receiver_config(
     receiver: str = "RX2",
     sender: str = "RX1",
     store: StoreConfig = SMALL_SEGMENTS,
+    limits: Limits = QUICK,
 ) -> NodeConfig:
     """``receiver``, listening on a free port, in ``root / "receiver"``; it knows
     ``sender`` by its certificate (the address is never dialled)."""
@@ -118,6 +119,7 @@ def receiver_config(
         peers=(peer(sender, 1),),
         listen_port=0,
         store=store,
+        limits=limits,
     )
 
 
@@ -132,9 +134,12 @@ async def linked_nodes(
     digest: DigestName = "sha256",
     observer: Callable[[Event], None] | None = None,
     store: StoreConfig = SMALL_SEGMENTS,
+    receiver_limits: Limits = QUICK,
 ) -> AsyncIterator[tuple[Node, Node]]:
     """A listening receiver and a sender configured to reach it, over mutual TLS."""
-    rcfg = receiver_config(orgs, root, receiver=receiver, sender=sender, store=store)
+    rcfg = receiver_config(
+        orgs, root, receiver=receiver, sender=sender, store=store, limits=receiver_limits
+    )
     async with Node(rcfg) as rx:
         assert rx.port is not None
         scfg = node_config(

@@ -219,11 +219,13 @@ async def test_full_disk_at_receiver(orgs: Pki, tmp_path: Path) -> None:
     store = tmp_path / "receiver" / "store"
     limits = dataclasses.replace(QUICK, max_attempts=3, backoff_base=0.05, backoff_cap=0.2)
     segments = StoreConfig(segment_mb=1)
+    # Rounds of a few instances: those that fit are acknowledged, and the first
+    # that does not fails whole.
+    rounds = dataclasses.replace(QUICK, round_bytes=512 << 10)
     with small_filesystem(store, 2) as kind, anyio.fail_after(TIMEOUT):
-        async with linked_nodes(orgs, tmp_path, limits=limits, observer=events, store=segments) as (
-            tx,
-            rx,
-        ):
+        async with linked_nodes(
+            orgs, tmp_path, limits=limits, observer=events, store=segments, receiver_limits=rounds
+        ) as (tx, rx):
             transfer = await tx.send(source, to="RX2")
             with pytest.raises(TransferFailed):
                 await transfer.wait()
@@ -449,3 +451,29 @@ async def test_full_disk_under_the_ledger(orgs: Pki, tmp_path: Path) -> None:
             await assert_delivered(rx, receipt, source_by_sop(study_files(source)))
             queued = await tx.ledger.all_outgoing()
     assert [t.id for t in queued] == [receipt.transfer_id]
+
+
+@pytest.mark.parametrize(
+    ("profile", "path"),
+    [("small", "batched with other small instances"), ("ct", "streamed alone")],
+)
+async def test_a_file_that_shrank_after_it_was_queued_ends_the_transfer_naming_it(
+    orgs: Pki, tmp_path: Path, profile: str, path: str
+) -> None:
+    """A source file cut short between queueing and sending (whether its
+    instance goes in a batch of small ones or alone) is a dead letter naming
+    the file: nothing of it is taken for the instance that was scanned."""
+    source = make_study(tmp_path / "study", 3, profile=profile, seed=7)
+    victim = study_files(source)[1]
+    with anyio.fail_after(TIMEOUT):
+        async with linked_nodes(orgs, tmp_path) as (tx, rx):
+            transfer = await tx.send(source, to="RX2")
+            # Before the outbox runs again: the attempt finds it short.
+            with open(victim, "r+b") as f:
+                f.truncate(victim.stat().st_size // 2)
+            with pytest.raises(TransferFailed, match="shrank after it was scanned") as failed:
+                await transfer.wait()
+            kept = await tx.ledger.outgoing(transfer.id)
+            assert (await rx.status())["done"] == 0
+    assert str(victim) in str(failed.value), path
+    assert kept is not None and kept.state.value == "dead"

@@ -175,6 +175,61 @@ impl Channel {
         })
     }
 
+    /// Queue one frame per item of `chunks`, each `(fd, base, offset, length,
+    /// stream, digest)` as `send_from_file` takes them, in one call with the
+    /// GIL released: many small instances cost one crossing, not one each.
+    /// Stops at the first file that fails; raises EOFError naming its item
+    /// (the frames before it are queued).
+    #[pyo3(signature = (kind, chunks, *, flags=0))]
+    fn send_many_from_files(
+        &mut self,
+        py: Python<'_>,
+        kind: u8,
+        chunks: Vec<FileChunk>,
+        flags: u8,
+    ) -> PyResult<()> {
+        let mut digests = Vec::with_capacity(chunks.len());
+        for (n, chunk) in chunks.iter().enumerate() {
+            digests.push(match &chunk.5 {
+                None => None,
+                Some(d) => Some(<[u8; DIGEST_LEN]>::try_from(d.as_slice()).map_err(|_| {
+                    PyValueError::new_err(format!("item {n}: a chunk digest is 32 bytes"))
+                })?),
+            });
+        }
+        let channel = &mut self.0;
+        let done = py.detach(|| -> Result<(), (usize, PyErr)> {
+            let mut buf = dicomrelay_core::aligned::take_buffer(0);
+            let mut result = Ok(());
+            for (n, ((fd, base, offset, length, stream, _), digest)) in
+                chunks.iter().zip(&digests).enumerate()
+            {
+                result = base
+                    .checked_add(*offset)
+                    .ok_or_else(|| PyValueError::new_err("base + offset overflows"))
+                    .and_then(|at| read_exact_at(*fd, &mut buf, *length, at))
+                    .and_then(|()| {
+                        channel
+                            .send(kind, flags, *stream, *offset, digest.as_ref(), &buf)
+                            .map_err(channel_error)
+                    })
+                    .map_err(|e| (n, e));
+                if result.is_err() {
+                    break;
+                }
+            }
+            dicomrelay_core::aligned::give_back(buf);
+            result
+        });
+        done.map_err(|(n, e)| {
+            if e.is_instance_of::<pyo3::exceptions::PyEOFError>(py) {
+                pyo3::exceptions::PyEOFError::new_err(format!("item {n}: {}", e.value(py)))
+            } else {
+                e
+            }
+        })
+    }
+
     /// Bytes to write to the socket (a `Payload`); empties the queue.
     fn take_outgoing(&mut self) -> Payload {
         Payload(Arc::new(AlignedBytes::unaligned(self.0.take_outgoing())))
@@ -283,6 +338,10 @@ impl Hasher {
 /// Fill `buf` with exactly `length` bytes of the descriptor at `offset` (pread,
 /// leaving the descriptor's own position alone), straight into its spare
 /// capacity: zeroing half a megabyte first would cost more than the read.
+/// One frame of `Channel.send_many_from_files`: (fd, base, offset, length,
+/// stream, digest).
+type FileChunk = (i32, u64, u64, usize, u32, Option<Vec<u8>>);
+
 fn read_exact_at(fd: i32, buf: &mut Vec<u8>, length: usize, offset: u64) -> PyResult<()> {
     buf.clear();
     buf.reserve(length);
