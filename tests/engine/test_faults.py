@@ -476,4 +476,5 @@ async def test_a_file_that_shrank_after_it_was_queued_ends_the_transfer_naming_i
             kept = await tx.ledger.outgoing(transfer.id)
             assert (await rx.status())["done"] == 0
     assert str(victim) in str(failed.value), path
-    assert kept is not None and kept.state.value == "dead"
+    assert kept is not None
+    assert kept.state.value == "dead"
