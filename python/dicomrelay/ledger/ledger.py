@@ -65,6 +65,11 @@ class Driver(Protocol):
         call: a driver may run it again (PostgreSQL, after a deadlock)."""
         ...
 
+    async def read(self, work: Callable[[], Work[T]]) -> T:
+        """Run ``work()``, which only reads, as one transaction that sees the
+        last committed state without waiting for writes in progress."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -90,6 +95,14 @@ class SqlLedger(QuarantineLedger, ReconciliationRecords):
             return (yield query).rows
 
         return await self._driver.run(work)
+
+    async def _read_one(self, query: Query) -> list[Row]:
+        """The rows of one reading statement, beside any write in progress."""
+
+        def work() -> Work[list[Row]]:
+            return (yield query).rows
+
+        return await self._driver.read(work)
 
     # Sending side.
     async def add_outgoing(
@@ -336,8 +349,10 @@ class SqlLedger(QuarantineLedger, ReconciliationRecords):
         await self._driver.run(work)
 
     async def locations(self, store: str, digests: Sequence[str]) -> dict[str, Location]:
+        # Read beside writes: a round's dedupe check never waits for the
+        # round before it to be recorded (the store remembers those digests).
         query = Query(self._sql.locations, (store, self._array(digests)))
-        return {str(d): (int(s), int(o), int(n)) for d, s, o, n in await self._one(query)}
+        return {str(d): (int(s), int(o), int(n)) for d, s, o, n in await self._read_one(query)}
 
     async def segment_usage(self, store: str) -> list[tuple[int, int, int]]:
         rows = await self._one(Query(self._sql.segment_usage, (store,)))

@@ -128,6 +128,11 @@ class PostgresDriver:
                     raise LedgerUnavailable(f"PostgreSQL ledger: {_why(e)}") from e
         raise AssertionError("unreachable")
 
+    async def read(self, work: Callable[[], Work[T]]) -> T:
+        """Reads run as any transaction does: each has a pooled connection
+        of its own, so none waits behind another's writes."""
+        return await self.run(work)
+
     async def close(self) -> None:
         await self._pool.close()
 

@@ -1,5 +1,7 @@
 """The embedded ledger: SQLite in WAL mode, synchronous=FULL, one connection
-driven from worker threads one transaction at a time."""
+driven from worker threads one transaction at a time; and a second, read-only
+one for reads that need not wait behind a write (WAL lets it read the last
+committed state meanwhile)."""
 
 from __future__ import annotations
 
@@ -54,6 +56,15 @@ class SqliteDriver:
                 _raise_unavailable(e)
             raise
         self._limiter = anyio.CapacityLimiter(1)
+        self._reader: sqlite3.Connection | None = None
+        if path != MEMORY:  # an in-memory database is its one connection's alone
+            try:
+                self._reader = self._connect(path)
+                self._reader.execute("PRAGMA query_only=ON")
+            except BaseException:
+                self._db.close()
+                raise
+        self._read_limiter = anyio.CapacityLimiter(1)
 
     @property
     def dialect(self) -> Dialect:
@@ -71,11 +82,12 @@ class SqliteDriver:
         db.execute("PRAGMA busy_timeout=10000")
         return db
 
-    def _execute(self, query: Query) -> Result:
+    def _execute(self, query: Query, db: sqlite3.Connection | None = None) -> Result:
+        db = self._db if db is None else db
         if query.many:
-            cur = self._db.executemany(query.sql, query.params)
+            cur = db.executemany(query.sql, query.params)
         else:
-            cur = self._db.execute(query.sql, query.params)
+            cur = db.execute(query.sql, query.params)
         rows = cur.fetchall() if cur.description is not None else []
         return Result(rows, cur.rowcount)
 
@@ -103,7 +115,30 @@ class SqliteDriver:
             _raise_unavailable(e)
             raise
 
+    async def read(self, work: Callable[[], Work[T]]) -> T:
+        """Run ``work``, which only reads, as one transaction on the reading
+        connection: it sees what was committed when it began and does not
+        wait for a write in progress. (In memory: as ``run``.)"""
+        reader = self._reader
+        if reader is None:
+            return await self.run(work)
+
+        def transaction() -> T:
+            reader.execute("BEGIN")
+            try:
+                return drive(work(), lambda query: self._execute(query, reader))
+            finally:
+                reader.execute("COMMIT")
+
+        try:
+            return await anyio.to_thread.run_sync(transaction, limiter=self._read_limiter)
+        except sqlite3.OperationalError as e:
+            _raise_unavailable(e)
+            raise
+
     async def close(self) -> None:
+        if self._reader is not None:
+            await anyio.to_thread.run_sync(self._reader.close, limiter=self._read_limiter)
         await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
 
 
