@@ -27,6 +27,9 @@ MR = Subject(modality="MR", sop_class_uid="1.2.840.10008.5.1.4.1.1.4", priority=
 KEY = Deidentify(options=(), key_file=Path("/keys/project"))
 TRUST = Counterpart(code="RX2", role="trust")
 RESEARCH = Counterpart(code="RES1", role="research")
+RESEARCH_RULE = Rule(
+    name="research", direction="send", allow=True, roles=frozenset({"research"}), deidentify=KEY
+)
 
 
 def test_without_rules_every_peer_is_allowed_as_before() -> None:
@@ -101,15 +104,7 @@ def test_a_research_destination_gets_only_de_identified_data() -> None:
     assert "research organisation" in refused.reason
     # A rule that de-identifies allows it, and says how.
     policy = Policy(
-        rules=(
-            Rule(
-                name="research",
-                direction="send",
-                allow=True,
-                roles=frozenset({"research"}),
-                deidentify=KEY,
-            ),
-        ),
+        rules=(RESEARCH_RULE,),
         roles=roles,
     )
     allowed = decide(policy, CT, direction="send", counterpart=RESEARCH)
@@ -331,13 +326,7 @@ def test_a_configuration_that_would_leak_to_research_is_refused(tmp_path: Path) 
 def test_only_a_rule_that_can_reach_a_peer_may_de_identify_for_it() -> None:
     policy = Policy(
         rules=(
-            Rule(
-                name="research",
-                direction="send",
-                allow=True,
-                roles=frozenset({"research"}),
-                deidentify=KEY,
-            ),
+            RESEARCH_RULE,
             Rule(name="rx9", direction="send", allow=True, orgs=frozenset({"RX9"}), deidentify=KEY),
             Rule(name="all", direction="send", allow=True),
         ),

@@ -8,14 +8,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from dicomrelay.errors import LedgerUnavailable, StorageError
 from dicomrelay.instance_store import InstanceStore, Record
-from dicomrelay.ledger import IncomingInstance, Ledger, Location
-from dicomrelay.ledger.reconciliations import ReconciledRow
+from dicomrelay.ledger import IncomingInstance, Ledger
 from dicomrelay.ledger.sqlite import SqliteLedger, memory_ledger
 from dicomrelay.receiver import Committer, Stored
 
@@ -44,22 +44,16 @@ class HeldLedger(SqliteLedger):
         self.fail_next = False
         self.ends: list[tuple[int, int]] = []
 
-    async def record_round(
-        self,
-        store: str,
-        end: tuple[int, int],
-        located: Sequence[tuple[str, Location]],
-        received: Sequence[tuple[str, str, IncomingInstance]],
-        reconciled: Sequence[ReconciledRow] = (),
-    ) -> None:
+    async def record_round(self, *args: Any, **kwargs: Any) -> None:
+        """The ledger's own, after the hold and the injected failure."""
         if self.held_round is not None:
             held, self.held_round = self.held_round, None
             await held.wait()
         if self.fail_next:
             self.fail_next = False
             raise LedgerUnavailable("injected: the ledger's disk failed")
-        await super().record_round(store, end, located, received, reconciled)
-        self.ends.append(end)
+        await super().record_round(*args, **kwargs)
+        self.ends.append(args[1])  # (store, end, located, received)
 
 
 async def open_store(tmp_path: Path, ledger: Ledger) -> InstanceStore:
