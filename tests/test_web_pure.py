@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -259,3 +260,16 @@ def test_stow_judges_instances_as_the_scp_does(tmp_path: Path) -> None:
 
 def study_files_of(folder: Path) -> list[Path]:
     return sorted(folder.iterdir())
+
+
+def test_a_preview_is_shrunk_to_fit_by_the_mean_of_what_each_pixel_covers() -> None:
+    grey = np.arange(4 * 6, dtype=np.uint8).reshape(4, 6) * 10
+    small = pixels.shrunk(grey, 3)  # 4 x 6 -> 2 x 3: each pixel the mean of a 2 x 2 block
+    assert small.shape == (2, 3)
+    assert small.tolist() == [[35, 55, 75], [155, 175, 195]]
+    rgb = np.zeros((300, 1000, 3), dtype=np.uint8)
+    rgb[:, :, 1] = 200
+    preview = pixels.shrunk(rgb, 384)
+    assert preview.shape == (115, 384, 3)  # the shape kept
+    assert {tuple(p) for p in preview.reshape(-1, 3).tolist()} == {(0, 200, 0)}
+    assert pixels.shrunk(grey, 6) is grey  # fits already

@@ -11,18 +11,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .chromium import DESKTOP, PHONE, chromium, dump_dom, screenshot, screenshots_dir
 from .helpers import Pki
 from .link_helpers import IMAGES, SERIES, STUDY_DESCRIPTION, link_audit, share, shared_study
+from .web_helpers import read_picture, size_of
 
 
 def looks_drawn(path: Path, size: tuple[int, int]) -> np.ndarray:
     """A screenshot of the expected size that shows something (not one flat colour)."""
-    with Image.open(path) as image:
-        assert image.size == size
-        pixels = np.asarray(image.convert("RGB"))
+    found, decoded = read_picture(path.read_bytes())
+    assert found == "PNG"
+    assert size_of(decoded) == size
+    pixels = decoded[:, :, :3]
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
     return pixels
 

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagecodecs
+import numpy as np
 import pydicom
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from dicomweb_client.api import DICOMwebClient
@@ -19,6 +21,23 @@ from dicomrelay.node import Node
 from peers import dicomrelay_command, run
 
 from .helpers import Pki, closed_port
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_picture(data: bytes) -> tuple[str, np.ndarray]:
+    """A picture's format, by its signature, and its pixels decoded: rows x
+    columns (grey) or rows x columns x channels."""
+    if data.startswith(PNG_SIGNATURE):
+        return "PNG", np.asarray(imagecodecs.png_decode(data))
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG", np.asarray(imagecodecs.jpeg8_decode(data))
+    raise AssertionError(f"neither PNG nor JPEG: {data[:8]!r}")
+
+
+def size_of(pixels: np.ndarray) -> tuple[int, int]:
+    """(width, height), as an image viewer says it."""
+    return pixels.shape[1], pixels.shape[0]
 
 
 def write_config(root: Path, orgs: Pki, *, https: bool = False, rules: str = "") -> Path:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio.to_thread
-from PIL import Image
 from pydicom import Dataset
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -319,9 +318,8 @@ def _representative(members: Sequence[StoredAttributes]) -> StoredAttributes:
 
 def _preview_jpeg(located: retrieve.Located, a: StoredAttributes) -> bytes:
     frames = pixels.frame_count(a)
-    image = retrieve.rendered_image(located, a, (frames + 1) // 2)
-    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
-    return pixels.encode(image, "image/jpeg")
+    picture = retrieve.rendered_image(located, a, (frames + 1) // 2)
+    return pixels.encode(pixels.shrunk(picture, PREVIEW_SIDE), "image/jpeg")
 
 
 def _summary(

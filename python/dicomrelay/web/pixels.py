@@ -5,14 +5,14 @@ bytes live is the store's business only."""
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import imagecodecs
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 from pydicom import Dataset
 
 from dicomrelay.errors import BadRequest
@@ -38,8 +38,13 @@ FRAME_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.203": "image/jphc",
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
-# What Pillow decodes of them.
-PILLOW_DECODES = {"image/jpeg", "image/jp2"}
+# What is decoded of them for rendering, and how.
+DECODERS: dict[str, Callable[[bytes], NDArray[Any]]] = {
+    "image/jpeg": imagecodecs.jpeg8_decode,
+    "image/jp2": imagecodecs.jpeg2k_decode,
+}
+# A rendered frame: 8-bit, rows x columns (grey) or rows x columns x 3 (RGB).
+Picture = NDArray[np.uint8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +169,8 @@ def _window(values: NDArray[np.float64], header: Dataset) -> NDArray[np.uint8]:
     return out
 
 
-def native_image(data: bytes, a: StoredAttributes, header: Dataset) -> Image.Image:
-    """An uncompressed frame as an 8-bit image."""
+def native_image(data: bytes, a: StoredAttributes, header: Dataset) -> Picture:
+    """An uncompressed frame as an 8-bit picture."""
     bits = a.bits_allocated or 16
     signed = int(header.get("PixelRepresentation", 0) or 0) == 1
     dtype = {
@@ -181,32 +186,55 @@ def native_image(data: bytes, a: StoredAttributes, header: Dataset) -> Image.Ima
         rgb = pixels.reshape(a.rows, a.columns, 3)
         if header.get("PlanarConfiguration", 0) == 1:
             rgb = pixels.reshape(3, a.rows, a.columns).transpose(1, 2, 0)
-        return Image.fromarray(np.ascontiguousarray(rgb.astype(np.uint8)), "RGB")
+        return np.ascontiguousarray(rgb.astype(np.uint8))
     grey = pixels[: a.rows * a.columns].reshape(a.rows, a.columns).astype(np.float64)
-    return Image.fromarray(_window(grey, header), "L")
+    return _window(grey, header)
 
 
-def encapsulated_image(data: bytes, media_type: str) -> Image.Image:
-    if media_type not in PILLOW_DECODES:
+def encapsulated_image(data: bytes, media_type: str) -> Picture:
+    """A JPEG or JPEG 2000 frame decoded, as an 8-bit picture (more than 8
+    bits scaled from its darkest to its brightest; an alpha channel dropped)."""
+    decode = DECODERS.get(media_type)
+    if decode is None:
         raise BadRequest(f"frames of {media_type} are not rendered", 406)
     try:
-        image: Image.Image = Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, ValueError) as e:
+        decoded = np.asarray(decode(data))
+    except (RuntimeError, ValueError) as e:
         raise BadRequest(f"the frame cannot be decoded: {e}", 406) from None
-    if image.mode not in ("L", "RGB"):
-        image = (
-            image.convert("RGB")
-            if "A" in image.mode or image.mode == "CMYK"
-            else image.convert("L")
-        )
-    return image
+    if decoded.ndim == 3 and decoded.shape[2] == 1:
+        decoded = decoded[:, :, 0]
+    elif decoded.ndim == 3:
+        decoded = decoded[:, :, :3]
+    if decoded.ndim not in (2, 3) or (decoded.ndim == 3 and decoded.shape[2] != 3):
+        raise BadRequest(f"a frame of shape {decoded.shape} is not rendered", 406)
+    if decoded.dtype == np.uint8:
+        return np.ascontiguousarray(decoded)
+    values = decoded.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / max(high - low, 1e-9) * 255.0
+    return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
-def encode(image: Image.Image, media_type: str) -> bytes:
-    out = io.BytesIO()
+def shrunk(picture: Picture, side: int) -> Picture:
+    """``picture`` made to fit ``side`` x ``side``, its shape kept: each new
+    pixel the mean of the ones it covers (a picture that fits is as it was)."""
+    rows, columns = picture.shape[:2]
+    scale = side / max(rows, columns)
+    if scale >= 1:
+        return picture
+    new_rows, new_columns = max(1, round(rows * scale)), max(1, round(columns * scale))
+    row_edges = np.linspace(0, rows, new_rows + 1).astype(np.intp)[:-1]
+    column_edges = np.linspace(0, columns, new_columns + 1).astype(np.intp)[:-1]
+    values = picture.astype(np.float64)
+    summed = np.add.reduceat(np.add.reduceat(values, row_edges, axis=0), column_edges, axis=1)
+    counts = np.outer(np.diff([*row_edges, rows]), np.diff([*column_edges, columns]))
+    if picture.ndim == 3:
+        counts = counts[:, :, None]
+    out: Picture = np.clip(np.rint(summed / counts), 0, 255).astype(np.uint8)
+    return out
+
+
+def encode(picture: Picture, media_type: str) -> bytes:
     if media_type == "image/png":
-        image.save(out, format="PNG")
-    else:
-        image.save(out, format="JPEG", quality=90)
-    return out.getvalue()
+        return bytes(imagecodecs.png_encode(picture))
+    return bytes(imagecodecs.jpeg8_encode(picture, level=90))

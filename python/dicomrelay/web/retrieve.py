@@ -8,8 +8,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
-from PIL import Image
-
 from dicomrelay.errors import InstanceNotStored
 from dicomrelay.instance_store import InstanceReader, InstanceStore
 from dicomrelay.ledger.archive import StoredAttributes
@@ -112,8 +110,8 @@ def frames(located: Located, a: StoredAttributes, numbers: list[int]) -> list[Fr
     return pixels.pick(pixels.frames_of(a, read), numbers)
 
 
-def rendered_image(located: Located, a: StoredAttributes, number: int) -> Image.Image:
-    """A frame of a stored instance as an 8-bit image (BadRequest if it cannot be)."""
+def rendered_image(located: Located, a: StoredAttributes, number: int) -> pixels.Picture:
+    """A frame of a stored instance as an 8-bit picture (BadRequest if it cannot be)."""
     [frame] = frames(located, a, [number])
     data = b"".join(read_range(located, a.digest, start, stop) for start, stop in frame.pieces)
     if a.encapsulated:

@@ -2,9 +2,9 @@
 the DICOMDIR first, then each instance read from the store a chunk at a
 time only when its turn comes, so memory stays flat however large the study.
 
-The archive is made by zipstream-ng: entries stored (no compression: pixel
-data hardly compresses, and stored entries cost no CPU), Zip64 where sizes
-or offsets pass 4 GB, each entry's CRC in a data descriptor after its bytes.
+The archive (``zip_stream``): entries stored (no compression: pixel data
+hardly compresses, and stored entries cost no CPU), Zip64 where sizes or
+offsets pass 4 GB, each entry's CRC in a data descriptor after its bytes.
 Every size is known beforehand, so the archive's length is too: the browser
 shows a download's progress."""
 
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from zipstream import ZIP_STORED, ZipStream
-
 from dicomrelay.ledger.archive import StoredAttributes
 from dicomrelay.web import dicom_json, dicomdir
 from dicomrelay.web.retrieve import Located, header_of
+from dicomrelay.web.zip_stream import StoredZip
 
 DICOMDIR_NAME = "DICOMDIR"
 
@@ -51,7 +50,7 @@ def _chunks(located: Located, digest: str) -> Iterator[bytes]:
         yield from stored
 
 
-def study_zip(located: Located, instances: Sequence[StoredAttributes]) -> ZipStream:
+def study_zip(located: Located, instances: Sequence[StoredAttributes]) -> StoredZip:
     """The archive, ready to iterate (``len()`` is its size in bytes). Reads
     every instance's header first (for the DICOMDIR), on a worker thread."""
     placed = dicomdir.lay_out(media_instances(located, instances))
@@ -62,11 +61,7 @@ def study_zip(located: Located, instances: Sequence[StoredAttributes]) -> ZipStr
     )
 
 
-def stored_zip(directory: bytes, files: Sequence[tuple[str, int, Iterable[bytes]]]) -> ZipStream:
+def stored_zip(directory: bytes, files: Sequence[tuple[str, int, Iterable[bytes]]]) -> StoredZip:
     """A ZIP of the DICOMDIR and of ``(path, size, chunks)`` files, stored,
     each file's chunks taken only when the archive reaches it."""
-    archive = ZipStream(compress_type=ZIP_STORED, sized=True)
-    archive.add(directory, DICOMDIR_NAME)
-    for path, size, chunks in files:
-        archive.add(chunks, path, size=size)
-    return archive
+    return StoredZip([(DICOMDIR_NAME, len(directory), [directory]), *files])
