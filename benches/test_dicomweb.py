@@ -22,18 +22,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
 from benches import races
-from benches.peers import ENV, free_port, listening, rounds, settle_disk
+from benches.peers import ENV, Server, free_port, listening, rounds, settle_disk
 from dicomrelay import pki
 from dicomrelay.loadtest.run import LoadtestOptions, run_loadtest
 from dicomrelay.web.multipart import MultipartParser, PartEnd
@@ -147,6 +146,20 @@ def web_node(
         yield WebNode(server, base, token, study, size, link)
 
 
+def node_round(
+    benchmark: Any, web_node: WebNode, fetch: Callable[[], tuple[int, int, float]]
+) -> tuple[races.Round, int]:
+    """One timed fetch of the 1,000-slice study from the node, the node's CPU
+    per image for it, and the bytes received."""
+    node = Server(web_node.pid)
+    before = node.cpu()
+    instances, received, seconds = benchmark.pedantic(fetch, rounds=1, iterations=1)
+    spent = node.cpu() - before
+    assert instances == 1000
+    cpu = {"sender": spent.per_image_ms(instances)}
+    return races.Round(images=instances, seconds=seconds, cpu_ms_per_image=cpu), received
+
+
 def wado_race() -> races.Race:
     return races.race(
         report="dicomweb",
@@ -187,22 +200,8 @@ def test_wado_retrieval_vs_loadtest(
             },
         )
     else:
-        process = psutil.Process(web_node.pid)
-        before = process.cpu_times()
-        instances, received, seconds = benchmark.pedantic(web_node.retrieve, rounds=1, iterations=1)
-        after = process.cpu_times()
-        assert instances == 1000
+        measured, received = node_round(benchmark, web_node, web_node.retrieve)
         assert received > web_node.size
-        measured = races.Round(
-            images=instances,
-            seconds=seconds,
-            cpu_ms_per_image={
-                "sender": {
-                    "user": round(1000 * (after.user - before.user) / instances, 3),
-                    "system": round(1000 * (after.system - before.system) / instances, 3),
-                }
-            },
-        )
     wado_race().record(name, measured)
     benchmark.extra_info.update(
         images=measured.images,
@@ -253,21 +252,8 @@ def link_race() -> races.Race:
 def test_link_zip_vs_wado(benchmark: Any, web_node: WebNode, round_: int, name: str) -> None:
     benchmark.group = "dicomweb-link-zip"
     fetch = web_node.download if name == "link-zip" else web_node.retrieve
-    process = psutil.Process(web_node.pid)
-    before = process.cpu_times()
-    instances, received, seconds = benchmark.pedantic(fetch, rounds=1, iterations=1)
-    after = process.cpu_times()
-    assert instances == 1000
-    measured = races.Round(
-        images=instances,
-        seconds=seconds,
-        cpu_ms_per_image={
-            "sender": {
-                "user": round(1000 * (after.user - before.user) / instances, 3),
-                "system": round(1000 * (after.system - before.system) / instances, 3),
-            }
-        },
-    )
+    measured, received = node_round(benchmark, web_node, fetch)
+    instances, seconds = measured.images, measured.seconds
     link_race().record(name, measured)
     benchmark.extra_info.update(
         images=instances,

@@ -19,6 +19,7 @@ from pathlib import Path
 from dicomrelay._native import Payload, SegmentReader, scan
 from dicomrelay.dicom.part10 import file_meta
 from dicomrelay.errors import CorruptRecord, StorageError, UnknownStudy
+from dicomrelay.folders import sync_folder
 from dicomrelay.instance_store import STORE_NAME_FILE
 from dicomrelay.ledger import Ledger, Location
 
@@ -112,9 +113,5 @@ async def export_study(
         part10 = await anyio.to_thread.run_sync(as_part10, data)
         await anyio.to_thread.run_sync(_write_durably, path, part10)
         written.append(path)
-    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    await anyio.to_thread.run_sync(sync_folder, out_dir)
     return Exported(written=written, missing=missing)

@@ -56,6 +56,7 @@ from dicomrelay.errors import (
     RewriteError,
     StorageError,
 )
+from dicomrelay.folders import sync_folder
 from dicomrelay.ledger import IncomingInstance, Ledger, Location
 from dicomrelay.ledger.reconciliations import ReconciledInstance, ReconciledRow
 from dicomrelay.rewrite import Edit, Rewritten, rewrite
@@ -114,11 +115,7 @@ def store_name(root: Path) -> str:
         f.flush()
         os.fsync(f.fileno())
     os.replace(temp, path)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_folder(root)
     return name
 
 

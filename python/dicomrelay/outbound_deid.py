@@ -35,6 +35,7 @@ from dicomrelay.deidentify import (
 )
 from dicomrelay.edits import Edit
 from dicomrelay.errors import BurnedInAnnotation
+from dicomrelay.folders import sync_folder
 from dicomrelay.policy import Deidentify
 from dicomrelay.rewrite import copy_range
 from dicomrelay.spool import Region, Spool, mapped
@@ -162,7 +163,7 @@ def spool_study(
                 os.close(region.fd)
         infos = spool.finish()
         if held:
-            _sync_folder(quarantine)
+            sync_folder(quarantine)
     except BaseException:
         SpooledStudy(spool, [], held, []).discard()
         raise
@@ -222,11 +223,3 @@ def _hold(
     hasher = Hasher(digest)
     hasher.update(view)
     return HeldCopy(source, refusal, hold_id, path, hasher.hexdigest(), region.length)
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

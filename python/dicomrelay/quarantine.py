@@ -32,6 +32,7 @@ import anyio.to_thread
 from dicomrelay._native import scan_file
 from dicomrelay.config import NodeConfig
 from dicomrelay.errors import CannotRelease, NotHeld
+from dicomrelay.folders import sync_folder
 from dicomrelay.intake import QUARANTINE, Queued, queue_held
 from dicomrelay.ledger import Ledger
 from dicomrelay.ledger.quarantine import HeldInstance, HoldState
@@ -110,8 +111,4 @@ async def delete(config: NodeConfig, ledger: Ledger, hold_id: str) -> HeldInstan
 
 def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_folder(path.parent)

@@ -33,6 +33,7 @@ from typing import Literal, TypeAlias
 
 from dicomrelay import _native
 from dicomrelay.errors import RewriteError
+from dicomrelay.folders import sync_folder
 
 __all__ = [
     "AddItem",
@@ -291,7 +292,7 @@ def rewrite_file(
         raise
     os.close(out)
     os.replace(partial, dst)
-    _sync_folder(dst.parent)
+    sync_folder(dst.parent)
     return result
 
 
@@ -325,11 +326,3 @@ def copy_range(source: int, out: int, offset: int, length: int, name: Path) -> N
         if n == 0:
             raise OSError(errno.EIO, "the source file ended before its pixel data did", str(name))
         offset += n
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

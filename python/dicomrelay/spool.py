@@ -31,6 +31,7 @@ from pathlib import Path
 from dicomrelay import _native
 from dicomrelay.config import DigestName
 from dicomrelay.errors import DicomParseError
+from dicomrelay.folders import sync_folder
 from dicomrelay.rewrite import Edit, copy_range, rewrite
 
 SPOOLED = "spool:"
@@ -158,7 +159,7 @@ class Spool:
             infos = [f.result() for f in self._scans]
         finally:
             self._close()
-        _sync_folder(self.path.parent)
+        sync_folder(self.path.parent)
         return infos
 
     def _close(self) -> None:
@@ -173,14 +174,6 @@ class Spool:
         """Give up on the spool (the transfer was not recorded)."""
         self._close()
         remove(self.path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove(folder: Path) -> None:

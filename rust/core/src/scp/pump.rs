@@ -402,6 +402,7 @@ fn run(
 mod tests {
     use super::*;
     use crate::pdu::{fragment_pdata, Pdu};
+    use crate::scp::receiver::tests::element;
     use crate::scp::{Implementation, ReceiverConfig, SparePool};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -460,14 +461,6 @@ mod tests {
         assert!(wakes.load(Ordering::SeqCst) >= 1);
         pump.stop();
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn element(group: u16, element: u16, value: &[u8]) -> Vec<u8> {
-        let mut out = group.to_le_bytes().to_vec();
-        out.extend(element.to_le_bytes());
-        out.extend((value.len() as u32).to_le_bytes());
-        out.extend(value);
-        out
     }
 
     /// A C-STORE of instance `command_uid` whose data set names `dataset_uid`.

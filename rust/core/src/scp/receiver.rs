@@ -478,14 +478,15 @@ impl Receiver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pdu::fragment_pdata;
     use crate::scp::SparePool;
 
     const SYNTAX: &str = "1.2.840.10008.1.2.1";
 
-    fn element(group: u16, element: u16, value: &[u8]) -> Vec<u8> {
+    /// An implicit VR little endian element (the test messages' encoding).
+    pub(crate) fn element(group: u16, element: u16, value: &[u8]) -> Vec<u8> {
         let mut out = group.to_le_bytes().to_vec();
         out.extend(element.to_le_bytes());
         out.extend((value.len() as u32).to_le_bytes());
