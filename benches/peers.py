@@ -6,6 +6,7 @@ import os
 import resource
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -95,23 +96,41 @@ class Server:
         return Cpu(times.user, times.system)
 
 
+STOP_SECONDS = 10.0  # a server told to stop (SIGTERM) ends within this
+
+
 @contextmanager
 def listening(command: Sequence[str], port: int) -> Iterator[Server]:
-    """Run a server until the block ends; enter once it accepts connections."""
-    proc = subprocess.Popen(
-        list(command), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
+    """Run a server until the block ends; enter once it accepts connections.
+    A server that outlives SIGTERM by ``STOP_SECONDS`` is killed, and the
+    failure shows the end of what it wrote."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(list(command), env=ENV, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            _wait_listening(port)
+            yield Server(proc.pid)
+        finally:
+            proc.terminate()
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nothing listens on port {port}") from None
-                time.sleep(0.05)
-        yield Server(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+                proc.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                log.seek(0)
+                tail = log.read()[-4000:].decode(errors="replace")
+                raise AssertionError(
+                    f"{' '.join(command[-3:])}: still running {STOP_SECONDS:g} s after"
+                    f" SIGTERM; the end of its output:\n{tail}"
+                ) from None
+
+
+def _wait_listening(port: int, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on port {port}") from None
+            time.sleep(0.05)

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import orjson
+
+from dicomrelay import event_loop
 
 if TYPE_CHECKING:
     from dicomrelay.audit import AuditRecord
@@ -94,7 +95,7 @@ def run_audit(args: argparse.Namespace) -> int:
         finally:
             await ledger.close()
 
-    records = anyio.run(read)
+    records = event_loop.run(read)
     if args.atna is not None:
         text = "".join(atna_message(r, source=config.org) + "\n" for r in records)
         args.atna.write_text(text, encoding="utf-8")

@@ -8,16 +8,13 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import ssl
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from dicomrelay import InstanceInfo, scan_many
+from dicomrelay import InstanceInfo, event_loop, scan_many
 from dicomrelay.cli.scan_command import files_under
 from dicomrelay.dicom.dimse import Status
 from dicomrelay.dicom.scu import AssociationError, Client, contexts_for
@@ -158,14 +155,6 @@ def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     )
 
 
-def _uvloop() -> dict[str, bool]:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
-
-
 def run_echo(args: argparse.Namespace) -> int:
     try:
         tls = _client_tls(args)
@@ -184,7 +173,7 @@ def run_echo(args: argparse.Namespace) -> int:
             return await client.echo()
 
     # A failure (PeerUnreachable, AssociationError, TlsError) is one line, by main.
-    status = anyio.run(echo, backend_options=_uvloop())
+    status = event_loop.run(echo)
     sys.stdout.write(f"C-ECHO status {status:#06x}\n")
     return 0 if status == Status.SUCCESS else 1
 
@@ -245,7 +234,7 @@ def run_store(args: argparse.Namespace) -> int:
 
     # A failure (PeerUnreachable, AssociationError, TlsError) is one line, by main.
     t0 = time.perf_counter()
-    failed = anyio.run(store, backend_options=_uvloop())
+    failed = event_loop.run(store)
     seconds = time.perf_counter() - t0
     sent = len(files) - failed
     sys.stdout.write(f"sent {sent} of {len(files)} in {seconds:.2f} s\n")
@@ -280,19 +269,8 @@ def run_scp(args: argparse.Namespace) -> int:
         )
 
     async def serve() -> None:
-        # SIGTERM and SIGINT cancel the server through the event loop, never as
-        # an exception raised wherever the main thread happens to be.
-        async with anyio.create_task_group() as tg:
+        await scp.serve(args.host, args.port, ready=ready)
 
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
-                        tg.cancel_scope.cancel()
-
-            tg.start_soon(stop_on_signal)
-            await scp.serve(args.host, args.port, ready=ready)
-            tg.cancel_scope.cancel()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve, backend_options=_uvloop())
+    with contextlib.suppress(KeyboardInterrupt):  # SIGTERM or SIGINT: stopped
+        event_loop.run(serve)
     return 0

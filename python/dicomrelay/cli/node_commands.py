@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import orjson
 
-from dicomrelay import wakeup
+from dicomrelay import event_loop, wakeup
 from dicomrelay.errors import DicomrelayError, first_failure
 
 if TYPE_CHECKING:  # imported where used: a command loads only what it runs
@@ -72,14 +72,6 @@ def register(sub: Any) -> None:
     status.set_defaults(run=run_status)
 
 
-def _uvloop() -> dict[str, bool]:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from dicomrelay.config import NodeConfig
     from dicomrelay.node import Node
@@ -94,8 +86,9 @@ def run_serve(args: argparse.Namespace) -> int:
             where += f", DICOMweb on port {node.web_port}"
         logging.getLogger("dicomrelay").info("node %s serving (%s)", config.org, where)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(lambda: serve_forever(config, started=started), backend_options=_uvloop())
+    with contextlib.suppress(KeyboardInterrupt):  # SIGTERM or SIGINT
+        event_loop.run(lambda: serve_forever(config, started=started))
+    logging.getLogger("dicomrelay").info("node %s stopped", config.org)
     return 0
 
 
@@ -166,7 +159,7 @@ def _run(main: Callable[[], Awaitable[T]]) -> T:
     """Run ``main``; a node's failure (raised in a task group) as itself, for
     the one-line report every DicomrelayError gets."""
     try:
-        return anyio.run(main, backend_options=_uvloop())
+        return event_loop.run(main)
     except BaseExceptionGroup as group:
         failure = first_failure(group)
         if isinstance(failure, DicomrelayError):
@@ -275,7 +268,7 @@ def run_retry(args: argparse.Namespace) -> int:
         finally:
             await ledger.close()
 
-    anyio.run(retry)
+    event_loop.run(retry)
     if wakeup.poke(config.data_dir):
         sys.stderr.write(f"transfer {args.transfer_id} queued again\n")
     else:
@@ -316,7 +309,7 @@ def run_export(args: argparse.Namespace) -> int:
             await ledger.close()
         return len(done.written), done.missing
 
-    written, missing = anyio.run(export)
+    written, missing = event_loop.run(export)
     sys.stderr.write(f"{written} instances of {args.study} written to {args.out_dir}\n")
     if missing:
         sys.stderr.write(
@@ -346,7 +339,7 @@ def run_status(args: argparse.Namespace) -> int:
         finally:
             await ledger.close()
 
-    report = anyio.run(status)
+    report = event_loop.run(status)
     counts, rows, dead_letters = report["counts"], report["transfers"], report["dead_letters"]
     held, needs = report["held"], report["needs_reconciliation"]
     if args.json:

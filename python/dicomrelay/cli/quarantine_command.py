@@ -11,10 +11,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import orjson
 
-from dicomrelay import wakeup
+from dicomrelay import event_loop, wakeup
 
 if TYPE_CHECKING:
     from dicomrelay.config import NodeConfig
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         "release": _release,
         "delete": _delete,
     }[args.action]
-    return anyio.run(_with_ledger, config, action, args)
+    return event_loop.run(lambda: _with_ledger(config, action, args))
 
 
 async def _with_ledger(

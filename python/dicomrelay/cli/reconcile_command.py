@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import orjson
 
+from dicomrelay import event_loop
+
 if TYPE_CHECKING:
     from dicomrelay.ledger.reconciliations import Reconciliation
 
@@ -93,7 +95,7 @@ def _list(config: Any, as_json: bool) -> int:
         finally:
             await ledger.close()
 
-    rows = anyio.run(held)
+    rows = event_loop.run(held)
     if as_json:
         sys.stdout.write(orjson.dumps({"needs_reconciliation": rows}).decode() + "\n")
     elif rows:
@@ -147,7 +149,7 @@ def _resolve(config: Any, args: argparse.Namespace) -> int:
         finally:
             await ledger.close()
 
-    n, after = anyio.run(resolve)
+    n, after = event_loop.run(resolve)
     if not after:
         sys.stderr.write(
             f"study {study}: {n} held transfer(s) filed under {patient}; no node serves"

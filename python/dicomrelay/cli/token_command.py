@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dicomrelay import event_loop
+
 
 def register(sub: Any) -> None:
     token = sub.add_parser("token", help="API tokens for the node's DICOMweb callers")
@@ -31,7 +33,6 @@ def register(sub: Any) -> None:
 
 
 def _with_ledger(config_path: Path, work: Any) -> Any:
-    import anyio
 
     from dicomrelay.config import NodeConfig
     from dicomrelay.ledger import open_ledger
@@ -47,7 +48,7 @@ def _with_ledger(config_path: Path, work: Any) -> Any:
         finally:
             await ledger.close()
 
-    return anyio.run(main)
+    return event_loop.run(main)
 
 
 def run_create(args: argparse.Namespace) -> int:

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
 
-from dicomrelay import pki, synth
+from dicomrelay import event_loop, pki, synth
 from dicomrelay._native import InstanceInfo, scan_many
 from dicomrelay.config import DigestName
 from dicomrelay.loadtest import worker
@@ -183,7 +182,7 @@ def _run_in_process(
                 result["held"] = counts.get("reconciliations_held", 0)
             return result
 
-    result = anyio.run(go, backend_options={"use_uvloop": worker._has_uvloop()})
+    result = event_loop.run(go)
     keys = ("reconciled_at", "reconciled", "held")
     reconciled: dict[str, Any] = {k: result[k] for k in keys if k in result}
     return dict(result), reconciled

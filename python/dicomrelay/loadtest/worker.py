@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import orjson
 
+from dicomrelay import event_loop
 from dicomrelay.allocator import keep_freed_memory
 from dicomrelay.config import DigestName, NodeConfig, Peer
 from dicomrelay.ledger import Ledger
@@ -239,15 +240,7 @@ def main(argv: list[str]) -> None:
             sizes = {f: f.stat().st_size for s in studies for f in s.iterdir()}
             emit({"result": await run_sender(config, studies, emit, sizes)})
 
-    anyio.run(go, backend_options={"use_uvloop": _has_uvloop()})
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    anyio.run(go, backend_options=event_loop.backend_options())
 
 
 if __name__ == "__main__":
