@@ -40,12 +40,10 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
     loop has ended (signals are watched from the main thread only)."""
     results: list[T] = []
     failures: list[Exception] = []
-    signalled: list[int] = []
 
     async def watch(scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            async for number in signals:
-                signalled.append(number)
+            async for _ in signals:
                 scope.cancel()
                 return  # the receiver closes: the next signal has its default action
 
@@ -63,6 +61,6 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
     anyio.run(supervised, backend_options=backend_options())
     if failures:
         raise failures[0]
-    if signalled or not results:
+    if not results:  # only a signal cancels the work
         raise KeyboardInterrupt
     return results[0]

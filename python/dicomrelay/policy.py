@@ -109,10 +109,13 @@ class Rule:
         if not self.allow and (self.deidentify is not None or self.reconcile is not None):
             raise ConfigurationError(f"rule {self.name}: a refusing rule applies no transforms")
 
+    def reaches(self, counterpart: Counterpart) -> bool:
+        """Whether the rule applies to this organisation, whatever the instance."""
+        return _within(self.orgs, counterpart.code) and _within(self.roles, counterpart.role)
+
     def matches(self, subject: Subject, counterpart: Counterpart) -> bool:
         return (
-            _within(self.orgs, counterpart.code)
-            and _within(self.roles, counterpart.role)
+            self.reaches(counterpart)
             and _within(self.modalities, subject.modality)
             and _within(self.sop_classes, subject.sop_class_uid)
             and _within(self.source_aes, subject.source_ae)
@@ -146,10 +149,7 @@ class Policy:
         whatever the instance: if none could, a study goes as it is."""
         counterpart = self.counterpart(code)
         return any(
-            rule.direction == "send"
-            and rule.deidentify is not None
-            and _within(rule.orgs, counterpart.code)
-            and _within(rule.roles, counterpart.role)
+            rule.direction == "send" and rule.deidentify is not None and rule.reaches(counterpart)
             for rule in self.rules
         )
 
@@ -160,9 +160,7 @@ class Policy:
         for rule in self.rules:
             if rule.direction != "send" or not rule.allow or rule.deidentify is not None:
                 continue
-            reached = [
-                c for c in research if _within(rule.orgs, c) and _within(rule.roles, "research")
-            ]
+            reached = [c for c in research if rule.reaches(Counterpart(code=c, role="research"))]
             if reached:
                 raise ConfigurationError(
                     f"rule {rule.name} sends to research organisation {reached[0]} "

@@ -188,9 +188,7 @@ class Attempt:
                         base=base,
                     )
                 except EOFError:
-                    raise AttemptFailed(
-                        f"{inst.path} shrank after it was scanned", retriable=False
-                    ) from None
+                    raise _shrank(inst.path) from None
                 offset += n
                 self.control.streamed(n, time.monotonic())  # a peer that stops reading stalls
         finally:
@@ -231,9 +229,7 @@ class Attempt:
                     ),
                     "a source file",
                 )
-                raise AttemptFailed(
-                    f"{shrunk} shrank after it was scanned", retriable=False
-                ) from None
+                raise _shrank(shrunk) from None
         finally:
             for fd, _, _ in opened:
                 os.close(fd)
@@ -257,3 +253,8 @@ class Attempt:
                 retriable=False,
             )
         return receipt
+
+
+def _shrank(path: str) -> AttemptFailed:
+    """A source file cut short since it was scanned: sending it again cannot help."""
+    return AttemptFailed(f"{path} shrank after it was scanned", retriable=False)

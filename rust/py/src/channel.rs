@@ -114,17 +114,11 @@ impl Channel {
         flags: u8,
         digest: Option<&[u8]>,
     ) -> PyResult<()> {
-        let digest: Option<&[u8; DIGEST_LEN]> = match digest {
-            None => None,
-            Some(d) => Some(
-                d.try_into()
-                    .map_err(|_| PyValueError::new_err("a chunk digest is 32 bytes"))?,
-            ),
-        };
+        let digest = chunk_digest(digest)?;
         let view = ByteView::new(payload)?;
         let bytes = view.as_slice();
         let channel = &mut self.0;
-        let mut send = || channel.send(kind, flags, stream, offset, digest, bytes);
+        let mut send = || channel.send(kind, flags, stream, offset, digest.as_ref(), bytes);
         let result = if bytes.len() >= DETACH_THRESHOLD {
             py.detach(send)
         } else {
@@ -151,25 +145,12 @@ impl Channel {
         digest: Option<&[u8]>,
         base: u64,
     ) -> PyResult<()> {
-        let at = base
-            .checked_add(offset)
-            .ok_or_else(|| PyValueError::new_err("base + offset overflows"))?;
-        let digest: Option<&[u8; DIGEST_LEN]> = match digest {
-            None => None,
-            Some(d) => Some(
-                d.try_into()
-                    .map_err(|_| PyValueError::new_err("a chunk digest is 32 bytes"))?,
-            ),
-        };
+        let digest = chunk_digest(digest)?;
         let channel = &mut self.0;
         py.detach(|| -> PyResult<()> {
             let mut buf = dicomrelay_core::aligned::take_buffer(length);
-            let read = read_exact_at(fd, &mut buf, length, at);
-            let sent = read.and_then(|()| {
-                channel
-                    .send(kind, flags, stream, offset, digest, &buf)
-                    .map_err(channel_error)
-            });
+            let chunk = (fd, base, offset, length, stream);
+            let sent = queue_from_file(channel, &mut buf, kind, flags, chunk, digest.as_ref());
             dicomrelay_core::aligned::give_back(buf);
             sent
         })
@@ -178,8 +159,8 @@ impl Channel {
     /// Queue one frame per item of `chunks`, each `(fd, base, offset, length,
     /// stream, digest)` as `send_from_file` takes them, in one call with the
     /// GIL released: many small instances cost one crossing, not one each.
-    /// Stops at the first file that fails; raises EOFError naming its item
-    /// (the frames before it are queued).
+    /// Stops at the first file that fails (EOFError for one that is shorter);
+    /// the frames before it are queued.
     #[pyo3(signature = (kind, chunks, *, flags=0))]
     fn send_many_from_files(
         &mut self,
@@ -188,45 +169,21 @@ impl Channel {
         chunks: Vec<FileChunk>,
         flags: u8,
     ) -> PyResult<()> {
-        let mut digests = Vec::with_capacity(chunks.len());
-        for (n, chunk) in chunks.iter().enumerate() {
-            digests.push(match &chunk.5 {
-                None => None,
-                Some(d) => Some(<[u8; DIGEST_LEN]>::try_from(d.as_slice()).map_err(|_| {
-                    PyValueError::new_err(format!("item {n}: a chunk digest is 32 bytes"))
-                })?),
-            });
-        }
+        let digests = chunks
+            .iter()
+            .map(|chunk| chunk_digest(chunk.5.as_deref()))
+            .collect::<PyResult<Vec<_>>>()?;
         let channel = &mut self.0;
-        let done = py.detach(|| -> Result<(), (usize, PyErr)> {
+        py.detach(|| -> PyResult<()> {
             let mut buf = dicomrelay_core::aligned::take_buffer(0);
-            let mut result = Ok(());
-            for (n, ((fd, base, offset, length, stream, _), digest)) in
-                chunks.iter().zip(&digests).enumerate()
-            {
-                result = base
-                    .checked_add(*offset)
-                    .ok_or_else(|| PyValueError::new_err("base + offset overflows"))
-                    .and_then(|at| read_exact_at(*fd, &mut buf, *length, at))
-                    .and_then(|()| {
-                        channel
-                            .send(kind, flags, *stream, *offset, digest.as_ref(), &buf)
-                            .map_err(channel_error)
-                    })
-                    .map_err(|e| (n, e));
-                if result.is_err() {
-                    break;
-                }
-            }
+            let sent = chunks.iter().zip(&digests).try_for_each(
+                |(&(fd, base, offset, length, stream, _), digest)| {
+                    let chunk = (fd, base, offset, length, stream);
+                    queue_from_file(channel, &mut buf, kind, flags, chunk, digest.as_ref())
+                },
+            );
             dicomrelay_core::aligned::give_back(buf);
-            result
-        });
-        done.map_err(|(n, e)| {
-            if e.is_instance_of::<pyo3::exceptions::PyEOFError>(py) {
-                pyo3::exceptions::PyEOFError::new_err(format!("item {n}: {}", e.value(py)))
-            } else {
-                e
-            }
+            sent
         })
     }
 
@@ -335,13 +292,42 @@ impl Hasher {
     }
 }
 
-/// Fill `buf` with exactly `length` bytes of the descriptor at `offset` (pread,
-/// leaving the descriptor's own position alone), straight into its spare
-/// capacity: zeroing half a megabyte first would cost more than the read.
 /// One frame of `Channel.send_many_from_files`: (fd, base, offset, length,
 /// stream, digest).
 type FileChunk = (i32, u64, u64, usize, u32, Option<Vec<u8>>);
 
+/// A chunk digest as Python gives it: 32 bytes, or none.
+fn chunk_digest(digest: Option<&[u8]>) -> PyResult<Option<[u8; DIGEST_LEN]>> {
+    digest
+        .map(|d| {
+            <[u8; DIGEST_LEN]>::try_from(d)
+                .map_err(|_| PyValueError::new_err("a chunk digest is 32 bytes"))
+        })
+        .transpose()
+}
+
+/// Queue one frame whose payload is `length` bytes of `fd` at `base + offset`,
+/// `(fd, base, offset, length, stream)`, read into `buf` first.
+fn queue_from_file(
+    channel: &mut CoreChannel,
+    buf: &mut Vec<u8>,
+    kind: u8,
+    flags: u8,
+    (fd, base, offset, length, stream): (i32, u64, u64, usize, u32),
+    digest: Option<&[u8; DIGEST_LEN]>,
+) -> PyResult<()> {
+    let at = base
+        .checked_add(offset)
+        .ok_or_else(|| PyValueError::new_err("base + offset overflows"))?;
+    read_exact_at(fd, buf, length, at)?;
+    channel
+        .send(kind, flags, stream, offset, digest, buf)
+        .map_err(channel_error)
+}
+
+/// Fill `buf` with exactly `length` bytes of the descriptor at `offset` (pread,
+/// leaving the descriptor's own position alone), straight into its spare
+/// capacity: zeroing half a megabyte first would cost more than the read.
 fn read_exact_at(fd: i32, buf: &mut Vec<u8>, length: usize, offset: u64) -> PyResult<()> {
     buf.clear();
     buf.reserve(length);
