@@ -2,7 +2,7 @@
 under way: it stops, whole, within its grace period. A stop signal once
 raised ``KeyboardInterrupt`` wherever the main thread was; landing inside
 anyio's cancel-scope bookkeeping of a streaming response, it left the event
-loop waiting forever (about one stop in ten with downloads running)."""
+loop waiting forever (one stop in twelve, with downloads running)."""
 
 from __future__ import annotations
 
